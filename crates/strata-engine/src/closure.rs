@@ -1,0 +1,267 @@
+//! The closure: the set of store paths an image needs and the reference graph between them.
+//!
+//! Two sources give the same [`Closure`]:
+//! - the Nix installation, through `nix path-info --json --recursive` (one process for the
+//!   whole graph, validity included);
+//! - a closure graph file, for use inside a Nix build where no daemon is reachable: the
+//!   format `exportReferencesGraph` and `closureInfo`'s `registration` write (path, deriver,
+//!   reference count, references), or the JSON that `nix path-info --json` and structured
+//!   attrs produce.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+use crate::store::{StorePath, STORE_DIR};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClosureError {
+    #[error("{key}: store path {path} does not exist")]
+    Missing { key: String, path: StorePath },
+    #[error("{key}: store path {path} is not valid (not registered in the Nix database)")]
+    NotValid { key: String, path: StorePath },
+    #[error("{key}: store path {path} is not in the closure graph {file}")]
+    NotInGraph { key: String, path: StorePath, file: PathBuf },
+    #[error("Nix is needed to compute closures, but `nix` could not be run ({0}); install Nix, or pass a closure graph file (--closure-graph)")]
+    NixMissing(std::io::Error),
+    #[error("`nix path-info` failed: {0}")]
+    NixFailed(String),
+    #[error("cannot read closure graph {file}: {source}")]
+    ReadGraph { file: PathBuf, source: std::io::Error },
+    #[error("closure graph {file}, line {line}: {message}")]
+    BadGraph { file: PathBuf, line: usize, message: String },
+}
+
+/// A reference graph over store paths. Every path it lists has all its references listed too.
+#[derive(Debug, Clone, Default)]
+pub struct Closure {
+    references: BTreeMap<StorePath, BTreeSet<StorePath>>,
+    /// Where the graph came from, for error messages: `None` for the Nix database.
+    graph_file: Option<PathBuf>,
+}
+
+/// One entry of `nix path-info --json`: older Nix writes a list of these, newer an object
+/// keyed by path (without the `path` field), the newest references without the store dir.
+#[derive(Deserialize)]
+struct PathInfo {
+    path: Option<String>,
+    #[serde(default)]
+    references: Vec<String>,
+    valid: Option<bool>,
+}
+
+impl Closure {
+    /// Asks Nix for the closure of `roots` (each given with the spec key that named it).
+    pub fn from_nix(roots: &[(String, StorePath)]) -> Result<Closure, ClosureError> {
+        let mut closure = Closure::default();
+        if roots.is_empty() {
+            return Ok(closure);
+        }
+        for (key, path) in roots {
+            if std::fs::symlink_metadata(path).is_err() {
+                return Err(ClosureError::Missing { key: key.clone(), path: path.clone() });
+            }
+        }
+        let unique: BTreeSet<&StorePath> = roots.iter().map(|(_, p)| p).collect();
+        let output = Command::new("nix")
+            .args(["--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive"])
+            .args(unique.iter().map(|p| p.as_str()))
+            .output()
+            .map_err(ClosureError::NixMissing)?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            // Name the root Nix complained about, with the key that named it.
+            for (key, path) in roots {
+                if stderr.contains(path.as_str()) && stderr.contains("is not valid") {
+                    return Err(ClosureError::NotValid { key: key.clone(), path: path.clone() });
+                }
+            }
+            return Err(ClosureError::NixFailed(stderr.trim().to_owned()));
+        }
+        let infos = parse_path_info_json(&output.stdout).map_err(|e| ClosureError::NixFailed(format!("unexpected output: {e}")))?;
+        for (path, info) in infos {
+            if info.valid == Some(false) {
+                let key = roots.iter().find(|(_, p)| *p == path).map_or_else(|| "closure".to_owned(), |(k, _)| k.clone());
+                return Err(ClosureError::NotValid { key, path });
+            }
+            closure.insert(path, &info.references);
+        }
+        Ok(closure)
+    }
+
+    /// Reads a closure graph file (registration format or `path-info` JSON).
+    pub fn from_graph_file(file: &Path) -> Result<Closure, ClosureError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ClosureError::ReadGraph { file: file.to_owned(), source })?;
+        let bad = |line: usize, message: String| ClosureError::BadGraph { file: file.to_owned(), line, message };
+        let mut closure = Closure { graph_file: Some(file.to_owned()), ..Closure::default() };
+        if matches!(text.trim_start().chars().next(), Some('[' | '{')) {
+            for (path, info) in parse_path_info_json(text.as_bytes()).map_err(|e| bad(1, e))? {
+                closure.insert(path, &info.references);
+            }
+        } else {
+            let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+            while let Some((n, line)) = lines.next() {
+                if line.is_empty() {
+                    continue;
+                }
+                let path = StorePath::containing(line).map_err(|e| bad(n, e.to_string()))?;
+                let _deriver = lines.next().ok_or_else(|| bad(n + 1, "missing deriver line".into()))?;
+                let (n, count) = lines.next().ok_or_else(|| bad(n + 2, "missing reference count".into()))?;
+                let count: usize = count.trim().parse().map_err(|_| bad(n, format!("{count:?} is not a reference count")))?;
+                let mut refs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let (n, r) = lines.next().ok_or_else(|| bad(n, "fewer references than counted".into()))?;
+                    StorePath::containing(r).map_err(|e| bad(n, e.to_string()))?;
+                    refs.push(r.to_owned());
+                }
+                closure.insert(path, &refs);
+            }
+        }
+        for (path, refs) in &closure.references {
+            if let Some(missing) = refs.iter().find(|r| !closure.references.contains_key(*r)) {
+                return Err(bad(0, format!("{path} references {missing}, which the graph does not list")));
+            }
+        }
+        Ok(closure)
+    }
+
+    fn insert(&mut self, path: StorePath, references: &[String]) {
+        let refs = references
+            .iter()
+            .filter_map(|r| {
+                let full = if r.starts_with('/') { r.clone() } else { format!("{STORE_DIR}/{r}") };
+                StorePath::containing(&full).ok()
+            })
+            .collect();
+        self.references.insert(path, refs);
+    }
+
+    /// Checks that `path` is in the graph; `key` names where it came from.
+    pub fn check_root(&self, key: &str, path: &StorePath) -> Result<(), ClosureError> {
+        if self.references.contains_key(path) {
+            return Ok(());
+        }
+        Err(match &self.graph_file {
+            Some(file) => ClosureError::NotInGraph { key: key.to_owned(), path: path.clone(), file: file.clone() },
+            None => ClosureError::Missing { key: key.to_owned(), path: path.clone() },
+        })
+    }
+
+    /// The direct references of `path` (possibly including itself).
+    pub fn references(&self, path: &StorePath) -> &BTreeSet<StorePath> {
+        static EMPTY: BTreeSet<StorePath> = BTreeSet::new();
+        self.references.get(path).unwrap_or(&EMPTY)
+    }
+
+    /// Every path reachable from `roots`, the roots included.
+    pub fn requisites<'a>(&self, roots: impl IntoIterator<Item = &'a StorePath>) -> BTreeSet<StorePath> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&StorePath> = roots.into_iter().collect();
+        while let Some(p) = stack.pop() {
+            if seen.insert(p.clone()) {
+                stack.extend(self.references(p).iter().filter(|r| !seen.contains(*r)));
+            }
+        }
+        seen
+    }
+
+    /// For each path of `set`, how many paths of `set` need it (itself included). The most
+    /// needed paths are the best candidates for layers of their own.
+    pub fn popularity(&self, set: &BTreeSet<StorePath>) -> BTreeMap<StorePath, usize> {
+        let mut counts: BTreeMap<StorePath, usize> = set.iter().map(|p| (p.clone(), 0)).collect();
+        for p in set {
+            for r in self.requisites([p]) {
+                if let Some(c) = counts.get_mut(&r) {
+                    *c += 1;
+                }
+            }
+        }
+        counts
+    }
+}
+
+fn parse_path_info_json(bytes: &[u8]) -> Result<Vec<(StorePath, PathInfo)>, String> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Infos {
+        List(Vec<PathInfo>),
+        Map(BTreeMap<String, Option<PathInfo>>),
+        /// Structured attrs: `{"closure": [...]}` (any key holding a list).
+        Attrs(BTreeMap<String, serde_json::Value>),
+    }
+    let infos: Infos = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let with_path = |path: Option<String>, info: PathInfo| -> Result<(StorePath, PathInfo), String> {
+        let path = path.or_else(|| info.path.clone()).ok_or("an entry has no \"path\"")?;
+        Ok((StorePath::containing(&path).map_err(|e| e.to_string())?, info))
+    };
+    match infos {
+        Infos::List(list) => list.into_iter().map(|i| with_path(None, i)).collect(),
+        Infos::Map(map) => map
+            .into_iter()
+            .map(|(path, info)| with_path(Some(path), info.unwrap_or(PathInfo { path: None, references: vec![], valid: Some(false) })))
+            .collect(),
+        Infos::Attrs(attrs) => {
+            let mut out = Vec::new();
+            for value in attrs.into_values().filter(|v| v.is_array()) {
+                let list: Vec<PathInfo> = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                for info in list {
+                    out.push(with_path(None, info)?);
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp(name: &str) -> StorePath {
+        StorePath::containing(&format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap()
+    }
+
+    #[test]
+    fn reads_registration_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("graph");
+        let (app, lib) = (sp("app"), sp("lib"));
+        std::fs::write(&file, format!("{app}\n/nix/store/x.drv\n2\n{app}\n{lib}\n{lib}\n\n0\n")).unwrap();
+        let c = Closure::from_graph_file(&file).unwrap();
+        assert_eq!(c.requisites([&app]).len(), 2);
+        assert!(c.references(&app).contains(&app), "self-reference kept");
+        let pop = c.popularity(&c.requisites([&app]));
+        assert_eq!((pop[&lib], pop[&app]), (2, 1));
+        assert!(matches!(c.check_root("roots[0]", &sp("other")), Err(ClosureError::NotInGraph { .. })));
+    }
+
+    #[test]
+    fn reads_path_info_json_in_all_shapes() {
+        let (app, lib) = (sp("app"), sp("lib"));
+        let dir = tempfile::tempdir().unwrap();
+        let shapes = [
+            format!(r#"[{{"path":"{app}","references":["{lib}"]}},{{"path":"{lib}","references":[]}}]"#),
+            format!(r#"{{"{app}":{{"references":["{}"]}},"{lib}":{{"references":[]}}}}"#, lib.base_name()),
+            format!(r#"{{"closure":[{{"path":"{app}","references":["{lib}"]}},{{"path":"{lib}","references":[]}}]}}"#),
+        ];
+        for (i, text) in shapes.iter().enumerate() {
+            let file = dir.path().join(format!("g{i}.json"));
+            std::fs::write(&file, text).unwrap();
+            let c = Closure::from_graph_file(&file).unwrap();
+            assert_eq!(c.requisites([&app]), [app.clone(), lib.clone()].into(), "shape {i}");
+        }
+    }
+
+    #[test]
+    fn rejects_incomplete_graphs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("graph");
+        std::fs::write(&file, format!("{}\n\n1\n{}\n", sp("app"), sp("lib"))).unwrap();
+        let err = Closure::from_graph_file(&file).unwrap_err().to_string();
+        assert!(err.contains("does not list"), "{err}");
+        std::fs::write(&file, format!("{}\n\nmany\n", sp("app"))).unwrap();
+        assert!(Closure::from_graph_file(&file).unwrap_err().to_string().contains("line 3"));
+    }
+}

@@ -1,0 +1,184 @@
+//! The image stage: from a validated spec to layer recipes plus the OCI config that
+//! describes them. Nothing here writes bytes; sinks do, through [`Image`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use oci_spec::image::{Arch, Config, History, ImageConfiguration, Os, RootFs};
+
+use crate::closure::{Closure, ClosureError};
+use crate::digest::Digest;
+use crate::layer::{scan_tree, LayerError, LayerRecipe};
+use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
+use crate::spec::{ImageConfigSpec, ValidSpec};
+use crate::store::StorePath;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Closure(#[from] ClosureError),
+    #[error(transparent)]
+    Plan(#[from] NoRoomForStorePaths),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+}
+
+/// Where the closure comes from.
+#[derive(Debug, Clone)]
+pub enum ClosureSource {
+    /// Ask the Nix installation.
+    Nix,
+    /// A closure graph file (`exportReferencesGraph`, `closureInfo`, `nix path-info --json`).
+    GraphFile(PathBuf),
+}
+
+/// A planned image: layer recipes and the config that will describe them.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub name: String,
+    pub tag: Option<String>,
+    pub created: String,
+    pub architecture: String,
+    pub config: ImageConfigSpec,
+    pub layers: Vec<LayerRecipe>,
+}
+
+/// A layer as written: digests of its tar and of its blob (the same when uncompressed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerBlob {
+    pub diff_id: Digest,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+impl Image {
+    /// Computes the closure, plans the layers and scans the store for their entries.
+    pub fn plan(spec: ValidSpec, source: &ClosureSource) -> Result<Image, ImageError> {
+        let config_roots = spec.config_roots();
+        let mut keyed_roots: Vec<(String, StorePath)> = spec.roots.iter().cloned().chain(config_roots.iter().cloned()).collect();
+        keyed_roots.extend(spec.copy_to_root.iter().cloned());
+        for (i, layer) in spec.layers.iter().enumerate() {
+            let keyed = |key: &str, paths: &[StorePath]| {
+                paths.iter().enumerate().map(|(j, p)| (format!("layers[{i}].{key}[{j}]"), p.clone())).collect::<Vec<_>>()
+            };
+            keyed_roots.extend(keyed("roots", &layer.roots));
+            keyed_roots.extend(keyed("copy_to_root", &layer.copy_to_root));
+        }
+        let closure = match source {
+            ClosureSource::Nix => Closure::from_nix(&keyed_roots)?,
+            ClosureSource::GraphFile(file) => {
+                let closure = Closure::from_graph_file(file)?;
+                for (key, path) in &keyed_roots {
+                    closure.check_root(key, path)?;
+                    if std::fs::symlink_metadata(path).is_err() {
+                        return Err(ClosureError::Missing { key: key.clone(), path: path.clone() }.into());
+                    }
+                }
+                closure
+            }
+        };
+
+        let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).map(|(_, p)| p.clone()).collect();
+        let copy_to_root: Vec<StorePath> = spec.copy_to_root.iter().map(|(_, p)| p.clone()).collect();
+        let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers: spec.max_layers };
+
+        // Scan every store path once; the plan needs their sizes, the recipes their entries.
+        let mut scanned = BTreeMap::new();
+        let all_roots = roots.iter().chain(input.copy_to_root.iter().flat_map(|t| closure.references(t)));
+        let explicit_roots = spec.layers.iter().flat_map(|l| l.roots.iter().chain(l.copy_to_root.iter().flat_map(|t| closure.references(t))));
+        for path in closure.requisites(all_roots.chain(explicit_roots)) {
+            let prefix = format!("nix/store/{}", path.base_name());
+            scanned.insert(path.clone(), scan_tree(path.as_ref(), prefix.as_bytes())?);
+        }
+        let planned = plan_layers(&input, |p| scanned.get(p).map_or(0, |(_, size)| *size))?;
+
+        let mut layers = Vec::with_capacity(planned.len());
+        for layer in planned {
+            let store_entries = layer.store_paths.iter().flat_map(|p| scanned[p].0.iter().cloned()).collect();
+            let mut root_entries = Vec::new();
+            for tree in &layer.root_trees {
+                root_entries.extend(scan_tree(tree.as_ref(), b"")?.0);
+            }
+            let comment = describe(&layer.store_paths, &layer.root_trees);
+            layers.push(LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment));
+        }
+        Ok(Image { name: spec.name, tag: spec.tag, created: spec.created, architecture: spec.architecture, config: spec.config, layers })
+    }
+
+    /// The config blob for layers with these diff IDs: canonical JSON (keys sorted, no
+    /// whitespace), so equal images have equal config digests.
+    pub fn config_blob(&self, diff_ids: &[Digest]) -> Vec<u8> {
+        let c = &self.config;
+        let mut config = Config::default();
+        config.set_entrypoint(c.entrypoint.clone());
+        config.set_cmd(c.cmd.clone());
+        config.set_env(c.env.clone());
+        config.set_working_dir(c.working_dir.clone());
+        config.set_user(c.user.clone());
+        config.set_exposed_ports(c.exposed_ports.as_ref().map(|p| p.keys()));
+        config.set_volumes(c.volumes.as_ref().map(|v| v.keys()));
+        config.set_labels(c.labels.clone().map(|l| l.into_iter().collect()));
+        config.set_stop_signal(c.stop_signal.clone());
+
+        let mut rootfs = RootFs::default();
+        rootfs.set_typ("layers".to_owned());
+        rootfs.set_diff_ids(diff_ids.iter().map(Digest::to_string).collect());
+        let history = self
+            .layers
+            .iter()
+            .map(|l| {
+                let mut h = History::default();
+                h.set_created(Some(self.created.clone()));
+                h.set_created_by(Some("strata".to_owned()));
+                h.set_comment(Some(l.comment.clone()));
+                h
+            })
+            .collect();
+
+        let mut image = ImageConfiguration::default();
+        image.set_created(Some(self.created.clone()));
+        image.set_architecture(Arch::from(self.architecture.as_str()));
+        image.set_os(Os::Linux);
+        image.set_config(Some(config));
+        image.set_rootfs(rootfs);
+        image.set_history(Some(history));
+        canonical_json(&image)
+    }
+
+    /// `name:tag`, the tag defaulting to the first 32 hex digits of the config digest (which
+    /// covers every layer's content and the config).
+    pub fn reference(&self, config_digest: &Digest) -> String {
+        match &self.tag {
+            Some(tag) => format!("{}:{tag}", self.name),
+            None => format!("{}:{}", self.name, &config_digest.hex()[..32]),
+        }
+    }
+
+    pub fn tag(&self, config_digest: &Digest) -> String {
+        self.tag.clone().unwrap_or_else(|| config_digest.hex()[..32].to_owned())
+    }
+}
+
+/// JSON with object keys sorted and no whitespace (serde_json's `Map` is a `BTreeMap`).
+pub fn canonical_json(value: &impl serde::Serialize) -> Vec<u8> {
+    let value = serde_json::to_value(value).expect("image metadata serialises");
+    serde_json::to_vec(&value).expect("a JSON value serialises")
+}
+
+/// A history comment naming what a layer holds.
+fn describe(store_paths: &[StorePath], root_trees: &[StorePath]) -> String {
+    const SHOWN: usize = 8;
+    let mut parts: Vec<String> = store_paths.iter().take(SHOWN).map(|p| p.name().to_owned()).collect();
+    if store_paths.len() > SHOWN {
+        parts.push(format!("and {} more", store_paths.len() - SHOWN));
+    }
+    let mut comment = if parts.is_empty() { String::new() } else { format!("store paths: {}", parts.join(", ")) };
+    if !root_trees.is_empty() {
+        let trees: Vec<&str> = root_trees.iter().map(StorePath::name).collect();
+        if !comment.is_empty() {
+            comment.push_str("; ");
+        }
+        comment.push_str(&format!("laid over /: {}", trees.join(", ")));
+    }
+    comment
+}

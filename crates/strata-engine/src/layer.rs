@@ -1,0 +1,389 @@
+//! Layers as recipes: an ordered list of tar entries read from the store, from which the
+//! deterministic tar can be written any number of times, and whose exact size is known
+//! before a byte is written (so a docker-archive can be streamed in one pass).
+//!
+//! What makes the tar deterministic:
+//! - entries in depth-first order with siblings sorted by their bytes (GNU `tar --sort=name`),
+//!   `nix` and `nix/store` (0755) before any store path;
+//! - every mtime is the spec's `created`; uid/gid 0 and empty owner names unless a perm rule
+//!   says otherwise; modes exactly as in the store;
+//! - names of any length and any bytes kept exact through PAX `path`/`linkpath` records
+//!   (also `size`, `uid`, `gid` when they overflow ustar's octal fields);
+//! - hard links are written as regular files: whether the store was optimised (which turns
+//!   identical files into hard links) must not change the image;
+//! - symlinks are kept as they are, dangling ones too; fifos, sockets and devices cannot be
+//!   in a Nix store path and are skipped with a warning.
+//!
+//! The 512-byte headers are filled through the `tar` crate's `Header`; the stream around
+//! them is written here because the crate's `Builder` neither precomputes sizes nor writes
+//! PAX names deterministically.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tar::{EntryType, Header};
+
+use crate::spec::PermRule;
+
+const BLOCK: u64 = 512;
+/// The largest value of ustar's 11-digit octal size field, and of the 7-digit id fields.
+const USTAR_MAX_SIZE: u64 = 0o77777777777;
+const USTAR_MAX_ID: u32 = 0o7777777;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} changed while the image was being written (it was {expected} bytes)")]
+    Changed { path: PathBuf, expected: u64 },
+    #[error("{path}: copy_to_root needs a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("cannot write the layer: {0}")]
+    Write(#[source] io::Error),
+}
+
+/// What a tar entry is, and where its bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    Directory,
+    File { source: PathBuf, size: u64 },
+    Symlink { target: Vec<u8> },
+}
+
+/// One tar entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The name inside the tar: relative, `/`-separated, no trailing slash.
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Entry {
+    fn directory(path: &[u8], mode: u32) -> Entry {
+        Entry { path: path.to_vec(), kind: EntryKind::Directory, mode, uid: 0, gid: 0 }
+    }
+
+    fn data_len(&self) -> u64 {
+        match &self.kind {
+            EntryKind::File { size, .. } => *size,
+            _ => 0,
+        }
+    }
+
+    /// PAX records this entry needs, or an empty buffer.
+    fn pax_records(&self) -> Vec<u8> {
+        let mut records = Vec::new();
+        if self.path.len() > 100 {
+            pax_record(&mut records, "path", &self.path);
+        }
+        if let EntryKind::Symlink { target } = &self.kind {
+            if target.len() > 100 {
+                pax_record(&mut records, "linkpath", target);
+            }
+        }
+        if self.data_len() > USTAR_MAX_SIZE {
+            pax_record(&mut records, "size", self.data_len().to_string().as_bytes());
+        }
+        for (key, id) in [("uid", self.uid), ("gid", self.gid)] {
+            if id > USTAR_MAX_ID {
+                pax_record(&mut records, key, id.to_string().as_bytes());
+            }
+        }
+        records
+    }
+
+    /// Bytes this entry takes in the tar: optional PAX header, header, padded data.
+    fn tar_len(&self) -> u64 {
+        let pax = self.pax_records();
+        let pax_len = if pax.is_empty() { 0 } else { BLOCK + padded(pax.len() as u64) };
+        pax_len + BLOCK + padded(self.data_len())
+    }
+}
+
+/// Appends one `"<len> <key>=<value>\n"` record, whose length counts its own digits.
+fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    out.extend_from_slice(format!("{len} {key}=").as_bytes());
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+fn padded(n: u64) -> u64 {
+    n.div_ceil(BLOCK) * BLOCK
+}
+
+/// Depth-first order with siblings sorted bytewise: compare component by component.
+fn tar_order(a: &[u8], b: &[u8]) -> Ordering {
+    a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
+}
+
+/// The entries of a file tree, named below `prefix` (`nix/store/<hash>-name` for a store
+/// path; empty for a tree laid over `/`, whose root itself is then not an entry).
+/// Returns the entries and the total size of the regular files.
+pub fn scan_tree(source: &Path, prefix: &[u8]) -> Result<(Vec<Entry>, u64), LayerError> {
+    let read_err = |path: &Path, source: io::Error| LayerError::Read { path: path.to_owned(), source };
+    if prefix.is_empty() && !std::fs::metadata(source).map_err(|e| read_err(source, e))?.is_dir() {
+        return Err(LayerError::NotADirectory { path: source.to_owned() });
+    }
+    let mut entries = Vec::new();
+    let mut total = 0;
+    let walk = walkdir::WalkDir::new(source).follow_links(false).sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+    for item in walk {
+        let item = item.map_err(|e| {
+            let path = e.path().unwrap_or(source).to_owned();
+            LayerError::Read { path, source: e.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop")) }
+        })?;
+        let rel = item.path().strip_prefix(source).expect("walkdir yields paths below its root");
+        let mut name = prefix.to_vec();
+        if !rel.as_os_str().is_empty() {
+            if !name.is_empty() {
+                name.push(b'/');
+            }
+            name.extend_from_slice(rel.as_os_str().as_bytes());
+        }
+        if name.is_empty() {
+            continue; // the root of a tree laid over `/`
+        }
+        let meta = item.metadata().map_err(|e| read_err(item.path(), e.into()))?;
+        let file_type = meta.file_type();
+        let kind = if file_type.is_dir() {
+            EntryKind::Directory
+        } else if file_type.is_symlink() {
+            let target = std::fs::read_link(item.path()).map_err(|e| read_err(item.path(), e))?;
+            EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() }
+        } else if file_type.is_file() {
+            total += meta.len();
+            EntryKind::File { source: item.path().to_owned(), size: meta.len() }
+        } else {
+            tracing::warn!("skipping {}: fifos, sockets and devices are not put in images", item.path().display());
+            continue;
+        };
+        entries.push(Entry { path: name, kind, mode: meta.mode() & 0o7777, uid: 0, gid: 0 });
+    }
+    Ok((entries, total))
+}
+
+/// A layer's recipe: its entries in tar order, and the mtime they all get.
+#[derive(Debug, Clone)]
+pub struct LayerRecipe {
+    pub entries: Vec<Entry>,
+    pub mtime: u64,
+    /// What the layer holds, for the image history.
+    pub comment: String,
+}
+
+impl LayerRecipe {
+    /// Puts `store_trees` (already named `nix/store/…`) and `root_trees` (laid over `/`; a
+    /// later tree wins over an earlier one) into tar order, adds the `nix` and `nix/store`
+    /// directories, and applies the perm rules (a later rule wins).
+    pub fn new(store_trees: Vec<Entry>, root_trees: Vec<Entry>, perms: &[PermRule], mtime: u64, comment: String) -> Self {
+        let mut by_path: HashMap<Vec<u8>, Entry> = HashMap::new();
+        if !store_trees.is_empty() {
+            for dir in [&b"nix"[..], b"nix/store"] {
+                by_path.insert(dir.to_vec(), Entry::directory(dir, 0o755));
+            }
+        }
+        for entry in store_trees.into_iter().chain(root_trees) {
+            by_path.insert(entry.path.clone(), entry);
+        }
+        let mut entries: Vec<Entry> = by_path.into_values().collect();
+        entries.sort_by(|a, b| tar_order(&a.path, &b.path));
+        if !perms.is_empty() {
+            for entry in &mut entries {
+                let image_path = format!("/{}", String::from_utf8_lossy(&entry.path));
+                for rule in perms.iter().filter(|r| r.matcher.matches(&image_path)) {
+                    if let Some(mode) = rule.mode {
+                        entry.mode = mode;
+                    }
+                    entry.uid = rule.uid.unwrap_or(entry.uid);
+                    entry.gid = rule.gid.unwrap_or(entry.gid);
+                }
+            }
+        }
+        LayerRecipe { entries, mtime, comment }
+    }
+
+    /// The exact length of the tar [`write_tar`](Self::write_tar) writes.
+    pub fn tar_len(&self) -> u64 {
+        self.entries.iter().map(Entry::tar_len).sum::<u64>() + 2 * BLOCK
+    }
+
+    /// Writes the layer's tar to `out`. Fails if a file is gone or has changed size since the
+    /// recipe was made, rather than write a tar whose length differs from [`tar_len`](Self::tar_len).
+    pub fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), LayerError> {
+        let mut buf = vec![0u8; 256 * 1024];
+        for entry in &self.entries {
+            self.write_entry(out, entry, &mut buf)?;
+        }
+        out.write_all(&[0u8; 2 * BLOCK as usize]).map_err(LayerError::Write)
+    }
+
+    fn write_entry<W: Write>(&self, out: &mut W, entry: &Entry, buf: &mut [u8]) -> Result<(), LayerError> {
+        let pax = entry.pax_records();
+        if !pax.is_empty() {
+            let header = header(b"././@PaxHeader", EntryType::XHeader, 0o644, 0, 0, pax.len() as u64, self.mtime, b"");
+            out.write_all(header.as_bytes()).map_err(LayerError::Write)?;
+            write_padded(out, &pax)?;
+        }
+        let (entry_type, link): (EntryType, &[u8]) = match &entry.kind {
+            EntryKind::Directory => (EntryType::Directory, b""),
+            EntryKind::File { .. } => (EntryType::Regular, b""),
+            EntryKind::Symlink { target } => (EntryType::Symlink, target),
+        };
+        let header = header(&entry.path, entry_type, entry.mode, entry.uid, entry.gid, entry.data_len(), self.mtime, link);
+        out.write_all(header.as_bytes()).map_err(LayerError::Write)?;
+        if let EntryKind::File { source, size } = &entry.kind {
+            copy_exactly(source, *size, out, buf)?;
+            let pad = (padded(*size) - size) as usize;
+            out.write_all(&buf_zeroed(buf)[..pad]).map_err(LayerError::Write)?;
+        }
+        Ok(())
+    }
+}
+
+fn buf_zeroed(buf: &mut [u8]) -> &[u8] {
+    buf[..BLOCK as usize].fill(0);
+    &buf[..BLOCK as usize]
+}
+
+fn write_padded<W: Write>(out: &mut W, data: &[u8]) -> Result<(), LayerError> {
+    out.write_all(data).map_err(LayerError::Write)?;
+    let pad = (padded(data.len() as u64) - data.len() as u64) as usize;
+    out.write_all(&[0u8; BLOCK as usize][..pad]).map_err(LayerError::Write)
+}
+
+/// Copies exactly `size` bytes of `source` to `out`; a file that is shorter or longer now
+/// than when it was scanned is an error.
+fn copy_exactly<W: Write>(source: &Path, size: u64, out: &mut W, buf: &mut [u8]) -> Result<(), LayerError> {
+    let read_err = |e| LayerError::Read { path: source.to_owned(), source: e };
+    let changed = || LayerError::Changed { path: source.to_owned(), expected: size };
+    let mut file = File::open(source).map_err(read_err)?;
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => return Err(changed()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        out.write_all(&buf[..n]).map_err(LayerError::Write)?;
+        left -= n as u64;
+    }
+    match file.read(&mut buf[..1]) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(changed()),
+        Err(e) => Err(read_err(e)),
+    }
+}
+
+/// A ustar header. Names and link targets longer than 100 bytes are cut here; the PAX record
+/// written before the header carries them whole.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn header(name: &[u8], kind: EntryType, mode: u32, uid: u32, gid: u32, size: u64, mtime: u64, link: &[u8]) -> Header {
+    let mut h = Header::new_ustar();
+    let old = h.as_old_mut();
+    let n = name.len().min(100);
+    old.name[..n].copy_from_slice(&name[..n]);
+    let l = link.len().min(100);
+    old.linkname[..l].copy_from_slice(&link[..l]);
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(u64::from(uid.min(USTAR_MAX_ID)));
+    h.set_gid(u64::from(gid.min(USTAR_MAX_ID)));
+    h.set_size(size.min(USTAR_MAX_SIZE));
+    h.set_mtime(mtime);
+    h.set_cksum();
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        for len in [1usize, 5, 90, 95, 96, 1000] {
+            let mut rec = Vec::new();
+            pax_record(&mut rec, "path", &vec![b'a'; len]);
+            let digits: String = rec.iter().take_while(|c| c.is_ascii_digit()).map(|c| *c as char).collect();
+            assert_eq!(digits.parse::<usize>().unwrap(), rec.len());
+        }
+    }
+
+    #[test]
+    fn order_is_depth_first() {
+        let mut v = vec![&b"a.c"[..], b"a/b", b"a", b"a-b/c", b"nix/store", b"nix"];
+        v.sort_by(|a, b| tar_order(a, b));
+        assert_eq!(v, [&b"a"[..], b"a/b", b"a-b/c", b"a.c", b"nix", b"nix/store"]);
+    }
+
+    /// The tar we write is read back by the `tar` crate with every name, mode, link and byte
+    /// exact, and its length is the one predicted.
+    #[test]
+    fn written_tar_reads_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        let long = "d".repeat(120);
+        std::fs::create_dir_all(root.join(&long)).unwrap();
+        std::fs::write(root.join(&long).join("f"), b"long name").unwrap();
+        std::fs::write(root.join("exe"), vec![7u8; 1000]).unwrap();
+        std::fs::set_permissions(root.join("exe"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        symlink("/nowhere/".to_owned() + &"x".repeat(150), root.join("dangling")).unwrap();
+        let weird = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::fs::write(root.join(weird), b"").unwrap();
+
+        let (entries, size) = scan_tree(&root, b"").unwrap();
+        assert_eq!(size, 1009);
+        let recipe = LayerRecipe::new(vec![], entries, &[], 1, String::new());
+        let mut out = Vec::new();
+        recipe.write_tar(&mut out).unwrap();
+        assert_eq!(out.len() as u64, recipe.tar_len());
+
+        let mut archive = tar::Archive::new(&out[..]);
+        let mut seen = Vec::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path_bytes().into_owned();
+            assert_eq!(e.header().mtime().unwrap(), 1);
+            assert_eq!(e.header().uid().unwrap(), 0);
+            if path == b"exe" {
+                assert_eq!(e.header().mode().unwrap(), 0o555);
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                assert_eq!(data, vec![7u8; 1000]);
+            }
+            if path == b"dangling" {
+                assert_eq!(e.link_name_bytes().unwrap().len(), 159);
+            }
+            seen.push(path);
+        }
+        let long_file = format!("{long}/f").into_bytes();
+        assert_eq!(seen, vec![b"caf\xe9".to_vec(), b"dangling".to_vec(), long.into_bytes(), long_file, b"exe".to_vec()]);
+    }
+
+    #[test]
+    fn a_file_that_changes_size_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"1234").unwrap();
+        let (entries, _) = scan_tree(dir.path(), b"x").unwrap();
+        let recipe = LayerRecipe::new(entries, vec![], &[], 1, String::new());
+        std::fs::write(dir.path().join("f"), b"12345").unwrap();
+        assert!(matches!(recipe.write_tar(&mut io::sink()), Err(LayerError::Changed { .. })));
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        assert!(matches!(recipe.write_tar(&mut io::sink()), Err(LayerError::Read { .. })));
+    }
+}

@@ -1,0 +1,28 @@
+//! strata's engine: Nix closures to layered, reproducible OCI and Docker images.
+//!
+//! The pipeline runs one way, a module a stage:
+//!
+//! ```text
+//! spec  ->  closure  ->  plan  ->  layer  ->  image  ->  sink
+//! ```
+//!
+//! - [`spec`]: what the user declared (TOML or JSON), validated.
+//! - [`closure`]: the store paths the image needs and their reference graph, from Nix or
+//!   from a closure graph file.
+//! - [`plan`]: which store paths go in which layer, stable across rebuilds.
+//! - [`layer`]: a layer as a recipe of tar entries whose deterministic tar can be written on
+//!   demand, its size known in advance.
+//! - [`image`]: the planned image: layer recipes plus the OCI config they end up in.
+//! - [`sink`]: where images go: a docker-archive stream, an OCI layout, an OCI archive.
+//!
+//! [`digest`] and [`compress`] serve the last stages: everything is hashed as it is written.
+
+pub mod closure;
+pub mod compress;
+pub mod digest;
+pub mod image;
+pub mod layer;
+pub mod plan;
+pub mod sink;
+pub mod spec;
+pub mod store;

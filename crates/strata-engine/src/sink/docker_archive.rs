@@ -1,0 +1,126 @@
+//! The docker-archive format (`docker save`/`docker load`): a tar holding each layer's tar,
+//! the config as `<digest hex>.json`, and `manifest.json` naming them with the image's tag.
+//!
+//! Uncompressed, it is streamed in one pass: each layer's size comes from its recipe, so its
+//! header goes out before its bytes; digests are computed in flight; the config (which
+//! lists the layers' digests) and the manifest go last. Hashing is the bottleneck, so while
+//! this thread writes layer after layer from the front (hashing as it goes), helper
+//! threads hash layers from the back without writing them; when the writer reaches a layer
+//! a helper has finished, it only copies bytes. Each byte is hashed once; memory stays flat.
+//!
+//! Compressed layers have no size known in advance: they are compressed in parallel into a
+//! temporary directory first, then streamed.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use super::{write_layer_blobs, OuterTar, SinkError, Written};
+use crate::compress::Compression;
+use crate::digest::{Digest, HashingWriter};
+use crate::image::{canonical_json, Image};
+use crate::layer::{LayerError, LayerRecipe};
+
+/// Writes `image` as a docker-archive to `out`.
+pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compression) -> Result<Written, SinkError> {
+    let mut tar = OuterTar { out, mtime: layers_mtime(image), path: PathBuf::from("the docker-archive") };
+    let names: Vec<String> = (0..image.layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
+    let diff_ids = if compression == Compression::None {
+        stream_layers(&image.layers, &names, &mut tar)?
+    } else {
+        let staging = tempfile::tempdir().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;
+        let blobs = write_layer_blobs(image, compression, staging.path())?;
+        for (name, blob) in names.iter().zip(&blobs) {
+            tar.file(name, &staging.path().join(blob.digest.hex()))?;
+        }
+        blobs.iter().map(|b| b.diff_id).collect()
+    };
+    let config = image.config_blob(&diff_ids);
+    let config_digest = Digest::of(&config);
+    let config_name = format!("{}.json", config_digest.hex());
+    tar.bytes(&config_name, &config)?;
+    let reference = image.reference(&config_digest);
+    let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": [reference], "Layers": names }]);
+    tar.bytes("manifest.json", &canonical_json(&manifest))?;
+    tar.finish()?;
+    Ok(Written { reference, config_digest, manifest_digest: None })
+}
+
+fn layers_mtime(image: &Image) -> u64 {
+    image.layers.first().map_or(0, |l| l.mtime)
+}
+
+/// Streams every layer's tar into `tar` under `names`, returning their digests.
+fn stream_layers<W: Write>(layers: &[LayerRecipe], names: &[String], tar: &mut OuterTar<W>) -> Result<Vec<Digest>, SinkError> {
+    let n = layers.len();
+    let hashed_ahead: Vec<OnceLock<Digest>> = (0..n).map(|_| OnceLock::new()).collect();
+    // The layer the writer is on; helpers never touch it or anything before it.
+    let writer_at = AtomicUsize::new(0);
+    let next_from_back = AtomicUsize::new(n);
+    let helpers = std::thread::available_parallelism().map_or(1, |p| p.get()).saturating_sub(1);
+
+    std::thread::scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|| {
+                while let Ok(prev) = next_from_back.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1)) {
+                    let k = prev - 1;
+                    if k <= writer_at.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let mut sink = HashingWriter::new(StopWhenWriterArrives { writer_at: &writer_at, layer: k });
+                    // A failure here (the writer arrived, a file is unreadable) only means
+                    // the writer hashes this layer itself, and reports any real error.
+                    if layers[k].write_tar(&mut sink).is_ok() {
+                        let _ = hashed_ahead[k].set(sink.finish().0);
+                    }
+                }
+            });
+        }
+        let result = (|| {
+            let mut digests = Vec::with_capacity(n);
+            for (k, layer) in layers.iter().enumerate() {
+                writer_at.store(k, Ordering::SeqCst);
+                tar.header(&names[k], layer.tar_len())?;
+                let digest = match hashed_ahead[k].get() {
+                    Some(digest) => {
+                        layer.write_tar(&mut tar.out)?;
+                        *digest
+                    }
+                    None => {
+                        let mut hashing = HashingWriter::new(&mut tar.out);
+                        layer.write_tar(&mut hashing)?;
+                        hashing.finish().0
+                    }
+                };
+                tar.pad(layer.tar_len())?;
+                digests.push(digest);
+            }
+            Ok(digests)
+        })();
+        writer_at.store(n, Ordering::SeqCst); // stops the helpers, also after an error
+        result.map_err(|e: SinkError| match e {
+            SinkError::Layer(LayerError::Write(source)) => tar.write_err(source),
+            other => other,
+        })
+    })
+}
+
+/// A sink for a helper's bytes that fails once the writer has reached the helper's layer.
+struct StopWhenWriterArrives<'a> {
+    writer_at: &'a AtomicUsize,
+    layer: usize,
+}
+
+impl Write for StopWhenWriterArrives<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.writer_at.load(Ordering::Relaxed) >= self.layer {
+            return Err(io::Error::other("the writer took over this layer"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,401 @@
+//! The image spec: what a user declares, read from TOML (written by people) or JSON (written by
+//! the Nix library). Both formats have the same structure; unknown keys and wrong types are
+//! errors that name the key, and [`Spec::validate`] checks what serde cannot (store paths,
+//! octal modes, regexes, the layer budget) and names the offending key too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::store::StorePath;
+
+/// dockerTools' default: one second past the epoch, so that tools showing "created" don't hide it.
+pub const DEFAULT_CREATED: &str = "1970-01-01T00:00:01Z";
+/// dockerTools' default layer budget.
+pub const DEFAULT_MAX_LAYERS: usize = 100;
+/// overlayfs stacks at most 128 lower directories; docker and podman refuse more than that.
+pub const MAX_MAX_LAYERS: usize = 125;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read spec {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("spec {path}: unknown format (expected a .toml or .json file)")]
+    Format { path: PathBuf },
+    #[error("spec {path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// A whole image spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Image name, as in `name:tag`.
+    pub name: String,
+    /// Default: derived from the image content.
+    pub tag: Option<String>,
+    /// RFC 3339 time or `"now"`; also the mtime of every file. Default [`DEFAULT_CREATED`].
+    pub created: Option<String>,
+    /// OCI architecture (`amd64`, `arm64`, …). Default: the host's.
+    pub architecture: Option<String>,
+    pub max_layers: Option<usize>,
+    /// Closure roots: their closures go into the store layers.
+    #[serde(default)]
+    pub roots: Vec<String>,
+    /// Store paths whose trees are laid over `/` in a final layer.
+    #[serde(default)]
+    pub copy_to_root: Vec<String>,
+    /// Explicit layers, first and in order.
+    #[serde(default)]
+    pub layers: Vec<LayerSpec>,
+    /// Owner and mode overrides, applied in order (a later rule wins).
+    #[serde(default)]
+    pub perms: Vec<PermSpec>,
+    #[serde(default)]
+    pub config: ImageConfigSpec,
+}
+
+/// An explicit layer: the closure of its roots (minus what earlier explicit layers hold) and
+/// its `copy_to_root` trees.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    #[serde(default)]
+    pub roots: Vec<String>,
+    #[serde(default)]
+    pub copy_to_root: Vec<String>,
+}
+
+/// Sets mode and/or owner of the image paths it matches: `path` matches one path exactly,
+/// `regex` matches whole paths (it is anchored at both ends).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermSpec {
+    pub path: Option<String>,
+    pub regex: Option<String>,
+    /// Octal, as a string: `"0755"`.
+    pub mode: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// The OCI image config, with Docker's key names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ImageConfigSpec {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub exposed_ports: Option<PortSet>,
+    pub volumes: Option<PortSet>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub stop_signal: Option<String>,
+}
+
+/// Docker writes `ExposedPorts`/`Volumes` as `{"80/tcp": {}}`; a plain list is accepted too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PortSet {
+    List(Vec<String>),
+    Map(BTreeMap<String, EmptyObject>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyObject {}
+
+impl PortSet {
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            PortSet::List(v) => v.clone(),
+            PortSet::Map(m) => m.keys().cloned().collect(),
+        }
+    }
+}
+
+/// A perm rule with its pattern compiled and its mode parsed.
+#[derive(Debug, Clone)]
+pub struct PermRule {
+    pub matcher: PathMatcher,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatcher {
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl PathMatcher {
+    /// `image_path` is absolute, as seen inside the container (`/nix/store/…`).
+    pub fn matches(&self, image_path: &str) -> bool {
+        match self {
+            PathMatcher::Exact(p) => p == image_path,
+            PathMatcher::Regex(r) => r.is_match(image_path),
+        }
+    }
+}
+
+/// An explicit layer after validation.
+#[derive(Debug, Clone, Default)]
+pub struct ExplicitLayer {
+    pub roots: Vec<StorePath>,
+    pub copy_to_root: Vec<StorePath>,
+}
+
+/// A spec after validation: store paths parsed, defaults filled in.
+#[derive(Debug, Clone)]
+pub struct ValidSpec {
+    pub name: String,
+    pub tag: Option<String>,
+    pub created: String,
+    /// Seconds since the epoch of `created`: every file's mtime.
+    pub mtime: u64,
+    pub architecture: String,
+    pub max_layers: usize,
+    /// Closure roots, each with the key it came from (for error messages).
+    pub roots: Vec<(String, StorePath)>,
+    pub copy_to_root: Vec<(String, StorePath)>,
+    pub layers: Vec<ExplicitLayer>,
+    pub perms: Vec<PermRule>,
+    pub config: ImageConfigSpec,
+}
+
+impl Spec {
+    /// Reads a spec from a `.toml` or `.json` file.
+    pub fn from_file(path: &Path) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Spec::from_toml(&text),
+            Some("json") => Spec::from_json(&text),
+            _ => return Err(SpecError::Format { path: path.to_owned() }),
+        }
+        .map_err(|(key, message)| SpecError::Invalid { path: path.to_owned(), key, message })
+    }
+
+    /// Parses TOML; on error, the dotted key path and the message.
+    pub fn from_toml(text: &str) -> Result<Spec, (String, String)> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ("(syntax)".to_owned(), e.message().to_owned()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_of(e.path());
+            (key, e.into_inner().message().to_owned())
+        })
+    }
+
+    /// Parses JSON; on error, the dotted key path and the message.
+    pub fn from_json(text: &str) -> Result<Spec, (String, String)> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| (key_of(e.path()), e.into_inner().to_string()))
+    }
+
+    /// Checks everything serde cannot and fills in defaults. Store paths are checked for form
+    /// here; whether they exist is the closure's business.
+    pub fn validate(self) -> Result<ValidSpec, (String, String)> {
+        let err = |key: &str, message: String| Err((key.to_owned(), message));
+        if !valid_name(&self.name) {
+            return err("name", format!("{:?} is not a valid image name (lowercase letters, digits, and . _ - / separators)", self.name));
+        }
+        if let Some(tag) = &self.tag {
+            if !valid_tag(tag) {
+                return err("tag", format!("{tag:?} is not a valid tag (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)"));
+            }
+        }
+        let created = match self.created.as_deref() {
+            None => DEFAULT_CREATED.to_owned(),
+            Some("now") => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            Some(t) => t.to_owned(),
+        };
+        let mtime = match humantime::parse_rfc3339_weak(&created) {
+            Ok(t) => t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            Err(e) => return err("created", format!("{created:?} is not an RFC 3339 time (e.g. {DEFAULT_CREATED}): {e}")),
+        };
+        let max_layers = self.max_layers.unwrap_or(DEFAULT_MAX_LAYERS);
+        if !(1..=MAX_MAX_LAYERS).contains(&max_layers) {
+            return err("max_layers", format!("{max_layers} is out of range (1 to {MAX_MAX_LAYERS})"));
+        }
+        let explicit_needed = self.layers.len() + usize::from(!self.copy_to_root.is_empty());
+        if explicit_needed > max_layers {
+            return err("max_layers", format!("{max_layers} is less than the {explicit_needed} layers the spec asks for explicitly"));
+        }
+        let store_paths = |key: &str, paths: &[String]| -> Result<Vec<(String, StorePath)>, (String, String)> {
+            paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let key = format!("{key}[{i}]");
+                    StorePath::containing(p).map(|sp| (key.clone(), sp)).map_err(|e| (key, e.to_string()))
+                })
+                .collect()
+        };
+        let roots = store_paths("roots", &self.roots)?;
+        let copy_to_root = store_paths("copy_to_root", &self.copy_to_root)?;
+        for (key, path) in &copy_to_root {
+            if !self.copy_to_root.iter().any(|p| p == path.as_str()) {
+                return err(key, format!("{path} must be a store path itself, not a path inside one"));
+            }
+        }
+        let mut layers = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let strip = |v: Vec<(String, StorePath)>| v.into_iter().map(|(_, p)| p).collect();
+            layers.push(ExplicitLayer {
+                roots: strip(store_paths(&format!("layers[{i}].roots"), &layer.roots)?),
+                copy_to_root: strip(store_paths(&format!("layers[{i}].copy_to_root"), &layer.copy_to_root)?),
+            });
+        }
+        let mut perms = Vec::new();
+        for (i, p) in self.perms.iter().enumerate() {
+            let key = format!("perms[{i}]");
+            let matcher = match (&p.path, &p.regex) {
+                (Some(path), None) => PathMatcher::Exact(path.trim_end_matches('/').to_owned()),
+                (None, Some(re)) => match regex::Regex::new(&format!("^(?:{re})$")) {
+                    Ok(r) => PathMatcher::Regex(r),
+                    Err(e) => return err(&format!("{key}.regex"), format!("invalid regex: {e}")),
+                },
+                _ => return err(&key, "needs exactly one of `path` or `regex`".to_owned()),
+            };
+            let mode = match &p.mode {
+                None => None,
+                Some(m) => match u32::from_str_radix(m, 8) {
+                    Ok(v) if v <= 0o7777 => Some(v),
+                    _ => return err(&format!("{key}.mode"), format!("{m:?} is not an octal mode such as \"0755\"")),
+                },
+            };
+            if mode.is_none() && p.uid.is_none() && p.gid.is_none() {
+                return err(&key, "sets none of `mode`, `uid`, `gid`".to_owned());
+            }
+            perms.push(PermRule { matcher, mode, uid: p.uid, gid: p.gid });
+        }
+        Ok(ValidSpec {
+            name: self.name,
+            tag: self.tag,
+            created,
+            mtime,
+            architecture: self.architecture.unwrap_or_else(host_architecture),
+            max_layers,
+            roots,
+            copy_to_root,
+            layers,
+            perms,
+            config: self.config,
+        })
+    }
+}
+
+impl ValidSpec {
+    /// Reads and validates a spec file; errors name the file and the key.
+    pub fn load(path: &Path) -> Result<ValidSpec, SpecError> {
+        Spec::from_file(path)?
+            .validate()
+            .map_err(|(key, message)| SpecError::Invalid { path: path.to_owned(), key, message })
+    }
+
+    /// Store paths named in `Entrypoint`, `Cmd` and `Env` values: closure roots too, as in
+    /// dockerTools. Each comes with the key that names it.
+    pub fn config_roots(&self) -> Vec<(String, StorePath)> {
+        let c = &self.config;
+        let fields = [("Entrypoint", &c.entrypoint), ("Cmd", &c.cmd), ("Env", &c.env)];
+        let mut out = Vec::new();
+        for (field, values) in fields {
+            for (i, value) in values.iter().flatten().enumerate() {
+                for path in StorePath::find_all(value) {
+                    out.push((format!("config.{field}[{i}]"), path));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn key_of(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s == "." { "(top level)".to_owned() } else { s }
+}
+
+/// Docker's reference grammar for the path part: lowercase components separated by `/`.
+fn valid_name(name: &str) -> bool {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+            .expect("static regex")
+    });
+    name.len() <= 255 && RE.is_match(name)
+}
+
+fn valid_tag(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    tag.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The OCI name of the host's architecture.
+pub fn host_architecture() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = "/nix/store/r7815vi79spcjkiidy1ypiwdj6xynisz-hello-2.12";
+
+    fn toml_err(text: &str) -> (String, String) {
+        Spec::from_toml(text).and_then(Spec::validate).unwrap_err()
+    }
+
+    #[test]
+    fn toml_and_json_read_the_same_spec() {
+        let toml = format!(
+            "name = \"hello\"\nroots = [\"{HELLO}\"]\n[config]\nEntrypoint = [\"{HELLO}/bin/hello\"]\nExposedPorts = {{ \"80/tcp\" = {{}} }}\n"
+        );
+        let json = format!(
+            r#"{{"name":"hello","roots":["{HELLO}"],"config":{{"Entrypoint":["{HELLO}/bin/hello"],"ExposedPorts":{{"80/tcp":{{}}}}}}}}"#
+        );
+        let a = Spec::from_toml(&toml).unwrap().validate().unwrap();
+        let b = Spec::from_json(&json).unwrap().validate().unwrap();
+        assert_eq!(format!("{:?}", a.config), format!("{:?}", b.config));
+        assert_eq!(a.roots, b.roots);
+        assert_eq!(a.max_layers, DEFAULT_MAX_LAYERS);
+        assert_eq!(a.created, DEFAULT_CREATED);
+        assert_eq!(a.mtime, 1);
+        assert_eq!(a.config_roots()[0].0, "config.Entrypoint[0]");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(toml_err("name = \"x\"\nbogus = 1").0, "bogus");
+        let (key, msg) = toml_err("name = \"x\"\n[config]\nEntrypoint = \"/bin/sh\"");
+        assert_eq!(key, "config.Entrypoint");
+        assert!(msg.contains("invalid type"), "{msg}");
+        assert_eq!(toml_err("name = \"x\"\n[config]\nEntrypnt = []").0, "config.Entrypnt");
+        assert_eq!(toml_err("name = \"x\"\nroots = [\"/usr/bin\"]").0, "roots[0]");
+        assert_eq!(toml_err("name = \"x\"\n[[layers]]\nroots = [\"/tmp/x\"]").0, "layers[0].roots[0]");
+        assert_eq!(toml_err("name = \"x\"\n[[perms]]\npath = \"/a\"\nmode = \"999\"").0, "perms[0].mode");
+        assert_eq!(toml_err("name = \"x\"\nmax_layers = 0").0, "max_layers");
+        assert_eq!(toml_err("name = \"Hello World\"").0, "name");
+        assert_eq!(toml_err("name = \"x\"\ncreated = \"yesterday\"").0, "created");
+        assert_eq!(toml_err("name = \"x\"\nmax_layers = -1").0, "max_layers");
+        let json = Spec::from_json(r#"{"name":"x","roots":"oops"}"#).unwrap_err();
+        assert_eq!(json.0, "roots");
+    }
+
+    #[test]
+    fn names_and_tags() {
+        assert!(valid_name("hello") && valid_name("org/web-app") && valid_name("a.b_c"));
+        assert!(!valid_name("Hello") && !valid_name("-x") && !valid_name("a//b") && !valid_name(""));
+        assert!(valid_tag("latest") && valid_tag("1.4.2_rc-1"));
+        assert!(!valid_tag(".x") && !valid_tag("a:b") && !valid_tag(""));
+    }
+}
