@@ -1,0 +1,138 @@
+//! Helpers shared by the end-to-end tests: building fixtures with Nix, running strata and
+//! the real engines, reading docker-archives. Every tool the tests use is required: a
+//! missing one fails the test (run `scripts/setup`), it never skips it.
+
+#![allow(dead_code)]
+
+use std::borrow::BorrowMut;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+/// Builds attribute `attr` of the test fixtures and returns its store path.
+pub fn fixture(attr: &str) -> String {
+    fixture_with(attr, &[])
+}
+
+pub fn fixture_with(attr: &str, args: &[(&str, &str)]) -> String {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut cmd = Command::new("nix-build");
+    cmd.arg("--no-out-link").arg(&file).args(["-A", attr]);
+    for (name, value) in args {
+        cmd.args(["--argstr", name, value]);
+    }
+    let out = run_ok(&mut cmd);
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs `cmd`; panics with its output unless it succeeds.
+pub fn run_ok(mut cmd: impl BorrowMut<Command>) -> Output {
+    let cmd = cmd.borrow_mut();
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/setup)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout_of(cmd: impl BorrowMut<Command>) -> String {
+    String::from_utf8(run_ok(cmd).stdout).unwrap()
+}
+
+/// `strata ARGS` as a command.
+pub fn strata(args: &[&str]) -> Command {
+    let mut cmd = Command::new(STRATA);
+    cmd.args(args);
+    cmd
+}
+
+/// Writes `text` as `name` in `dir`, returns its path.
+pub fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Builds `spec` into a docker-archive file and returns its path.
+pub fn build_archive(dir: &Path, spec: &Path) -> PathBuf {
+    let out = dir.join("image.tar");
+    run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &format!("docker-archive:{}", out.display())]));
+    out
+}
+
+/// A docker-archive read back: its manifest and each layer's entries (path -> header info).
+pub struct Archive {
+    pub manifest: serde_json::Value,
+    pub layers: Vec<BTreeMap<String, EntryInfo>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub mode: u32,
+    pub uid: u64,
+    pub mtime: u64,
+    pub kind: tar::EntryType,
+    pub link: Option<Vec<u8>>,
+    pub data: Vec<u8>,
+}
+
+pub fn read_archive(path: &Path) -> Archive {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let layers = manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| {
+            let mut entries = BTreeMap::new();
+            let mut layer = tar::Archive::new(&files[name.as_str().unwrap()][..]);
+            for e in layer.entries().unwrap() {
+                let mut e = e.unwrap();
+                let h = e.header().clone();
+                let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                let link = e.link_name_bytes().map(|l| l.into_owned());
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                let info = EntryInfo { mode: h.mode().unwrap(), uid: h.uid().unwrap(), mtime: h.mtime().unwrap(), kind: h.entry_type(), link, data };
+                assert!(entries.insert(path.clone(), info).is_none(), "{path} twice in one layer");
+            }
+            entries
+        })
+        .collect();
+    Archive { manifest, layers }
+}
+
+/// Loads a docker-archive into an engine (`podman` or `docker`) and runs `image` with `args`;
+/// returns standard output.
+pub fn load_and_run(engine: &str, archive: &Path, image: &str, args: &[&str]) -> String {
+    run_ok(Command::new(engine).arg("load").stdin(std::fs::File::open(archive).unwrap()));
+    let out = run_in(engine, image, args);
+    let _ = Command::new(engine).args(["rmi", "-f", image]).output();
+    out
+}
+
+/// Runs an already loaded image.
+pub fn run_in(engine: &str, image: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(engine);
+    cmd.args(["run", "--rm"]);
+    if engine == "docker" {
+        cmd.args(["--network", "none"]);
+    }
+    cmd.arg(image).args(args);
+    stdout_of(&mut cmd)
+}

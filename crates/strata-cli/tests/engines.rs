@@ -1,0 +1,80 @@
+//! Images built by strata, loaded into the real podman and Docker engines and run.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn hello_spec(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let hello = fixture("hello");
+    write_spec(dir, "hello.toml", &format!("name = \"{name}\"\ntag = \"t1\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"))
+}
+
+#[test]
+fn hello_runs_in_podman() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = build_archive(dir.path(), &hello_spec(dir.path(), "strata-test-podman"));
+    let out = load_and_run("podman", &archive, "strata-test-podman:t1", &["an", "argument"]);
+    assert_eq!(out, "Hello, world!\nan\nargument\n");
+}
+
+#[test]
+fn hello_runs_in_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = build_archive(dir.path(), &hello_spec(dir.path(), "strata-test-docker"));
+    assert_eq!(load_and_run("docker", &archive, "strata-test-docker:t1", &[]), "Hello, world!\n");
+}
+
+/// `strata build spec.toml | docker load`: with no -o and a pipe as stdout, strata streams.
+#[test]
+fn piped_stream_loads_into_both_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = hello_spec(dir.path(), "strata-test-pipe");
+    for engine in ["docker", "podman"] {
+        let mut build = strata(&["build", spec.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
+        let load = Command::new(engine).arg("load").stdin(build.stdout.take().unwrap()).output().unwrap();
+        assert!(build.wait().unwrap().success());
+        assert!(load.status.success(), "{engine} load: {}", String::from_utf8_lossy(&load.stderr));
+        assert_eq!(run_in(engine, "strata-test-pipe:t1", &[]), "Hello, world!\n");
+        let _ = Command::new(engine).args(["rmi", "-f", "strata-test-pipe:t1"]).output();
+    }
+}
+
+/// Compressed docker-archive layers: gzip into Docker, zstd into podman.
+#[test]
+fn compressed_docker_archives_load() {
+    for (engine, codec) in [("docker", "gzip"), ("podman", "zstd")] {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("strata-test-{codec}");
+        let spec = hello_spec(dir.path(), &name);
+        let out = dir.path().join("image.tar");
+        run_ok(strata(&["build", spec.to_str().unwrap(), "--compress", codec, "-o", &format!("docker-archive:{}", out.display())]));
+        assert_eq!(load_and_run(engine, &out, &format!("{name}:t1"), &[]), "Hello, world!\n");
+    }
+}
+
+/// makes' `makeContainerImage` example: a tree laid over `/` with `working-dir/my-file`.
+#[test]
+fn copy_to_root_and_working_dir() {
+    let (tree, busybox) = (fixture("workingDir"), fixture("busybox"));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "makes.json",
+        &format!(r#"{{"name":"strata-test-makes","tag":"t1","copy_to_root":["{tree}"],"config":{{"Env":["PATH={busybox}/bin"],"WorkingDir":"/working-dir"}}}}"#),
+    );
+    let archive = build_archive(dir.path(), &spec);
+    for engine in ["podman", "docker"] {
+        run_ok(Command::new(engine).arg("load").stdin(std::fs::File::open(&archive).unwrap()));
+        assert_eq!(run_in(engine, "strata-test-makes:t1", &["pwd"]), "/working-dir\n");
+        assert_eq!(run_in(engine, "strata-test-makes:t1", &["cat", "my-file"]), "my-file-contents\n");
+        let root = run_in(engine, "strata-test-makes:t1", &["ls", "/"]);
+        assert!(root.lines().any(|l| l == "working-dir") && root.lines().any(|l| l == "nix"), "{root}");
+        let _ = Command::new(engine).args(["rmi", "-f", "strata-test-makes:t1"]).output();
+    }
+    // The tree itself is laid over /, not copied into the store: only its references are.
+    let layers = read_archive(&archive).layers;
+    let store_entries: Vec<&String> = layers.iter().flat_map(|l| l.keys()).filter(|k| k.contains("working-dir-layer")).collect();
+    assert!(store_entries.is_empty(), "{store_entries:?}");
+}
