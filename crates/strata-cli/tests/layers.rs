@@ -1,0 +1,152 @@
+//! What goes in which layer, and that the same spec always gives the same bytes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::*;
+
+/// Store paths (`/nix/store/<name>`) that have entries in a layer.
+fn store_paths_in(layer: &std::collections::BTreeMap<String, EntryInfo>) -> BTreeSet<String> {
+    layer.keys().filter_map(|k| k.strip_prefix("nix/store/")).map(|k| k.split('/').next().unwrap().to_owned()).collect()
+}
+
+fn base(path: &str) -> String {
+    path.trim_start_matches("/nix/store/").to_owned()
+}
+
+/// Every file below `dir`, relative, with its bytes.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in walk(dir) {
+        out.push((entry.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&entry).unwrap()));
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { walk(&p) } else { vec![p] }
+        })
+        .collect()
+}
+
+#[test]
+fn same_spec_in_different_directories_gives_identical_bytes() {
+    let (hello, awkward) = (fixture("hello"), fixture("awkward"));
+    let spec_text = format!("name = \"repro\"\nroots = [\"{awkward}\"]\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n");
+    let builds: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for dir in &builds {
+        let spec = write_spec(dir.path(), "spec.toml", &spec_text);
+        let d = dir.path().display();
+        for dest in [format!("docker-archive:{d}/image.tar"), format!("oci-archive:{d}/gzip.tar"), format!("oci:{d}/layout")] {
+            run_ok(strata(&["build", "spec.toml", "-o", &dest]).current_dir(dir.path()));
+        }
+        run_ok(strata(&["build", spec.to_str().unwrap(), "--compress", "zstd", "-o", &format!("oci-archive:{d}/zstd.tar")]));
+    }
+    let (a, b) = (builds[0].path(), builds[1].path());
+    for file in ["image.tar", "gzip.tar", "zstd.tar"] {
+        assert!(std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(), "{file} differs between builds");
+    }
+    assert_eq!(tree(&a.join("layout")), tree(&b.join("layout")));
+    // Without a tag, the tag is derived from the content.
+    let tags = read_archive(&a.join("image.tar")).manifest[0]["RepoTags"][0].as_str().unwrap().to_owned();
+    assert!(tags.starts_with("repro:") && tags.len() == "repro:".len() + 32, "{tags}");
+}
+
+#[test]
+fn tar_entries_are_deterministic_and_perms_apply() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "spec.toml",
+        &format!(
+            "name = \"perms\"\ncreated = \"2024-05-01T12:00:00Z\"\nroots = [\"{hello}\"]\n\
+             [[perms]]\npath = \"{hello}/bin/hello\"\nmode = \"0750\"\nuid = 1000\ngid = 100\n\
+             [[perms]]\nregex = \"{hello}(/.*)?/bin\"\nmode = \"0700\"\n"
+        ),
+    );
+    let archive = read_archive(&build_archive(dir.path(), &spec));
+    let created = 1714564800;
+    let entries: Vec<(&String, &EntryInfo)> = archive.layers.iter().flat_map(|l| l.iter()).collect();
+    assert!(entries.iter().all(|(_, e)| e.mtime == created), "every mtime is `created`");
+    let hello_entry = entries.iter().find(|(k, _)| k.ends_with("/bin/hello")).unwrap().1;
+    assert_eq!((hello_entry.mode, hello_entry.uid), (0o750, 1000));
+    let bin = entries.iter().find(|(k, _)| k.ends_with("hello-2.12/bin")).unwrap().1;
+    assert_eq!((bin.mode, bin.uid), (0o700, 0));
+    for layer in &archive.layers {
+        let first: Vec<&String> = layer.keys().take(2).collect();
+        assert_eq!(first, ["nix", "nix/store"]);
+        assert_eq!((layer["nix/store"].mode, layer["nix"].uid), (0o755, 0));
+    }
+}
+
+#[test]
+fn layer_count_never_exceeds_max_layers() {
+    let (chain, hello) = (fixture("chain"), fixture("hello"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut all_paths = None;
+    for max_layers in [1, 2, 4, 13, 100] {
+        let spec = write_spec(
+            dir.path(),
+            "spec.toml",
+            &format!("name = \"budget\"\nmax_layers = {max_layers}\nroots = [\"{chain}\", \"{hello}\"]\n"),
+        );
+        let archive = read_archive(&build_archive(dir.path(), &spec));
+        assert!(archive.layers.len() <= max_layers, "{} layers for max_layers = {max_layers}", archive.layers.len());
+        let per_layer: Vec<BTreeSet<String>> = archive.layers.iter().map(store_paths_in).collect();
+        let union: BTreeSet<String> = per_layer.iter().flatten().cloned().collect();
+        assert_eq!(per_layer.iter().map(BTreeSet::len).sum::<usize>(), union.len(), "a store path repeats");
+        assert_eq!(union.len(), 14, "12 chain paths, hello, glibc");
+        assert_eq!(*all_paths.get_or_insert_with(|| union.clone()), union);
+    }
+}
+
+#[test]
+fn explicit_layers_hold_their_closures_and_nothing_repeats() {
+    let (hello, glibc, chain, tree) = (fixture("hello"), fixture("glibc"), fixture("chain"), fixture("workingDir"));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "spec.toml",
+        &format!(
+            "name = \"explicit\"\nroots = [\"{chain}\"]\n\
+             [[layers]]\nroots = [\"{glibc}\"]\n\
+             [[layers]]\nroots = [\"{hello}\"]\ncopy_to_root = [\"{tree}\"]\n\
+             [config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"
+        ),
+    );
+    let archive = read_archive(&build_archive(dir.path(), &spec));
+    let layers: Vec<BTreeSet<String>> = archive.layers.iter().map(store_paths_in).collect();
+    assert_eq!(layers[0], [base(&glibc)].into());
+    assert_eq!(layers[1], [base(&hello)].into(), "glibc is not repeated");
+    assert!(archive.layers[1].contains_key("working-dir/my-file"), "the layer's tree is laid over /");
+    let rest: BTreeSet<String> = layers[2..].iter().flatten().cloned().collect();
+    assert_eq!(rest.len(), 12);
+    assert!(!rest.contains(&base(&hello)) && !rest.contains(&base(&glibc)));
+}
+
+/// A changed path changes its own layer only: the other layers keep their digests.
+#[test]
+fn a_changed_path_leaves_other_layers_unchanged() {
+    let diff_ids = |greeting: &str| {
+        let hello = fixture_with("hello", &[("greeting", greeting)]);
+        let dir = tempfile::tempdir().unwrap();
+        let spec = write_spec(dir.path(), "spec.toml", &format!("name = \"stable\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"));
+        let out = dir.path().join("layout");
+        run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &format!("oci:{}:t", out.display())]));
+        let config = stdout_of(std::process::Command::new("skopeo").args(["inspect", "--config", &format!("oci:{}:t", out.display())]));
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        config["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let (before, after) = (diff_ids("Hello, world!"), diff_ids("Hello, strata!"));
+    assert_eq!(before.len(), 2);
+    assert_eq!(before[0], after[0], "glibc's layer is unchanged");
+    assert_ne!(before[1], after[1], "hello's layer changed");
+}

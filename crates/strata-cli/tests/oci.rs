@@ -1,0 +1,95 @@
+//! OCI layouts and archives, checked by skopeo and umoci, and run by podman.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn spec_for(dir: &Path, roots: &[&str], entrypoint: &str) -> std::path::PathBuf {
+    let roots: Vec<String> = roots.iter().map(|r| format!("\"{r}\"")).collect();
+    write_spec(dir, "spec.toml", &format!("name = \"strata-test-oci\"\nroots = [{}]\n[config]\nEntrypoint = [\"{entrypoint}\"]\n", roots.join(", ")))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn oci_layout_passes_skopeo_and_umoci_with_store_modes() {
+    let (hello, awkward) = (fixture("hello"), fixture("awkward"));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_for(dir.path(), &[&awkward], &format!("{hello}/bin/hello"));
+    let layout = dir.path().join("layout");
+    run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &format!("oci:{}:v1", layout.display())]));
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &format!("oci:{}:v1", layout.display())]))).unwrap();
+    assert_eq!(inspect["Architecture"], "amd64");
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 3, "glibc, hello, awkward: {inspect}");
+    let raw: serde_json::Value =
+        serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", "--raw", &format!("oci:{}:v1", layout.display())]))).unwrap();
+    assert_eq!(raw["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+
+    let bundle = dir.path().join("bundle");
+    run_ok(Command::new("umoci").args(["unpack", "--image", &format!("{}:v1", layout.display()), bundle.to_str().unwrap()]));
+    let rootfs = bundle.join("rootfs");
+    let in_root = |p: &str| rootfs.join(p.trim_start_matches('/'));
+    assert_eq!(mode(&in_root("/nix/store")), 0o755);
+    assert_eq!(mode(&in_root(&format!("{hello}/bin/hello"))), 0o555);
+    assert_eq!(mode(&in_root(&format!("{hello}/bin"))), 0o555);
+    assert_eq!(std::fs::metadata(in_root(&format!("{hello}/bin/hello"))).unwrap().mtime(), 1);
+    assert_eq!(std::fs::read(in_root(&format!("{hello}/bin/hello"))).unwrap(), std::fs::read(format!("{hello}/bin/hello")).unwrap());
+    // Awkward store contents survive exactly.
+    assert_eq!(std::fs::read_link(in_root(&format!("{awkward}/dangling"))).unwrap(), Path::new("/nowhere/at/all"));
+    assert_eq!(std::fs::read_link(in_root(&format!("{awkward}/hello"))).unwrap(), Path::new(&format!("{hello}/bin/hello")));
+    let deep: String = (0..6).map(|i| format!("/deeply-nested-directory-{i}")).collect();
+    assert_eq!(std::fs::read_to_string(in_root(&format!("{awkward}/share{deep}/file"))).unwrap(), "deep\n");
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    assert_eq!(std::fs::read(in_root(&awkward).join(latin1)).unwrap(), b"latin1");
+    // Hard links become regular files, whatever the store's optimisation state.
+    for name in ["a", "b"] {
+        let meta = std::fs::metadata(in_root(&format!("{awkward}/{name}"))).unwrap();
+        assert_eq!((meta.nlink(), std::fs::read_to_string(in_root(&format!("{awkward}/{name}"))).unwrap()), (1, "linked\n".to_owned()));
+    }
+}
+
+#[test]
+fn oci_layout_keeps_several_tags() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_for(dir.path(), &[], &format!("{hello}/bin/hello"));
+    let layout = dir.path().join("layout");
+    for (tag, codec) in [("gz", "gzip"), ("zst", "zstd"), ("plain", "none")] {
+        run_ok(strata(&["build", spec.to_str().unwrap(), "--compress", codec, "-o", &format!("oci:{}:{tag}", layout.display())]));
+    }
+    for (tag, media_type) in [("gz", "tar+gzip"), ("zst", "tar+zstd"), ("plain", "tar")] {
+        let raw = stdout_of(Command::new("skopeo").args(["inspect", "--raw", &format!("oci:{}:{tag}", layout.display())]));
+        assert!(raw.contains(&format!("\"application/vnd.oci.image.layer.v1.{media_type}\"")), "{tag}: {raw}");
+    }
+    // Rebuilding a tag replaces it rather than adding a second entry.
+    run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &format!("oci:{}:gz", layout.display())]));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn oci_archives_are_read_by_skopeo_and_run_by_podman() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_for(dir.path(), &[], &format!("{hello}/bin/hello"));
+    for codec in ["gzip", "zstd"] {
+        let archive = dir.path().join(format!("image-{codec}.tar"));
+        let reference = format!("oci-archive:{}:{codec}", archive.display());
+        run_ok(strata(&["build", spec.to_str().unwrap(), "--compress", codec, "-o", &reference]));
+        let inspect: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &reference]))).unwrap();
+        assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
+        let image = format!("localhost/strata-test-oci-archive:{codec}");
+        run_ok(Command::new("skopeo").args(["copy", &reference, &format!("containers-storage:{image}")]));
+        assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
+        let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    }
+}
