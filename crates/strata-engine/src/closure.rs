@@ -4,9 +4,10 @@
 //! - the Nix installation, through `nix path-info --json --recursive` (one process for the
 //!   whole graph, validity included);
 //! - a closure graph file, for use inside a Nix build where no daemon is reachable: the
-//!   format `exportReferencesGraph` and `closureInfo`'s `registration` write (path, deriver,
-//!   reference count, references), or the JSON that `nix path-info --json` and structured
-//!   attrs produce.
+//!   format `exportReferencesGraph` writes (path, deriver, reference count, references), the
+//!   same with NAR hash and size before the deriver (`closureInfo`'s `registration`,
+//!   `nix-store --dump-db`), or the JSON that `nix path-info --json` and structured attrs
+//!   produce.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -107,7 +108,13 @@ impl Closure {
                     continue;
                 }
                 let path = StorePath::containing(line).map_err(|e| bad(n, e.to_string()))?;
-                let _deriver = lines.next().ok_or_else(|| bad(n + 1, "missing deriver line".into()))?;
+                let (_, mut deriver) = lines.next().ok_or_else(|| bad(n + 1, "missing deriver line".into()))?;
+                // `--dump-db`/closureInfo put the NAR hash and size before the deriver.
+                if !deriver.is_empty() && !deriver.starts_with('/') {
+                    lines.next().ok_or_else(|| bad(n + 2, "missing NAR size".into()))?;
+                    deriver = lines.next().ok_or_else(|| bad(n + 3, "missing deriver line".into()))?.1;
+                }
+                let _ = deriver;
                 let (n, count) = lines.next().ok_or_else(|| bad(n + 2, "missing reference count".into()))?;
                 let count: usize = count.trim().parse().map_err(|_| bad(n, format!("{count:?} is not a reference count")))?;
                 let mut refs = Vec::with_capacity(count);
@@ -230,6 +237,8 @@ mod tests {
         let (app, lib) = (sp("app"), sp("lib"));
         std::fs::write(&file, format!("{app}\n/nix/store/x.drv\n2\n{app}\n{lib}\n{lib}\n\n0\n")).unwrap();
         let c = Closure::from_graph_file(&file).unwrap();
+        std::fs::write(&file, format!("{app}\nabc123\n42\n/nix/store/x.drv\n2\n{app}\n{lib}\n{lib}\nabc\n1\n\n0\n")).unwrap();
+        assert_eq!(Closure::from_graph_file(&file).unwrap().references, c.references, "with hash and size");
         assert_eq!(c.requisites([&app]).len(), 2);
         assert!(c.references(&app).contains(&app), "self-reference kept");
         let pop = c.popularity(&c.requisites([&app]));

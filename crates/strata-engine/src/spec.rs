@@ -255,7 +255,8 @@ impl Spec {
                 (Some(path), None) => PathMatcher::Exact(path.trim_end_matches('/').to_owned()),
                 (None, Some(re)) => match regex::Regex::new(&format!("^(?:{re})$")) {
                     Ok(r) => PathMatcher::Regex(r),
-                    Err(e) => return err(&format!("{key}.regex"), format!("invalid regex: {e}")),
+                    // The regex crate's message draws a caret under the pattern; its last line says why.
+                    Err(e) => return err(&format!("{key}.regex"), format!("invalid regex {re:?}: {}", e.to_string().lines().last().unwrap_or_default())),
                 },
                 _ => return err(&key, "needs exactly one of `path` or `regex`".to_owned()),
             };

@@ -1,0 +1,145 @@
+//! Bad input: a non-zero exit, one message that names the cause, and nothing left at the
+//! destination.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Runs strata expecting failure; returns stderr.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, got {}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// Nothing but the spec is left in `dir`: no output, no temporary file.
+fn only_spec_left(dir: &Path) {
+    let left: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["spec.toml"], "left behind in the destination directory");
+}
+
+fn build_fails(spec_text: &str, expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "spec.toml", spec_text);
+    for dest in ["docker-archive:out.tar", "oci:out", "oci-archive:out.tar"] {
+        let stderr = fails(strata(&["build", spec.to_str().unwrap(), "-o", dest]).current_dir(dir.path()));
+        for e in expected {
+            assert!(stderr.contains(e), "{dest}: {e:?} not in {stderr:?}");
+        }
+        assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+        only_spec_left(dir.path());
+    }
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_name_the_key() {
+    build_fails("name = \"x\"\nrootz = []\n", &["spec.toml", "rootz", "unknown field"]);
+    build_fails("name = \"x\"\n[config]\nEntrypoint = \"/bin/sh\"\n", &["config.Entrypoint", "invalid type"]);
+    build_fails("name = \"x\"\n[config]\nWorkdir = \"/\"\n", &["config.Workdir", "unknown field"]);
+    build_fails("name = \"x\"\nmax_layers = \"many\"\n", &["max_layers"]);
+    build_fails("name = \"x\"\n[[perms]]\nregex = \"(\"\nmode = \"0755\"\n", &["perms[0].regex"]);
+}
+
+#[test]
+fn paths_outside_the_store_missing_and_invalid_ones_are_named() {
+    build_fails("name = \"x\"\nroots = [\"/usr/bin/env\"]\n", &["roots[0]", "/usr/bin/env", "not in the Nix store"]);
+    let missing = "/nix/store/00000000000000000000000000000000-missing";
+    build_fails(&format!("name = \"x\"\n[config]\nCmd = [\"{missing}/bin/x\"]\n"), &["config.Cmd[0]", missing, "does not exist"]);
+    // Present in the store directory but never registered with Nix.
+    let unregistered = format!("/nix/store/{}-unregistered", "1".repeat(32));
+    std::fs::create_dir_all(&unregistered).unwrap();
+    build_fails(&format!("name = \"x\"\nroots = [\"{unregistered}\"]\n"), &["roots[0]", &unregistered, "not valid"]);
+    let _ = std::fs::remove_dir(&unregistered);
+}
+
+#[test]
+fn a_missing_spec_and_a_bad_destination_are_named() {
+    let stderr = fails(&mut strata(&["build", "/nonexistent/spec.toml", "-o", "docker-archive:x.tar"]));
+    assert!(stderr.contains("/nonexistent/spec.toml"), "{stderr}");
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
+    for dest in ["docker-archive:/nonexistent/dir/x.tar", "oci:/nonexistent/dir/layout", "oci-archive:/nonexistent/x.tar"] {
+        let stderr = fails(&mut strata(&["build", spec.to_str().unwrap(), "-o", dest]));
+        assert!(stderr.contains("/nonexistent/"), "{dest}: {stderr}");
+    }
+    let stderr = fails(&mut strata(&["build", spec.to_str().unwrap(), "-o", "s3:bucket"]));
+    assert!(stderr.contains("unknown transport"), "{stderr}");
+    // A directory that is something else is not turned into an OCI layout.
+    let stderr = fails(&mut strata(&["build", spec.to_str().unwrap(), "-o", &format!("oci:{}", dir.path().display())]));
+    assert!(stderr.contains("not an OCI layout"), "{stderr}");
+}
+
+#[test]
+fn a_terminal_stdout_needs_dash_o() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
+    // `script` gives strata a pseudo-terminal as standard output.
+    let out = Command::new("script").args(["-qec", &format!("{STRATA} build {}", spec.display()), "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("standard output is a terminal") && text.contains("-o"), "{text}");
+}
+
+#[test]
+fn missing_nix_is_explained() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
+    let stderr = fails(strata(&["build", "spec.toml", "-o", "docker-archive:x.tar"]).current_dir(dir.path()).env("PATH", "/nonexistent"));
+    assert!(stderr.contains("Nix is needed") && stderr.contains("--closure-graph"), "{stderr}");
+    only_spec_left(dir.path());
+}
+
+/// Without Nix, a closure graph file gives the same image as Nix does.
+#[test]
+fn closure_graph_file_replaces_nix() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\ntag = \"t\"\nroots = [\"{hello}\"]\n"));
+    let graph = stdout_of(Command::new("nix-store").args(["--query", "--requisites", &hello]));
+    // The registration format `exportReferencesGraph` writes, via `nix-store --dump-db`.
+    let registration = stdout_of(Command::new("nix-store").arg("--dump-db").args(graph.lines()));
+    std::fs::write(dir.path().join("graph"), registration).unwrap();
+    run_ok(strata(&["build", "spec.toml", "-o", "docker-archive:nix.tar"]).current_dir(dir.path()));
+    run_ok(strata(&["build", "spec.toml", "--closure-graph", "graph", "-o", "docker-archive:graph.tar"]).current_dir(dir.path()).env("PATH", "/nonexistent"));
+    assert!(std::fs::read(dir.path().join("nix.tar")).unwrap() == std::fs::read(dir.path().join("graph.tar")).unwrap());
+    // A root the graph does not list is named.
+    std::fs::write(dir.path().join("graph"), "").unwrap();
+    let stderr = fails(strata(&["build", "spec.toml", "--closure-graph", "graph", "-o", "docker-archive:x.tar"]).current_dir(dir.path()));
+    assert!(stderr.contains("roots[0]") && stderr.contains("not in the closure graph"), "{stderr}");
+}
+
+/// A store file deleted while strata writes the image: an error naming it, no output left.
+#[test]
+fn a_file_that_vanishes_mid_build() {
+    let nonce = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let path = fixture_with("vanishing", &[("nonce", &nonce)]);
+    let dir = tempfile::tempdir().unwrap();
+    write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{path}\"]\n"));
+    let child = strata(&["build", "spec.toml", "-o", "docker-archive:out.tar"]).current_dir(dir.path()).stderr(Stdio::piped()).spawn().unwrap();
+    // Once the temporary output exists, planning is over and the big file is being written:
+    // stop strata, delete the small file that comes after it, let strata go on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_dir(dir.path()).unwrap().count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no temporary output appeared");
+        std::thread::yield_now();
+    }
+    let pid = child.id().to_string();
+    run_ok(Command::new("kill").args(["-STOP", &pid]));
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::remove_file(format!("{path}/z-vanishes")).unwrap();
+    run_ok(Command::new("kill").args(["-CONT", &pid]));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{path}/z-vanishes")), "{stderr}");
+    only_spec_left(dir.path());
+    let _ = Command::new("nix-store").args(["--delete", &path]).output();
+}
