@@ -63,7 +63,7 @@ fn a_missing_spec_and_a_bad_destination_are_named() {
     assert!(stderr.contains("/nonexistent/spec.toml"), "{stderr}");
     let hello = fixture("hello");
     let dir = tempfile::tempdir().unwrap();
-    write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
+    let spec = write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
     for dest in ["docker-archive:/nonexistent/dir/x.tar", "oci:/nonexistent/dir/layout", "oci-archive:/nonexistent/x.tar"] {
         let stderr = fails(&mut strata(&["build", spec.to_str().unwrap(), "-o", dest]));
         assert!(stderr.contains("/nonexistent/"), "{dest}: {stderr}");
@@ -79,7 +79,7 @@ fn a_missing_spec_and_a_bad_destination_are_named() {
 fn a_terminal_stdout_needs_dash_o() {
     let hello = fixture("hello");
     let dir = tempfile::tempdir().unwrap();
-    write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
+    let spec = write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
     // `script` gives strata a pseudo-terminal as standard output.
     let out = Command::new("script").args(["-qec", &format!("{STRATA} build {}", spec.display()), "/dev/null"]).stdin(Stdio::null()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
