@@ -38,6 +38,8 @@ pub struct Image {
     pub name: String,
     pub tag: Option<String>,
     pub created: String,
+    /// `created` in seconds since the epoch: the mtime of every file, in layers and archives.
+    pub mtime: u64,
     pub architecture: String,
     pub config: ImageConfigSpec,
     pub layers: Vec<LayerRecipe>,
@@ -102,7 +104,15 @@ impl Image {
             let comment = describe(&layer.store_paths, &layer.root_trees);
             layers.push(LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment));
         }
-        Ok(Image { name: spec.name, tag: spec.tag, created: spec.created, architecture: spec.architecture, config: spec.config, layers })
+        Ok(Image {
+            name: spec.name,
+            tag: spec.tag,
+            created: spec.created,
+            mtime: spec.mtime,
+            architecture: spec.architecture,
+            config: spec.config,
+            layers,
+        })
     }
 
     /// The config blob for layers with these diff IDs: canonical JSON (keys sorted, no
@@ -145,17 +155,15 @@ impl Image {
         canonical_json(&image)
     }
 
-    /// `name:tag`, the tag defaulting to the first 32 hex digits of the config digest (which
-    /// covers every layer's content and the config).
-    pub fn reference(&self, config_digest: &Digest) -> String {
-        match &self.tag {
-            Some(tag) => format!("{}:{tag}", self.name),
-            None => format!("{}:{}", self.name, &config_digest.hex()[..32]),
-        }
-    }
-
+    /// The spec's tag, or else the first 32 hex digits of the config digest (which covers
+    /// every layer's content and the config).
     pub fn tag(&self, config_digest: &Digest) -> String {
         self.tag.clone().unwrap_or_else(|| config_digest.hex()[..32].to_owned())
+    }
+
+    /// `name:tag`.
+    pub fn reference(&self, config_digest: &Digest) -> String {
+        format!("{}:{}", self.name, self.tag(config_digest))
     }
 }
 

@@ -246,21 +246,20 @@ impl LayerRecipe {
         out.write_all(header.as_bytes()).map_err(LayerError::Write)?;
         if let EntryKind::File { source, size } = &entry.kind {
             copy_exactly(source, *size, out, buf)?;
-            let pad = (padded(*size) - size) as usize;
-            out.write_all(&buf_zeroed(buf)[..pad]).map_err(LayerError::Write)?;
+            write_padding(out, *size)?;
         }
         Ok(())
     }
 }
 
-fn buf_zeroed(buf: &mut [u8]) -> &[u8] {
-    buf[..BLOCK as usize].fill(0);
-    &buf[..BLOCK as usize]
-}
-
 fn write_padded<W: Write>(out: &mut W, data: &[u8]) -> Result<(), LayerError> {
     out.write_all(data).map_err(LayerError::Write)?;
-    let pad = (padded(data.len() as u64) - data.len() as u64) as usize;
+    write_padding(out, data.len() as u64)
+}
+
+/// Zeros from the end of `len` bytes of data to the next block boundary.
+fn write_padding<W: Write>(out: &mut W, len: u64) -> Result<(), LayerError> {
+    let pad = (padded(len) - len) as usize;
     out.write_all(&[0u8; BLOCK as usize][..pad]).map_err(LayerError::Write)
 }
 

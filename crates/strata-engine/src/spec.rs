@@ -89,8 +89,8 @@ pub struct ImageConfigSpec {
     pub env: Option<Vec<String>>,
     pub working_dir: Option<String>,
     pub user: Option<String>,
-    pub exposed_ports: Option<PortSet>,
-    pub volumes: Option<PortSet>,
+    pub exposed_ports: Option<KeySet>,
+    pub volumes: Option<KeySet>,
     pub labels: Option<BTreeMap<String, String>>,
     pub stop_signal: Option<String>,
 }
@@ -98,7 +98,7 @@ pub struct ImageConfigSpec {
 /// Docker writes `ExposedPorts`/`Volumes` as `{"80/tcp": {}}`; a plain list is accepted too.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum PortSet {
+pub enum KeySet {
     List(Vec<String>),
     Map(BTreeMap<String, EmptyObject>),
 }
@@ -107,11 +107,11 @@ pub enum PortSet {
 #[serde(deny_unknown_fields)]
 pub struct EmptyObject {}
 
-impl PortSet {
+impl KeySet {
     pub fn keys(&self) -> Vec<String> {
         match self {
-            PortSet::List(v) => v.clone(),
-            PortSet::Map(m) => m.keys().cloned().collect(),
+            KeySet::List(v) => v.clone(),
+            KeySet::Map(m) => m.keys().cloned().collect(),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::layer::{LayerError, LayerRecipe};
 
 /// Writes `image` as a docker-archive to `out`.
 pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compression) -> Result<Written, SinkError> {
-    let mut tar = OuterTar { out, mtime: layers_mtime(image), path: PathBuf::from("the docker-archive") };
+    let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
     let names: Vec<String> = (0..image.layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
     let diff_ids = if compression == Compression::None {
         stream_layers(&image.layers, &names, &mut tar)?
@@ -45,10 +45,6 @@ pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compre
     tar.bytes("manifest.json", &canonical_json(&manifest))?;
     tar.finish()?;
     Ok(Written { reference, config_digest, manifest_digest: None })
-}
-
-fn layers_mtime(image: &Image) -> u64 {
-    image.layers.first().map_or(0, |l| l.mtime)
 }
 
 /// Streams every layer's tar into `tar` under `names`, returning their digests.

@@ -30,8 +30,8 @@ pub fn write_layout(image: &Image, dir: &Path, tag: Option<&str>, compression: C
             let parent = parent_of(dir);
             let staging = tempfile::Builder::new().prefix(".strata-oci").tempdir_in(parent).map_err(|e| write_err(dir, e))?;
             let written = fill_layout(image, staging.path(), tag, compression)?;
+            // Once renamed, dropping `staging` finds nothing left to delete.
             fs::rename(staging.path(), dir).map_err(|e| write_err(dir, e))?;
-            std::mem::forget(staging); // renamed away: nothing left to delete
             Ok(written)
         }
         Err(e) => Err(write_err(dir, e)),
@@ -47,7 +47,7 @@ pub fn write_archive(image: &Image, path: &Path, tag: Option<&str>, compression:
     let layout = staging.path();
     let written = fill_layout(image, layout, tag, compression)?;
     write_file_atomically(path, |out| {
-        let mut tar = OuterTar { out, mtime: image.layers.first().map_or(0, |l| l.mtime), path: path.to_owned() };
+        let mut tar = OuterTar { out, mtime: image.mtime, path: path.to_owned() };
         tar.bytes("oci-layout", OCI_LAYOUT)?;
         tar.file("index.json", &layout.join("index.json"))?;
         let mut blobs: Vec<PathBuf> = fs::read_dir(layout.join("blobs/sha256"))
