@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use strata_engine::compress::Compression;
+use strata_engine::containerize::Environment;
 use strata_engine::image::{ClosureSource, Image};
-use strata_engine::sink::{write_image, Destination, Target};
+use strata_engine::sink::{write_image, Destination, Engine, Target};
 use strata_engine::spec::ValidSpec;
 
 #[derive(Parser)]
@@ -22,7 +23,7 @@ use strata_engine::spec::ValidSpec;
         An image spec (TOML or JSON) names closure roots, trees to lay over /, explicit layers and \
         the OCI config; everything the roots and the config's Entrypoint, Cmd and Env reference \
         ends up in the image, split into layers that stay stable across rebuilds.",
-    after_help = "Examples:\n  strata build image.toml | docker load\n  strata build image.toml -o oci:./out:latest\n  strata build image.toml -o oci-archive:image.tar --compress zstd"
+    after_help = "Examples:\n  strata build image.toml | docker load\n  strata build image.toml -o oci:./out:latest\n  strata build image.toml -o oci-archive:image.tar --compress zstd\n  strata containerize env.toml --runtime podman"
 )]
 struct Cli {
     /// More log output on standard error (-v: info, -vv: debug)
@@ -35,8 +36,37 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from a spec and write it to a destination
-    #[command(after_help = "Destinations:\n  docker-archive:PATH      a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:TAG]            an OCI image layout directory (created or added to)\n  oci-archive:PATH[:TAG]   a tar of an OCI image layout\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal.")]
+    #[command(after_help = DESTINATIONS)]
     Build(BuildArgs),
+    /// Turn an environment (packages, variables, a start hook) into an image
+    #[command(after_help = DESTINATIONS)]
+    Containerize(ContainerizeArgs),
+}
+
+const DESTINATIONS: &str = "Destinations:\n  docker-archive:PATH      a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:TAG]            an OCI image layout directory (created or added to)\n  oci-archive:PATH[:TAG]   a tar of an OCI image layout\n  docker-daemon:[NAME:TAG] loaded into the Docker engine (docker load)\n  podman:[NAME:TAG]        loaded into podman (podman load)\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal.";
+
+#[derive(clap::Args)]
+struct ContainerizeArgs {
+    /// The environment manifest (TOML: [install], [vars], [hook], [container])
+    manifest: PathBuf,
+    /// Where to write the image (see Destinations below)
+    #[arg(short, long, value_name = "DEST", conflicts_with = "runtime")]
+    output: Option<String>,
+    /// Load the image into this engine instead of writing it
+    #[arg(long, value_enum)]
+    runtime: Option<Runtime>,
+    /// The image tag, instead of the manifest's
+    #[arg(short, long)]
+    tag: Option<String>,
+    /// Layer compression [default: none for docker-archive and engines, gzip for OCI]
+    #[arg(long, value_enum, value_name = "CODEC")]
+    compress: Option<Codec>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Runtime {
+    Docker,
+    Podman,
 }
 
 #[derive(clap::Args)]
@@ -96,24 +126,39 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build(args) => build(args),
+        Command::Build(args) => {
+            let dest = destination(args.output.as_deref(), &format!("strata build {}", args.spec.display()))?;
+            let spec = ValidSpec::load(&args.spec)?;
+            let source = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
+            write(&Image::plan(spec, &source)?, &dest, args.compress)
+        }
+        Command::Containerize(args) => {
+            let dest = match args.runtime {
+                Some(Runtime::Docker) => Destination::Engine { engine: Engine::Docker, reference: None },
+                Some(Runtime::Podman) => Destination::Engine { engine: Engine::Podman, reference: None },
+                None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
+            };
+            let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
+            write(&environment.plan(&ClosureSource::Nix)?, &dest, args.compress)
+        }
     }
 }
 
-fn build(args: BuildArgs) -> Result<()> {
-    let dest: Destination = match &args.output {
-        Some(reference) => reference.parse()?,
+/// `-o DEST` parsed; without it, standard output unless that is a terminal.
+fn destination(output: Option<&str>, command: &str) -> Result<Destination> {
+    match output {
+        Some(reference) => Ok(reference.parse()?),
         None if std::io::stdout().is_terminal() => {
-            bail!("standard output is a terminal: pass -o DEST (e.g. -o docker-archive:image.tar), or pipe the image (strata build {} | docker load)", args.spec.display())
+            bail!("standard output is a terminal: pass -o DEST (e.g. -o docker-archive:image.tar), or pipe the image ({command} | docker load)")
         }
-        None => Destination::DockerArchive(Target::Stdout),
-    };
-    let compression = args.compress.map_or_else(|| dest.default_compression(), Compression::from);
-    let spec = ValidSpec::load(&args.spec)?;
-    let source = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
-    let image = Image::plan(spec, &source)?;
+        None => Ok(Destination::DockerArchive(Target::Stdout)),
+    }
+}
+
+fn write(image: &Image, dest: &Destination, compress: Option<Codec>) -> Result<()> {
     tracing::info!("{} layers planned", image.layers.len());
-    let written = write_image(&image, &dest, compression).with_context(|| format!("writing {dest}"))?;
+    let compression = compress.map_or_else(|| dest.default_compression(), Compression::from);
+    let written = write_image(image, dest, compression).with_context(|| format!("writing {dest}"))?;
     let digest = written.manifest_digest.unwrap_or(written.config_digest);
     eprintln!("strata: wrote {} to {dest} ({} layers, {digest})", written.reference, image.layers.len());
     Ok(())

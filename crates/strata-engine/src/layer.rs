@@ -53,6 +53,8 @@ pub enum EntryKind {
     Directory,
     File { source: PathBuf, size: u64 },
     Symlink { target: Vec<u8> },
+    /// A file whose contents strata makes (`/etc/passwd` of an environment, say).
+    Contents(Vec<u8>),
 }
 
 /// One tar entry.
@@ -67,13 +69,22 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn directory(path: &[u8], mode: u32) -> Entry {
+    pub fn directory(path: &[u8], mode: u32) -> Entry {
         Entry { path: path.to_vec(), kind: EntryKind::Directory, mode, uid: 0, gid: 0 }
+    }
+
+    pub fn symlink(path: &[u8], target: &[u8]) -> Entry {
+        Entry { path: path.to_vec(), kind: EntryKind::Symlink { target: target.to_vec() }, mode: 0o777, uid: 0, gid: 0 }
+    }
+
+    pub fn contents(path: &[u8], data: Vec<u8>, mode: u32) -> Entry {
+        Entry { path: path.to_vec(), kind: EntryKind::Contents(data), mode, uid: 0, gid: 0 }
     }
 
     fn data_len(&self) -> u64 {
         match &self.kind {
             EntryKind::File { size, .. } => *size,
+            EntryKind::Contents(data) => data.len() as u64,
             _ => 0,
         }
     }
@@ -239,14 +250,18 @@ impl LayerRecipe {
         }
         let (entry_type, link): (EntryType, &[u8]) = match &entry.kind {
             EntryKind::Directory => (EntryType::Directory, b""),
-            EntryKind::File { .. } => (EntryType::Regular, b""),
+            EntryKind::File { .. } | EntryKind::Contents(_) => (EntryType::Regular, b""),
             EntryKind::Symlink { target } => (EntryType::Symlink, target),
         };
         let header = header(&entry.path, entry_type, entry.mode, entry.uid, entry.gid, entry.data_len(), self.mtime, link);
         out.write_all(header.as_bytes()).map_err(LayerError::Write)?;
-        if let EntryKind::File { source, size } = &entry.kind {
-            copy_exactly(source, *size, out, buf)?;
-            write_padding(out, *size)?;
+        match &entry.kind {
+            EntryKind::File { source, size } => {
+                copy_exactly(source, *size, out, buf)?;
+                write_padding(out, *size)?;
+            }
+            EntryKind::Contents(data) => write_padded(out, data)?,
+            EntryKind::Directory | EntryKind::Symlink { .. } => {}
         }
         Ok(())
     }
@@ -372,6 +387,17 @@ mod tests {
         }
         let long_file = format!("{long}/f").into_bytes();
         assert_eq!(seen, vec![b"caf\xe9".to_vec(), b"dangling".to_vec(), long.into_bytes(), long_file, b"exe".to_vec()]);
+    }
+
+    #[test]
+    fn fifos_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        let status = std::process::Command::new("mkfifo").arg(dir.path().join("pipe")).status().unwrap();
+        assert!(status.success());
+        let (entries, _) = scan_tree(dir.path(), b"").unwrap();
+        let names: Vec<&[u8]> = entries.iter().map(|e| &e.path[..]).collect();
+        assert_eq!(names, [&b"file"[..]]);
     }
 
     #[test]

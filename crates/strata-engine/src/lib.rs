@@ -16,9 +16,12 @@
 //! - [`sink`]: where images go: a docker-archive stream, an OCI layout, an OCI archive.
 //!
 //! [`digest`] and [`compress`] serve the last stages: everything is hashed as it is written.
+//! [`containerize`] is a second front end: an environment manifest (packages, variables, a
+//! start hook) made into a spec plus a layer holding the merged profile.
 
 pub mod closure;
 pub mod compress;
+pub mod containerize;
 pub mod digest;
 pub mod image;
 pub mod layer;

@@ -181,11 +181,7 @@ impl Spec {
 
     /// Parses TOML; on error, the dotted key path and the message.
     pub fn from_toml(text: &str) -> Result<Spec, (String, String)> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ("(syntax)".to_owned(), e.message().to_owned()))?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = key_of(e.path());
-            (key, e.into_inner().message().to_owned())
-        })
+        parse_toml(text)
     }
 
     /// Parses JSON; on error, the dotted key path and the message.
@@ -311,6 +307,12 @@ impl ValidSpec {
         }
         out
     }
+}
+
+/// Deserialises TOML; on error, the dotted path of the offending key and the message.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ("(syntax)".to_owned(), e.message().to_owned()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| (key_of(e.path()), e.into_inner().message().to_owned()))
 }
 
 fn key_of(path: &serde_path_to_error::Path) -> String {

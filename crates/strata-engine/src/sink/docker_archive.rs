@@ -22,8 +22,9 @@ use crate::digest::{Digest, HashingWriter};
 use crate::image::{canonical_json, Image};
 use crate::layer::{LayerError, LayerRecipe};
 
-/// Writes `image` as a docker-archive to `out`.
-pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compression) -> Result<Written, SinkError> {
+/// Writes `image` as a docker-archive to `out`, tagged `reference` if given, else with the
+/// image's own name and tag.
+pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
     let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
     let names: Vec<String> = (0..image.layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
     let diff_ids = if compression == Compression::None {
@@ -40,7 +41,7 @@ pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compre
     let config_digest = Digest::of(&config);
     let config_name = format!("{}.json", config_digest.hex());
     tar.bytes(&config_name, &config)?;
-    let reference = image.reference(&config_digest);
+    let reference = reference.map_or_else(|| image.reference(&config_digest), str::to_owned);
     let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": [reference], "Layers": names }]);
     tar.bytes("manifest.json", &canonical_json(&manifest))?;
     tar.finish()?;

@@ -1,5 +1,7 @@
 //! Sinks: where images go. References follow skopeo's transports:
-//! `docker-archive:PATH` (`-` for stdout), `oci:DIR[:TAG]`, `oci-archive:PATH[:TAG]`.
+//! `docker-archive:PATH` (`-` for stdout), `oci:DIR[:TAG]`, `oci-archive:PATH[:TAG]`,
+//! `docker-daemon:[NAME:TAG]` and `podman:[NAME:TAG]` (loaded with the engine's `load`, the
+//! docker-archive streamed into it; NAME:TAG, if given, replaces the image's own).
 //!
 //! Nothing half-written is ever left at a destination: files are written beside it and
 //! renamed into place when complete; a new OCI directory is built beside its final name;
@@ -34,6 +36,10 @@ pub enum SinkError {
     NotOciLayout(PathBuf),
     #[error("cannot read OCI layout {path}: {why}")]
     BadOciLayout { path: PathBuf, why: String },
+    #[error("cannot run `{engine} load` ({source}); is {engine} installed?")]
+    EngineMissing { engine: Engine, source: io::Error },
+    #[error("`{engine} load` failed: {stderr}")]
+    EngineLoad { engine: Engine, stderr: String },
 }
 
 /// Where `strata build` writes.
@@ -43,6 +49,31 @@ pub enum Destination {
     DockerArchive(Target),
     OciDir { dir: PathBuf, tag: Option<String> },
     OciArchive { path: PathBuf, tag: Option<String> },
+    /// Loaded into a container engine, optionally as `NAME:TAG`.
+    Engine { engine: Engine, reference: Option<String> },
+}
+
+/// A container engine that loads docker-archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    Podman,
+}
+
+impl Engine {
+    /// The engine's command.
+    pub fn command(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.command())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +89,18 @@ impl FromStr for Destination {
         let bad = |why: &str| SinkError::BadReference { reference: reference.to_owned(), why: why.to_owned() };
         let (transport, rest) = reference
             .split_once(':')
-            .ok_or_else(|| bad("expected TRANSPORT:PATH, with docker-archive, oci or oci-archive as transport"))?;
+            .ok_or_else(|| bad("expected TRANSPORT:PATH, with docker-archive, oci, oci-archive, docker-daemon or podman as transport"))?;
+        let engine = match transport {
+            "docker-daemon" => Some(Engine::Docker),
+            "podman" => Some(Engine::Podman),
+            _ => None,
+        };
+        if let Some(engine) = engine {
+            if !rest.is_empty() && !rest.rsplit_once(':').is_some_and(|(name, tag)| !name.is_empty() && !tag.is_empty() && !tag.contains('/')) {
+                return Err(bad("expected NAME:TAG after the transport"));
+            }
+            return Ok(Destination::Engine { engine, reference: (!rest.is_empty()).then(|| rest.to_owned()) });
+        }
         if rest.is_empty() {
             return Err(bad("the path is empty"));
         }
@@ -79,7 +121,7 @@ impl FromStr for Destination {
                 let (path, tag) = path_and_tag();
                 Ok(Destination::OciArchive { path, tag })
             }
-            _ => Err(bad("unknown transport (expected docker-archive, oci or oci-archive)")),
+            _ => Err(bad("unknown transport (expected docker-archive, oci, oci-archive, docker-daemon or podman)")),
         }
     }
 }
@@ -88,7 +130,7 @@ impl Destination {
     /// docker-archive layers default to uncompressed (fast `docker load`), OCI to gzip.
     pub fn default_compression(&self) -> Compression {
         match self {
-            Destination::DockerArchive(_) => Compression::None,
+            Destination::DockerArchive(_) | Destination::Engine { .. } => Compression::None,
             _ => Compression::Gzip,
         }
     }
@@ -102,6 +144,8 @@ impl fmt::Display for Destination {
             Destination::DockerArchive(Target::File(p)) => write!(f, "docker-archive:{}", p.display()),
             Destination::OciDir { dir, tag } => write!(f, "oci:{}{}", dir.display(), with_tag(tag)),
             Destination::OciArchive { path, tag } => write!(f, "oci-archive:{}{}", path.display(), with_tag(tag)),
+            Destination::Engine { engine: Engine::Docker, reference } => write!(f, "docker-daemon:{}", reference.as_deref().unwrap_or_default()),
+            Destination::Engine { engine: Engine::Podman, reference } => write!(f, "podman:{}", reference.as_deref().unwrap_or_default()),
         }
     }
 }
@@ -122,14 +166,34 @@ pub fn write_image(image: &Image, dest: &Destination, compression: Compression) 
         Destination::DockerArchive(Target::Stdout) => {
             let stdout = io::stdout().lock();
             let mut out = BufWriter::with_capacity(1 << 20, stdout);
-            let written = write_docker_archive(image, &mut out, compression)?;
+            let written = write_docker_archive(image, &mut out, compression, None)?;
             out.flush().map_err(|source| SinkError::Write { path: "standard output".into(), source })?;
             Ok(written)
         }
-        Destination::DockerArchive(Target::File(path)) => write_file_atomically(path, |out| write_docker_archive(image, out, compression)),
+        Destination::DockerArchive(Target::File(path)) => write_file_atomically(path, |out| write_docker_archive(image, out, compression, None)),
+        Destination::Engine { engine, reference } => load_into(*engine, image, compression, reference.as_deref()),
         Destination::OciDir { dir, tag } => oci::write_layout(image, dir, tag.as_deref(), compression),
         Destination::OciArchive { path, tag } => oci::write_archive(image, path, tag.as_deref(), compression),
     }
+}
+
+/// Streams the image as a docker-archive into `ENGINE load`.
+fn load_into(engine: Engine, image: &Image, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
+    let mut child = std::process::Command::new(engine.command())
+        .arg("load")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| SinkError::EngineMissing { engine, source })?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let written = write_docker_archive(image, BufWriter::with_capacity(1 << 20, stdin), compression, reference);
+    let output = child.wait_with_output().map_err(|source| SinkError::EngineMissing { engine, source })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        return Err(SinkError::EngineLoad { engine, stderr });
+    }
+    written
 }
 
 /// Runs `write` on a temporary file beside `path` and renames it to `path` if it succeeds;
@@ -253,8 +317,9 @@ impl<W: Write> OuterTar<W> {
         self.pad(size)
     }
 
+    /// Ends the archive and flushes the writer.
     fn finish(mut self) -> Result<W, SinkError> {
-        self.out.write_all(&[0u8; 1024]).map_err(|e| self.write_err(e))?;
+        self.out.write_all(&[0u8; 1024]).and_then(|()| self.out.flush()).map_err(|e| self.write_err(e))?;
         Ok(self.out)
     }
 }
@@ -275,6 +340,9 @@ mod tests {
             assert!(bad.parse::<Destination>().is_err(), "{bad}");
         }
         assert_eq!(p("oci:/tmp/out:v1").to_string(), "oci:/tmp/out:v1");
+        assert_eq!(p("podman:"), Destination::Engine { engine: Engine::Podman, reference: None });
+        assert_eq!(p("docker-daemon:web:1.4"), Destination::Engine { engine: Engine::Docker, reference: Some("web:1.4".into()) });
+        assert!("docker-daemon:web".parse::<Destination>().is_err());
     }
 
     #[test]
