@@ -3,7 +3,8 @@
 //! errors, as clap does).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -11,7 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strata_engine::compress::Compression;
 use strata_engine::containerize::Environment;
 use strata_engine::image::{ClosureSource, Image};
-use strata_engine::sink::{write_image, Destination, Engine, Target};
+use strata_engine::sink::{write_image, Destination, Engine, Target, Written};
+use strata_engine::source::{SourceImage, SourceRef};
 use strata_engine::spec::ValidSpec;
 
 #[derive(Parser)]
@@ -41,6 +43,47 @@ enum Command {
     /// Turn an environment (packages, variables, a start hook) into an image
     #[command(after_help = DESTINATIONS)]
     Containerize(ContainerizeArgs),
+    /// Build (or copy) an image into podman or docker and run it
+    #[command(after_help = "IMAGE is a spec (.toml or .json), built first, or a source reference (docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG]).\nThe container's exit status becomes strata's. With no --engine, podman is used if it is there, else docker.")]
+    Run(RunArgs),
+    /// Copy an image from a source to a destination, layers and config unchanged
+    #[command(after_help = "Sources: docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG]. Every blob read is checked against its digest.\n\nDestinations: as for `strata build`.")]
+    Copy(CopyArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A spec file, or an image reference
+    image: String,
+    /// The engine to run in [default: podman if available, else docker]
+    #[arg(long, value_enum)]
+    engine: Option<Runtime>,
+    /// Name the container
+    #[arg(long)]
+    name: Option<String>,
+    /// Run in the background and print the container's ID
+    #[arg(short, long)]
+    detach: bool,
+    /// Publish a port, HOST:CONTAINER (repeatable)
+    #[arg(short, long = "publish", value_name = "HOST:CTR")]
+    publish: Vec<String>,
+    /// Set a variable in the container, K=V (repeatable)
+    #[arg(short, long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// The container's network (as the engine's --network)
+    #[arg(long)]
+    network: Option<String>,
+    /// Arguments for the image's entrypoint
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct CopyArgs {
+    /// The image to read
+    source: String,
+    /// Where to write it
+    destination: String,
 }
 
 const DESTINATIONS: &str = "Destinations:\n  docker-archive:PATH      a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:TAG]            an OCI image layout directory (created or added to)\n  oci-archive:PATH[:TAG]   a tar of an OCI image layout\n  docker-daemon:[NAME:TAG] loaded into the Docker engine (docker load)\n  podman:[NAME:TAG]        loaded into podman (podman load)\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal.";
@@ -116,7 +159,7 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("strata: error: {e:#}");
             ExitCode::FAILURE
@@ -124,13 +167,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => return run_container(args),
         Command::Build(args) => {
             let dest = destination(args.output.as_deref(), &format!("strata build {}", args.spec.display()))?;
             let spec = ValidSpec::load(&args.spec)?;
             let source = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
-            write(&Image::plan(spec, &source)?, &dest, args.compress)
+            write(&Image::plan(spec, &source)?, &dest, args.compress)?;
+        }
+        Command::Copy(args) => {
+            let source = SourceImage::open(&args.source.parse::<SourceRef>()?).with_context(|| format!("reading {}", args.source))?;
+            let dest: Destination = args.destination.parse()?;
+            let reference = match &dest {
+                Destination::Engine { reference: Some(r), .. } => r.rsplit_once(':'),
+                _ => None,
+            };
+            write(&Image::copy_of(source, reference), &dest, Some(Codec::None))?;
         }
         Command::Containerize(args) => {
             let dest = match args.runtime {
@@ -139,9 +192,10 @@ fn run(cli: Cli) -> Result<()> {
                 None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
             };
             let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
-            write(&environment.plan(&ClosureSource::Nix)?, &dest, args.compress)
+            write(&environment.plan(&ClosureSource::Nix)?, &dest, args.compress)?;
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `-o DEST` parsed; without it, standard output unless that is a terminal.
@@ -155,11 +209,64 @@ fn destination(output: Option<&str>, command: &str) -> Result<Destination> {
     }
 }
 
-fn write(image: &Image, dest: &Destination, compress: Option<Codec>) -> Result<()> {
+fn write(image: &Image, dest: &Destination, compress: Option<Codec>) -> Result<Written> {
     tracing::info!("{} layers planned", image.layers.len());
     let compression = compress.map_or_else(|| dest.default_compression(), Compression::from);
     let written = write_image(image, dest, compression).with_context(|| format!("writing {dest}"))?;
     let digest = written.manifest_digest.unwrap_or(written.config_digest);
-    eprintln!("strata: wrote {} to {dest} ({} layers, {digest})", written.reference, image.layers.len());
-    Ok(())
+    eprintln!("strata: wrote {} to {dest} ({} layers, {digest})", written.reference, image.layer_sources().len());
+    Ok(written)
+}
+
+/// Builds or copies the image into an engine and runs it there; returns the container's
+/// exit status.
+fn run_container(args: RunArgs) -> Result<ExitCode> {
+    let engine = match args.engine {
+        Some(Runtime::Docker) => Engine::Docker,
+        Some(Runtime::Podman) => Engine::Podman,
+        None => {
+            let available = |cmd: &str| std::process::Command::new(cmd).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+            let engine = [Engine::Podman, Engine::Docker].into_iter().find(|e| available(e.command()));
+            engine.context("neither podman nor docker is available: install one, or name it with --engine")?
+        }
+    };
+    eprintln!("strata: running with {engine}");
+    let dest = Destination::Engine { engine, reference: None };
+    let image = if args.image.ends_with(".toml") || args.image.ends_with(".json") {
+        Image::plan(ValidSpec::load(Path::new(&args.image))?, &ClosureSource::Nix)?
+    } else {
+        let source = SourceImage::open(&args.image.parse::<SourceRef>()?).with_context(|| format!("reading {}", args.image))?;
+        Image::copy_of(source, None)
+    };
+    let written = write(&image, &dest, None)?;
+
+    let mut run = std::process::Command::new(engine.command());
+    run.arg("run");
+    if args.detach {
+        run.arg("--detach");
+    } else {
+        run.arg("--rm");
+        if std::io::stdin().is_terminal() {
+            run.args(["--interactive", "--tty"]);
+        }
+    }
+    for (flag, value) in [("--name", &args.name), ("--network", &args.network)] {
+        if let Some(value) = value {
+            run.args([flag, value]);
+        }
+    }
+    for port in &args.publish {
+        run.args(["--publish", port]);
+    }
+    for var in &args.env {
+        run.args(["--env", var]);
+    }
+    run.arg(&written.reference).args(&args.args);
+    tracing::info!("{run:?}");
+    let status = run.status().with_context(|| format!("cannot run {engine}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }

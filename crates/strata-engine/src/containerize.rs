@@ -138,6 +138,7 @@ impl Environment {
             architecture: None,
             // One layer is the environment layer.
             max_layers: Some(max_layers - 1),
+            from_image: None,
             roots: packages.iter().map(|(_, p)| p.to_string()).collect(),
             copy_to_root: vec![],
             layers: vec![],

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use oci_spec::image::{Arch, Config, History, ImageConfiguration, Os, RootFs};
+use oci_spec::image::{Arch, History, ImageConfiguration, Os, RootFs};
 
 use crate::closure::{Closure, ClosureError};
 use crate::digest::Digest;
 use crate::layer::{scan_tree, LayerError, LayerRecipe};
 use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
+use crate::source::SourceImage;
 use crate::spec::{ImageConfigSpec, ValidSpec};
 use crate::store::StorePath;
 
@@ -21,6 +22,10 @@ pub enum ImageError {
     Plan(#[from] NoRoomForStorePaths),
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error("from_image: {0}")]
+    Base(#[from] crate::source::SourceError),
+    #[error("max_layers = {max_layers} is too small for the base image's {base} layers and the explicit ones")]
+    BaseTooBig { max_layers: usize, base: usize },
 }
 
 /// Where the closure comes from.
@@ -42,20 +47,39 @@ pub struct Image {
     pub mtime: u64,
     pub architecture: String,
     pub config: ImageConfigSpec,
+    /// Layers of a base image (`from_image`, or the image being copied), below `layers`.
+    pub base: Option<SourceImage>,
+    /// Built layers, on top of the base's.
     pub layers: Vec<LayerRecipe>,
+    /// Write the base's config byte for byte (a copy keeps its image ID).
+    pub verbatim_config: bool,
+}
+
+/// Where one of an image's layers comes from.
+#[derive(Clone, Copy)]
+pub enum LayerSource<'a> {
+    Built(&'a LayerRecipe),
+    /// Layer `.1` of a base image, copied as it is.
+    Base(&'a SourceImage, usize),
 }
 
 /// A layer as written: digests of its tar and of its blob (the same when uncompressed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerBlob {
     pub diff_id: Digest,
     pub digest: Digest,
     pub size: u64,
+    pub media_type: oci_spec::image::MediaType,
 }
 
 impl Image {
     /// Computes the closure, plans the layers and scans the store for their entries.
     pub fn plan(spec: ValidSpec, source: &ClosureSource) -> Result<Image, ImageError> {
+        let base = spec.from_image.as_ref().map(SourceImage::open).transpose()?;
+        let base_layers = base.as_ref().map_or(0, |b| b.layers.len());
+        if base_layers + spec.layers.len() + usize::from(!spec.copy_to_root.is_empty()) > spec.max_layers {
+            return Err(ImageError::BaseTooBig { max_layers: spec.max_layers, base: base_layers });
+        }
         let config_roots = spec.config_roots();
         let mut keyed_roots: Vec<(String, StorePath)> = spec.roots.iter().cloned().chain(config_roots.iter().cloned()).collect();
         keyed_roots.extend(spec.copy_to_root.iter().cloned());
@@ -82,7 +106,8 @@ impl Image {
 
         let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).map(|(_, p)| p.clone()).collect();
         let copy_to_root: Vec<StorePath> = spec.copy_to_root.iter().map(|(_, p)| p.clone()).collect();
-        let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers: spec.max_layers };
+        let max_layers = spec.max_layers.saturating_sub(base_layers);
+        let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers };
 
         // Scan every store path once; the plan needs their sizes, the recipes their entries.
         let mut scanned = BTreeMap::new();
@@ -111,39 +136,74 @@ impl Image {
             mtime: spec.mtime,
             architecture: spec.architecture,
             config: spec.config,
+            base,
             layers,
+            verbatim_config: false,
         })
     }
 
-    /// The config blob for layers with these diff IDs: canonical JSON (keys sorted, no
-    /// whitespace), so equal images have equal config digests.
+    /// The image `source` as it is, named `name:tag` (else as the source names it).
+    pub fn copy_of(source: SourceImage, name: Option<(&str, &str)>) -> Image {
+        let (name, tag) = match (name, source.reference.as_deref().and_then(|r| r.rsplit_once(':'))) {
+            (Some((n, t)), _) => (n.to_owned(), t.to_owned()),
+            (None, Some((n, t))) if !n.is_empty() => (n.to_owned(), t.to_owned()),
+            _ => ("image".to_owned(), source.reference.clone().unwrap_or_else(|| "latest".to_owned())),
+        };
+        let created = source.config.created().clone().unwrap_or_else(|| crate::spec::DEFAULT_CREATED.to_owned());
+        let mtime = humantime::parse_rfc3339_weak(&created).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        Image {
+            name,
+            tag: Some(tag),
+            created,
+            mtime,
+            architecture: source.config.architecture().to_string(),
+            config: ImageConfigSpec::default(),
+            base: Some(source),
+            layers: vec![],
+            verbatim_config: true,
+        }
+    }
+
+    /// Every layer, bottom first: the base's, then the built ones.
+    pub fn layer_sources(&self) -> Vec<LayerSource<'_>> {
+        let base = self.base.iter().flat_map(|b| (0..b.layers.len()).map(move |i| LayerSource::Base(b, i)));
+        base.chain(self.layers.iter().map(LayerSource::Built)).collect()
+    }
+
+    /// The config blob for layers with these diff IDs (base layers first): canonical JSON
+    /// (keys sorted, no whitespace), so equal images have equal config digests. On a base
+    /// image, the spec's config is merged into the base's: `Env` by variable (the spec's
+    /// wins), `Labels` merged, `ExposedPorts` and `Volumes` united, the other keys kept
+    /// unless the spec sets them; the base's history comes first.
     pub fn config_blob(&self, diff_ids: &[Digest]) -> Vec<u8> {
+        if let (true, Some(base)) = (self.verbatim_config, &self.base) {
+            return base.config_bytes.clone();
+        }
         let c = &self.config;
-        let mut config = Config::default();
-        config.set_entrypoint(c.entrypoint.clone());
-        config.set_cmd(c.cmd.clone());
-        config.set_env(c.env.clone());
-        config.set_working_dir(c.working_dir.clone());
-        config.set_user(c.user.clone());
-        config.set_exposed_ports(c.exposed_ports.as_ref().map(|p| p.keys()));
-        config.set_volumes(c.volumes.as_ref().map(|v| v.keys()));
-        config.set_labels(c.labels.clone().map(|l| l.into_iter().collect()));
-        config.set_stop_signal(c.stop_signal.clone());
+        let mut config = self.base.as_ref().and_then(|b| b.config.config().clone()).unwrap_or_default();
+        config.set_entrypoint(c.entrypoint.clone().or_else(|| config.entrypoint().clone()));
+        config.set_cmd(c.cmd.clone().or_else(|| config.cmd().clone()));
+        config.set_working_dir(c.working_dir.clone().or_else(|| config.working_dir().clone()));
+        config.set_user(c.user.clone().or_else(|| config.user().clone()));
+        config.set_stop_signal(c.stop_signal.clone().or_else(|| config.stop_signal().clone()));
+        config.set_env(merge_lists(config.env().clone(), c.env.clone(), |v: &String| v.split('=').next().unwrap_or_default().to_owned()));
+        config.set_exposed_ports(merge_lists(config.exposed_ports().clone(), c.exposed_ports.as_ref().map(|p| p.keys()), String::clone));
+        config.set_volumes(merge_lists(config.volumes().clone(), c.volumes.as_ref().map(|v| v.keys()), String::clone));
+        let mut labels: BTreeMap<String, String> = config.labels().clone().unwrap_or_default().into_iter().collect();
+        labels.extend(c.labels.clone().unwrap_or_default());
+        config.set_labels((!labels.is_empty()).then(|| labels.into_iter().collect()));
 
         let mut rootfs = RootFs::default();
         rootfs.set_typ("layers".to_owned());
         rootfs.set_diff_ids(diff_ids.iter().map(Digest::to_string).collect());
-        let history = self
-            .layers
-            .iter()
-            .map(|l| {
-                let mut h = History::default();
-                h.set_created(Some(self.created.clone()));
-                h.set_created_by(Some("strata".to_owned()));
-                h.set_comment(Some(l.comment.clone()));
-                h
-            })
-            .collect();
+        let mut history = self.base.as_ref().and_then(|b| b.config.history().clone()).unwrap_or_default();
+        history.extend(self.layers.iter().map(|l| {
+            let mut h = History::default();
+            h.set_created(Some(self.created.clone()));
+            h.set_created_by(Some("strata".to_owned()));
+            h.set_comment(Some(l.comment.clone()));
+            h
+        }));
 
         let mut image = ImageConfiguration::default();
         image.set_created(Some(self.created.clone()));
@@ -165,6 +225,22 @@ impl Image {
     pub fn reference(&self, config_digest: &Digest) -> String {
         format!("{}:{}", self.name, self.tag(config_digest))
     }
+}
+
+/// `base` then `over`, where an item of `over` replaces the item of `base` with the same key
+/// in place; `None` if both are.
+fn merge_lists<T: Clone>(base: Option<Vec<T>>, over: Option<Vec<T>>, key: impl Fn(&T) -> String) -> Option<Vec<T>> {
+    if base.is_none() && over.is_none() {
+        return None;
+    }
+    let mut merged: Vec<T> = base.unwrap_or_default();
+    for item in over.unwrap_or_default() {
+        match merged.iter().position(|m| key(m) == key(&item)) {
+            Some(i) => merged[i] = item,
+            None => merged.push(item),
+        }
+    }
+    Some(merged)
 }
 
 /// JSON with object keys sorted and no whitespace (serde_json's `Map` is a `BTreeMap`).

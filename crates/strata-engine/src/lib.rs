@@ -27,5 +27,6 @@ pub mod image;
 pub mod layer;
 pub mod plan;
 pub mod sink;
+pub mod source;
 pub mod spec;
 pub mod store;

@@ -71,7 +71,7 @@ pub fn plan_layers(input: &PlanInput, size_of: impl Fn(&StorePath) -> u64) -> Re
         layers.push(PlannedLayer { store_paths: paths, root_trees: layer.copy_to_root.clone() });
     }
     let rest: BTreeSet<StorePath> = closure_of(&input.roots, &input.copy_to_root).into_iter().filter(|p| !taken.contains(p)).collect();
-    let budget = input.max_layers - input.explicit.len().min(input.max_layers) - usize::from(!input.copy_to_root.is_empty());
+    let budget = input.max_layers.saturating_sub(input.explicit.len() + usize::from(!input.copy_to_root.is_empty()));
     if !rest.is_empty() {
         if budget == 0 {
             return Err(NoRoomForStorePaths { max_layers: input.max_layers, left: rest.len() });

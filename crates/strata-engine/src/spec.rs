@@ -40,6 +40,9 @@ pub struct Spec {
     /// OCI architecture (`amd64`, `arm64`, …). Default: the host's.
     pub architecture: Option<String>,
     pub max_layers: Option<usize>,
+    /// A base image (`docker-archive:PATH`, `oci:DIR[:TAG]`, `oci-archive:PATH[:TAG]`): its
+    /// layers come first, and its config is merged with `config`.
+    pub from_image: Option<String>,
     /// Closure roots: their closures go into the store layers.
     #[serde(default)]
     pub roots: Vec<String>,
@@ -158,6 +161,7 @@ pub struct ValidSpec {
     pub mtime: u64,
     pub architecture: String,
     pub max_layers: usize,
+    pub from_image: Option<crate::source::SourceRef>,
     /// Closure roots, each with the key it came from (for error messages).
     pub roots: Vec<(String, StorePath)>,
     pub copy_to_root: Vec<(String, StorePath)>,
@@ -229,6 +233,10 @@ impl Spec {
                 })
                 .collect()
         };
+        let from_image = match &self.from_image {
+            None => None,
+            Some(r) => Some(r.parse().map_err(|e: crate::source::SourceError| ("from_image".to_owned(), e.to_string()))?),
+        };
         let roots = store_paths("roots", &self.roots)?;
         let copy_to_root = store_paths("copy_to_root", &self.copy_to_root)?;
         for (key, path) in &copy_to_root {
@@ -275,6 +283,7 @@ impl Spec {
             mtime,
             architecture: self.architecture.unwrap_or_else(host_architecture),
             max_layers,
+            from_image,
             roots,
             copy_to_root,
             layers,

@@ -16,19 +16,20 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use super::{write_layer_blobs, OuterTar, SinkError, Written};
+use super::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, Written};
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{canonical_json, Image};
-use crate::layer::{LayerError, LayerRecipe};
+use crate::image::{canonical_json, Image, LayerSource};
+use crate::layer::LayerError;
 
 /// Writes `image` as a docker-archive to `out`, tagged `reference` if given, else with the
 /// image's own name and tag.
 pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
     let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
-    let names: Vec<String> = (0..image.layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
+    let layers = image.layer_sources();
+    let names: Vec<String> = (0..layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
     let diff_ids = if compression == Compression::None {
-        stream_layers(&image.layers, &names, &mut tar)?
+        stream_layers(&layers, &names, &mut tar)?
     } else {
         let staging = tempfile::tempdir().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;
         let blobs = write_layer_blobs(image, compression, staging.path())?;
@@ -48,8 +49,9 @@ pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compre
     Ok(Written { reference, config_digest, manifest_digest: None })
 }
 
-/// Streams every layer's tar into `tar` under `names`, returning their digests.
-fn stream_layers<W: Write>(layers: &[LayerRecipe], names: &[String], tar: &mut OuterTar<W>) -> Result<Vec<Digest>, SinkError> {
+/// Streams every layer into `tar` under `names` (built layers as tars, base layers as they
+/// are), returning their diff IDs.
+fn stream_layers<W: Write>(layers: &[LayerSource], names: &[String], tar: &mut OuterTar<W>) -> Result<Vec<Digest>, SinkError> {
     let n = layers.len();
     let hashed_ahead: Vec<OnceLock<Digest>> = (0..n).map(|_| OnceLock::new()).collect();
     // The layer the writer is on; helpers never touch it or anything before it.
@@ -65,10 +67,11 @@ fn stream_layers<W: Write>(layers: &[LayerRecipe], names: &[String], tar: &mut O
                     if k <= writer_at.load(Ordering::SeqCst) {
                         break;
                     }
+                    let LayerSource::Built(recipe) = layers[k] else { continue };
                     let mut sink = HashingWriter::new(StopWhenWriterArrives { writer_at: &writer_at, layer: k });
                     // A failure here (the writer arrived, a file is unreadable) only means
                     // the writer hashes this layer itself, and reports any real error.
-                    if layers[k].write_tar(&mut sink).is_ok() {
+                    if recipe.write_tar(&mut sink).is_ok() {
                         let _ = hashed_ahead[k].set(sink.finish().0);
                     }
                 }
@@ -78,19 +81,29 @@ fn stream_layers<W: Write>(layers: &[LayerRecipe], names: &[String], tar: &mut O
             let mut digests = Vec::with_capacity(n);
             for (k, layer) in layers.iter().enumerate() {
                 writer_at.store(k, Ordering::SeqCst);
-                tar.header(&names[k], layer.tar_len())?;
+                let recipe = match *layer {
+                    LayerSource::Built(recipe) => recipe,
+                    LayerSource::Base(base, j) => {
+                        tar.header(&names[k], base.layers[j].size)?;
+                        copy_base_layer(base, j, &mut tar.out)?;
+                        tar.pad(base.layers[j].size)?;
+                        digests.push(base.layers[j].diff_id);
+                        continue;
+                    }
+                };
+                tar.header(&names[k], recipe.tar_len())?;
                 let digest = match hashed_ahead[k].get() {
                     Some(digest) => {
-                        layer.write_tar(&mut tar.out)?;
+                        recipe.write_tar(&mut tar.out)?;
                         *digest
                     }
                     None => {
                         let mut hashing = HashingWriter::new(&mut tar.out);
-                        layer.write_tar(&mut hashing)?;
+                        recipe.write_tar(&mut hashing)?;
                         hashing.finish().0
                     }
                 };
-                tar.pad(layer.tar_len())?;
+                tar.pad(recipe.tar_len())?;
                 digests.push(digest);
             }
             Ok(digests)

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{Image, LayerBlob};
+use crate::image::{Image, LayerBlob, LayerSource};
+use crate::source::SourceImage;
 use crate::layer::{header, LayerError};
 
 pub use docker_archive::write_docker_archive;
@@ -36,6 +37,10 @@ pub enum SinkError {
     NotOciLayout(PathBuf),
     #[error("cannot read OCI layout {path}: {why}")]
     BadOciLayout { path: PathBuf, why: String },
+    #[error("cannot copy layer {digest} of the base image: {source}")]
+    CopyBaseLayer { digest: Digest, source: io::Error },
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
     #[error("cannot run `{engine} load` ({source}); is {engine} installed?")]
     EngineMissing { engine: Engine, source: io::Error },
     #[error("`{engine} load` failed: {stderr}")]
@@ -254,26 +259,44 @@ fn for_each_biggest_first<T: Send, E: Send>(n: usize, weight: impl Fn(usize) -> 
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Writes every layer of `image` as a blob file named by its digest into `dir`, compressing
-/// and hashing in parallel.
+/// Writes every layer of `image` as a blob file named by its digest into `dir`: built layers
+/// compressed and hashed, base layers copied as they are (and verified), in parallel.
 fn write_layer_blobs(image: &Image, compression: Compression, dir: &Path) -> Result<Vec<LayerBlob>, SinkError> {
     let write_err = |source| SinkError::Write { path: dir.to_owned(), source };
-    for_each_biggest_first(
-        image.layers.len(),
-        |i| image.layers[i].tar_len(),
-        |i| {
-            let temp = tempfile::Builder::new().prefix(".layer").tempfile_in(dir).map_err(write_err)?;
-            let file = HashingWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file()));
-            let mut tar = HashingWriter::new(compression.encoder(file).map_err(write_err)?);
-            image.layers[i].write_tar(&mut tar)?;
-            let (diff_id, _, encoder) = tar.finish();
-            let (digest, size, mut file) = encoder.finish().map_err(write_err)?.finish();
-            file.flush().map_err(write_err)?;
-            drop(file);
-            temp.persist(dir.join(digest.hex())).map_err(|e| write_err(e.error))?;
-            Ok(LayerBlob { diff_id, digest, size })
-        },
-    )
+    let layers = image.layer_sources();
+    let weight = |i: usize| match layers[i] {
+        LayerSource::Built(recipe) => recipe.tar_len(),
+        LayerSource::Base(base, j) => base.layers[j].size,
+    };
+    for_each_biggest_first(layers.len(), weight, |i| {
+        let temp = tempfile::Builder::new().prefix(".layer").tempfile_in(dir).map_err(write_err)?;
+        let mut file = HashingWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file()));
+        let (diff_id, media_type) = match layers[i] {
+            LayerSource::Built(recipe) => {
+                let mut tar = HashingWriter::new(compression.encoder(file).map_err(write_err)?);
+                recipe.write_tar(&mut tar)?;
+                let (diff_id, _, encoder) = tar.finish();
+                file = encoder.finish().map_err(write_err)?;
+                (diff_id, compression.layer_media_type())
+            }
+            LayerSource::Base(base, j) => {
+                copy_base_layer(base, j, &mut file)?;
+                (base.layers[j].diff_id, base.layers[j].media_type.clone())
+            }
+        };
+        let (digest, size, mut file) = file.finish();
+        file.flush().map_err(write_err)?;
+        drop(file);
+        temp.persist(dir.join(digest.hex())).map_err(|e| write_err(e.error))?;
+        Ok(LayerBlob { diff_id, digest, size, media_type })
+    })
+}
+
+/// Copies layer `index` of `base` to `out`, checking its digest.
+fn copy_base_layer(base: &SourceImage, index: usize, out: &mut impl Write) -> Result<(), SinkError> {
+    let digest = base.layers[index].digest;
+    let mut reader = base.open_layer(index)?;
+    io::copy(&mut reader, out).map(|_| ()).map_err(|source| SinkError::CopyBaseLayer { digest, source })
 }
 
 /// A tar around whole files (the docker-archive and OCI archive containers): regular files

@@ -80,7 +80,7 @@ fn fill_layout(image: &Image, dir: &Path, tag: Option<&str>, compression: Compre
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
     let config = image.config_blob(&diff_ids);
     let config_digest = write_blob(&blobs_dir, &config)?;
-    let layer_descriptors: Vec<Descriptor> = layers.iter().map(|l| descriptor(compression.layer_media_type(), l.size, &l.digest)).collect();
+    let layer_descriptors: Vec<Descriptor> = layers.iter().map(|l| descriptor(l.media_type.clone(), l.size, &l.digest)).collect();
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
