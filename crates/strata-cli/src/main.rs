@@ -135,6 +135,15 @@ enum Codec {
     Zstd,
 }
 
+impl From<Runtime> for Engine {
+    fn from(r: Runtime) -> Engine {
+        match r {
+            Runtime::Docker => Engine::Docker,
+            Runtime::Podman => Engine::Podman,
+        }
+    }
+}
+
 impl From<Codec> for Compression {
     fn from(c: Codec) -> Compression {
         match c {
@@ -187,8 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Containerize(args) => {
             let dest = match args.runtime {
-                Some(Runtime::Docker) => Destination::Engine { engine: Engine::Docker, reference: None },
-                Some(Runtime::Podman) => Destination::Engine { engine: Engine::Podman, reference: None },
+                Some(runtime) => Destination::Engine { engine: runtime.into(), reference: None },
                 None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
             };
             let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
@@ -222,8 +230,7 @@ fn write(image: &Image, dest: &Destination, compress: Option<Codec>) -> Result<W
 /// exit status.
 fn run_container(args: RunArgs) -> Result<ExitCode> {
     let engine = match args.engine {
-        Some(Runtime::Docker) => Engine::Docker,
-        Some(Runtime::Podman) => Engine::Podman,
+        Some(runtime) => runtime.into(),
         None => {
             let available = |cmd: &str| std::process::Command::new(cmd).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
             let engine = [Engine::Podman, Engine::Docker].into_iter().find(|e| available(e.command()));

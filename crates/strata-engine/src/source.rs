@@ -44,22 +44,26 @@ impl std::str::FromStr for SourceRef {
         if rest.is_empty() {
             return Err(bad("the path is empty"));
         }
-        let path_and_tag = || match rest.rsplit_once(':') {
-            Some((path, tag)) if !path.is_empty() && !tag.contains('/') => (PathBuf::from(path), Some(tag.to_owned())),
-            _ => (PathBuf::from(rest), None),
-        };
         match transport {
             "docker-archive" => Ok(SourceRef::DockerArchive(PathBuf::from(rest))),
             "oci" => {
-                let (dir, tag) = path_and_tag();
+                let (dir, tag) = split_tag(rest);
                 Ok(SourceRef::OciDir { dir, tag })
             }
             "oci-archive" => {
-                let (path, tag) = path_and_tag();
+                let (path, tag) = split_tag(rest);
                 Ok(SourceRef::OciArchive { path, tag })
             }
             _ => Err(bad("unknown transport (expected docker-archive, oci or oci-archive)")),
         }
+    }
+}
+
+/// `PATH[:TAG]` as skopeo reads it: a last `:` followed by something without `/` is a tag.
+pub(crate) fn split_tag(rest: &str) -> (PathBuf, Option<String>) {
+    match rest.rsplit_once(':') {
+        Some((path, tag)) if !path.is_empty() && !tag.contains('/') => (PathBuf::from(path), Some(tag.to_owned())),
+        _ => (PathBuf::from(rest), None),
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{Image, LayerBlob, LayerSource};
-use crate::source::SourceImage;
+use crate::source::{split_tag, SourceImage};
 use crate::layer::{header, LayerError};
 
 pub use docker_archive::write_docker_archive;
@@ -109,21 +109,15 @@ impl FromStr for Destination {
         if rest.is_empty() {
             return Err(bad("the path is empty"));
         }
-        // `DIR:TAG`: a last `:` followed by something that cannot be a path component of a
-        // directory name we would accept as a tag.
-        let path_and_tag = || match rest.rsplit_once(':') {
-            Some((path, tag)) if !path.is_empty() && !tag.contains('/') => (PathBuf::from(path), Some(tag.to_owned())),
-            _ => (PathBuf::from(rest), None),
-        };
         match transport {
             "docker-archive" if rest == "-" => Ok(Destination::DockerArchive(Target::Stdout)),
             "docker-archive" => Ok(Destination::DockerArchive(Target::File(PathBuf::from(rest)))),
             "oci" => {
-                let (dir, tag) = path_and_tag();
+                let (dir, tag) = split_tag(rest);
                 Ok(Destination::OciDir { dir, tag })
             }
             "oci-archive" => {
-                let (path, tag) = path_and_tag();
+                let (path, tag) = split_tag(rest);
                 Ok(Destination::OciArchive { path, tag })
             }
             _ => Err(bad("unknown transport (expected docker-archive, oci, oci-archive, docker-daemon or podman)")),
