@@ -234,14 +234,25 @@ impl LayerRecipe {
     /// Writes the layer's tar to `out`. Fails if a file is gone or has changed size since the
     /// recipe was made, rather than write a tar whose length differs from [`tar_len`](Self::tar_len).
     pub fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), LayerError> {
+        self.write_tar_via(out, FileCopy::Buffered)
+    }
+
+    /// Like [`write_tar`](Self::write_tar), for bytes nobody needs to see on the way: file
+    /// contents go through `std::io::copy`, which lets the kernel move them (splice,
+    /// sendfile, copy_file_range) when `out` is a file, a pipe or standard output.
+    pub fn write_tar_direct<W: Write>(&self, out: &mut W) -> Result<(), LayerError> {
+        self.write_tar_via(out, FileCopy::Direct)
+    }
+
+    fn write_tar_via<W: Write>(&self, out: &mut W, copy: FileCopy) -> Result<(), LayerError> {
         let mut buf = vec![0u8; 256 * 1024];
         for entry in &self.entries {
-            self.write_entry(out, entry, &mut buf)?;
+            self.write_entry(out, entry, &mut buf, copy)?;
         }
         out.write_all(&[0u8; 2 * BLOCK as usize]).map_err(LayerError::Write)
     }
 
-    fn write_entry<W: Write>(&self, out: &mut W, entry: &Entry, buf: &mut [u8]) -> Result<(), LayerError> {
+    fn write_entry<W: Write>(&self, out: &mut W, entry: &Entry, buf: &mut [u8], copy: FileCopy) -> Result<(), LayerError> {
         let pax = entry.pax_records();
         if !pax.is_empty() {
             let header = header(b"././@PaxHeader", EntryType::XHeader, 0o644, 0, 0, pax.len() as u64, self.mtime, b"");
@@ -257,7 +268,7 @@ impl LayerRecipe {
         out.write_all(header.as_bytes()).map_err(LayerError::Write)?;
         match &entry.kind {
             EntryKind::File { source, size } => {
-                copy_exactly(source, *size, out, buf)?;
+                copy_exactly(source, *size, out, buf, copy)?;
                 write_padding(out, *size)?;
             }
             EntryKind::Contents(data) => write_padded(out, data)?,
@@ -278,12 +289,34 @@ fn write_padding<W: Write>(out: &mut W, len: u64) -> Result<(), LayerError> {
     out.write_all(&[0u8; BLOCK as usize][..pad]).map_err(LayerError::Write)
 }
 
+/// How file contents reach the tar.
+#[derive(Clone, Copy)]
+enum FileCopy {
+    /// Through our buffer, in large reads (the writer may hash or compress them).
+    Buffered,
+    /// Through `std::io::copy` (zero-copy where the kernel can).
+    Direct,
+}
+
 /// Copies exactly `size` bytes of `source` to `out`; a file that is shorter or longer now
 /// than when it was scanned is an error.
-fn copy_exactly<W: Write>(source: &Path, size: u64, out: &mut W, buf: &mut [u8]) -> Result<(), LayerError> {
+fn copy_exactly<W: Write>(source: &Path, size: u64, out: &mut W, buf: &mut [u8], copy: FileCopy) -> Result<(), LayerError> {
     let read_err = |e| LayerError::Read { path: source.to_owned(), source: e };
     let changed = || LayerError::Changed { path: source.to_owned(), expected: size };
     let mut file = File::open(source).map_err(read_err)?;
+    if let FileCopy::Direct = copy {
+        // io::copy cannot tell a read error from a write error; reads from a store file
+        // that opened fine are not expected to fail, so errors here are reported as writes.
+        let copied = io::copy(&mut (&mut file).take(size), out).map_err(LayerError::Write)?;
+        if copied != size {
+            return Err(changed());
+        }
+        return match file.read(&mut buf[..1]) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(changed()),
+            Err(e) => Err(read_err(e)),
+        };
+    }
     let mut left = size;
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));

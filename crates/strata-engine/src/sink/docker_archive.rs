@@ -94,7 +94,7 @@ fn stream_layers<W: Write>(layers: &[LayerSource], names: &[String], tar: &mut O
                 tar.header(&names[k], recipe.tar_len())?;
                 let digest = match hashed_ahead[k].get() {
                     Some(digest) => {
-                        recipe.write_tar(&mut tar.out)?;
+                        recipe.write_tar_direct(&mut tar.out)?;
                         *digest
                     }
                     None => {

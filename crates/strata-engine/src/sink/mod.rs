@@ -164,7 +164,8 @@ pub fn write_image(image: &Image, dest: &Destination, compression: Compression) 
     match dest {
         Destination::DockerArchive(Target::Stdout) => {
             let stdout = io::stdout().lock();
-            let mut out = BufWriter::with_capacity(1 << 20, stdout);
+            // Small enough that file chunks (mostly larger) go straight through, uncopied.
+            let mut out = BufWriter::with_capacity(64 << 10, stdout);
             let written = write_docker_archive(image, &mut out, compression, None)?;
             out.flush().map_err(|source| SinkError::Write { path: "standard output".into(), source })?;
             Ok(written)
