@@ -13,6 +13,7 @@ use strata_engine::compress::Compression;
 use strata_engine::containerize::Environment;
 use strata_engine::image::{ClosureSource, Image};
 use strata_engine::sink::{write_image, Destination, Engine, Target, Written};
+use strata_engine::registry::{Credentials, RegistryOptions};
 use strata_engine::source::{SourceImage, SourceRef};
 use strata_engine::spec::ValidSpec;
 
@@ -31,6 +32,13 @@ struct Cli {
     /// More log output on standard error (-v: info, -vv: debug)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Registry credentials, USER:PASSWORD [default: from $REGISTRY_AUTH_FILE, containers'
+    /// auth.json, or ~/.docker/config.json and its credential helpers]
+    #[arg(long, global = true, value_name = "USER:PASSWORD")]
+    creds: Option<Credentials>,
+    /// Verify registries' TLS certificates; false also allows plain HTTP
+    #[arg(long, global = true, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,7 +167,8 @@ fn main() -> ExitCode {
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
-        _ => "debug",
+        // Never below info for the HTTP stack: its debug output could show headers.
+        _ => "debug,hyper=info,hyper_util=info,reqwest=info,h2=info,rustls=info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| level.into()))
@@ -177,22 +186,23 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let registry = RegistryOptions { creds: cli.creds, tls_verify: cli.tls_verify };
     match cli.command {
-        Command::Run(args) => return run_container(args),
+        Command::Run(args) => return run_container(args, &registry),
         Command::Build(args) => {
             let dest = destination(args.output.as_deref(), &format!("strata build {}", args.spec.display()))?;
             let spec = ValidSpec::load(&args.spec)?;
             let source = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
-            write(&Image::plan(spec, &source)?, &dest, args.compress)?;
+            write(&Image::plan(spec, &source, &registry)?, &dest, args.compress, &registry)?;
         }
         Command::Copy(args) => {
-            let source = SourceImage::open(&args.source.parse::<SourceRef>()?).with_context(|| format!("reading {}", args.source))?;
+            let source = SourceImage::open(&args.source.parse::<SourceRef>()?, &registry).with_context(|| format!("reading {}", args.source))?;
             let dest: Destination = args.destination.parse()?;
             let reference = match &dest {
                 Destination::Engine { reference: Some(r), .. } => r.rsplit_once(':'),
                 _ => None,
             };
-            write(&Image::copy_of(source, reference), &dest, Some(Codec::None))?;
+            write(&Image::copy_of(source, reference), &dest, Some(Codec::None), &registry)?;
         }
         Command::Containerize(args) => {
             let dest = match args.runtime {
@@ -200,7 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
             };
             let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
-            write(&environment.plan(&ClosureSource::Nix)?, &dest, args.compress)?;
+            write(&environment.plan(&ClosureSource::Nix)?, &dest, args.compress, &registry)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -217,10 +227,10 @@ fn destination(output: Option<&str>, command: &str) -> Result<Destination> {
     }
 }
 
-fn write(image: &Image, dest: &Destination, compress: Option<Codec>) -> Result<Written> {
+fn write(image: &Image, dest: &Destination, compress: Option<Codec>, registry: &RegistryOptions) -> Result<Written> {
     tracing::info!("{} layers planned", image.layers.len());
     let compression = compress.map_or_else(|| dest.default_compression(), Compression::from);
-    let written = write_image(image, dest, compression).with_context(|| format!("writing {dest}"))?;
+    let written = write_image(image, dest, compression, registry).with_context(|| format!("writing {dest}"))?;
     let digest = written.manifest_digest.unwrap_or(written.config_digest);
     eprintln!("strata: wrote {} to {dest} ({} layers, {digest})", written.reference, image.layer_sources().len());
     Ok(written)
@@ -228,7 +238,7 @@ fn write(image: &Image, dest: &Destination, compress: Option<Codec>) -> Result<W
 
 /// Builds or copies the image into an engine and runs it there; returns the container's
 /// exit status.
-fn run_container(args: RunArgs) -> Result<ExitCode> {
+fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCode> {
     let engine = match args.engine {
         Some(runtime) => runtime.into(),
         None => {
@@ -240,12 +250,12 @@ fn run_container(args: RunArgs) -> Result<ExitCode> {
     eprintln!("strata: running with {engine}");
     let dest = Destination::Engine { engine, reference: None };
     let image = if args.image.ends_with(".toml") || args.image.ends_with(".json") {
-        Image::plan(ValidSpec::load(Path::new(&args.image))?, &ClosureSource::Nix)?
+        Image::plan(ValidSpec::load(Path::new(&args.image))?, &ClosureSource::Nix, registry)?
     } else {
-        let source = SourceImage::open(&args.image.parse::<SourceRef>()?).with_context(|| format!("reading {}", args.image))?;
+        let source = SourceImage::open(&args.image.parse::<SourceRef>()?, registry).with_context(|| format!("reading {}", args.image))?;
         Image::copy_of(source, None)
     };
-    let written = write(&image, &dest, None)?;
+    let written = write(&image, &dest, None, registry)?;
 
     let mut run = std::process::Command::new(engine.command());
     run.arg("run");

@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::image::{ClosureSource, Image, ImageError};
 use crate::layer::{Entry, LayerRecipe};
+use crate::registry::RegistryOptions;
 use crate::spec::{parse_toml, ImageConfigSpec, Spec, ValidSpec, DEFAULT_MAX_LAYERS};
 use crate::store::StorePath;
 
@@ -160,7 +161,7 @@ impl Environment {
     /// Plans the image: the packages' closures, then the environment layer on top.
     pub fn plan(self, source: &ClosureSource) -> Result<Image, ImageError> {
         let mtime = self.spec.mtime;
-        let mut image = Image::plan(self.spec, source)?;
+        let mut image = Image::plan(self.spec, source, &RegistryOptions::default())?;
         image.layers.push(LayerRecipe::new(vec![], self.entries, &[], mtime, format!("environment: profile at {PROFILE}, /etc, /tmp")));
         Ok(image)
     }

@@ -10,6 +10,7 @@ use crate::closure::{Closure, ClosureError};
 use crate::digest::Digest;
 use crate::layer::{scan_tree, LayerError, LayerRecipe};
 use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
+use crate::registry::RegistryOptions;
 use crate::source::SourceImage;
 use crate::spec::{ImageConfigSpec, ValidSpec};
 use crate::store::StorePath;
@@ -74,8 +75,8 @@ pub struct LayerBlob {
 
 impl Image {
     /// Computes the closure, plans the layers and scans the store for their entries.
-    pub fn plan(spec: ValidSpec, source: &ClosureSource) -> Result<Image, ImageError> {
-        let base = spec.from_image.as_ref().map(SourceImage::open).transpose()?;
+    pub fn plan(spec: ValidSpec, source: &ClosureSource, registry: &RegistryOptions) -> Result<Image, ImageError> {
+        let base = spec.from_image.as_ref().map(|r| SourceImage::open(r, registry)).transpose()?;
         let base_layers = base.as_ref().map_or(0, |b| b.layers.len());
         if base_layers + spec.layers.len() + usize::from(!spec.copy_to_root.is_empty()) > spec.max_layers {
             return Err(ImageError::BaseTooBig { max_layers: spec.max_layers, base: base_layers });

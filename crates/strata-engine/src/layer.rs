@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
 
+use crate::digest::{Digest, HashingWriter};
 use crate::spec::PermRule;
 
 const BLOCK: u64 = 512;
@@ -224,6 +225,40 @@ impl LayerRecipe {
             }
         }
         LayerRecipe { entries, mtime, comment }
+    }
+
+    /// A digest of everything the tar's bytes depend on, without reading file contents:
+    /// entries, modes, owners, the mtime, and where each file's bytes come from. Files come
+    /// from Nix store paths, which never change once built, so equal fingerprints mean equal
+    /// tars; the registry sink keys its memory of compressed digests on this.
+    pub fn fingerprint(&self) -> Digest {
+        let mut h = HashingWriter::new(io::sink());
+        let mut put = |bytes: &[u8]| {
+            h.write_all(&(bytes.len() as u64).to_le_bytes()).and_then(|()| h.write_all(bytes)).expect("a sink takes everything");
+        };
+        put(b"strata layer v1");
+        put(&self.mtime.to_le_bytes());
+        for e in &self.entries {
+            put(&e.path);
+            put(&[e.mode.to_le_bytes(), e.uid.to_le_bytes(), e.gid.to_le_bytes()].concat());
+            match &e.kind {
+                EntryKind::Directory => put(b"d"),
+                EntryKind::File { source, size } => {
+                    put(b"f");
+                    put(source.as_os_str().as_bytes());
+                    put(&size.to_le_bytes());
+                }
+                EntryKind::Symlink { target } => {
+                    put(b"l");
+                    put(target);
+                }
+                EntryKind::Contents(data) => {
+                    put(b"c");
+                    put(data);
+                }
+            }
+        }
+        h.finish().0
     }
 
     /// The exact length of the tar [`write_tar`](Self::write_tar) writes.

@@ -26,6 +26,7 @@ pub mod digest;
 pub mod image;
 pub mod layer;
 pub mod plan;
+pub mod registry;
 pub mod sink;
 pub mod source;
 pub mod spec;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType, ANNOTATION_REF_NAME};
 
 use crate::digest::{Digest, HashingWriter};
+use crate::registry::{RegistryBlobs, RegistryError, RegistryOptions, RegistryRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -26,6 +27,8 @@ pub enum SourceError {
     Invalid { path: PathBuf, why: String },
     #[error("{path}: blob {expected} has digest {actual}: the image is corrupt")]
     DigestMismatch { path: PathBuf, expected: Digest, actual: Digest },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// Where an image is read from.
@@ -34,13 +37,18 @@ pub enum SourceRef {
     DockerArchive(PathBuf),
     OciDir { dir: PathBuf, tag: Option<String> },
     OciArchive { path: PathBuf, tag: Option<String> },
+    Registry(RegistryRef),
 }
 
 impl std::str::FromStr for SourceRef {
     type Err = SourceError;
     fn from_str(reference: &str) -> Result<SourceRef, SourceError> {
         let bad = |why: &str| SourceError::BadReference { reference: reference.to_owned(), why: why.to_owned() };
-        let (transport, rest) = reference.split_once(':').ok_or_else(|| bad("expected docker-archive:PATH, oci:DIR[:TAG] or oci-archive:PATH[:TAG]"))?;
+        let (transport, rest) =
+            reference.split_once(':').ok_or_else(|| bad("expected docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG] or docker://HOST/REPO:TAG"))?;
+        if transport == "docker" {
+            return Ok(SourceRef::Registry(rest.parse()?));
+        }
         if rest.is_empty() {
             return Err(bad("the path is empty"));
         }
@@ -54,7 +62,7 @@ impl std::str::FromStr for SourceRef {
                 let (path, tag) = split_tag(rest);
                 Ok(SourceRef::OciArchive { path, tag })
             }
-            _ => Err(bad("unknown transport (expected docker-archive, oci or oci-archive)")),
+            _ => Err(bad("unknown transport (expected docker-archive, oci, oci-archive or docker)")),
         }
     }
 }
@@ -96,16 +104,18 @@ impl std::fmt::Debug for SourceImage {
     }
 }
 
-/// Where a source's blobs are: files in a directory, or byte ranges of an archive.
+/// Where a source's blobs are: files in a directory, byte ranges of an archive, a registry.
 enum BlobStore {
     Dir(PathBuf),
+    Registry(RegistryBlobs, String),
     Archive { path: PathBuf, files: BTreeMap<String, (u64, u64)>, by_digest: BTreeMap<Digest, String> },
 }
 
 impl SourceImage {
-    /// Reads the image at `reference`.
-    pub fn open(reference: &SourceRef) -> Result<SourceImage, SourceError> {
+    /// Reads the image at `reference`; `architecture` picks from a registry's index.
+    pub fn open(reference: &SourceRef, registry: &RegistryOptions) -> Result<SourceImage, SourceError> {
         match reference {
+            SourceRef::Registry(r) => open_registry(r, registry),
             SourceRef::DockerArchive(path) => open_docker_archive(path),
             SourceRef::OciDir { dir, tag } => open_oci(BlobStore::Dir(dir.clone()), dir, tag.as_deref()),
             SourceRef::OciArchive { path, tag } => {
@@ -133,6 +143,7 @@ impl BlobStore {
                 let file = File::open(&path).map_err(|source| SourceError::Read { path: path.clone(), source })?;
                 Ok((path, Box::new(file)))
             }
+            BlobStore::Registry(blobs, name) => Ok((PathBuf::from(format!("{name}@{digest}")), Box::new(blobs.fetch(digest)?))),
             BlobStore::Archive { path, files, by_digest } => {
                 let name = by_digest.get(digest).cloned().unwrap_or_else(|| format!("blobs/sha256/{}", digest.hex()));
                 let &(offset, size) = files
@@ -202,7 +213,7 @@ fn invalid(path: &Path, why: impl Into<String>) -> SourceError {
 fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>) -> Result<SourceImage, SourceError> {
     let index_bytes = match &store {
         BlobStore::Dir(dir) => std::fs::read(dir.join("index.json")).map_err(|source| SourceError::Read { path: dir.join("index.json"), source })?,
-        BlobStore::Archive { .. } => read_archive_file(&store, "index.json", path)?,
+        BlobStore::Archive { .. } | BlobStore::Registry(..) => read_archive_file(&store, "index.json", path)?,
     };
     let index: ImageIndex = serde_json::from_slice(&index_bytes).map_err(|e| invalid(path, format!("index.json: {e}")))?;
     let ref_name = |d: &oci_spec::image::Descriptor| d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_REF_NAME)).cloned();
@@ -230,6 +241,37 @@ fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>) -> Result<SourceIm
         });
     }
     Ok(SourceImage { config_bytes, config, layers, reference: ref_name(descriptor), blobs: Arc::new(store) })
+}
+
+fn open_registry(reference: &RegistryRef, options: &RegistryOptions) -> Result<SourceImage, SourceError> {
+    let (config_bytes, manifest, blobs) = crate::registry::pull(reference, &crate::spec::host_architecture(), options)?;
+    let path = PathBuf::from(reference.to_string());
+    let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| invalid(&path, format!("config: {e}")))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(invalid(&path, "the config's diff_ids and the manifest's layers differ in number"));
+    }
+    let mut layers = Vec::new();
+    for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        layers.push(SourceLayer {
+            digest: layer.digest().to_string().parse().map_err(|e| invalid(&path, format!("{e}")))?,
+            diff_id: diff_id.parse().map_err(|e| invalid(&path, format!("{e}")))?,
+            size: layer.size(),
+            media_type: docker_media_type_as_oci(layer.media_type()),
+        });
+    }
+    let name = format!("{}/{}", reference.host, reference.repository);
+    let reference = reference.tag.as_ref().map(|t| format!("{}:{t}", reference.repository));
+    Ok(SourceImage { config_bytes, config, layers, reference, blobs: Arc::new(BlobStore::Registry(blobs, name)) })
+}
+
+/// Docker's layer media types, as their OCI equivalents.
+fn docker_media_type_as_oci(media_type: &MediaType) -> MediaType {
+    match media_type.to_string().as_str() {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => MediaType::ImageLayerGzip,
+        "application/vnd.docker.image.rootfs.diff.tar" => MediaType::ImageLayer,
+        _ => media_type.clone(),
+    }
 }
 
 fn read_archive_file(store: &BlobStore, name: &str, path: &Path) -> Result<Vec<u8>, SourceError> {

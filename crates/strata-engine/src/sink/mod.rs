@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{Image, LayerBlob, LayerSource};
+use crate::registry::{RegistryError, RegistryOptions, RegistryRef};
 use crate::source::{split_tag, SourceImage};
 use crate::layer::{header, LayerError};
 
@@ -41,6 +42,8 @@ pub enum SinkError {
     CopyBaseLayer { digest: Digest, source: io::Error },
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("cannot run `{engine} load` ({source}); is {engine} installed?")]
     EngineMissing { engine: Engine, source: io::Error },
     #[error("`{engine} load` failed: {stderr}")]
@@ -56,6 +59,8 @@ pub enum Destination {
     OciArchive { path: PathBuf, tag: Option<String> },
     /// Loaded into a container engine, optionally as `NAME:TAG`.
     Engine { engine: Engine, reference: Option<String> },
+    /// Pushed to a registry.
+    Registry(RegistryRef),
 }
 
 /// A container engine that loads docker-archives.
@@ -100,6 +105,9 @@ impl FromStr for Destination {
             "podman" => Some(Engine::Podman),
             _ => None,
         };
+        if transport == "docker" {
+            return rest.parse().map(Destination::Registry).map_err(|e: RegistryError| bad(&e.to_string()));
+        }
         if let Some(engine) = engine {
             if !rest.is_empty() && !rest.rsplit_once(':').is_some_and(|(name, tag)| !name.is_empty() && !tag.is_empty() && !tag.contains('/')) {
                 return Err(bad("expected NAME:TAG after the transport"));
@@ -120,7 +128,7 @@ impl FromStr for Destination {
                 let (path, tag) = split_tag(rest);
                 Ok(Destination::OciArchive { path, tag })
             }
-            _ => Err(bad("unknown transport (expected docker-archive, oci, oci-archive, docker-daemon or podman)")),
+            _ => Err(bad("unknown transport (expected docker-archive, oci, oci-archive, docker, docker-daemon or podman)")),
         }
     }
 }
@@ -145,6 +153,7 @@ impl fmt::Display for Destination {
             Destination::OciArchive { path, tag } => write!(f, "oci-archive:{}{}", path.display(), with_tag(tag)),
             Destination::Engine { engine: Engine::Docker, reference } => write!(f, "docker-daemon:{}", reference.as_deref().unwrap_or_default()),
             Destination::Engine { engine: Engine::Podman, reference } => write!(f, "podman:{}", reference.as_deref().unwrap_or_default()),
+            Destination::Registry(r) => write!(f, "{r}"),
         }
     }
 }
@@ -160,8 +169,14 @@ pub struct Written {
 }
 
 /// Writes `image` to `dest`.
-pub fn write_image(image: &Image, dest: &Destination, compression: Compression) -> Result<Written, SinkError> {
+pub fn write_image(image: &Image, dest: &Destination, compression: Compression, registry: &RegistryOptions) -> Result<Written, SinkError> {
     match dest {
+        Destination::Registry(r) => {
+            let pushed = crate::registry::push(image, r, compression, registry)?;
+            tracing::info!("{} layers uploaded, {} mounted, {} already there", pushed.uploaded, pushed.mounted, pushed.present);
+            let reference = format!("{}/{}:{}", r.host, r.repository, r.tag.as_deref().unwrap_or("latest"));
+            Ok(Written { reference, config_digest: pushed.config_digest, manifest_digest: Some(pushed.manifest_digest) })
+        }
         Destination::DockerArchive(Target::Stdout) => {
             let stdout = io::stdout().lock();
             // Small enough that file chunks (mostly larger) go straight through, uncopied.

@@ -1,0 +1,656 @@
+//! Registries: `docker://HOST/REPO[:TAG|@DIGEST]` over the OCI distribution API, through the
+//! `oci-client` crate, with what it lacks added here: retries with backoff, credentials
+//! from the usual files, and a memory of layer digests.
+//!
+//! Pushing costs what changed. Each built layer has a fingerprint (see
+//! `LayerRecipe::fingerprint`); the [`DigestCache`] remembers, per fingerprint and codec, the
+//! compressed digest and size it had, and in which repositories strata pushed it. So for a
+//! layer pushed before, strata asks the registry (HEAD) before compressing anything; a blob
+//! the repository lacks but another repository of the same registry has is mounted from
+//! there; only the rest is compressed (into a temporary file, as the registry wants its size
+//! up front) and uploaded. Layers go in parallel; the config, then the manifest, last.
+//! Compression is deterministic, so a cache lost or stale only costs time, never a wrong
+//! digest.
+//!
+//! Secrets never reach an error, a log line or a `Debug` output: [`Credentials`] redacts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use serde::{Deserialize, Serialize};
+
+use crate::compress::Compression;
+use crate::digest::{Digest, HashingWriter};
+use crate::image::{canonical_json, Image, LayerSource};
+
+/// How many times a request is tried before giving up, and the first pause between tries.
+const ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid registry reference {reference:?}: {why}")]
+    BadReference { reference: String, why: String },
+    #[error("--creds: expected USER:PASSWORD")]
+    BadCreds,
+    #[error("cannot read credentials from {path}: {why}")]
+    CredentialsFile { path: PathBuf, why: String },
+    #[error("authentication to {host} failed{}: check the credentials (--creds, $REGISTRY_AUTH_FILE, ~/.docker/config.json)", user.as_ref().map(|u| format!(" for user {u:?}")).unwrap_or_default())]
+    Unauthorized { host: String, user: Option<String> },
+    #[error("{what} at {host}: {message}")]
+    Request { host: String, what: String, message: String },
+    #[error("{what}: digest {actual} where {expected} was expected")]
+    DigestMismatch { what: String, expected: Digest, actual: Digest },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// `HOST/REPOSITORY` plus a tag or a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRef {
+    pub host: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl std::str::FromStr for RegistryRef {
+    type Err = RegistryError;
+
+    /// Parses what follows `docker://`, with Docker's defaults: no host means `docker.io`
+    /// (and `library/` for one-component names), no tag means `latest`.
+    fn from_str(s: &str) -> Result<RegistryRef, RegistryError> {
+        let bad = |why: &str| RegistryError::BadReference { reference: s.to_owned(), why: why.to_owned() };
+        let s = s.trim_start_matches("//");
+        let (rest, digest) = match s.split_once('@') {
+            Some((rest, d)) => (rest, Some(d.parse::<Digest>().map_err(|e| bad(&e.to_string()))?)),
+            None => (s, None),
+        };
+        let (name, tag) = match rest.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name, Some(tag.to_owned())),
+            _ => (rest, None),
+        };
+        let (host, repository) = match name.split_once('/') {
+            Some((host, repo)) if host.contains(['.', ':']) || host == "localhost" => (host.to_owned(), repo.to_owned()),
+            Some(_) => ("docker.io".to_owned(), name.to_owned()),
+            None => ("docker.io".to_owned(), format!("library/{name}")),
+        };
+        if repository.is_empty() || repository.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(bad("expected HOST/REPOSITORY[:TAG|@DIGEST] with a lowercase repository"));
+        }
+        let tag = if tag.is_none() && digest.is_none() { Some("latest".to_owned()) } else { tag };
+        Ok(RegistryRef { host, repository, tag, digest })
+    }
+}
+
+impl fmt::Display for RegistryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "docker://{}/{}", self.host, self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+impl RegistryRef {
+    fn client_ref(&self) -> Reference {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => Reference::with_digest(self.host.clone(), self.repository.clone(), d.to_string()),
+            (None, tag) => Reference::with_tag(self.host.clone(), self.repository.clone(), tag.clone().unwrap_or_else(|| "latest".into())),
+        }
+    }
+}
+
+/// A user name and a password that no formatting ever shows.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({:?}, <redacted>)", self.user)
+    }
+}
+
+impl std::str::FromStr for Credentials {
+    type Err = RegistryError;
+    fn from_str(s: &str) -> Result<Credentials, RegistryError> {
+        let (user, password) = s.split_once(':').ok_or(RegistryError::BadCreds)?;
+        Ok(Credentials { user: user.to_owned(), password: password.to_owned() })
+    }
+}
+
+/// How to talk to registries.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Given on the command line; else looked up per registry.
+    pub creds: Option<Credentials>,
+    /// `false`: plain HTTP, or HTTPS without certificate checks.
+    pub tls_verify: bool,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions { creds: None, tls_verify: true }
+    }
+}
+
+/// A connection to one registry.
+struct Session {
+    client: Client,
+    auth: RegistryAuth,
+    user: Option<String>,
+    host: String,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl Session {
+    fn new(host: &str, options: &RegistryOptions) -> Result<Session, RegistryError> {
+        let creds = match &options.creds {
+            Some(c) => Some(c.clone()),
+            None => stored_credentials(host)?,
+        };
+        let config = ClientConfig {
+            protocol: if options.tls_verify { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(vec![host.to_owned()]) },
+            accept_invalid_certificates: !options.tls_verify,
+            use_monolithic_push: true,
+            ..ClientConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| RegistryError::Io(e.to_string()))?;
+        // reqwest takes rustls' process-wide provider; ring is the one we build with.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(Session {
+            client: Client::new(config),
+            auth: creds.as_ref().map_or(RegistryAuth::Anonymous, |c| RegistryAuth::Basic(c.user.clone(), c.password.clone())),
+            user: creds.map(|c| c.user),
+            host: host.to_owned(),
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// Runs `op` with retries on dropped connections and 5xx answers; maps the final error.
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, RegistryError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+    {
+        let mut pause = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                    tracing::warn!("{what} at {}: {}; trying again in {pause:?}", self.host, describe(&e));
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(self.error(what, &e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn error(&self, what: &str, e: &OciDistributionError) -> RegistryError {
+        if is_unauthorized(e) {
+            return RegistryError::Unauthorized { host: self.host.clone(), user: self.user.clone() };
+        }
+        RegistryError::Request { host: self.host.clone(), what: what.to_owned(), message: describe(e) }
+    }
+
+    async fn authenticate(&self, reference: &Reference, operation: RegistryOperation) -> Result<(), RegistryError> {
+        self.retry("authenticating", || self.client.auth(reference, &self.auth, operation)).await.map(|_| ())
+    }
+}
+
+fn retryable(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() || r.status().is_some_and(|s| s.is_server_error()),
+        OciDistributionError::ServerError { code, .. } => *code >= 500,
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn is_unauthorized(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::ServerError { code, .. } => *code == 401,
+        OciDistributionError::RequestError(r) => r.status().is_some_and(|s| s.as_u16() == 401),
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| format!("{:?}", e.code).contains("Unauthorized")),
+        _ => false,
+    }
+}
+
+/// The error's message, with the URL's query (upload state tokens) left out.
+fn describe(e: &OciDistributionError) -> String {
+    let text = match e {
+        OciDistributionError::RequestError(r) => {
+            let mut text = r.to_string();
+            if let Some(source) = std::error::Error::source(r) {
+                text = format!("{text}: {source}");
+            }
+            text
+        }
+        other => other.to_string(),
+    };
+    text.split('?').next().unwrap_or_default().to_owned()
+}
+
+/// Credentials for `host` from `$REGISTRY_AUTH_FILE`, containers' `auth.json`, or Docker's
+/// config (and its credential helpers), in that order.
+fn stored_credentials(host: &str) -> Result<Option<Credentials>, RegistryError> {
+    let mut files: Vec<PathBuf> = std::env::var_os("REGISTRY_AUTH_FILE").map(PathBuf::from).into_iter().collect();
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        files.push(PathBuf::from(dir).join("containers/auth.json"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".config/containers/auth.json"));
+    }
+    for path in files {
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        #[derive(Deserialize)]
+        struct AuthFile {
+            #[serde(default)]
+            auths: BTreeMap<String, AuthEntry>,
+        }
+        #[derive(Deserialize)]
+        struct AuthEntry {
+            auth: Option<String>,
+        }
+        let file: AuthFile = serde_json::from_str(&text).map_err(|e| RegistryError::CredentialsFile { path: path.clone(), why: e.to_string() })?;
+        let entry = file.auths.iter().find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").split('/').next() == Some(host));
+        if let Some((_, AuthEntry { auth: Some(auth) })) = entry {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(auth.trim()).ok().and_then(|b| String::from_utf8(b).ok());
+            let creds = decoded.and_then(|d| d.parse::<Credentials>().ok());
+            return creds.map(Some).ok_or_else(|| RegistryError::CredentialsFile { path, why: format!("the entry for {host} is not base64 of USER:PASSWORD") });
+        }
+    }
+    match docker_credential::get_credential(host) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => Ok(Some(Credentials { user, password })),
+        Ok(docker_credential::DockerCredential::IdentityToken(_)) => {
+            tracing::warn!("Docker's config has an identity token for {host}, which strata cannot use; going on without credentials");
+            Ok(None)
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// What strata remembers of built layers, in `$STRATA_CACHE_DIR` (default
+/// `$XDG_CACHE_HOME/strata` or `~/.cache/strata`), `layers.json`.
+#[derive(Default, Serialize, Deserialize)]
+struct DigestCache {
+    /// Fingerprint -> codec -> the blob.
+    #[serde(default)]
+    layers: BTreeMap<String, BTreeMap<String, CachedBlob>>,
+    /// Blob digest -> `HOST/REPOSITORY`s strata pushed it to.
+    #[serde(default)]
+    pushed: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct CachedBlob {
+    diff_id: Digest,
+    digest: Digest,
+    size: u64,
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl DigestCache {
+    fn path() -> Option<PathBuf> {
+        let dir = std::env::var_os("STRATA_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("strata")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strata")))?;
+        Some(dir.join("layers.json"))
+    }
+
+    /// The cache, or an empty one if there is none or it cannot be read (it is only a cache).
+    fn load() -> DigestCache {
+        Self::path().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    fn save(&self) {
+        let Some(path) = Self::path() else { return };
+        let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+            let temp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(std::path::Path::new(".")))?;
+            serde_json::to_writer(&temp, self)?;
+            temp.persist(&path).map(|_| ()).map_err(|e| e.error)
+        });
+        if let Err(e) = written {
+            tracing::warn!("cannot save the layer cache {}: {e}", path.display());
+        }
+    }
+}
+
+fn codec_name(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "none",
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    }
+}
+
+/// A layer's blob as it is (or will be) in the registry.
+#[derive(Clone)]
+struct PushedLayer {
+    diff_id: Digest,
+    digest: Digest,
+    size: u64,
+    media_type: MediaType,
+}
+
+/// What a push did, for the caller's report.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub config_digest: Digest,
+    pub manifest_digest: Digest,
+    /// Layer blobs uploaded, mounted from another repository, and found already there.
+    pub uploaded: usize,
+    pub mounted: usize,
+    pub present: usize,
+}
+
+/// Pushes `image` to `dest`.
+pub fn push(image: &Image, dest: &RegistryRef, compression: Compression, options: &RegistryOptions) -> Result<Pushed, RegistryError> {
+    let session = Session::new(&dest.host, options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(push_async(&session, image, dest, compression))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Uploaded,
+    Mounted,
+    Present,
+}
+
+async fn push_async(session: &Session, image: &Image, dest: &RegistryRef, compression: Compression) -> Result<Pushed, RegistryError> {
+    let reference = dest.client_ref();
+    session.authenticate(&reference, RegistryOperation::Push).await?;
+    let cache = Mutex::new(DigestCache::load());
+    let here = format!("{}/{}", dest.host, dest.repository);
+    let layers = image.layer_sources();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let results: Vec<(PushedLayer, Outcome)> = futures_util::stream::iter(layers.iter().enumerate())
+        .map(|(i, layer)| push_layer(session, &reference, &here, &cache, *layer, i, compression))
+        .buffered(cores.max(2))
+        .try_collect()
+        .await?;
+
+    let diff_ids: Vec<Digest> = results.iter().map(|(l, _)| l.diff_id).collect();
+    let config = image.config_blob(&diff_ids);
+    let config_digest = Digest::of(&config);
+    let config_name = config_digest.to_string();
+    if !session.retry("checking the config", || session.client.blob_exists(&reference, &config_name)).await? {
+        let bytes = bytes::Bytes::from(config.clone());
+        session.retry("uploading the config", || session.client.push_blob(&reference, bytes.clone(), &config_name)).await?;
+    }
+    let descriptor = |media_type: MediaType, size: u64, digest: &Digest| {
+        Descriptor::new(media_type, size, digest.to_string().parse::<oci_spec::image::Digest>().expect("sha256 digests are OCI digests"))
+    };
+    let manifest = oci_spec::image::ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MediaType::ImageConfig, config.len() as u64, &config_digest))
+        .layers(results.iter().map(|(l, _)| descriptor(l.media_type.clone(), l.size, &l.digest)).collect::<Vec<_>>())
+        .build()
+        .expect("every required manifest field is set");
+    let manifest = canonical_json(&manifest);
+    let manifest_digest = Digest::of(&manifest);
+    let body = bytes::Bytes::from(manifest);
+    let content_type = reqwest_header(MediaType::ImageManifest.to_string());
+    session.retry("uploading the manifest", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
+
+    let mut cache = cache.into_inner().expect("no task panicked holding the cache");
+    for (layer, _) in &results {
+        let repos = cache.pushed.entry(layer.digest.to_string()).or_default();
+        if !repos.contains(&here) {
+            repos.push(here.clone());
+        }
+    }
+    cache.save();
+    let count = |o: Outcome| results.iter().filter(|(_, r)| *r == o).count();
+    Ok(Pushed { config_digest, manifest_digest, uploaded: count(Outcome::Uploaded), mounted: count(Outcome::Mounted), present: count(Outcome::Present) })
+}
+
+fn reqwest_header(value: String) -> http::HeaderValue {
+    http::HeaderValue::from_str(&value).expect("media types are valid header values")
+}
+
+/// Makes sure one layer is in the repository: already there, mounted, or uploaded.
+async fn push_layer(
+    session: &Session,
+    reference: &Reference,
+    here: &str,
+    cache: &Mutex<DigestCache>,
+    layer: LayerSource<'_>,
+    index: usize,
+    compression: Compression,
+) -> Result<(PushedLayer, Outcome), RegistryError> {
+    let fingerprint = match layer {
+        LayerSource::Built(recipe) => Some(recipe.fingerprint().to_string()),
+        LayerSource::Base(..) => None,
+    };
+    let known = match layer {
+        LayerSource::Base(base, j) => {
+            let l = &base.layers[j];
+            Some(PushedLayer { diff_id: l.diff_id, digest: l.digest, size: l.size, media_type: l.media_type.clone() })
+        }
+        LayerSource::Built(_) => {
+            let cache = cache.lock().expect("cache lock");
+            let cached = fingerprint.as_ref().and_then(|f| cache.layers.get(f)).and_then(|c| c.get(codec_name(compression)));
+            cached.map(|c| PushedLayer { diff_id: c.diff_id, digest: c.digest, size: c.size, media_type: compression.layer_media_type() })
+        }
+    };
+    if let Some(known) = &known {
+        if let Some(outcome) = find_or_mount(session, reference, here, cache, &known.digest).await? {
+            return Ok((known.clone(), outcome));
+        }
+    }
+    // Not in the registry: make the blob (compressing a built layer) in a temporary file.
+    let what = format!("layer {index}");
+    let staging = tempfile::NamedTempFile::new().map_err(|e| RegistryError::Io(format!("{what}: {e}")))?;
+    let file = staging.reopen().map_err(|e| RegistryError::Io(format!("{what}: {e}")))?;
+    let made = match layer {
+        LayerSource::Built(recipe) => {
+            let recipe = recipe.clone();
+            tokio::task::spawn_blocking(move || -> Result<PushedLayer, String> {
+                let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+                let mut tar = HashingWriter::new(compression.encoder(out).map_err(|e| e.to_string())?);
+                recipe.write_tar(&mut tar).map_err(|e| e.to_string())?;
+                let (diff_id, _, encoder) = tar.finish();
+                let (digest, size, mut out) = encoder.finish().map_err(|e| e.to_string())?.finish();
+                std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+                Ok(PushedLayer { diff_id, digest, size, media_type: compression.layer_media_type() })
+            })
+            .await
+            .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?
+            .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?
+        }
+        LayerSource::Base(base, j) => {
+            let base = base.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let mut out = std::io::BufWriter::new(file);
+                std::io::copy(&mut base.open_layer(j).map_err(|e| e.to_string())?, &mut out).map_err(|e| e.to_string())?;
+                std::io::Write::flush(&mut out).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?
+            .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?;
+            known.clone().expect("base layers are known")
+        }
+    };
+    if let Some(f) = &fingerprint {
+        let blob = CachedBlob { diff_id: made.diff_id, digest: made.digest, size: made.size };
+        cache.lock().expect("cache lock").layers.entry(f.clone()).or_default().insert(codec_name(compression).to_owned(), blob);
+    }
+    if known.is_none() {
+        if let Some(outcome) = find_or_mount(session, reference, here, cache, &made.digest).await? {
+            return Ok((made, outcome));
+        }
+    }
+    let path = staging.path().to_owned();
+    let digest = made.digest.to_string();
+    session
+        .retry(&format!("uploading {what}"), || async {
+            let file = tokio::fs::File::open(&path).await?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map_err(OciDistributionError::IoError);
+            session.client.push_blob_stream(reference, stream, &digest, Some(made.size)).await
+        })
+        .await?;
+    Ok((made, Outcome::Uploaded))
+}
+
+/// `Present` if the repository has the blob, `Mounted` if another repository of the same
+/// registry had it (as far as strata knows) and it could be mounted, else `None`.
+async fn find_or_mount(session: &Session, reference: &Reference, here: &str, cache: &Mutex<DigestCache>, digest: &Digest) -> Result<Option<Outcome>, RegistryError> {
+    let d = digest.to_string();
+    if session.retry("checking a layer", || session.client.blob_exists(reference, &d)).await? {
+        return Ok(Some(Outcome::Present));
+    }
+    let host_prefix = format!("{}/", session.host);
+    let others: Vec<String> = {
+        let cache = cache.lock().expect("cache lock");
+        cache.pushed.get(&d).into_iter().flatten().filter(|r| r.starts_with(&host_prefix) && r.as_str() != here).cloned().collect()
+    };
+    for other in others {
+        let from = Reference::with_tag(session.host.clone(), other[host_prefix.len()..].to_owned(), "latest".to_owned());
+        let from_pull = session.client.auth(&from, &session.auth, RegistryOperation::Pull).await;
+        if from_pull.is_ok() && session.client.mount_blob(reference, &from, &d).await.is_ok() && session.client.blob_exists(reference, &d).await.unwrap_or(false) {
+            return Ok(Some(Outcome::Mounted));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a manifest (choosing this platform's from an index), its config, and its layer
+/// list from a registry; blobs are fetched later through [`RegistryBlobs`].
+pub fn pull(source: &RegistryRef, architecture: &str, options: &RegistryOptions) -> Result<(Vec<u8>, ImageManifest, RegistryBlobs), RegistryError> {
+    let session = Session::new(&source.host, options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(async {
+        let mut reference = source.client_ref();
+        session.authenticate(&reference, RegistryOperation::Pull).await?;
+        let accepted = [
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        ];
+        let mut found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
+        let is_index = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok().is_some_and(|v| v.get("manifests").is_some());
+        if is_index(&found.0) {
+            let index: ImageIndex = serde_json::from_slice(&found.0).map_err(|e| RegistryError::Io(format!("{source}: index: {e}")))?;
+            let chosen = index
+                .manifests()
+                .iter()
+                .find(|m| m.platform().as_ref().is_some_and(|p| p.architecture().to_string() == architecture && p.os().to_string() == "linux"))
+                .ok_or_else(|| RegistryError::Io(format!("{source}: no image for linux/{architecture}")))?;
+            reference = Reference::with_digest(source.host.clone(), source.repository.clone(), chosen.digest().to_string());
+            found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
+        }
+        let (bytes, digest) = found;
+        let actual = Digest::of(&bytes);
+        let expected = source.digest.unwrap_or(actual);
+        if actual != expected || digest != actual.to_string() {
+            let expected = if actual != expected { expected } else { digest.parse().unwrap_or(actual) };
+            return Err(RegistryError::DigestMismatch { what: format!("{source}: manifest"), expected, actual });
+        }
+        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io(format!("{source}: manifest: {e}")))?;
+        let config_digest: Digest = manifest.config().digest().to_string().parse().map_err(|e: crate::digest::BadDigest| RegistryError::Io(e.to_string()))?;
+        let config_name = config_digest.to_string();
+        let config = session
+            .retry("reading the config", || async {
+                let mut config = Vec::new();
+                session.client.pull_blob(&reference, config_name.as_str(), &mut config).await?;
+                Ok(config)
+            })
+            .await?;
+        if Digest::of(&config) != config_digest {
+            return Err(RegistryError::DigestMismatch { what: format!("{source}: config"), expected: config_digest, actual: Digest::of(&config) });
+        }
+        Ok((config, manifest, RegistryBlobs { session: Arc::new(session), reference: reference.clone() }))
+    })
+}
+
+/// Fetches blobs of one repository.
+pub struct RegistryBlobs {
+    session: Arc<Session>,
+    reference: Reference,
+}
+
+impl RegistryBlobs {
+    /// Downloads blob `digest` into an anonymous temporary file and returns it, rewound.
+    /// The caller checks the digest while reading.
+    pub fn fetch(&self, digest: &Digest) -> Result<std::fs::File, RegistryError> {
+        let session = &self.session;
+        session.runtime.block_on(async {
+            let name = digest.to_string();
+            session
+                .retry(&format!("downloading {digest}"), || async {
+                    let file = tempfile::tempfile()?;
+                    let mut out = tokio::fs::File::from_std(file.try_clone()?);
+                    session.client.pull_blob(&self.reference, name.as_str(), &mut out).await?;
+                    tokio::io::AsyncWriteExt::flush(&mut out).await?;
+                    let mut file = file;
+                    std::io::Seek::rewind(&mut file)?;
+                    Ok(file)
+                })
+                .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_references_with_docker_defaults() {
+        let r: RegistryRef = "127.0.0.1:5000/hello:t1".parse().unwrap();
+        assert_eq!((r.host.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "hello", Some("t1")));
+        let r: RegistryRef = "localhost/org/app".parse().unwrap();
+        assert_eq!((r.host.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost", "org/app", Some("latest")));
+        let r: RegistryRef = "busybox".parse().unwrap();
+        assert_eq!((r.host.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r: RegistryRef = format!("//registry.example/web@{d}").parse().unwrap();
+        assert_eq!((r.tag, r.digest.map(|d| d.to_string())), (None, Some(d)));
+        assert!("registry.example/Web".parse::<RegistryRef>().is_err());
+    }
+
+    #[test]
+    fn credentials_never_show_the_password() {
+        let c: Credentials = "user:s3cret:with:colons".parse().unwrap();
+        assert_eq!(c.password, "s3cret:with:colons");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!("nocolon".parse::<Credentials>().is_err());
+    }
+}
