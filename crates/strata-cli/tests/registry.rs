@@ -1,0 +1,240 @@
+//! Registries: push to and pull from a real CNCF distribution registry (one per test, on a
+//! free loopback port, with htpasswd auth), checked by skopeo and podman.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CREDS: &str = "strata-user:s3cret-pass";
+
+/// A registry of our own, stopped when dropped.
+struct Registry {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let htpasswd = stdout_of(Command::new("htpasswd").args(["-Bbn", "strata-user", "s3cret-pass"]));
+        std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+        let config = format!(
+            "version: 0.1\nlog: {{ level: info }}\nstorage: {{ filesystem: {{ rootdirectory: {d}/data }}, delete: {{ enabled: true }} }}\n\
+             http: {{ addr: 127.0.0.1:{port} }}\nauth: {{ htpasswd: {{ realm: test, path: {d}/htpasswd }} }}\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let mut registry = Registry { dir, port, child: None };
+        registry.restart();
+        registry
+    }
+
+    fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (run scripts/setup)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start: {}", std::fs::read_to_string(self.log()).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    fn reference(&self, repo: &str) -> String {
+        format!("docker://127.0.0.1:{}/{repo}", self.port)
+    }
+
+    /// Completed requests so far whose method is `method` and whose path contains `path`.
+    fn requests(&self, method: &str, path: &str) -> usize {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("msg=\"response completed\"") && l.contains(&format!("http.request.method={method} ")) && l.contains(path))
+            .count()
+    }
+
+    /// Blob uploads so far: the PUT that completes each one.
+    fn uploads(&self) -> usize {
+        self.requests("PUT", "/blobs/uploads/")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn hello_spec(dir: &Path, greeting: &str) -> PathBuf {
+    let hello = fixture_with("hello", &[("greeting", greeting)]);
+    write_spec(dir, &format!("{}.toml", greeting.len()), &format!("name = \"hello\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"))
+}
+
+/// `strata ARGS --creds … --tls-verify=false`, with its own layer cache.
+fn strata_reg(cache: &Path, args: &[&str]) -> Command {
+    let mut cmd = strata(args);
+    cmd.args(["--creds", CREDS, "--tls-verify=false"]).env("STRATA_CACHE_DIR", cache);
+    cmd
+}
+
+#[test]
+fn push_then_inspect_pull_and_run() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("{}:v1", registry.reference("strata-test/hello"));
+    run_ok(strata_reg(dir.path(), &["build", hello_spec(dir.path(), "Hello, world!").to_str().unwrap(), "-o", &target]));
+
+    let inspect = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--creds", CREDS, &target]));
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
+    let raw = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", "--creds", CREDS, &target]));
+    assert!(raw.contains("application/vnd.oci.image.layer.v1.tar+gzip"), "{raw}");
+
+    let image = target.trim_start_matches("docker://").to_owned();
+    run_ok(Command::new("podman").args(["pull", "--quiet", "--tls-verify=false", "--creds", CREDS, &image]));
+    assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
+    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+
+    // Pulled back by strata: the same manifest, every blob checked.
+    let layout = dir.path().join("pulled");
+    run_ok(strata_reg(dir.path(), &["copy", &target, &format!("oci:{}:p", layout.display())]));
+    let pulled: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &format!("oci:{}:p", layout.display())]))).unwrap();
+    assert_eq!(pulled["Digest"], inspect["Digest"]);
+}
+
+/// Unchanged: no blob uploaded, with strata's cache or without it. One path changed: one
+/// layer blob uploaded, plus the config. Another repository: mounted, not uploaded.
+#[test]
+fn pushes_upload_only_what_changed() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let target = format!("{}:v1", registry.reference("strata-test/app"));
+    let first = hello_spec(dir.path(), "Hello, world!");
+    let push = |spec: &Path, cache: &Path, target: &str| run_ok(strata_reg(cache, &["build", spec.to_str().unwrap(), "-o", target]));
+
+    push(&first, &cache, &target);
+    assert_eq!(registry.uploads(), 3, "two layers and the config");
+    push(&first, &cache, &target);
+    assert_eq!(registry.uploads(), 3, "nothing uploaded again");
+    push(&first, &dir.path().join("empty-cache"), &target);
+    assert_eq!(registry.uploads(), 3, "nothing uploaded again without strata's cache either");
+
+    let changed = hello_spec(dir.path(), "Hello, changed world!");
+    push(&changed, &cache, &target);
+    assert_eq!(registry.uploads(), 5, "hello's layer and the new config only");
+
+    let other = format!("{}:v1", registry.reference("strata-test/other"));
+    push(&changed, &cache, &other);
+    assert_eq!(registry.requests("POST", "mount=sha256"), 2, "both layers mounted");
+    assert_eq!(registry.uploads(), 6, "only the config uploaded (the registry mounts no config)");
+    let inspect = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--creds", CREDS, &other]));
+    assert!(inspect.contains("\"Layers\""), "{inspect}");
+}
+
+#[test]
+fn a_wrong_password_is_reported_without_showing_it() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = hello_spec(dir.path(), "Hello, world!");
+    for verbosity in ["-q", "-vv"] {
+        let mut cmd = strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--tls-verify=false", "--creds", "strata-user:Wr0ngPassw0rd"]);
+        if verbosity == "-vv" {
+            cmd.arg("-vv");
+        }
+        let out = cmd.env("STRATA_CACHE_DIR", dir.path()).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("authentication to 127.0.0.1") && stderr.contains("failed"), "{stderr}");
+        assert!(!stdout.contains("Wr0ngPassw0rd") && !stderr.contains("Wr0ngPassw0rd"), "the password leaked: {stderr}");
+    }
+    // Credentials from an auth file work as --creds does.
+    let auth = dir.path().join("auth.json");
+    let token = stdout_of(Command::new("base64").arg("-w0").arg(write_spec(dir.path(), "creds", CREDS)));
+    std::fs::write(&auth, format!(r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"{token}"}}}}}}"#, registry.port)).unwrap();
+    run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--tls-verify=false"]).env("REGISTRY_AUTH_FILE", &auth).env("STRATA_CACHE_DIR", dir.path()));
+}
+
+/// The registry dies during a push: strata retries, then fails with a clear error; once the
+/// registry is back, the same push succeeds and the image runs.
+#[test]
+fn a_registry_stopped_mid_push() {
+    let mut registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (hello, big) = (fixture("hello"), fixture_with("vanishing", &[("nonce", "-registry")]));
+    let spec = write_spec(dir.path(), "big.toml", &format!("name = \"big\"\nroots = [\"{big}\"]\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"));
+    let target = format!("{}:v1", registry.reference("strata-test/interrupted"));
+    let push = || strata_reg(dir.path(), &["build", spec.to_str().unwrap(), "--compress", "none", "-o", &target]);
+    let child = push().stderr(Stdio::piped()).spawn().unwrap();
+    // Once an upload has begun, pause strata, kill the registry, let strata go on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let upload_started = || std::fs::read_to_string(registry.log()).unwrap_or_default().lines().any(|l| l.contains("http.request.method=PUT") && l.contains("/blobs/uploads/"));
+    while !upload_started() {
+        assert!(Instant::now() < deadline, "strata never started an upload");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = child.id().to_string();
+    run_ok(Command::new("kill").args(["-STOP", &pid]));
+    registry.stop();
+    run_ok(Command::new("kill").args(["-CONT", &pid]));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{}", registry.port)) && stderr.contains("trying again"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pass"), "{stderr}");
+
+    registry.restart();
+    run_ok(push());
+    let image = target.trim_start_matches("docker://").to_owned();
+    run_ok(Command::new("podman").args(["pull", "--quiet", "--tls-verify=false", "--creds", CREDS, &image]));
+    assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
+    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+}
+
+/// from_image from a registry: base layers first, config merged; it runs.
+#[test]
+fn from_image_in_a_registry() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let busybox = fixture("busybox");
+    let base_spec = write_spec(
+        dir.path(),
+        "base.toml",
+        &format!("name = \"base\"\nroots = [\"{busybox}\"]\n[config]\nEnv = [\"PATH={busybox}/bin\", \"GREETING=hi\"]\nLabels = {{ base = \"yes\" }}\n"),
+    );
+    let base = format!("{}:1", registry.reference("strata-test/base"));
+    run_ok(strata_reg(dir.path(), &["build", base_spec.to_str().unwrap(), "-o", &base]));
+    let top_spec = write_spec(
+        dir.path(),
+        "top.toml",
+        &format!("name = \"strata-test-registry-top\"\ntag = \"t\"\nfrom_image = \"{base}\"\n[config]\nEnv = [\"GREETING=hello\"]\nEntrypoint = [\"sh\", \"-c\"]\nLabels = {{ top = \"yes\" }}\n"),
+    );
+    run_ok(strata_reg(dir.path(), &["build", top_spec.to_str().unwrap(), "-o", "podman:"]));
+    assert_eq!(run_in("podman", "strata-test-registry-top:t", &["echo $GREETING"]), "hello\n");
+    let labels = stdout_of(Command::new("podman").args(["image", "inspect", "strata-test-registry-top:t", "--format", "{{json .Config.Labels}}"]));
+    assert_eq!(labels.trim(), r#"{"base":"yes","top":"yes"}"#);
+    let _ = Command::new("podman").args(["rmi", "-f", "strata-test-registry-top:t"]).output();
+}
