@@ -237,4 +237,11 @@ fn from_image_in_a_registry() {
     let labels = stdout_of(Command::new("podman").args(["image", "inspect", "strata-test-registry-top:t", "--format", "{{json .Config.Labels}}"]));
     assert_eq!(labels.trim(), r#"{"base":"yes","top":"yes"}"#);
     let _ = Command::new("podman").args(["rmi", "-f", "strata-test-registry-top:t"]).output();
+
+    // Pushed to another repository of the same registry, with no cache to remember anything,
+    // the base layer is mounted from the repository it was pulled from.
+    let uploads = registry.uploads();
+    run_ok(strata_reg(&dir.path().join("fresh-cache"), &["build", top_spec.to_str().unwrap(), "-o", &registry.reference("strata-test/top")]));
+    assert_eq!(registry.requests("POST", "from=strata-test%2Fbase"), 1, "the base layer is mounted");
+    assert_eq!(registry.uploads(), uploads + 1, "and only the config is uploaded (the top adds no layer)");
 }

@@ -469,8 +469,12 @@ async fn push_layer(
             cached.map(|c| PushedLayer { diff_id: c.diff_id, digest: c.digest, size: c.size, media_type: compression.layer_media_type() })
         }
     };
+    let origin = match layer {
+        LayerSource::Base(base, _) => base.origin.clone(),
+        LayerSource::Built(_) => None,
+    };
     if let Some(known) = &known {
-        if let Some(outcome) = find_or_mount(session, reference, here, cache, &known.digest).await? {
+        if let Some(outcome) = find_or_mount(session, reference, here, cache, &known.digest, origin).await? {
             return Ok((known.clone(), outcome));
         }
     }
@@ -512,7 +516,7 @@ async fn push_layer(
         cache.lock().expect("cache lock").layers.entry(f.clone()).or_default().insert(codec_name(compression).to_owned(), blob);
     }
     if known.is_none() {
-        if let Some(outcome) = find_or_mount(session, reference, here, cache, &made.digest).await? {
+        if let Some(outcome) = find_or_mount(session, reference, here, cache, &made.digest, None).await? {
             return Ok((made, outcome));
         }
     }
@@ -529,8 +533,16 @@ async fn push_layer(
 }
 
 /// `Present` if the repository has the blob, `Mounted` if another repository of the same
-/// registry had it (as far as strata knows) and it could be mounted, else `None`.
-async fn find_or_mount(session: &Session, reference: &Reference, here: &str, cache: &Mutex<DigestCache>, digest: &Digest) -> Result<Option<Outcome>, RegistryError> {
+/// registry had it (the one it was pulled from, or one strata pushed it to) and it could be
+/// mounted, else `None`.
+async fn find_or_mount(
+    session: &Session,
+    reference: &Reference,
+    here: &str,
+    cache: &Mutex<DigestCache>,
+    digest: &Digest,
+    origin: Option<String>,
+) -> Result<Option<Outcome>, RegistryError> {
     let d = digest.to_string();
     if session.retry("checking a layer", || session.client.blob_exists(reference, &d)).await? {
         return Ok(Some(Outcome::Present));
@@ -538,7 +550,8 @@ async fn find_or_mount(session: &Session, reference: &Reference, here: &str, cac
     let host_prefix = format!("{}/", session.host);
     let others: Vec<String> = {
         let cache = cache.lock().expect("cache lock");
-        cache.pushed.get(&d).into_iter().flatten().filter(|r| r.starts_with(&host_prefix) && r.as_str() != here).cloned().collect()
+        let pushed = cache.pushed.get(&d).into_iter().flatten().cloned();
+        origin.into_iter().chain(pushed).filter(|r| r.starts_with(&host_prefix) && r.as_str() != here).collect()
     };
     for other in others {
         let from = Reference::with_tag(session.host.clone(), other[host_prefix.len()..].to_owned(), "latest".to_owned());

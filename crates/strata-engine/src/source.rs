@@ -95,6 +95,8 @@ pub struct SourceImage {
     pub layers: Vec<SourceLayer>,
     /// `name:tag` if the source says (docker-archive `RepoTags`), or a tag alone (OCI).
     pub reference: Option<String>,
+    /// `HOST/REPOSITORY` for an image from a registry: its blobs can be mounted from there.
+    pub origin: Option<String>,
     blobs: Arc<BlobStore>,
 }
 
@@ -240,7 +242,7 @@ fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>) -> Result<SourceIm
             media_type: layer.media_type().clone(),
         });
     }
-    Ok(SourceImage { config_bytes, config, layers, reference: ref_name(descriptor), blobs: Arc::new(store) })
+    Ok(SourceImage { config_bytes, config, layers, reference: ref_name(descriptor), origin: None, blobs: Arc::new(store) })
 }
 
 fn open_registry(reference: &RegistryRef, options: &RegistryOptions) -> Result<SourceImage, SourceError> {
@@ -262,7 +264,7 @@ fn open_registry(reference: &RegistryRef, options: &RegistryOptions) -> Result<S
     }
     let name = format!("{}/{}", reference.host, reference.repository);
     let reference = reference.tag.as_ref().map(|t| format!("{}:{t}", reference.repository));
-    Ok(SourceImage { config_bytes, config, layers, reference, blobs: Arc::new(BlobStore::Registry(blobs, name)) })
+    Ok(SourceImage { config_bytes, config, layers, reference, origin: Some(name.clone()), blobs: Arc::new(BlobStore::Registry(blobs, name)) })
 }
 
 /// Docker's layer media types, as their OCI equivalents.
@@ -320,7 +322,7 @@ fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceError> {
         layers.push(SourceLayer { digest, diff_id: diff_id.parse().map_err(|e| invalid(path, format!("{e}")))?, size, media_type });
     }
     let reference = entry.repo_tags.as_ref().and_then(|t| t.first().cloned());
-    Ok(SourceImage { config_bytes, config, layers, reference, blobs: Arc::new(store) })
+    Ok(SourceImage { config_bytes, config, layers, reference, origin: None, blobs: Arc::new(store) })
 }
 
 fn read_archive_file_stream(store: &BlobStore, name: &str, path: &Path) -> Result<io::Take<File>, SourceError> {
