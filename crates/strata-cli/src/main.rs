@@ -2,6 +2,8 @@
 //! errors from the engine are reported here, one line each, with exit code 1 (2 for usage
 //! errors, as clap does).
 
+mod nix_builder;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -54,6 +56,12 @@ enum Command {
     /// Build (or copy) an image into podman or docker and run it
     #[command(after_help = "IMAGE is a spec (.toml or .json), built first, or a source reference (docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG]).\nThe container's exit status becomes strata's. With no --engine, podman is used if it is there, else docker.")]
     Run(RunArgs),
+    /// Write the image a stream script (from the Nix library's streamLayeredImage) describes
+    #[command(after_help = "Stream scripts run this themselves: `$(nix-build) | docker load`.")]
+    Stream(StreamArgs),
+    /// Build an image inside a Nix build (the builder of the Nix library's derivations)
+    #[command(hide = true)]
+    NixBuilder,
     /// Copy an image from a source to a destination, layers and config unchanged
     #[command(after_help = "Sources: docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG]. Every blob read is checked against its digest.\n\nDestinations: as for `strata build`.")]
     Copy(CopyArgs),
@@ -84,6 +92,15 @@ struct RunArgs {
     /// Arguments for the image's entrypoint
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct StreamArgs {
+    /// The stream script
+    script: PathBuf,
+    /// Where to write the image (default: a docker-archive on standard output)
+    #[arg(short, long, value_name = "DEST")]
+    output: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -189,6 +206,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let registry = RegistryOptions { creds: cli.creds, tls_verify: cli.tls_verify };
     match cli.command {
         Command::Run(args) => return run_container(args, &registry),
+        Command::NixBuilder => nix_builder::build()?,
+        Command::Stream(args) => {
+            let dest = destination(args.output.as_deref(), &args.script.display().to_string())?;
+            write(&nix_builder::read_stream_script(&args.script)?, &dest, None, &registry)?;
+        }
         Command::Build(args) => {
             let dest = destination(args.output.as_deref(), &format!("strata build {}", args.spec.display()))?;
             let spec = ValidSpec::load(&args.spec)?;

@@ -136,6 +136,7 @@ impl Environment {
             name: c.name.clone(),
             tag: tag.map(str::to_owned).or_else(|| c.tag.clone()),
             created: c.created.clone(),
+            mtime: None,
             architecture: None,
             // One layer is the environment layer.
             max_layers: Some(max_layers - 1),

@@ -37,6 +37,8 @@ pub struct Spec {
     pub tag: Option<String>,
     /// RFC 3339 time or `"now"`; also the mtime of every file. Default [`DEFAULT_CREATED`].
     pub created: Option<String>,
+    /// The mtime of every file, if it is not `created` (RFC 3339 or `"now"`).
+    pub mtime: Option<String>,
     /// OCI architecture (`amd64`, `arm64`, …). Default: the host's.
     pub architecture: Option<String>,
     pub max_layers: Option<usize>,
@@ -206,14 +208,21 @@ impl Spec {
                 return err("tag", format!("{tag:?} is not a valid tag (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)"));
             }
         }
-        let created = match self.created.as_deref() {
-            None => DEFAULT_CREATED.to_owned(),
-            Some("now") => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            Some(t) => t.to_owned(),
+        let time = |key: &str, value: Option<&str>| -> Result<(String, u64), (String, String)> {
+            let text = match value {
+                None => DEFAULT_CREATED.to_owned(),
+                Some("now") => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                Some(t) => t.to_owned(),
+            };
+            match humantime::parse_rfc3339_weak(&text) {
+                Ok(t) => Ok((text, t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))),
+                Err(e) => Err((key.to_owned(), format!("{text:?} is not an RFC 3339 time (e.g. {DEFAULT_CREATED}): {e}"))),
+            }
         };
-        let mtime = match humantime::parse_rfc3339_weak(&created) {
-            Ok(t) => t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            Err(e) => return err("created", format!("{created:?} is not an RFC 3339 time (e.g. {DEFAULT_CREATED}): {e}")),
+        let (created, created_secs) = time("created", self.created.as_deref())?;
+        let mtime = match self.mtime.as_deref() {
+            None => created_secs,
+            Some(m) => time("mtime", Some(m))?.1,
         };
         let max_layers = self.max_layers.unwrap_or(DEFAULT_MAX_LAYERS);
         if !(1..=MAX_MAX_LAYERS).contains(&max_layers) {

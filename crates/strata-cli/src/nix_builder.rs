@@ -1,0 +1,95 @@
+//! `strata nix-builder`: strata as the builder of the Nix library's derivations (`nix/`), so
+//! image builds need no shell, coreutils or Python. It reads what Nix gives a builder: the
+//! derivation's attributes as environment variables, `$out`, and the closure graph that
+//! `exportReferencesGraph` wrote into the build directory.
+//!
+//! Modes (`strataMode`):
+//! - `spec`: writes `strataSpecJson` to `$out`. Nix then finds in it every store path the
+//!   image names, so the closure of this file is the closure of the image.
+//! - `tarball`: builds the image of the spec file `strataSpec` (closure from the graph file
+//!   `closure`) as a docker-archive, compressed whole with `strataCompressor` (gz, zstd,
+//!   none), into `$out`; `docker load < $out` loads it.
+//!
+//! A spec without a tag gets `strataTag`, which the library derives from the spec file.
+//! - `stream`: writes `$out` as an executable whose interpreter is `strata stream`: the spec
+//!   and the closure graph, no image bytes. Running it writes the image to stdout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use strata_engine::compress::Compression;
+use strata_engine::image::{ClosureSource, Image};
+use strata_engine::registry::RegistryOptions;
+use strata_engine::sink::write_docker_archive;
+use strata_engine::spec::{Spec, ValidSpec};
+
+fn env(name: &str) -> Result<String> {
+    std::env::var(name).with_context(|| format!("the derivation has no {name} attribute (strata nix-builder runs as a Nix builder)"))
+}
+
+pub fn build() -> Result<()> {
+    let out = PathBuf::from(env("out")?);
+    match env("strataMode")?.as_str() {
+        "spec" => std::fs::write(&out, env("strataSpecJson")?).with_context(|| format!("writing {}", out.display())),
+        "tarball" => tarball(&out),
+        "stream" => stream_script(&out),
+        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball or stream)"),
+    }
+}
+
+/// The spec file's JSON, tagged `strataTag` when the spec has no tag.
+fn spec_with_tag() -> Result<Value> {
+    let spec_path = env("strataSpec")?;
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).with_context(|| format!("reading {spec_path}"))?)?;
+    if spec.get("tag").is_none_or(Value::is_null) {
+        spec["tag"] = Value::String(env("strataTag")?);
+    }
+    Ok(spec)
+}
+
+fn plan(spec: Value, closure: &Path, spec_name: &str) -> Result<Image> {
+    let spec: Spec = serde_json::from_value(spec).with_context(|| format!("spec {spec_name}"))?;
+    let spec: ValidSpec = spec.validate().map_err(|(key, message)| anyhow::anyhow!("spec {spec_name}: {key}: {message}"))?;
+    Ok(Image::plan(spec, &ClosureSource::GraphFile(closure.to_owned()), &RegistryOptions::default())?)
+}
+
+fn tarball(out: &Path) -> Result<()> {
+    let compression = match env("strataCompressor")?.as_str() {
+        "gz" => Compression::Gzip,
+        "zstd" => Compression::Zstd,
+        "none" => Compression::None,
+        other => bail!("compressor: {other:?} is not one of gz, zstd, none"),
+    };
+    let image = plan(spec_with_tag()?, Path::new("closure"), &env("strataSpec")?)?;
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut encoder = compression.encoder(std::io::BufWriter::new(file))?;
+    write_docker_archive(&image, &mut encoder, Compression::None, None)?;
+    encoder.finish()?.flush()?;
+    Ok(())
+}
+
+/// The stream executable: `#!<strata> stream`, then `{"spec": …, "closure": "<graph>"}`.
+fn stream_script(out: &Path) -> Result<()> {
+    let spec = spec_with_tag()?;
+    let closure = std::fs::read_to_string("closure").context("reading the closure graph `closure` (exportReferencesGraph)")?;
+    let strata = std::env::current_exe().context("locating the strata binary")?;
+    let body = serde_json::json!({ "spec": spec, "closure": closure });
+    let script = format!("#!{} stream\n{}\n", strata.display(), body);
+    std::fs::write(out, script).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::set_permissions(out, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
+    Ok(())
+}
+
+/// `strata stream SCRIPT`: the interpreter of stream executables; plans the image described
+/// in `script` and returns it for writing.
+pub fn read_stream_script(script: &Path) -> Result<Image> {
+    let text = std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
+    let json = text.split_once('\n').map(|(_, rest)| rest).context("an empty stream script")?;
+    let body: Value = serde_json::from_str(json).with_context(|| format!("{}: not a strata stream script", script.display()))?;
+    let closure = body["closure"].as_str().context("the stream script has no closure graph")?;
+    let graph = tempfile::NamedTempFile::new()?;
+    std::fs::write(graph.path(), closure)?;
+    plan(body["spec"].clone(), graph.path(), &script.display().to_string())
+}

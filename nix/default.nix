@@ -1,0 +1,116 @@
+# strata's Nix library. It needs only `builtins`, so it works with any nixpkgs, or none:
+#
+#   lib = import ./nix { strata = <a derivation or store path with bin/strata>; };
+#
+# Every image is two small derivations whose builder is strata itself (no shell, coreutils
+# or Python in the build): a spec file, whose closure is the closure of everything the image
+# names, and the image, built from that spec and the closure graph Nix exports to it.
+{ strata, system ? strata.system or builtins.currentSystem }:
+let
+  strataBin = "${strata}/bin/strata";
+  defaultCreated = "1970-01-01T00:00:01Z";
+
+  toList = x: if x == null then [ ] else if builtins.isList x then x else [ x ];
+
+  # Derivations and store paths only, else an evaluation error naming the argument.
+  storePaths = fn: arg: xs: map
+    (x:
+      if builtins.isAttrs x && x ? outPath then toString x
+      else if builtins.isPath x then "${x}"
+      else if builtins.isString x && builtins.substring 0 11 x == "/nix/store/" then x
+      else throw "strata.${fn}: `${arg}` must hold derivations or store paths, not a ${builtins.typeOf x}")
+    (toList xs);
+
+  oneOf = fn: arg: allowed: value:
+    if builtins.elem value allowed then value
+    else throw "strata.${fn}: `${arg}` must be one of ${builtins.concatStringsSep ", " allowed}, not ${toString value}";
+
+  # Every path whose first component is not `nix`: what copyToRoot lays over /. (The regex
+  # crate has no look-ahead, hence the spelled-out alternatives.)
+  outsideNix = "/(?:[^n/][^/]*|n(?:[^i/][^/]*)?|ni(?:[^x/][^/]*)?|nix[^/]+)(?:/.*)?";
+
+  specFile = name: spec: derivation {
+    name = "${name}-spec.json";
+    inherit system;
+    builder = strataBin;
+    args = [ "nix-builder" ];
+    strataMode = "spec";
+    strataSpecJson = builtins.toJSON spec;
+  };
+
+  # The default tag is the hash of the spec file's store path, which covers the spec and
+  # every store path it names. (dockerTools uses the output's hash; that one changes when Nix
+  # builds without a sandbox and rewrites the output path, which it cannot do inside gzip.)
+  image = { drvName, mode, spec, extra ? { } }:
+    let
+      file = specFile spec.name spec;
+      tag = if spec.tag != null then spec.tag else builtins.substring 11 32 (baseNameOf (toString file));
+    in
+    derivation ({
+      name = drvName;
+      inherit system;
+      builder = strataBin;
+      args = [ "nix-builder" ];
+      strataMode = mode;
+      strataSpec = file;
+      strataTag = tag;
+      exportReferencesGraph = [ "closure" file ];
+    } // extra) // { inherit spec; imageName = spec.name; imageTag = tag; };
+
+  # The spec strata reads (see the README), from the library's arguments.
+  mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], maxLayers ? 100
+               , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ] }: {
+    inherit name tag created mtime perms config;
+    max_layers = maxLayers;
+    roots = storePaths fn "contents" roots;
+    copy_to_root = storePaths fn "copyToRoot" copyToRoot;
+    from_image = if fromImage == null then null else "docker-archive:${toString fromImage}";
+  };
+
+  suffix = compressor: { gz = ".tar.gz"; zstd = ".tar.zst"; none = ".tar"; }.${compressor};
+
+  tarball = fn: { compressor ? "gz", ... }@args: spec: image {
+    drvName = "docker-image-${spec.name}${suffix (oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor)}";
+    mode = "tarball";
+    inherit spec;
+    extra.strataCompressor = compressor;
+  };
+in
+rec {
+  # nixpkgs dockerTools.buildImage: a compressed docker-archive in the store
+  # (`docker load < result`), layered by strata within maxLayers.
+  buildImage =
+    { name, tag ? null, config ? { }, copyToRoot ? [ ], fromImage ? null, created ? defaultCreated
+    , uid ? 0, gid ? 0, compressor ? "gz", maxLayers ? 100 }@args:
+    tarball "buildImage" args (mkSpec "buildImage" {
+      inherit name tag config copyToRoot fromImage created maxLayers;
+      perms = if uid == 0 && gid == 0 then [ ] else [{ regex = outsideNix; inherit uid gid; }];
+    });
+
+  # nixpkgs dockerTools.streamLayeredImage: an executable that writes the image to stdout
+  # (`$(nix-build) | docker load`); no image bytes in the store. `contents` are laid over /.
+  streamLayeredImage =
+    { name, tag ? null, contents ? [ ], config ? { }, maxLayers ? 100, created ? defaultCreated
+    , mtime ? null, fromImage ? null }:
+    image {
+      drvName = "stream-${name}";
+      mode = "stream";
+      spec = mkSpec "streamLayeredImage" { inherit name tag config maxLayers created mtime fromImage; copyToRoot = contents; };
+    };
+
+  # nixpkgs dockerTools.buildLayeredImage: the same image as a gzipped docker-archive.
+  buildLayeredImage =
+    { name, tag ? null, contents ? [ ], config ? { }, maxLayers ? 100, created ? defaultCreated
+    , mtime ? null, fromImage ? null }@args:
+    tarball "buildLayeredImage" { } (mkSpec "buildLayeredImage" { inherit name tag config maxLayers created mtime fromImage; copyToRoot = contents; });
+
+  # makes' makeContainerImage: each layer is a derivation whose $out is laid over /, its
+  # closure in the image; a gzipped docker-archive (`docker load < result`).
+  makeContainerImage = { layers ? [ ], maxLayers ? 65, config ? null }:
+    tarball "makeContainerImage" { } (mkSpec "makeContainerImage" {
+      name = "container-image";
+      copyToRoot = storePaths "makeContainerImage" "layers" layers;
+      config = if config == null then { } else config;
+      inherit maxLayers;
+    });
+}
