@@ -57,15 +57,36 @@ let
       exportReferencesGraph = [ "closure" file ];
     } // extra) // { inherit spec; imageName = spec.name; imageTag = tag; };
 
-  # The spec strata reads (see the README), from the library's arguments.
+  # The spec strata reads (see the README), from the library's arguments. `fromImage` is a
+  # docker-archive (a path or derivation) or any strata source reference ("oci:…", "docker://…").
   mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], maxLayers ? 100
-               , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ] }: {
-    inherit name tag created mtime perms config;
+               , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ] }: {
+    inherit name tag created mtime perms config layers;
     max_layers = maxLayers;
     roots = storePaths fn "contents" roots;
     copy_to_root = storePaths fn "copyToRoot" copyToRoot;
-    from_image = if fromImage == null then null else "docker-archive:${toString fromImage}";
+    from_image =
+      if fromImage == null then null
+      else if builtins.isString fromImage && builtins.match "[a-z-]+:.*" fromImage != null then fromImage
+      else "docker-archive:${toString fromImage}";
   };
+
+  # nix2container writes config keys in lower camel case; strata's spec has Docker's names.
+  dockerKey = { entrypoint = "Entrypoint"; cmd = "Cmd"; env = "Env"; workingDir = "WorkingDir"; user = "User";
+                exposedPorts = "ExposedPorts"; volumes = "Volumes"; labels = "Labels"; stopSignal = "StopSignal"; };
+  dockerConfig = config: builtins.listToAttrs (map (k: { name = dockerKey.${k} or k; value = config.${k}; }) (builtins.attrNames config));
+
+  escapeRegex = builtins.replaceStrings [ "." "+" "?" ] [ "\\." "\\+" "\\?" ];
+
+  # A runnable derivation: `$out/bin/<name>` runs `strata stream <description> <args> "$@"`.
+  runner = description: name: args: derivation {
+    inherit name system;
+    builder = strataBin;
+    args = [ "nix-builder" ];
+    strataMode = "executable";
+    strataPath = "bin/${name}";
+    strataText = "#!/bin/sh\nexec ${strataBin} stream ${description} ${args} \"$@\"\n";
+  } // { meta.mainProgram = name; };
 
   suffix = compressor: { gz = ".tar.gz"; zstd = ".tar.zst"; none = ".tar"; }.${compressor};
 
@@ -103,6 +124,52 @@ rec {
     { name, tag ? null, contents ? [ ], config ? { }, maxLayers ? 100, created ? defaultCreated
     , mtime ? null, fromImage ? null }@args:
     tarball "buildLayeredImage" { } (mkSpec "buildLayeredImage" { inherit name tag config maxLayers created mtime fromImage; copyToRoot = contents; });
+
+  # nix2container-style images: the result is the image's description (spec, closure graph,
+  # and the digests the image has with uncompressed layers, computed at build time), no
+  # tarball; runners copy it where it goes, and strata checks it matches what was recorded.
+  nix2container = rec {
+    # An isolated layer: the closure of `deps` (minus earlier layers) and `copyToRoot` trees.
+    buildLayer = { deps ? [ ], copyToRoot ? [ ] }: {
+      _strataLayer = true;
+      roots = storePaths "nix2container.buildLayer" "deps" deps;
+      copy_to_root = storePaths "nix2container.buildLayer" "copyToRoot" copyToRoot;
+    };
+
+    buildImage =
+      { name, tag ? null, config ? { }, copyToRoot ? [ ], fromImage ? null, maxLayers ? 100, layers ? [ ]
+      , perms ? [ ], created ? defaultCreated, initializeNixDatabase ? false }:
+      let
+        fn = "nix2container.buildImage";
+        layer = l: if builtins.isAttrs l && l._strataLayer or false then { inherit (l) roots copy_to_root; }
+          else throw "strata.${fn}: `layers` must hold layers made with buildLayer, not a ${builtins.typeOf l}";
+        perm = p: {
+          regex = "${escapeRegex (toString p.path)}${if p ? regex then "/${p.regex}" else "(/.*)?"}";
+          mode = p.mode or null;
+          uid = p.uid or null;
+          gid = p.gid or null;
+        };
+        described = image {
+          drvName = "image-${name}.json";
+          mode = "description";
+          spec = mkSpec fn {
+            inherit name tag copyToRoot fromImage maxLayers created;
+            config = dockerConfig config;
+            layers = map layer layers;
+            perms = map perm perms;
+          };
+        };
+        ref = "${name}:${described.imageTag}";
+      in
+      if initializeNixDatabase then throw "strata.${fn}: initializeNixDatabase is not supported yet"
+      else described // {
+        copyToDockerDaemon = runner described "copy-to-docker-daemon" "-o docker-daemon:${ref}";
+        copyToPodman = runner described "copy-to-podman" "-o podman:${ref}";
+        copyToRegistry = runner described "copy-to-registry" "-o docker://${ref}";
+        copyTo = runner described "copy-to" "-o";
+      };
+  };
+  inherit (nix2container) buildLayer;
 
   # makes' makeContainerImage: each layer is a derivation whose $out is laid over /, its
   # closure in the image; a gzipped docker-archive (`docker load < result`).

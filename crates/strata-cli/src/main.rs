@@ -101,6 +101,9 @@ struct StreamArgs {
     /// Where to write the image (default: a docker-archive on standard output)
     #[arg(short, long, value_name = "DEST")]
     output: Option<String>,
+    /// Layer compression [default: none for described images, else as for build]
+    #[arg(long, value_enum, value_name = "CODEC")]
+    compress: Option<Codec>,
 }
 
 #[derive(clap::Args)]
@@ -209,7 +212,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::NixBuilder => nix_builder::build()?,
         Command::Stream(args) => {
             let dest = destination(args.output.as_deref(), &args.script.display().to_string())?;
-            write(&nix_builder::read_stream_script(&args.script)?, &dest, None, &registry)?;
+            let (image, described) = nix_builder::read_stream_script(&args.script)?;
+            // A described image is written as described: uncompressed layers, unless asked.
+            let compress = args.compress.or(described.as_ref().map(|_| Codec::None));
+            let written = write(&image, &dest, compress, &registry)?;
+            if let Some(described) = described {
+                let changed = "was recorded when the image was built: its store paths changed since";
+                if written.config_digest != described.config {
+                    bail!("{dest} holds config {}, but {} {changed}", written.config_digest, described.config);
+                }
+                if let (Some(Codec::None), Some(manifest)) = (compress, written.manifest_digest) {
+                    if manifest != described.manifest {
+                        bail!("{dest} holds manifest {manifest}, but {} {changed}", described.manifest);
+                    }
+                }
+            }
         }
         Command::Build(args) => {
             let dest = destination(args.output.as_deref(), &format!("strata build {}", args.spec.display()))?;

@@ -13,6 +13,9 @@
 //! A spec without a tag gets `strataTag`, which the library derives from the spec file.
 //! - `stream`: writes `$out` as an executable whose interpreter is `strata stream`: the spec
 //!   and the closure graph, no image bytes. Running it writes the image to stdout.
+//! - `description` (nix2container-style): the same, plus the digests the image has with
+//!   uncompressed layers, computed now; `strata stream` checks them when it writes.
+//! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use strata_engine::compress::Compression;
-use strata_engine::image::{ClosureSource, Image};
+use strata_engine::image::{ClosureSource, Described, Image};
 use strata_engine::registry::RegistryOptions;
 use strata_engine::sink::write_docker_archive;
 use strata_engine::spec::{Spec, ValidSpec};
@@ -34,8 +37,16 @@ pub fn build() -> Result<()> {
     match env("strataMode")?.as_str() {
         "spec" => std::fs::write(&out, env("strataSpecJson")?).with_context(|| format!("writing {}", out.display())),
         "tarball" => tarball(&out),
-        "stream" => stream_script(&out),
-        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball or stream)"),
+        "stream" => stream_script(&out, false),
+        "description" => stream_script(&out, true),
+        "executable" => {
+            let path = out.join(env("strataPath")?);
+            std::fs::create_dir_all(path.parent().unwrap_or(&out))?;
+            std::fs::write(&path, env("strataText")?).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
+            Ok(())
+        }
+        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description or executable)"),
     }
 }
 
@@ -70,12 +81,17 @@ fn tarball(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The stream executable: `#!<strata> stream`, then `{"spec": …, "closure": "<graph>"}`.
-fn stream_script(out: &Path) -> Result<()> {
+/// The stream executable: `#!<strata> stream`, then `{"spec": …, "closure": "<graph>"}`,
+/// and with `describe`, `"digests": …` too.
+fn stream_script(out: &Path, describe: bool) -> Result<()> {
     let spec = spec_with_tag()?;
     let closure = std::fs::read_to_string("closure").context("reading the closure graph `closure` (exportReferencesGraph)")?;
     let strata = std::env::current_exe().context("locating the strata binary")?;
-    let body = serde_json::json!({ "spec": spec, "closure": closure });
+    let mut body = serde_json::json!({ "spec": spec, "closure": closure });
+    if describe {
+        let image = plan(spec_with_tag()?, Path::new("closure"), &env("strataSpec")?)?;
+        body["digests"] = serde_json::to_value(image.uncompressed_digests()?)?;
+    }
     let script = format!("#!{} stream\n{}\n", strata.display(), body);
     std::fs::write(out, script).with_context(|| format!("writing {}", out.display()))?;
     std::fs::set_permissions(out, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
@@ -83,13 +99,17 @@ fn stream_script(out: &Path) -> Result<()> {
 }
 
 /// `strata stream SCRIPT`: the interpreter of stream executables; plans the image described
-/// in `script` and returns it for writing.
-pub fn read_stream_script(script: &Path) -> Result<Image> {
+/// in `script` and returns it for writing, with the digests recorded at build time if any.
+pub fn read_stream_script(script: &Path) -> Result<(Image, Option<Described>)> {
     let text = std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
     let json = text.split_once('\n').map(|(_, rest)| rest).context("an empty stream script")?;
     let body: Value = serde_json::from_str(json).with_context(|| format!("{}: not a strata stream script", script.display()))?;
     let closure = body["closure"].as_str().context("the stream script has no closure graph")?;
     let graph = tempfile::NamedTempFile::new()?;
     std::fs::write(graph.path(), closure)?;
-    plan(body["spec"].clone(), graph.path(), &script.display().to_string())
+    let described = match body.get("digests") {
+        Some(d) => Some(serde_json::from_value(d.clone()).with_context(|| format!("{}: digests", script.display()))?),
+        None => None,
+    };
+    Ok((plan(body["spec"].clone(), graph.path(), &script.display().to_string())?, described))
 }

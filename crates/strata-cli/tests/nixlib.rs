@@ -87,6 +87,7 @@ fn bad_arguments_fail_evaluation_naming_them() {
         ("badArgument", "unexpected argument 'contents'"),
         ("badLayer", "`layers` must hold derivations or store paths, not a int"),
         ("badCompressor", "`compressor` must be one of gz, zstd, none"),
+        ("badN2cLayer", "`layers` must hold layers made with buildLayer, not a set"),
     ] {
         let out = Command::new("nix-instantiate")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix"))
@@ -97,4 +98,62 @@ fn bad_arguments_fail_evaluation_naming_them() {
         assert!(!out.status.success(), "{attr} evaluated");
         assert!(stderr.contains(expected), "{attr}: {expected:?} not in {stderr}");
     }
+}
+
+/// The digests a nix2container-style description recorded at build time.
+fn recorded(description: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(description).unwrap();
+    let (shebang, json) = text.split_once('\n').unwrap();
+    assert!(shebang.starts_with("#!/nix/store/") && shebang.ends_with("/bin/strata stream"), "{shebang}");
+    serde_json::from_str::<serde_json::Value>(json).unwrap()["digests"].clone()
+}
+
+/// nix2container-style: the result is a description, no tarball; every runner writes the
+/// image whose digests were recorded at build time; buildLayer layers are isolated.
+#[test]
+fn nix2container_style_images_match_their_recorded_digests() {
+    let description = build("n2c");
+    let size = std::fs::metadata(&description).unwrap().len();
+    assert!(size < 64 * 1024, "a {size}-byte description: no tarball in the store");
+    let digests = recorded(&description);
+    let config = digests["config"].as_str().unwrap().to_owned();
+    run_ok(nixlib("n2c").arg("--check"));
+
+    let runner = |attr: &str, name: &str| format!("{}/bin/{name}", build(&format!("n2c.{attr}")));
+    run_ok(&mut Command::new(runner("copyToPodman", "copy-to-podman")));
+    let id = stdout_of(Command::new("podman").args(["image", "inspect", "n2c-hello:v1", "--format", "{{.Id}}"]));
+    assert_eq!(format!("sha256:{}", id.trim()), config, "podman's image ID is the recorded config digest");
+    assert_eq!(run_in("podman", "n2c-hello:v1", &[]), "Hello, world!\n");
+    let _ = Command::new("podman").args(["rmi", "-f", "n2c-hello:v1"]).output();
+
+    run_ok(&mut Command::new(runner("copyToDockerDaemon", "copy-to-docker-daemon")));
+    let id = stdout_of(Command::new("docker").args(["image", "inspect", "n2c-hello:v1", "--format", "{{.Id}}"]));
+    assert_eq!(id.trim(), config);
+    let env = stdout_of(Command::new("docker").args(["image", "inspect", "n2c-hello:v1", "--format", "{{json .Config.Env}}"]));
+    assert_eq!(env.trim(), r#"["A=1"]"#, "nix2container's lower-case config keys");
+    assert_eq!(run_in("docker", "n2c-hello:v1", &[]), "Hello, world!\n");
+    let _ = Command::new("docker").args(["rmi", "-f", "n2c-hello:v1"]).output();
+
+    // copyTo any destination; into an OCI layout the manifest is the recorded one too.
+    let dir = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}:v1", dir.path().join("layout").display());
+    run_ok(Command::new(runner("copyTo", "copy-to")).arg(&layout));
+    let inspect: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &layout]))).unwrap();
+    assert_eq!(inspect["Digest"], digests["manifest"]);
+
+    // The buildLayer layer holds glibc and nothing else; perms applied.
+    let archive = dir.path().join("image.tar");
+    run_ok(Command::new(runner("copyTo", "copy-to")).arg(format!("docker-archive:{}", archive.display())));
+    let layers = read_archive(&archive).layers;
+    let stores = |l: &std::collections::BTreeMap<String, EntryInfo>| {
+        l.keys().filter_map(|k| k.strip_prefix("nix/store/")).map(|k| k.split('/').next().unwrap().to_owned()).collect::<std::collections::BTreeSet<_>>()
+    };
+    let glibc = build_fixture_name("glibc");
+    assert_eq!(stores(&layers[0]), [glibc].into());
+    let hello_bin = layers[1].iter().find(|(k, _)| k.ends_with("/bin/hello")).unwrap().1;
+    assert_eq!(hello_bin.mode, 0o700);
+}
+
+fn build_fixture_name(attr: &str) -> String {
+    fixture(attr).trim_start_matches("/nix/store/").to_owned()
 }

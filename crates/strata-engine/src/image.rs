@@ -56,6 +56,14 @@ pub struct Image {
     pub verbatim_config: bool,
 }
 
+/// Digests recorded when an image is described (see [`Image::uncompressed_digests`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Described {
+    pub config: Digest,
+    pub manifest: Digest,
+    pub diff_ids: Vec<Digest>,
+}
+
 /// Where one of an image's layers comes from.
 #[derive(Clone, Copy)]
 pub enum LayerSource<'a> {
@@ -222,10 +230,50 @@ impl Image {
         self.tag.clone().unwrap_or_else(|| config_digest.hex()[..32].to_owned())
     }
 
+    /// The digests this image has with uncompressed layers (base layers as they are), from
+    /// hashing every built layer's tar: what the Nix library records at build time, and what
+    /// any later copy with uncompressed layers must reproduce.
+    pub fn uncompressed_digests(&self) -> Result<Described, LayerError> {
+        let mut layers = Vec::new();
+        for layer in self.layer_sources() {
+            layers.push(match layer {
+                LayerSource::Built(recipe) => {
+                    let mut hashing = crate::digest::HashingWriter::new(std::io::sink());
+                    recipe.write_tar(&mut hashing)?;
+                    let (diff_id, size, _) = hashing.finish();
+                    LayerBlob { diff_id, digest: diff_id, size, media_type: oci_spec::image::MediaType::ImageLayer }
+                }
+                LayerSource::Base(base, j) => {
+                    let l = &base.layers[j];
+                    LayerBlob { diff_id: l.diff_id, digest: l.digest, size: l.size, media_type: l.media_type.clone() }
+                }
+            });
+        }
+        let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
+        let config = self.config_blob(&diff_ids);
+        Ok(Described { config: Digest::of(&config), manifest: Digest::of(&manifest_blob(&config, &layers)), diff_ids })
+    }
+
     /// `name:tag`.
     pub fn reference(&self, config_digest: &Digest) -> String {
         format!("{}:{}", self.name, self.tag(config_digest))
     }
+}
+
+/// The OCI manifest for a config blob and layer blobs: canonical JSON.
+pub fn manifest_blob(config: &[u8], layers: &[LayerBlob]) -> Vec<u8> {
+    let descriptor = |media_type: oci_spec::image::MediaType, size: u64, digest: &Digest| {
+        let digest: oci_spec::image::Digest = digest.to_string().parse().expect("a sha256 digest is a valid OCI digest");
+        oci_spec::image::Descriptor::new(media_type, size, digest)
+    };
+    let manifest = oci_spec::image::ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(oci_spec::image::MediaType::ImageManifest)
+        .config(descriptor(oci_spec::image::MediaType::ImageConfig, config.len() as u64, &Digest::of(config)))
+        .layers(layers.iter().map(|l| descriptor(l.media_type.clone(), l.size, &l.digest)).collect::<Vec<_>>())
+        .build()
+        .expect("every required manifest field is set");
+    canonical_json(&manifest)
 }
 
 /// `base` then `over`, where an item of `over` replaces the item of `base` with the same key

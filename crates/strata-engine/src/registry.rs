@@ -26,12 +26,12 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{canonical_json, Image, LayerSource};
+use crate::image::{manifest_blob, Image, LayerBlob, LayerSource};
 
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
@@ -309,18 +309,6 @@ struct CachedBlob {
     size: u64,
 }
 
-impl Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 impl DigestCache {
     fn path() -> Option<PathBuf> {
         let dir = std::env::var_os("STRATA_CACHE_DIR")
@@ -356,15 +344,6 @@ fn codec_name(c: Compression) -> &'static str {
     }
 }
 
-/// A layer's blob as it is (or will be) in the registry.
-#[derive(Clone)]
-struct PushedLayer {
-    diff_id: Digest,
-    digest: Digest,
-    size: u64,
-    media_type: MediaType,
-}
-
 /// What a push did, for the caller's report.
 #[derive(Debug, Clone)]
 pub struct Pushed {
@@ -398,7 +377,7 @@ async fn push_async(session: &Session, image: &Image, dest: &RegistryRef, compre
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    let results: Vec<(PushedLayer, Outcome)> = futures_util::stream::iter(layers.iter().enumerate())
+    let results: Vec<(LayerBlob, Outcome)> = futures_util::stream::iter(layers.iter().enumerate())
         .map(|(i, layer)| push_layer(session, &reference, &here, &cache, *layer, i, compression))
         .buffered(cores.max(2))
         .try_collect()
@@ -407,22 +386,13 @@ async fn push_async(session: &Session, image: &Image, dest: &RegistryRef, compre
     let diff_ids: Vec<Digest> = results.iter().map(|(l, _)| l.diff_id).collect();
     let config = image.config_blob(&diff_ids);
     let config_digest = Digest::of(&config);
+    let blobs: Vec<LayerBlob> = results.iter().map(|(l, _)| l.clone()).collect();
     let config_name = config_digest.to_string();
     if !session.retry("checking the config", || session.client.blob_exists(&reference, &config_name)).await? {
         let bytes = bytes::Bytes::from(config.clone());
         session.retry("uploading the config", || session.client.push_blob(&reference, bytes.clone(), &config_name)).await?;
     }
-    let descriptor = |media_type: MediaType, size: u64, digest: &Digest| {
-        Descriptor::new(media_type, size, digest.to_string().parse::<oci_spec::image::Digest>().expect("sha256 digests are OCI digests"))
-    };
-    let manifest = oci_spec::image::ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .config(descriptor(MediaType::ImageConfig, config.len() as u64, &config_digest))
-        .layers(results.iter().map(|(l, _)| descriptor(l.media_type.clone(), l.size, &l.digest)).collect::<Vec<_>>())
-        .build()
-        .expect("every required manifest field is set");
-    let manifest = canonical_json(&manifest);
+    let manifest = manifest_blob(&config, &blobs);
     let manifest_digest = Digest::of(&manifest);
     let body = bytes::Bytes::from(manifest);
     let content_type = reqwest_header(MediaType::ImageManifest.to_string());
@@ -453,7 +423,7 @@ async fn push_layer(
     layer: LayerSource<'_>,
     index: usize,
     compression: Compression,
-) -> Result<(PushedLayer, Outcome), RegistryError> {
+) -> Result<(LayerBlob, Outcome), RegistryError> {
     let fingerprint = match layer {
         LayerSource::Built(recipe) => Some(recipe.fingerprint().to_string()),
         LayerSource::Base(..) => None,
@@ -461,12 +431,12 @@ async fn push_layer(
     let known = match layer {
         LayerSource::Base(base, j) => {
             let l = &base.layers[j];
-            Some(PushedLayer { diff_id: l.diff_id, digest: l.digest, size: l.size, media_type: l.media_type.clone() })
+            Some(LayerBlob { diff_id: l.diff_id, digest: l.digest, size: l.size, media_type: l.media_type.clone() })
         }
         LayerSource::Built(_) => {
             let cache = cache.lock().expect("cache lock");
             let cached = fingerprint.as_ref().and_then(|f| cache.layers.get(f)).and_then(|c| c.get(codec_name(compression)));
-            cached.map(|c| PushedLayer { diff_id: c.diff_id, digest: c.digest, size: c.size, media_type: compression.layer_media_type() })
+            cached.map(|c| LayerBlob { diff_id: c.diff_id, digest: c.digest, size: c.size, media_type: compression.layer_media_type() })
         }
     };
     let origin = match layer {
@@ -485,14 +455,14 @@ async fn push_layer(
     let made = match layer {
         LayerSource::Built(recipe) => {
             let recipe = recipe.clone();
-            tokio::task::spawn_blocking(move || -> Result<PushedLayer, String> {
+            tokio::task::spawn_blocking(move || -> Result<LayerBlob, String> {
                 let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
                 let mut tar = HashingWriter::new(compression.encoder(out).map_err(|e| e.to_string())?);
                 recipe.write_tar(&mut tar).map_err(|e| e.to_string())?;
                 let (diff_id, _, encoder) = tar.finish();
                 let (digest, size, mut out) = encoder.finish().map_err(|e| e.to_string())?.finish();
                 std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
-                Ok(PushedLayer { diff_id, digest, size, media_type: compression.layer_media_type() })
+                Ok(LayerBlob { diff_id, digest, size, media_type: compression.layer_media_type() })
             })
             .await
             .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?

@@ -6,12 +6,12 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifestBuilder, MediaType, ANNOTATION_REF_NAME};
+use oci_spec::image::{Descriptor, ImageIndex, MediaType, ANNOTATION_REF_NAME};
 
 use super::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, Written};
 use crate::compress::Compression;
 use crate::digest::Digest;
-use crate::image::{canonical_json, Image};
+use crate::image::{canonical_json, manifest_blob, Image};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
@@ -80,15 +80,7 @@ fn fill_layout(image: &Image, dir: &Path, tag: Option<&str>, compression: Compre
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
     let config = image.config_blob(&diff_ids);
     let config_digest = write_blob(&blobs_dir, &config)?;
-    let layer_descriptors: Vec<Descriptor> = layers.iter().map(|l| descriptor(l.media_type.clone(), l.size, &l.digest)).collect();
-    let manifest = ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .config(descriptor(MediaType::ImageConfig, config.len() as u64, &config_digest))
-        .layers(layer_descriptors)
-        .build()
-        .expect("every required manifest field is set");
-    let manifest = canonical_json(&manifest);
+    let manifest = manifest_blob(&config, &layers);
     let manifest_digest = write_blob(&blobs_dir, &manifest)?;
 
     let tag = tag.map_or_else(|| image.tag(&config_digest), str::to_owned);
