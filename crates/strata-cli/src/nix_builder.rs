@@ -13,8 +13,9 @@
 //! A spec without a tag gets `strataTag`, which the library derives from the spec file.
 //! - `stream`: writes `$out` as an executable whose interpreter is `strata stream`: the spec
 //!   and the closure graph, no image bytes. Running it writes the image to stdout.
-//! - `description` (nix2container-style): the same, plus the digests the image has with
-//!   uncompressed layers, computed now; `strata stream` checks them when it writes.
+//! - `description` (nix2container-style): the same as plain JSON (no interpreter line),
+//!   plus the digests the image has with uncompressed layers, computed now; `strata stream`
+//!   reads it too, and checks those digests when it writes.
 //! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
 use std::io::Write;
@@ -81,8 +82,8 @@ fn tarball(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The stream executable: `#!<strata> stream`, then `{"spec": …, "closure": "<graph>"}`,
-/// and with `describe`, `"digests": …` too.
+/// The stream executable (`#!<strata> stream`, then `{"spec": …, "closure": "<graph>"}`), or
+/// with `describe` the description (that JSON plus `"digests"`, no interpreter line).
 fn stream_script(out: &Path, describe: bool) -> Result<()> {
     let spec = spec_with_tag()?;
     let closure = std::fs::read_to_string("closure").context("reading the closure graph `closure` (exportReferencesGraph)")?;
@@ -92,9 +93,9 @@ fn stream_script(out: &Path, describe: bool) -> Result<()> {
         let image = plan(spec_with_tag()?, Path::new("closure"), &env("strataSpec")?)?;
         body["digests"] = serde_json::to_value(image.uncompressed_digests()?)?;
     }
-    let script = format!("#!{} stream\n{}\n", strata.display(), body);
-    std::fs::write(out, script).with_context(|| format!("writing {}", out.display()))?;
-    std::fs::set_permissions(out, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
+    let (text, mode) = if describe { (format!("{body}\n"), 0o444) } else { (format!("#!{} stream\n{body}\n", strata.display()), 0o555) };
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::set_permissions(out, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     Ok(())
 }
 
@@ -102,7 +103,8 @@ fn stream_script(out: &Path, describe: bool) -> Result<()> {
 /// in `script` and returns it for writing, with the digests recorded at build time if any.
 pub fn read_stream_script(script: &Path) -> Result<(Image, Option<Described>)> {
     let text = std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
-    let json = text.split_once('\n').map(|(_, rest)| rest).context("an empty stream script")?;
+    // Stream scripts start with their interpreter line; descriptions are plain JSON.
+    let json = if text.starts_with("#!") { text.split_once('\n').map_or("", |(_, rest)| rest) } else { &text };
     let body: Value = serde_json::from_str(json).with_context(|| format!("{}: not a strata stream script", script.display()))?;
     let closure = body["closure"].as_str().context("the stream script has no closure graph")?;
     let graph = tempfile::NamedTempFile::new()?;

@@ -103,9 +103,7 @@ fn bad_arguments_fail_evaluation_naming_them() {
 /// The digests a nix2container-style description recorded at build time.
 fn recorded(description: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(description).unwrap();
-    let (shebang, json) = text.split_once('\n').unwrap();
-    assert!(shebang.starts_with("#!/nix/store/") && shebang.ends_with("/bin/strata stream"), "{shebang}");
-    serde_json::from_str::<serde_json::Value>(json).unwrap()["digests"].clone()
+    serde_json::from_str::<serde_json::Value>(&text).expect("the description is JSON")["digests"].clone()
 }
 
 /// nix2container-style: the result is a description, no tarball; every runner writes the
