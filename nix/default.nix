@@ -60,8 +60,10 @@ let
   # The spec strata reads (see the README), from the library's arguments. `fromImage` is a
   # docker-archive (a path or derivation) or any strata source reference ("oci:…", "docker://…").
   mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], maxLayers ? 100
-               , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ] }: {
+               , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ]
+               , initializeNixDatabase ? false }: {
     inherit name tag created mtime perms config layers;
+    initialize_nix_database = initializeNixDatabase;
     max_layers = maxLayers;
     roots = storePaths fn "contents" roots;
     copy_to_root = storePaths fn "copyToRoot" copyToRoot;
@@ -153,7 +155,7 @@ rec {
           drvName = "image-${name}.json";
           mode = "description";
           spec = mkSpec fn {
-            inherit name tag copyToRoot fromImage maxLayers created;
+            inherit name tag copyToRoot fromImage maxLayers created initializeNixDatabase;
             config = dockerConfig config;
             layers = map layer layers;
             perms = map perm perms;
@@ -161,8 +163,7 @@ rec {
         };
         ref = "${name}:${described.imageTag}";
       in
-      if initializeNixDatabase then throw "strata.${fn}: initializeNixDatabase is not supported yet"
-      else described // {
+      described // {
         copyToDockerDaemon = runner described "copy-to-docker-daemon" "-o docker-daemon:${ref}";
         copyToPodman = runner described "copy-to-podman" "-o podman:${ref}";
         copyToRegistry = runner described "copy-to-registry" "-o docker://${ref}";

@@ -155,3 +155,23 @@ fn nix2container_style_images_match_their_recorded_digests() {
 fn build_fixture_name(attr: &str) -> String {
     fixture(attr).trim_start_matches("/nix/store/").to_owned()
 }
+
+/// initializeNixDatabase: Nix inside the container knows every store path of the image, with
+/// the NAR hash and size the host's Nix has for it, and its references; the database is
+/// deterministic (Nix's --check rebuilds the description, digests included).
+#[test]
+fn initialize_nix_database_registers_the_closure_as_nix_does() {
+    let (hello, glibc) = (fixture("hello"), fixture("glibc"));
+    run_ok(&mut Command::new(format!("{}/bin/copy-to-podman", build("n2cNixDb.copyToPodman"))));
+    let image = "n2c-nixdb:v1";
+    assert_eq!(run_in("podman", image, &["--query", "--references", &hello]), format!("{glibc}\n"));
+    for query in ["--hash", "--size"] {
+        let host = stdout_of(Command::new("nix-store").args(["--query", query, &hello]));
+        assert_eq!(run_in("podman", image, &["--query", query, &hello]), host, "{query}");
+    }
+    let verify = Command::new("podman").args(["run", "--rm", image, "--verify", "--check-contents"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && !stderr.contains("error") && !stderr.contains("modified"), "{stderr}");
+    let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+    run_ok(nixlib("n2cNixDb").arg("--check"));
+}

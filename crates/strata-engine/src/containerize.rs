@@ -146,6 +146,7 @@ impl Environment {
             layers: vec![],
             perms: vec![],
             config,
+            initialize_nix_database: false,
         };
         let spec = spec.validate().map_err(|(key, message)| {
             let key = match key.as_str() {

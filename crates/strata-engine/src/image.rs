@@ -23,6 +23,8 @@ pub enum ImageError {
     Plan(#[from] NoRoomForStorePaths),
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error("initialize_nix_database: {0}")]
+    NixDb(#[from] crate::nixdb::NixDbError),
     #[error("from_image: {0}")]
     Base(#[from] crate::source::SourceError),
     #[error("max_layers = {max_layers} is too small for the base image's {base} layers and the explicit ones")]
@@ -115,7 +117,7 @@ impl Image {
 
         let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).map(|(_, p)| p.clone()).collect();
         let copy_to_root: Vec<StorePath> = spec.copy_to_root.iter().map(|(_, p)| p.clone()).collect();
-        let max_layers = spec.max_layers.saturating_sub(base_layers);
+        let max_layers = spec.max_layers.saturating_sub(base_layers + usize::from(spec.initialize_nix_database));
         let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers };
 
         // Scan every store path once; the plan needs their sizes, the recipes their entries.
@@ -127,6 +129,12 @@ impl Image {
             scanned.insert(path.clone(), scan_tree(path.as_ref(), prefix.as_bytes())?);
         }
         let planned = plan_layers(&input, |p| scanned.get(p).map_or(0, |(_, size)| *size))?;
+        let database = if spec.initialize_nix_database {
+            let paths = planned.iter().flat_map(|l| l.store_paths.iter().cloned()).collect();
+            Some(crate::nixdb::database_entries(&closure, &paths, spec.mtime)?)
+        } else {
+            None
+        };
 
         let mut layers = Vec::with_capacity(planned.len());
         for layer in planned {
@@ -137,6 +145,9 @@ impl Image {
             }
             let comment = describe(&layer.store_paths, &layer.root_trees);
             layers.push(LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment));
+        }
+        if let Some(entries) = database {
+            layers.push(LayerRecipe::new(vec![], entries, &[], spec.mtime, "Nix database: /nix/var/nix/db".to_owned()));
         }
         Ok(Image {
             name: spec.name,

@@ -25,6 +25,7 @@ pub mod containerize;
 pub mod digest;
 pub mod image;
 pub mod layer;
+pub mod nixdb;
 pub mod plan;
 pub mod registry;
 pub mod sink;

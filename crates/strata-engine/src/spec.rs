@@ -59,6 +59,9 @@ pub struct Spec {
     pub perms: Vec<PermSpec>,
     #[serde(default)]
     pub config: ImageConfigSpec,
+    /// Add a last layer with a Nix database registering every store path of the image.
+    #[serde(default)]
+    pub initialize_nix_database: bool,
 }
 
 /// An explicit layer: the closure of its roots (minus what earlier explicit layers hold) and
@@ -170,6 +173,7 @@ pub struct ValidSpec {
     pub layers: Vec<ExplicitLayer>,
     pub perms: Vec<PermRule>,
     pub config: ImageConfigSpec,
+    pub initialize_nix_database: bool,
 }
 
 impl Spec {
@@ -228,7 +232,7 @@ impl Spec {
         if !(1..=MAX_MAX_LAYERS).contains(&max_layers) {
             return err("max_layers", format!("{max_layers} is out of range (1 to {MAX_MAX_LAYERS})"));
         }
-        let explicit_needed = self.layers.len() + usize::from(!self.copy_to_root.is_empty());
+        let explicit_needed = self.layers.len() + usize::from(!self.copy_to_root.is_empty()) + usize::from(self.initialize_nix_database);
         if explicit_needed > max_layers {
             return err("max_layers", format!("{max_layers} is less than the {explicit_needed} layers the spec asks for explicitly"));
         }
@@ -298,6 +302,7 @@ impl Spec {
             layers,
             perms,
             config: self.config,
+            initialize_nix_database: self.initialize_nix_database,
         })
     }
 }
