@@ -38,6 +38,15 @@ fn copies_keep_digests_across_formats() {
     assert_eq!(skopeo_json(&["inspect", &original])["Layers"], skopeo_json(&["inspect", &from])["Layers"]);
     assert_eq!(skopeo_json(&["inspect", &original])["Digest"], skopeo_json(&["inspect", &from])["Digest"], "same manifest too");
 
+    // A docker-archive compressed whole (as `buildImage` writes them) reads the same.
+    for (tool, suffix) in [("gzip", "gz"), ("zstd", "zst")] {
+        run_ok(Command::new(tool).args(["-k", "-q", &format!("{d}/a.tar")]));
+        let copy = format!("oci:{d}/{suffix}:v1");
+        run_ok(strata(&["copy", &format!("docker-archive:{d}/a.tar.{suffix}"), &copy]));
+        assert_eq!(config(&original), config(&copy), "{tool}");
+        assert_eq!(skopeo_json(&["inspect", &original])["Digest"], skopeo_json(&["inspect", &copy])["Digest"], "{tool}");
+    }
+
     run_ok(strata(&["copy", &format!("docker-archive:{d}/a.tar"), "podman:strata-test-copied:v2"]));
     assert_eq!(run_in("podman", "strata-test-copied:v2", &[]), "Hello, world!\n");
     let _ = Command::new("podman").args(["rmi", "-f", "strata-test-copied:v2"]).output();

@@ -4,7 +4,9 @@
 //! A source gives the image's config (its bytes exactly, so a copy keeps the image ID) and
 //! its layers as blobs. Archives are indexed once (name -> offset and size in the tar) and
 //! blobs are read in place, never extracted. Every blob read is checked against its digest:
-//! a mismatch is an error, not a corrupt image downstream.
+//! a mismatch is an error, not a corrupt image downstream. An archive compressed whole
+//! (`docker-archive.tar.gz`, as dockerTools and strata's Nix library write them) is first
+//! decompressed into a temporary file, since a compressed tar cannot be read in place.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType, ANNOTATION_REF_NAME};
 
+use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
 use crate::registry::{RegistryBlobs, RegistryError, RegistryOptions, RegistryRef};
 
@@ -110,7 +113,7 @@ impl std::fmt::Debug for SourceImage {
 enum BlobStore {
     Dir(PathBuf),
     Registry(RegistryBlobs, String),
-    Archive { path: PathBuf, files: BTreeMap<String, (u64, u64)>, by_digest: BTreeMap<Digest, String> },
+    Archive { path: PathBuf, files: BTreeMap<String, (u64, u64)>, by_digest: BTreeMap<Digest, String>, _decompressed: Option<tempfile::TempPath> },
 }
 
 impl SourceImage {
@@ -120,11 +123,7 @@ impl SourceImage {
             SourceRef::Registry(r) => open_registry(r, registry),
             SourceRef::DockerArchive(path) => open_docker_archive(path),
             SourceRef::OciDir { dir, tag } => open_oci(BlobStore::Dir(dir.clone()), dir, tag.as_deref()),
-            SourceRef::OciArchive { path, tag } => {
-                let files = index_tar(path)?;
-                let store = BlobStore::Archive { path: path.clone(), files, by_digest: BTreeMap::new() };
-                open_oci(store, path, tag.as_deref())
-            }
+            SourceRef::OciArchive { path, tag } => open_oci(BlobStore::archive(path)?, path, tag.as_deref()),
         }
     }
 
@@ -138,6 +137,28 @@ impl SourceImage {
 }
 
 impl BlobStore {
+    /// An archive's store: the tar indexed where it is, or, when it is compressed whole, its
+    /// decompressed copy in a temporary file (removed with the store).
+    fn archive(path: &Path) -> Result<BlobStore, SourceError> {
+        let read_err = |source| SourceError::Read { path: path.to_owned(), source };
+        let mut file = io::BufReader::new(File::open(path).map_err(read_err)?);
+        let codec = Compression::sniff(io::BufRead::fill_buf(&mut file).map_err(read_err)?);
+        let decompressed = match codec {
+            Compression::None => None,
+            codec => {
+                let mut copy = tempfile::NamedTempFile::new().map_err(read_err)?;
+                io::copy(&mut codec.decoder(file).map_err(read_err)?, &mut copy).map_err(read_err)?;
+                Some(copy.into_temp_path())
+            }
+        };
+        let tar = decompressed.as_deref().unwrap_or(path);
+        let files = index_tar(tar).map_err(|e| match e {
+            SourceError::Read { source, .. } => read_err(source),
+            other => other,
+        })?;
+        Ok(BlobStore::Archive { path: tar.to_owned(), files, by_digest: BTreeMap::new(), _decompressed: decompressed })
+    }
+
     fn open(&self, digest: &Digest) -> Result<(PathBuf, Box<dyn Read + Send>), SourceError> {
         match self {
             BlobStore::Dir(dir) => {
@@ -146,7 +167,7 @@ impl BlobStore {
                 Ok((path, Box::new(file)))
             }
             BlobStore::Registry(blobs, name) => Ok((PathBuf::from(format!("{name}@{digest}")), Box::new(blobs.fetch(digest)?))),
-            BlobStore::Archive { path, files, by_digest } => {
+            BlobStore::Archive { path, files, by_digest, .. } => {
                 let name = by_digest.get(digest).cloned().unwrap_or_else(|| format!("blobs/sha256/{}", digest.hex()));
                 let &(offset, size) = files
                     .get(&name)
@@ -291,8 +312,7 @@ fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceError> {
         repo_tags: Option<Vec<String>>,
         layers: Vec<String>,
     }
-    let files = index_tar(path)?;
-    let mut store = BlobStore::Archive { path: path.to_owned(), files, by_digest: BTreeMap::new() };
+    let mut store = BlobStore::archive(path)?;
     let manifest: Vec<Entry> = serde_json::from_slice(&read_archive_file(&store, "manifest.json", path)?).map_err(|e| invalid(path, format!("manifest.json: {e}")))?;
     let [entry] = &manifest[..] else { return Err(invalid(path, "manifest.json must describe exactly one image")) };
     let config_bytes = read_archive_file(&store, &entry.config, path)?;
@@ -311,11 +331,7 @@ fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceError> {
         io::Write::write_all(&mut hashing, &magic[..head]).expect("a sink takes everything");
         io::copy(&mut data, &mut hashing).map_err(|source| SourceError::Read { path: path.to_owned(), source })?;
         let (digest, size, _) = hashing.finish();
-        let media_type = match magic {
-            [0x1f, 0x8b, ..] => MediaType::ImageLayerGzip,
-            [0x28, 0xb5, 0x2f, 0xfd] => MediaType::ImageLayerZstd,
-            _ => MediaType::ImageLayer,
-        };
+        let media_type = Compression::sniff(&magic[..head]).layer_media_type();
         if let BlobStore::Archive { by_digest, .. } = &mut store {
             by_digest.insert(digest, name.clone());
         }
@@ -326,10 +342,10 @@ fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceError> {
 }
 
 fn read_archive_file_stream(store: &BlobStore, name: &str, path: &Path) -> Result<io::Take<File>, SourceError> {
-    let BlobStore::Archive { files, .. } = store else { unreachable!("only archives have named files") };
+    let BlobStore::Archive { path: tar, files, .. } = store else { unreachable!("only archives have named files") };
     let &(offset, size) = files.get(name).ok_or_else(|| invalid(path, format!("no {name}")))?;
     let read_err = |source| SourceError::Read { path: path.to_owned(), source };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = File::open(tar).map_err(read_err)?;
     file.seek(SeekFrom::Start(offset)).map_err(read_err)?;
     Ok(file.take(size))
 }
