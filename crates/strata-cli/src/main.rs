@@ -2,10 +2,12 @@
 //! errors from the engine are reported here, one line each, with exit code 1 (2 for usage
 //! errors, as clap does).
 
+mod flake;
+mod input;
 mod nix_builder;
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::process::ExitCode;
 
@@ -14,10 +16,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strata_engine::compress::Compression;
 use strata_engine::containerize::Environment;
 use strata_engine::image::{ClosureSource, Image};
-use strata_engine::sink::{write_image, Destination, Engine, Target, Written};
+use strata_engine::sink::{Destination, Engine, Target};
 use strata_engine::registry::{Credentials, RegistryOptions};
 use strata_engine::source::{SourceImage, SourceRef};
-use strata_engine::spec::ValidSpec;
+
+use input::{Input, Loaded};
 
 #[derive(Parser)]
 #[command(
@@ -54,7 +57,7 @@ enum Command {
     #[command(after_help = DESTINATIONS)]
     Containerize(ContainerizeArgs),
     /// Build (or copy) an image into podman or docker and run it
-    #[command(after_help = "IMAGE is a spec (.toml or .json), built first, or a source reference (docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG]).\nThe container's exit status becomes strata's. With no --engine, podman is used if it is there, else docker.")]
+    #[command(after_help = "IMAGE is a spec (.toml or .json), built first; a stream script, description or docker-archive (gzip and zstd too) built by strata's Nix library, as `./result`; an OCI layout directory; or a source reference (docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG], docker://HOST/REPO:TAG).\nWith --flake DIR#NAME, the image is that flake output, built with Nix first (DIR#strata.<system>.images.NAME.result if DIR#NAME is not there).\nThe container's exit status becomes strata's. With no --engine, podman is used if it is there, else docker.")]
     Run(RunArgs),
     /// Write the image a stream script (from the Nix library's streamLayeredImage) describes
     #[command(after_help = "Stream scripts run this themselves: `$(nix-build) | docker load`.")]
@@ -69,8 +72,12 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// A spec file, or an image reference
-    image: String,
+    /// A spec file, a file or directory holding an image, or an image reference
+    #[arg(required_unless_present = "flake")]
+    image: Option<String>,
+    /// Run the image this flake output builds, DIR#NAME
+    #[arg(long, value_name = "DIR#NAME", conflicts_with = "image")]
+    flake: Option<String>,
     /// The engine to run in [default: podman if available, else docker]
     #[arg(long, value_enum)]
     engine: Option<Runtime>,
@@ -143,7 +150,11 @@ enum Runtime {
 #[derive(clap::Args)]
 struct BuildArgs {
     /// The image spec: a .toml or .json file
-    spec: PathBuf,
+    #[arg(required_unless_present = "flake")]
+    spec: Option<PathBuf>,
+    /// Build the image of this flake output with Nix instead, DIR#NAME (see `strata run --help`)
+    #[arg(long, value_name = "DIR#NAME", conflicts_with_all = ["spec", "closure_graph"])]
+    flake: Option<String>,
     /// Where to write the image (see Destinations below)
     #[arg(short, long, value_name = "DEST")]
     output: Option<String>,
@@ -212,27 +223,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::NixBuilder => nix_builder::build()?,
         Command::Stream(args) => {
             let dest = destination(args.output.as_deref(), &args.script.display().to_string())?;
-            let (image, described) = nix_builder::read_stream_script(&args.script)?;
-            // A described image is written as described: uncompressed layers, unless asked.
-            let compress = args.compress.or(described.as_ref().map(|_| Codec::None));
-            let written = write(&image, &dest, compress, &registry)?;
-            if let Some(described) = described {
-                let changed = "was recorded when the image was built: its store paths changed since";
-                if written.config_digest != described.config {
-                    bail!("{dest} holds config {}, but {} {changed}", written.config_digest, described.config);
-                }
-                if let (Some(Codec::None), Some(manifest)) = (compress, written.manifest_digest) {
-                    if manifest != described.manifest {
-                        bail!("{dest} holds manifest {manifest}, but {} {changed}", described.manifest);
-                    }
-                }
-            }
+            Input::Script(args.script).open(&registry)?.write(&dest, args.compress.map(Into::into), &registry)?;
         }
         Command::Build(args) => {
-            let dest = destination(args.output.as_deref(), &format!("strata build {}", args.spec.display()))?;
-            let spec = ValidSpec::load(&args.spec)?;
-            let source = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
-            write(&Image::plan(spec, &source, &registry)?, &dest, args.compress, &registry)?;
+            let (input, what) = match (args.flake, args.spec) {
+                (Some(flake), _) => (Input::resolve(&flake::build(&flake)?.to_string_lossy())?, format!("--flake {flake}")),
+                (None, Some(path)) => {
+                    let closure = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
+                    let what = path.display().to_string();
+                    (Input::Spec { path, closure }, what)
+                }
+                (None, None) => unreachable!("clap requires SPEC or --flake"),
+            };
+            let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
+            input.open(&registry)?.write(&dest, args.compress.map(Into::into), &registry)?;
         }
         Command::Copy(args) => {
             let source = SourceImage::open(&args.source.parse::<SourceRef>()?, &registry).with_context(|| format!("reading {}", args.source))?;
@@ -241,7 +245,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Destination::Engine { reference: Some(r), .. } => r.rsplit_once(':'),
                 _ => None,
             };
-            write(&Image::copy_of(source, reference), &dest, Some(Codec::None), &registry)?;
+            Loaded { image: Image::copy_of(source, reference), described: None }.write(&dest, Some(Compression::None), &registry)?;
         }
         Command::Containerize(args) => {
             let dest = match args.runtime {
@@ -249,7 +253,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
             };
             let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
-            write(&environment.plan(&ClosureSource::Nix)?, &dest, args.compress, &registry)?;
+            Loaded { image: environment.plan(&ClosureSource::Nix)?, described: None }.write(&dest, args.compress.map(Into::into), &registry)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -266,15 +270,6 @@ fn destination(output: Option<&str>, command: &str) -> Result<Destination> {
     }
 }
 
-fn write(image: &Image, dest: &Destination, compress: Option<Codec>, registry: &RegistryOptions) -> Result<Written> {
-    tracing::info!("{} layers planned", image.layers.len());
-    let compression = compress.map_or_else(|| dest.default_compression(), Compression::from);
-    let written = write_image(image, dest, compression, registry).with_context(|| format!("writing {dest}"))?;
-    let digest = written.manifest_digest.unwrap_or(written.config_digest);
-    eprintln!("strata: wrote {} to {dest} ({} layers, {digest})", written.reference, image.layer_sources().len());
-    Ok(written)
-}
-
 /// Builds or copies the image into an engine and runs it there; returns the container's
 /// exit status.
 fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCode> {
@@ -288,13 +283,12 @@ fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCode> 
     };
     eprintln!("strata: running with {engine}");
     let dest = Destination::Engine { engine, reference: None };
-    let image = if args.image.ends_with(".toml") || args.image.ends_with(".json") {
-        Image::plan(ValidSpec::load(Path::new(&args.image))?, &ClosureSource::Nix, registry)?
-    } else {
-        let source = SourceImage::open(&args.image.parse::<SourceRef>()?, registry).with_context(|| format!("reading {}", args.image))?;
-        Image::copy_of(source, None)
+    let input = match (&args.flake, &args.image) {
+        (Some(flake), _) => Input::resolve(&flake::build(flake)?.to_string_lossy())?,
+        (None, Some(image)) => Input::resolve(image)?,
+        (None, None) => unreachable!("clap requires IMAGE or --flake"),
     };
-    let written = write(&image, &dest, None, registry)?;
+    let written = input.open(registry)?.write(&dest, None, registry)?;
 
     let mut run = std::process::Command::new(engine.command());
     run.arg("run");

@@ -70,6 +70,18 @@ impl std::str::FromStr for SourceRef {
     }
 }
 
+impl std::fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let with_tag = |tag: &Option<String>| tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default();
+        match self {
+            SourceRef::DockerArchive(path) => write!(f, "docker-archive:{}", path.display()),
+            SourceRef::OciDir { dir, tag } => write!(f, "oci:{}{}", dir.display(), with_tag(tag)),
+            SourceRef::OciArchive { path, tag } => write!(f, "oci-archive:{}{}", path.display(), with_tag(tag)),
+            SourceRef::Registry(r) => write!(f, "{r}"),
+        }
+    }
+}
+
 /// `PATH[:TAG]` as skopeo reads it: a last `:` followed by something without `/` is a tag.
 pub(crate) fn split_tag(rest: &str) -> (PathBuf, Option<String>) {
     match rest.rsplit_once(':') {
