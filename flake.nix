@@ -7,6 +7,9 @@
     let
       systems = [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ];
       forAllSystems = f: builtins.listToAttrs (map (system: { name = system; value = f system; }) systems);
+      library = import ./nix;
+      strataFor = system: self.packages.${system}.strata;
+      flakeModule = { namespace ? "strata" }: import ./nix/flake-module.nix { inherit namespace library; defaultPackage = strataFor; };
     in
     {
       packages = forAllSystems (system: rec {
@@ -22,7 +25,23 @@
       #   strata.lib.x86_64-linux.buildImage { ... }
       # and for any other strata (a derivation or store path with bin/strata):
       #   strata.lib.withStrata { strata = myStrata; }
-      lib = forAllSystems (system: import ./nix { strata = self.packages.${system}.strata; inherit system; })
-        // { withStrata = import ./nix; };
+      # mkImages gives flakes without flake-parts what the flake module gives (nix/mk-images.nix);
+      # flakeModule { namespace = "…"; } is the module under another namespace.
+      lib = forAllSystems (system: library { strata = strataFor system; inherit system; }) // {
+        withStrata = library;
+        mkImages = import ./nix/mk-images.nix { inherit library strataFor; };
+        inherit flakeModule;
+      };
+
+      # perSystem.strata.images.<name> (nix/flake-module.nix); `n2c` for flakes written for n2c-mod.
+      flakeModules = {
+        default = flakeModule { };
+        n2c = flakeModule { namespace = "n2c"; };
+      };
+
+      templates.default = {
+        path = ./templates/default;
+        description = "A flake-parts flake with one image built by strata";
+      };
     };
 }

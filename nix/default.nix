@@ -44,7 +44,7 @@ let
   image = { drvName, mode, spec, extra ? { } }:
     let
       file = specFile spec.name spec;
-      tag = if spec.tag != null then spec.tag else builtins.substring 11 32 (baseNameOf (toString file));
+      tag = if spec.tag != null then spec.tag else builtins.substring 0 32 (baseNameOf (toString file));
     in
     derivation ({
       name = drvName;
@@ -61,8 +61,8 @@ let
   # docker-archive (a path or derivation) or any strata source reference ("oci:…", "docker://…").
   mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], maxLayers ? 100
                , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ]
-               , initializeNixDatabase ? false }: {
-    inherit name tag created mtime perms config layers;
+               , initializeNixDatabase ? false, architecture ? null }: {
+    inherit name tag created mtime perms config layers architecture;
     initialize_nix_database = initializeNixDatabase;
     max_layers = maxLayers;
     roots = storePaths fn "contents" roots;
@@ -80,14 +80,14 @@ let
 
   escapeRegex = builtins.replaceStrings [ "." "+" "?" ] [ "\\." "\\+" "\\?" ];
 
-  # A runnable derivation: `$out/bin/<name>` runs `strata stream <description> <args> "$@"`.
-  runner = description: name: args: derivation {
+  # A runnable derivation: `$out/bin/<name>` runs `strata <command> "$@"`.
+  runner = name: command: derivation {
     inherit name system;
     builder = strataBin;
     args = [ "nix-builder" ];
     strataMode = "executable";
     strataPath = "bin/${name}";
-    strataText = "#!/bin/sh\nexec ${strataBin} stream ${description} ${args} \"$@\"\n";
+    strataText = "#!/bin/sh\nexec ${strataBin} ${command} \"$@\"\n";
   } // { meta.mainProgram = name; };
 
   suffix = compressor: { gz = ".tar.gz"; zstd = ".tar.zst"; none = ".tar"; }.${compressor};
@@ -140,7 +140,7 @@ rec {
 
     buildImage =
       { name, tag ? null, config ? { }, copyToRoot ? [ ], fromImage ? null, maxLayers ? 100, layers ? [ ]
-      , perms ? [ ], created ? defaultCreated, initializeNixDatabase ? false }:
+      , perms ? [ ], created ? defaultCreated, initializeNixDatabase ? false, arch ? null }:
       let
         fn = "nix2container.buildImage";
         layer = l: if builtins.isAttrs l && l._strataLayer or false then { inherit (l) roots copy_to_root; }
@@ -156,6 +156,7 @@ rec {
           mode = "description";
           spec = mkSpec fn {
             inherit name tag copyToRoot fromImage maxLayers created initializeNixDatabase;
+            architecture = arch;
             config = dockerConfig config;
             layers = map layer layers;
             perms = map perm perms;
@@ -164,13 +165,20 @@ rec {
         ref = "${name}:${described.imageTag}";
       in
       described // {
-        copyToDockerDaemon = runner described "copy-to-docker-daemon" "-o docker-daemon:${ref}";
-        copyToPodman = runner described "copy-to-podman" "-o podman:${ref}";
-        copyToRegistry = runner described "copy-to-registry" "-o docker://${ref}";
-        copyTo = runner described "copy-to" "-o";
+        copyToDockerDaemon = runner "copy-to-docker-daemon" "stream ${described} -o docker-daemon:${ref}";
+        copyToPodman = runner "copy-to-podman" "stream ${described} -o podman:${ref}";
+        copyToRegistry = runner "copy-to-registry" "stream ${described} -o docker://${ref}";
+        copyTo = runner "copy-to" "stream ${described} -o";
+        # Loaded and run (`-it` when standard input is a terminal); arguments go to the container.
+        runInDocker = runner "run-in-docker" "run --engine docker ${described} --";
+        runWithPodman = runner "run-with-podman" "run --engine podman ${described} --";
       };
   };
   inherit (nix2container) buildLayer;
+
+  # The flake integration's images (the flake-parts module, mkImages): image options as plain
+  # values to { name, result, do.run.*, do.copy.* }. See images.nix.
+  inherit (import ./images.nix { inherit nix2container; }) mkImage imageSystemOf;
 
   # makes' makeContainerImage: each layer is a derivation whose $out is laid over /, its
   # closure in the image; a gzipped docker-archive (`docker load < result`).

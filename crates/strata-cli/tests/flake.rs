@@ -1,13 +1,15 @@
-//! The flake and Kurtosis' NixBuildSpec flow, offline: `nix build DIR#NAME` on the example
-//! flake gives a gzipped docker-archive whose manifest names the image; gunzipped and handed
-//! to Docker's image load, it runs. No input is fetched: the strata flake is this checkout's
-//! (flake.nix and nix/), and nixpkgs is a local stand-in whose `callPackage` packages the
-//! strata under test (these machines cannot fetch nixpkgs).
+//! The flake integration, offline: images declared with `lib.mkImages` and with the
+//! flake-parts module (`nix flake check`, `nix run …do.run.*`, `…do.copy.*`), `strata
+//! build/run --flake`, and Kurtosis' NixBuildSpec flow (`nix build DIR#NAME` gives a gzipped
+//! docker-archive whose manifest names the image). No input is fetched: the strata flake is
+//! this checkout's (flake.nix and nix/), nixpkgs is a local stand-in
+//! (tests/fixtures/nixpkgs) whose `callPackage` packages the strata under test, and the
+//! flake-parts test runs only when local checkouts of flake-parts and nixpkgs' lib are given.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -19,7 +21,7 @@ fn copy_tree(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
+        if std::fs::metadata(entry.path()).unwrap().is_dir() {
             copy_tree(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), target).unwrap();
@@ -27,38 +29,77 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// `nix` with flakes enabled.
+fn nix(args: &[&str]) -> Command {
+    let mut cmd = Command::new("nix");
+    cmd.args(["--extra-experimental-features", "nix-command flakes"]).args(args);
+    cmd
+}
+
+/// Local stand-ins for a flake's inputs, in a temporary directory.
+struct Inputs {
+    dir: tempfile::TempDir,
+}
+
+impl Inputs {
+    /// This checkout's flake as `strata/`, the nixpkgs stand-in as `nixpkgs/` (with the real
+    /// lib when `nixpkgs_lib` names a checkout of it).
+    fn new(nixpkgs_lib: Option<&Path>) -> Inputs {
+        let dir = tempfile::tempdir().unwrap();
+        let strata = dir.path().join("strata");
+        copy_tree(&Path::new(REPO).join("nix"), &strata.join("nix"));
+        std::fs::copy(Path::new(REPO).join("flake.nix"), strata.join("flake.nix")).unwrap();
+        let nixpkgs = dir.path().join("nixpkgs");
+        copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nixpkgs"), &nixpkgs);
+        std::fs::copy(Path::new(REPO).join("examples/hello/default.nix"), nixpkgs.join("hello.nix")).unwrap();
+        std::fs::copy(STRATA, nixpkgs.join("strata")).unwrap();
+        if let Some(lib) = nixpkgs_lib {
+            copy_tree(&lib.join("lib"), &nixpkgs.join("lib"));
+        }
+        Inputs { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        format!("path:{}", self.dir.path().join(name).display())
+    }
+
+    /// Copies the flake in `from` here as `name` and locks its inputs to local paths
+    /// (`(input, path)` pairs), so later commands need no network.
+    fn flake(&self, from: &Path, name: &str, overrides: &[(&str, String)]) -> PathBuf {
+        let flake = self.dir.path().join(name);
+        copy_tree(from, &flake);
+        self.lock(&flake, overrides);
+        flake
+    }
+
+    fn lock(&self, flake: &Path, overrides: &[(&str, String)]) {
+        let mut lock = nix(&["flake", "lock"]);
+        lock.arg(format!("path:{}", flake.display()));
+        for (input, path) in overrides {
+            lock.args(["--override-input", input, path]);
+        }
+        run_ok(lock);
+    }
+}
+
+/// The output path of `nix build INSTALLABLE` (Nix 2.8 has no --print-out-paths: --json).
+fn nix_build(installable: &str) -> String {
+    let out = stdout_of(nix(&["build", "--no-link", "--json", installable]));
+    let built: serde_json::Value = serde_json::from_str(&out).unwrap();
+    built[0]["outputs"]["out"].as_str().unwrap().to_owned()
+}
+
+fn nix_eval(installable: &str) -> String {
+    stdout_of(nix(&["eval", "--raw", installable]))
+}
+
 #[test]
 fn kurtosis_builds_a_flake_output_and_loads_it_without_a_registry() {
-    let dir = tempfile::tempdir().unwrap();
-    // This checkout's flake, without the build tree.
-    let strata_flake = dir.path().join("strata");
-    copy_tree(&Path::new(REPO).join("nix"), &strata_flake.join("nix"));
-    std::fs::copy(Path::new(REPO).join("flake.nix"), strata_flake.join("flake.nix")).unwrap();
-    // nixpkgs' stand-in.
-    let nixpkgs = dir.path().join("nixpkgs");
-    std::fs::create_dir_all(&nixpkgs).unwrap();
-    std::fs::copy(STRATA, nixpkgs.join("strata")).unwrap();
-    std::fs::write(
-        nixpkgs.join("flake.nix"),
-        r#"{ outputs = { self }: { legacyPackages.x86_64-linux.callPackage = _: _: derivation {
-  name = "strata"; system = "x86_64-linux"; builder = "/bin/sh"; PATH = "/usr/bin:/bin";
-  args = [ "-c" "mkdir -p $out/bin && cp ${./strata} $out/bin/strata" ]; }; }; }"#,
-    )
-    .unwrap();
-    let example = dir.path().join("kurtosis");
-    copy_tree(&Path::new(REPO).join("examples/kurtosis"), &example);
+    let inputs = Inputs::new(None);
+    let example = inputs.flake(&Path::new(REPO).join("examples/kurtosis"), "kurtosis", &[("strata", inputs.path("strata")), ("strata/nixpkgs", inputs.path("nixpkgs"))]);
 
-    // Kurtosis runs `nix build DIR#NAME --print-out-paths`; Nix 2.8 has no such flag, so the
-    // path comes from --json here.
-    let out = stdout_of(
-        Command::new("nix")
-            .args(["--extra-experimental-features", "nix-command flakes", "build", "--no-link", "--json"])
-            .arg(format!("path:{}#hello-image", example.display()))
-            .args(["--override-input", "strata", &format!("path:{}", strata_flake.display())])
-            .args(["--override-input", "strata/nixpkgs", &format!("path:{}", nixpkgs.display())]),
-    );
-    let built: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let result = built[0]["outputs"]["out"].as_str().unwrap().to_owned();
+    // Kurtosis runs `nix build DIR#NAME --print-out-paths`.
+    let result = nix_build(&format!("path:{}#hello-image", example.display()));
 
     // What Kurtosis does with it: gunzip, read RepoTags[0], load into Docker.
     let mut archive = Vec::new();
@@ -82,4 +123,146 @@ fn kurtosis_builds_a_flake_output_and_loads_it_without_a_registry() {
     assert!(load.wait().unwrap().success());
     assert_eq!(run_in("docker", &image, &[]), "Hello from Kurtosis!\n");
     let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+
+    // The same by name with strata: built, loaded and run, no registry between.
+    let out = stdout_of(strata(&["run", "--flake", &format!("{}#hello-image", example.display()), "--engine", "docker", "--network", "none"]));
+    assert_eq!(out, "Hello from Kurtosis!\n");
+    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+}
+
+/// A different string each run, so that images built with it are new to the store.
+fn nonce() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    format!("{}-{}", std::process::id(), t.as_nanos())
+}
+
+/// `lib.mkImages` (examples/flake-images): `nix run …do.run.interactivelyWithPodman`, the
+/// copy actions, `strata run/build --flake`, and `nix flake check` building exactly the
+/// images that ask for it.
+#[test]
+fn mk_images_runs_copies_and_checks_images() {
+    let inputs = Inputs::new(None);
+    let overrides = [("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("strata/nixpkgs", inputs.path("nixpkgs"))];
+    let example = inputs.flake(&Path::new(REPO).join("examples/flake-images"), "example", &overrides);
+    let attr = |path: &str| format!("path:{}#strata.x86_64-linux.images.hello.{path}", example.display());
+
+    // Arguments go to the container, as with `podman run IMAGE ARGS`.
+    let out = stdout_of(nix(&["run", &attr("do.run.interactivelyWithPodman"), "--", "a", "b"]));
+    assert_eq!(out, "Hello, world!\na\nb\n");
+    let reference = format!("hello:{}", nix_eval(&attr("result.imageTag")));
+    let config = |engine: &str| -> serde_json::Value {
+        let out = stdout_of(Command::new(engine).args(["image", "inspect", &reference]));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["Config"].clone()
+    };
+    let podman = config("podman");
+    assert_eq!(podman["Cmd"], serde_json::json!(["from a flake"]));
+    assert!(podman["Env"].as_array().unwrap().contains(&"GREETING=hello".into()), "{podman}");
+    assert_eq!(podman["Labels"]["org.opencontainers.image.title"], "hello");
+    let _ = Command::new("podman").args(["rmi", "-f", &reference]).output();
+
+    run_ok(nix(&["run", &attr("do.copy.toDockerDaemon")]));
+    assert_eq!(run_in("docker", &reference, &[]), "Hello, world!\nfrom a flake\n");
+    assert_eq!(config("docker")["Env"], podman["Env"]);
+    let _ = Command::new("docker").args(["rmi", "-f", &reference]).output();
+
+    // By name: DIR#hello is not a package, so strata takes the image of that name.
+    let by_name = format!("{}#hello", example.display());
+    let out = stdout_of(strata(&["run", "--flake", &by_name, "--engine", "docker", "--network", "none", "--", "c"]));
+    assert_eq!(out, "Hello, world!\nc\n");
+    let _ = Command::new("docker").args(["rmi", "-f", &reference]).output();
+    let layout = inputs.dir.path().join("layout");
+    run_ok(strata(&["build", "--flake", &by_name, "-o", &format!("oci:{}:v1", layout.display())]));
+    let inspect = stdout_of(Command::new("skopeo").args(["inspect", &format!("oci:{}:v1", layout.display())]));
+    let layers = serde_json::from_str::<serde_json::Value>(&inspect).unwrap()["Layers"].as_array().unwrap().len();
+    assert_eq!(layers, 2, "glibc's layer, then hello's");
+    let missing = strata(&["run", "--flake", &format!("{}#nothing", example.display())]).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not provide attribute"), "{}", String::from_utf8_lossy(&missing.stderr));
+
+    // `nix flake check` builds the images with `check = true`, and only those.
+    let checked = inputs.dir.path().join("checked");
+    std::fs::create_dir_all(&checked).unwrap();
+    let nonce = nonce();
+    std::fs::write(
+        checked.join("flake.nix"),
+        format!(
+            r#"{{ inputs.nixpkgs.url = "github:NixOS/nixpkgs"; inputs.strata.url = "github:strata-oci/strata";
+  outputs = {{ self, nixpkgs, strata }}: strata.lib.mkImages {{
+    inherit nixpkgs; systems = [ "x86_64-linux" ];
+    images.checked = {{ imagePkgs, ... }}: {{ imageConfig = {{ entrypoint = [ "${{imagePkgs.hello}}/bin/hello" ]; env = [ "NONCE={nonce}" ]; }}; }};
+    images.unchecked = {{ imagePkgs, ... }}: {{ check = false; imageConfig = {{ entrypoint = [ "${{imagePkgs.hello}}/bin/hello" ]; env = [ "NONCE={nonce}" ]; }}; }};
+  }}; }}"#
+        ),
+    )
+    .unwrap();
+    inputs.lock(&checked, &overrides);
+    let result = |name: &str| nix_eval(&format!("path:{}#strata.x86_64-linux.images.{name}.result.outPath", checked.display()));
+    run_ok(nix(&["flake", "check", &format!("path:{}", checked.display())]));
+    assert!(Path::new(&result("checked")).exists(), "nix flake check built the checked image");
+    assert!(!Path::new(&result("unchecked")).exists(), "nix flake check built an image with check = false");
+}
+
+/// Unknown options name the image and the option.
+#[test]
+fn mk_images_rejects_unknown_options() {
+    let inputs = Inputs::new(None);
+    let flake = inputs.dir.path().join("bad");
+    std::fs::create_dir_all(&flake).unwrap();
+    std::fs::write(
+        flake.join("flake.nix"),
+        r#"{ inputs.strata.url = "github:strata-oci/strata";
+  outputs = { self, strata }: strata.lib.mkImages { systems = [ "x86_64-linux" ]; images.web = { entrypoint = [ "/bin/sh" ]; }; }; }"#,
+    )
+    .unwrap();
+    inputs.lock(&flake, &[("strata", inputs.path("strata")), ("strata/nixpkgs", inputs.path("nixpkgs"))]);
+    let out = nix(&["eval", "--raw", &format!("path:{}#strata.x86_64-linux.images.web.result.outPath", flake.display())]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("image `web` has no option `entrypoint`"), "{stderr}");
+}
+
+/// The flake-parts module, with local checkouts of flake-parts and nixpkgs' lib (these
+/// machines cannot fetch them): the template flake builds its image as a check and runs it;
+/// a flake written for n2c-mod runs unchanged with the module under the `n2c` namespace.
+#[test]
+fn flake_parts_module_template_and_n2c_namespace() {
+    let (Some(flake_parts), Some(nixpkgs_lib)) = (std::env::var_os("STRATA_TEST_FLAKE_PARTS"), std::env::var_os("STRATA_TEST_NIXPKGS_LIB")) else {
+        eprintln!("SKIPPED flake_parts_module_template_and_n2c_namespace: set STRATA_TEST_FLAKE_PARTS and STRATA_TEST_NIXPKGS_LIB to local checkouts of flake-parts and nixpkgs (or nixpkgs.lib)");
+        return;
+    };
+    let inputs = Inputs::new(Some(Path::new(&nixpkgs_lib)));
+    let flake_parts = format!("path:{}", Path::new(&flake_parts).display());
+    let overrides = [("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("flake-parts", flake_parts.clone())];
+    let template = inputs.flake(&Path::new(REPO).join("templates/default"), "template", &overrides);
+    let installable = |path: &str| format!("path:{}#{path}", template.display());
+    let check = nix_build(&installable("checks.x86_64-linux.strata-image-hello"));
+    assert_eq!(check, nix_eval(&installable("strata.x86_64-linux.images.hello.result.outPath")));
+    let out = stdout_of(nix(&["run", &installable("strata.x86_64-linux.images.hello.do.run.interactivelyWithPodman")]));
+    assert_eq!(out, "Hello, world!\n");
+    let tag = nix_eval(&installable("strata.x86_64-linux.images.hello.result.imageTag"));
+    let _ = Command::new("podman").args(["rmi", "-f", &format!("hello:{tag}")]).output();
+
+    // n2c-mod's own example image module, word for word.
+    let n2c = inputs.dir.path().join("n2c");
+    std::fs::create_dir_all(&n2c).unwrap();
+    std::fs::write(
+        n2c.join("flake.nix"),
+        r#"{ inputs = { nixpkgs.url = "github:NixOS/nixpkgs"; flake-parts.url = "github:hercules-ci/flake-parts"; strata.url = "github:strata-oci/strata"; };
+  outputs = inputs@{ flake-parts, nixpkgs, strata, ... }: flake-parts.lib.mkFlake { inherit inputs; } {
+    imports = [ strata.flakeModules.n2c ./basic.nix ];
+    systems = [ "x86_64-linux" ];
+    perSystem = { system, ... }: { _module.args.pkgs = nixpkgs.legacyPackages.${system}; };
+  }; }"#,
+    )
+    .unwrap();
+    std::fs::write(
+        n2c.join("basic.nix"),
+        "{\n  perSystem = {pkgs, ...}: {\n    n2c.images.basic = {imagePkgs, ...}: {\n      imageConfig = {\n        entrypoint = [\"${imagePkgs.hello}/bin/hello\"];\n      };\n    };\n  };\n}\n",
+    )
+    .unwrap();
+    inputs.lock(&n2c, &[("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("strata/nixpkgs", inputs.path("nixpkgs")), ("flake-parts", flake_parts), ("flake-parts/nixpkgs-lib", inputs.path("nixpkgs"))]);
+    let out = stdout_of(nix(&["run", &format!("path:{}#n2c.x86_64-linux.images.basic.do.run.interactivelyWithPodman", n2c.display()), "--", "n2c"]));
+    assert_eq!(out, "Hello, world!\nn2c\n");
+    let tag = nix_eval(&format!("path:{}#n2c.x86_64-linux.images.basic.result.imageTag", n2c.display()));
+    let _ = Command::new("podman").args(["rmi", "-f", &format!("basic:{tag}")]).output();
 }

@@ -1,0 +1,50 @@
+# mkImages: the flake-parts module's outputs for flakes without flake-parts. Builtins only.
+#
+#   outputs = { self, nixpkgs, strata }: strata.lib.mkImages {
+#     inherit nixpkgs;
+#     systems = [ "x86_64-linux" ];
+#     images.hello = { imagePkgs, ... }: { imageConfig.entrypoint = [ "${imagePkgs.hello}/bin/hello" ]; };
+#   };
+#
+# gives `strata.<system>.images.<name>.{result,do.run.*,do.copy.*}` and
+# `checks.<system>.strata-image-<name>`. An image is an attrset of options, or a function of
+# { name, system, pkgs, imageSystem, imagePkgs, ... } returning one (no module merging: use
+# the flake-parts module for that).
+{ strataFor, library }:
+{ images
+, nixpkgs ? null
+, systems ? [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ]
+, pkgsFor ? system: if nixpkgs == null then throw "strata.mkImages: an image asks for pkgs or imagePkgs: pass `nixpkgs` (or `pkgsFor`)" else nixpkgs.legacyPackages.${system}
+, strata ? null  # system -> the strata package to build with; default: this flake's own
+, namespace ? "strata"
+, checks ? true  # add every image (with check = true) to `checks`
+}:
+let
+  inherit (builtins) attrNames filter functionArgs head isFunction listToAttrs map;
+  forSystems = f: listToAttrs (map (system: { name = system; value = f system; }) systems);
+
+  imagesFor = system:
+    let
+      lib = library { strata = if strata == null then strataFor system else strata system; inherit system; };
+      imageSystem = lib.imageSystemOf system;
+      args = name: { inherit name system imageSystem; pkgs = pkgsFor system; imagePkgs = pkgsFor imageSystem; };
+      options = functionArgs lib.mkImage;
+      image = name: entry:
+        let
+          set = if isFunction entry then entry (args name) else entry;
+          unknown = filter (k: !(options ? ${k}) || k == "imageSystem") (attrNames set);
+        in
+        if unknown != [ ] then throw "strata.mkImages: image `${name}` has no option `${head unknown}`"
+        else { check = set.check or true; built = lib.mkImage ({ inherit name imageSystem; } // set); };
+    in
+    builtins.mapAttrs image images;
+
+  perSystem = forSystems imagesFor;
+in
+{
+  ${namespace} = builtins.mapAttrs (_: imgs: { images = builtins.mapAttrs (_: i: i.built) imgs; }) perSystem;
+} // (if checks then {
+  checks = builtins.mapAttrs
+    (_: imgs: listToAttrs (map (n: { name = "${namespace}-image-${n}"; value = imgs.${n}.built.result; }) (filter (n: imgs.${n}.check) (attrNames imgs))))
+    perSystem;
+} else { })
