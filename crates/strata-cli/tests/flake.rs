@@ -42,12 +42,13 @@ struct Inputs {
 }
 
 impl Inputs {
-    /// This checkout's flake as `strata/`, the nixpkgs stand-in as `nixpkgs/` (with the real
+    /// This checkout's flake (flake.nix, nix/, templates/) as `strata/`, the nixpkgs stand-in as `nixpkgs/` (with the real
     /// lib when `nixpkgs_lib` names a checkout of it).
     fn new(nixpkgs_lib: Option<&Path>) -> Inputs {
         let dir = tempfile::tempdir().unwrap();
         let strata = dir.path().join("strata");
         copy_tree(&Path::new(REPO).join("nix"), &strata.join("nix"));
+        copy_tree(&Path::new(REPO).join("templates"), &strata.join("templates"));
         std::fs::copy(Path::new(REPO).join("flake.nix"), strata.join("flake.nix")).unwrap();
         let nixpkgs = dir.path().join("nixpkgs");
         copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nixpkgs"), &nixpkgs);
@@ -56,7 +57,10 @@ impl Inputs {
         if let Some(lib) = nixpkgs_lib {
             copy_tree(&lib.join("lib"), &nixpkgs.join("lib"));
         }
-        Inputs { dir }
+        let inputs = Inputs { dir };
+        // strata's own nixpkgs is the stand-in too (`nix flake init -t` reads strata's lock).
+        inputs.lock(&strata, &[("nixpkgs", inputs.path("nixpkgs"))]);
+        inputs
     }
 
     fn path(&self, name: &str) -> String {
@@ -96,7 +100,7 @@ fn nix_eval(installable: &str) -> String {
 #[test]
 fn kurtosis_builds_a_flake_output_and_loads_it_without_a_registry() {
     let inputs = Inputs::new(None);
-    let example = inputs.flake(&Path::new(REPO).join("examples/kurtosis"), "kurtosis", &[("strata", inputs.path("strata")), ("strata/nixpkgs", inputs.path("nixpkgs"))]);
+    let example = inputs.flake(&Path::new(REPO).join("examples/kurtosis"), "kurtosis", &[("strata", inputs.path("strata"))]);
 
     // Kurtosis runs `nix build DIR#NAME --print-out-paths`.
     let result = nix_build(&format!("path:{}#hello-image", example.display()));
@@ -142,7 +146,7 @@ fn nonce() -> String {
 #[test]
 fn mk_images_runs_copies_and_checks_images() {
     let inputs = Inputs::new(None);
-    let overrides = [("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("strata/nixpkgs", inputs.path("nixpkgs"))];
+    let overrides = [("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata"))];
     let example = inputs.flake(&Path::new(REPO).join("examples/flake-images"), "example", &overrides);
     let attr = |path: &str| format!("path:{}#strata.x86_64-linux.images.hello.{path}", example.display());
 
@@ -214,7 +218,7 @@ fn mk_images_rejects_unknown_options() {
   outputs = { self, strata }: strata.lib.mkImages { systems = [ "x86_64-linux" ]; images.web = { entrypoint = [ "/bin/sh" ]; }; }; }"#,
     )
     .unwrap();
-    inputs.lock(&flake, &[("strata", inputs.path("strata")), ("strata/nixpkgs", inputs.path("nixpkgs"))]);
+    inputs.lock(&flake, &[("strata", inputs.path("strata"))]);
     let out = nix(&["eval", "--raw", &format!("path:{}#strata.x86_64-linux.images.web.result.outPath", flake.display())]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -233,7 +237,10 @@ fn flake_parts_module_template_and_n2c_namespace() {
     let inputs = Inputs::new(Some(Path::new(&nixpkgs_lib)));
     let flake_parts = format!("path:{}", Path::new(&flake_parts).display());
     let overrides = [("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("flake-parts", flake_parts.clone())];
-    let template = inputs.flake(&Path::new(REPO).join("templates/default"), "template", &overrides);
+    let template = inputs.dir.path().join("template");
+    std::fs::create_dir_all(&template).unwrap();
+    run_ok(nix(&["flake", "init", "-t", &format!("{}#default", inputs.path("strata"))]).current_dir(&template));
+    inputs.lock(&template, &overrides);
     let installable = |path: &str| format!("path:{}#{path}", template.display());
     let check = nix_build(&installable("checks.x86_64-linux.strata-image-hello"));
     assert_eq!(check, nix_eval(&installable("strata.x86_64-linux.images.hello.result.outPath")));
@@ -260,7 +267,7 @@ fn flake_parts_module_template_and_n2c_namespace() {
         "{\n  perSystem = {pkgs, ...}: {\n    n2c.images.basic = {imagePkgs, ...}: {\n      imageConfig = {\n        entrypoint = [\"${imagePkgs.hello}/bin/hello\"];\n      };\n    };\n  };\n}\n",
     )
     .unwrap();
-    inputs.lock(&n2c, &[("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("strata/nixpkgs", inputs.path("nixpkgs")), ("flake-parts", flake_parts), ("flake-parts/nixpkgs-lib", inputs.path("nixpkgs"))]);
+    inputs.lock(&n2c, &[("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("flake-parts", flake_parts), ("flake-parts/nixpkgs-lib", inputs.path("nixpkgs"))]);
     let out = stdout_of(nix(&["run", &format!("path:{}#n2c.x86_64-linux.images.basic.do.run.interactivelyWithPodman", n2c.display()), "--", "n2c"]));
     assert_eq!(out, "Hello, world!\nn2c\n");
     let tag = nix_eval(&format!("path:{}#n2c.x86_64-linux.images.basic.result.imageTag", n2c.display()));

@@ -32,6 +32,8 @@ fn build_image_loads_with_docker_load() {
     let image = docker_load(&result);
     let tag = stdout_of(Command::new("nix-instantiate").args(["--eval", "--json"]).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args(["--arg", "strataBin", STRATA, "-A", "helloDocker.imageTag"]));
     assert_eq!(image, format!("hello-docker:{}", tag.trim().trim_matches('"')));
+    let tag = tag.trim().trim_matches('"');
+    assert!(tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "the default tag is a store hash: {tag}");
     let out = stdout_of(Command::new("docker").args(["run", "--rm", "--network", "none", "-t", &image]));
     assert_eq!(out.trim_end(), "Hello, world!");
     let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
