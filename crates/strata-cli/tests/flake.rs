@@ -168,6 +168,9 @@ fn mk_images_runs_copies_and_checks_images() {
     assert_eq!(run_in("docker", &reference, &[]), "Hello, world!\nfrom a flake\n");
     assert_eq!(config("docker")["Env"], podman["Env"]);
     let _ = Command::new("docker").args(["rmi", "-f", &reference]).output();
+    let out = stdout_of(nix(&["run", &attr("do.run.interactivelyInDocker"), "--", "d"]));
+    assert_eq!(out, "Hello, world!\nd\n");
+    let _ = Command::new("docker").args(["rmi", "-f", &reference]).output();
 
     // By name: DIR#hello is not a package, so strata takes the image of that name.
     let by_name = format!("{}#hello", example.display());
