@@ -185,7 +185,7 @@ fn resolve_package(value: &str, dir: &Path) -> Result<StorePath, String> {
         .map_err(|e| format!("building {value:?} needs Nix, which could not be run ({e})"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let why = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no message").trim().to_owned();
+        let why = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_owned();
         return Err(format!("cannot build {value:?} in {}: {why}", dir.display()));
     }
     #[derive(Deserialize)]
