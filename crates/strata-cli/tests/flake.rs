@@ -230,7 +230,8 @@ fn mk_images_rejects_unknown_options() {
 
 /// The flake-parts module, with local checkouts of flake-parts and nixpkgs' lib (these
 /// machines cannot fetch them): the template flake builds its image as a check and runs it;
-/// a flake written for n2c-mod runs unchanged with the module under the `n2c` namespace.
+/// a flake written for n2c-mod runs unchanged with the module under the `n2c` namespace, and
+/// `n2c.check.images = false` keeps its image out of the checks.
 #[test]
 fn flake_parts_module_template_and_n2c_namespace() {
     let (Some(flake_parts), Some(nixpkgs_lib)) = (std::env::var_os("STRATA_TEST_FLAKE_PARTS"), std::env::var_os("STRATA_TEST_NIXPKGS_LIB")) else {
@@ -261,7 +262,7 @@ fn flake_parts_module_template_and_n2c_namespace() {
   outputs = inputs@{ flake-parts, nixpkgs, strata, ... }: flake-parts.lib.mkFlake { inherit inputs; } {
     imports = [ strata.flakeModules.n2c ./basic.nix ];
     systems = [ "x86_64-linux" ];
-    perSystem = { system, ... }: { _module.args.pkgs = nixpkgs.legacyPackages.${system}; };
+    perSystem = { system, ... }: { _module.args.pkgs = nixpkgs.legacyPackages.${system}; n2c.check.images = false; };
   }; }"#,
     )
     .unwrap();
@@ -273,6 +274,9 @@ fn flake_parts_module_template_and_n2c_namespace() {
     inputs.lock(&n2c, &[("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("flake-parts", flake_parts), ("flake-parts/nixpkgs-lib", inputs.path("nixpkgs"))]);
     let out = stdout_of(nix(&["run", &format!("path:{}#n2c.x86_64-linux.images.basic.do.run.interactivelyWithPodman", n2c.display()), "--", "n2c"]));
     assert_eq!(out, "Hello, world!\nn2c\n");
+    // `check.images = false` leaves the images out of the checks.
+    let checks = stdout_of(nix(&["eval", "--json", &format!("path:{}#checks.x86_64-linux", n2c.display()), "--apply", "builtins.attrNames"]));
+    assert_eq!(checks.trim(), "[]");
     let tag = nix_eval(&format!("path:{}#n2c.x86_64-linux.images.basic.result.imageTag", n2c.display()));
     let _ = Command::new("podman").args(["rmi", "-f", &format!("basic:{tag}")]).output();
 }
