@@ -30,7 +30,9 @@ in
 
   mkImage =
     { name, imageSystem, tag ? null, imageConfig ? { }, copyToRoot ? [ ], layers ? [ ], maxLayers ? 100
-    , perms ? [ ], fromImage ? null, initializeNixDatabase ? false, check ? true }:
+    , perms ? [ ], fromImage ? null, initializeNixDatabase ? false
+    , check ? true  # read by the callers (`checks`); accepted here so every image option is an argument
+    }:
     let
       known = [ "entrypoint" "cmd" "env" "workingDir" "user" "exposedPorts" "labels" "raw" ];
       unknown = filter (k: !builtins.elem k known) (attrNames imageConfig);

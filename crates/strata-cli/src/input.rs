@@ -62,6 +62,11 @@ impl Input {
         bail!("{arg}: not a spec (.toml, .json), a strata stream script or description, nor a docker-archive")
     }
 
+    /// The image flake output `DIR#NAME` builds (see [`crate::flake`]).
+    pub fn flake(reference: &str) -> Result<Input> {
+        Input::resolve(&crate::flake::build(reference)?.to_string_lossy())
+    }
+
     pub fn open(self, registry: &RegistryOptions) -> Result<Loaded> {
         Ok(match self {
             Input::Spec { path, closure } => Loaded { image: Image::plan(ValidSpec::load(&path)?, &closure, registry)?, described: None },

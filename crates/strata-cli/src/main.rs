@@ -227,7 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Build(args) => {
             let (input, what) = match (args.flake, args.spec) {
-                (Some(flake), _) => (Input::resolve(&flake::build(&flake)?.to_string_lossy())?, format!("--flake {flake}")),
+                (Some(flake), _) => (Input::flake(&flake)?, format!("--flake {flake}")),
                 (None, Some(path)) => {
                     let closure = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
                     let what = path.display().to_string();
@@ -284,7 +284,7 @@ fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCode> 
     eprintln!("strata: running with {engine}");
     let dest = Destination::Engine { engine, reference: None };
     let input = match (&args.flake, &args.image) {
-        (Some(flake), _) => Input::resolve(&flake::build(flake)?.to_string_lossy())?,
+        (Some(flake), _) => Input::flake(flake)?,
         (None, Some(image)) => Input::resolve(image)?,
         (None, None) => unreachable!("clap requires IMAGE or --flake"),
     };
