@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use strata_engine::compress::Compression;
-use strata_engine::image::{ClosureSource, Described, Image};
+use strata_engine::image::{ClosureSource, Image};
+use strata_engine::reference::{ImageRef, TRANSPORTS};
 use strata_engine::registry::RegistryOptions;
-use strata_engine::sink::{write_image, Destination, Written};
-use strata_engine::source::{SourceImage, SourceRef};
+use strata_engine::sink::{default_compression, write_image, Written};
+use strata_engine::source::SourceImage;
 use strata_engine::spec::ValidSpec;
 
 use crate::nix_builder;
@@ -20,14 +21,11 @@ pub enum Input {
     Spec { path: PathBuf, closure: ClosureSource },
     /// A stream script (`#!… strata stream`) or a description (its JSON with `digests`).
     Script(PathBuf),
-    Source(SourceRef),
+    Source(ImageRef),
 }
 
-/// An image ready to write, with the digests it must have if it was described.
-pub struct Loaded {
-    pub image: Image,
-    pub described: Option<Described>,
-}
+/// An image ready to write (with the digests it must have, if it was described).
+pub struct Loaded(pub Image);
 
 impl Input {
     /// Reads `arg` as a reference (`TRANSPORT:…`) or a path, looking into files to tell a
@@ -35,19 +33,19 @@ impl Input {
     pub fn resolve(arg: &str) -> Result<Input> {
         let path = Path::new(arg);
         let transport = arg.split_once(':').map(|(t, _)| t);
-        if !path.exists() && matches!(transport, Some("docker-archive" | "oci" | "oci-archive" | "docker")) {
+        if !path.exists() && matches!(transport, Some("docker-archive" | "oci" | "oci-archive" | "docker" | "docker-daemon" | "podman")) {
             return Ok(Input::Source(arg.parse()?));
         }
         if path.is_dir() {
             if path.join("index.json").is_file() {
-                return Ok(Input::Source(SourceRef::OciDir { dir: path.to_owned(), tag: None }));
+                return Ok(Input::Source(ImageRef::Oci { dir: path.to_owned(), reference: None }));
             }
             bail!("{arg}: a directory that is not an OCI image layout (no index.json)");
         }
         let mut head = [0u8; 512];
         let read = std::fs::File::open(path)
             .and_then(|mut f| f.read(&mut head))
-            .with_context(|| format!("{arg}: not an image reference (docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG], docker://…) nor a readable file"))?;
+            .with_context(|| format!("{arg}: not an image reference ({TRANSPORTS}) nor a readable file"))?;
         let head = &head[..read];
         if head.starts_with(b"#!") || (head.starts_with(b"{") && String::from_utf8_lossy(head).contains("\"closure\"")) {
             return Ok(Input::Script(path.to_owned()));
@@ -57,7 +55,7 @@ impl Input {
         }
         // A tar has "ustar" at offset 257; compressed files are read through their codec.
         if Compression::sniff(head) != Compression::None || head.get(257..262) == Some(b"ustar") {
-            return Ok(Input::Source(SourceRef::DockerArchive(path.to_owned())));
+            return Ok(Input::Source(ImageRef::DockerArchive(Some(path.to_owned()))));
         }
         bail!("{arg}: not a spec (.toml, .json), a strata stream script or description, nor a docker-archive")
     }
@@ -68,42 +66,31 @@ impl Input {
     }
 
     pub fn open(self, registry: &RegistryOptions) -> Result<Loaded> {
-        Ok(match self {
-            Input::Spec { path, closure } => Loaded { image: Image::plan(ValidSpec::load(&path)?, &closure, registry)?, described: None },
-            Input::Script(path) => {
-                let (image, described) = nix_builder::read_stream_script(&path)?;
-                Loaded { image, described }
+        Ok(Loaded(match self {
+            Input::Spec { path, closure } => {
+                let spec = ValidSpec::load(&path)?;
+                Image::plan(spec, &closure, registry).with_context(|| format!("spec {}", path.display()))?
             }
+            Input::Script(path) => nix_builder::read_stream_script(&path)?,
             Input::Source(reference) => {
                 let source = SourceImage::open(&reference, registry).with_context(|| format!("reading {reference}"))?;
-                Loaded { image: Image::copy_of(source, None), described: None }
+                Image::copy_of(source, None)
             }
-        })
+        }))
     }
 }
 
 impl Loaded {
     /// Writes the image to `dest`. A described image is written as described (uncompressed
-    /// layers unless `compression` says otherwise), and checked against its recorded digests.
-    pub fn write(&self, dest: &Destination, compression: Option<Compression>, registry: &RegistryOptions) -> Result<Written> {
-        let compression = compression
-            .or(self.described.as_ref().map(|_| Compression::None))
-            .unwrap_or_else(|| dest.default_compression());
-        tracing::info!("{} layers planned", self.image.layers.len());
-        let written = write_image(&self.image, dest, compression, registry).with_context(|| format!("writing {dest}"))?;
+    /// layers unless `compression` says otherwise), and the sink checks its recorded digests
+    /// before it commits anything.
+    pub fn write(&self, dest: &ImageRef, compression: Option<Compression>, registry: &RegistryOptions) -> Result<Written> {
+        let image = &self.0;
+        let compression = compression.or(image.recorded.as_ref().map(|_| Compression::None)).unwrap_or_else(|| default_compression(dest));
+        tracing::info!("{} layers planned", image.layers.len());
+        let written = write_image(image, dest, compression, registry).with_context(|| format!("writing {dest}"))?;
         let digest = written.manifest_digest.unwrap_or(written.config_digest);
-        eprintln!("strata: wrote {} to {dest} ({} layers, {digest})", written.reference, self.image.layer_sources().len());
-        if let Some(described) = &self.described {
-            let changed = "was recorded when the image was built: its store paths changed since";
-            if written.config_digest != described.config {
-                bail!("{dest} holds config {}, but {} {changed}", written.config_digest, described.config);
-            }
-            if let (Compression::None, Some(manifest)) = (compression, written.manifest_digest) {
-                if manifest != described.manifest {
-                    bail!("{dest} holds manifest {manifest}, but {} {changed}", described.manifest);
-                }
-            }
-        }
+        eprintln!("strata: wrote {} to {dest} ({} layers, {digest})", written.reference, image.layer_sources().len());
         Ok(written)
     }
 }

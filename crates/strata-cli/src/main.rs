@@ -1,6 +1,12 @@
 //! The `strata` command: a thin layer over `strata-engine`. Flags are defined here once;
-//! errors from the engine are reported here, one line each, with exit code 1 (2 for usage
-//! errors, as clap does).
+//! errors from the engine are reported here, once, with their causes on one line.
+//!
+//! Exit codes (also in `--help` and the README):
+//! - 0: success; 1: strata failed; 2: the command line is wrong (as clap does);
+//! - `strata run`: the container's own exit status, and 125 when strata (or the engine)
+//!   failed before the container ran, as Docker and podman do;
+//! - 130 and 143: interrupted by SIGINT or SIGTERM (128 + the signal), after removing every
+//!   file strata had not finished writing.
 
 mod flake;
 mod input;
@@ -8,19 +14,20 @@ mod nix_builder;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use strata_engine::compress::Compression;
 use strata_engine::containerize::Environment;
 use strata_engine::image::{ClosureSource, Image};
-use strata_engine::sink::{Destination, Engine, Target};
+use strata_engine::reference::{Engine, ImageRef, TRANSPORTS};
 use strata_engine::registry::{Credentials, RegistryOptions};
-use strata_engine::source::{SourceImage, SourceRef};
+use strata_engine::source::SourceImage;
 
 use input::{Input, Loaded};
+
 
 #[derive(Parser)]
 #[command(
@@ -31,7 +38,7 @@ use input::{Input, Loaded};
         An image spec (TOML or JSON) names closure roots, trees to lay over /, explicit layers and \
         the OCI config; everything the roots and the config's Entrypoint, Cmd and Env reference \
         ends up in the image, split into layers that stay stable across rebuilds.",
-    after_help = "Examples:\n  strata build image.toml | docker load\n  strata build image.toml -o oci:./out:latest\n  strata build image.toml -o oci-archive:image.tar --compress zstd\n  strata containerize env.toml --runtime podman"
+    after_help = "Examples:\n  strata build image.toml | docker load\n  strata build image.toml -o oci:./out:latest\n  strata build image.toml -o oci-archive:image.tar --compress zstd\n  strata build image.toml -o docker://registry.example/web:1.4\n  strata containerize env.toml --runtime podman\n\nExit codes: 0 success, 1 failure, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM); `strata run`: the container's status, or 125 when strata itself failed."
 )]
 struct Cli {
     /// More log output on standard error (-v: info, -vv: debug)
@@ -57,7 +64,7 @@ enum Command {
     #[command(after_help = DESTINATIONS)]
     Containerize(ContainerizeArgs),
     /// Build (or copy) an image into podman or docker and run it
-    #[command(after_help = "IMAGE is a spec (.toml or .json), built first; a stream script, description or docker-archive (gzip and zstd too) built by strata's Nix library, as `./result`; an OCI layout directory; or a source reference (docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG], docker://HOST/REPO:TAG).\nWith --flake DIR#NAME, the image is that flake output, built with Nix first (DIR#strata.<system>.images.NAME.result if DIR#NAME is not there).\nThe container's exit status becomes strata's. With no --engine, podman is used if it is there, else docker.")]
+    #[command(after_help = "IMAGE is a spec (.toml or .json), built first; a stream script, description or docker-archive (gzip and zstd too) built by strata's Nix library, as `./result`; an OCI layout directory; or a source reference (docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO:TAG).\nWith --flake DIR#NAME, the image is that flake output, built with Nix first (DIR#strata.<system>.images.NAME.result if DIR#NAME is not there).\nWith no --engine, podman is used if it is there, else docker.\n\nExit codes: the container's exit status; 125 when strata or the engine failed before the container ran (as docker and podman do); 130/143 when interrupted.")]
     Run(RunArgs),
     /// Write the image a stream script (from the Nix library's streamLayeredImage) describes
     #[command(after_help = "Stream scripts run this themselves: `$(nix-build) | docker load`.")]
@@ -66,7 +73,7 @@ enum Command {
     #[command(hide = true)]
     NixBuilder,
     /// Copy an image from a source to a destination, layers and config unchanged
-    #[command(after_help = "Sources: docker-archive:PATH, oci:DIR[:TAG], oci-archive:PATH[:TAG]. Every blob read is checked against its digest.\n\nDestinations: as for `strata build`.")]
+    #[command(after_help = "Sources: docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO[:TAG|@DIGEST]. Every blob read is checked against its digest and size.\n\nLayers are copied as they are, except to docker:// (uncompressed layers are gzipped, as skopeo does) and with --compress (every layer re-encoded into that codec; the config, and so the image ID, stays the same).\n\nDestinations: as for `strata build`.")]
     Copy(CopyArgs),
 }
 
@@ -119,9 +126,12 @@ struct CopyArgs {
     source: String,
     /// Where to write it
     destination: String,
+    /// Re-encode layers into this codec [default: gzip for docker://, else as they are]
+    #[arg(long, value_enum, value_name = "CODEC")]
+    compress: Option<Codec>,
 }
 
-const DESTINATIONS: &str = "Destinations:\n  docker-archive:PATH      a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:TAG]            an OCI image layout directory (created or added to)\n  oci-archive:PATH[:TAG]   a tar of an OCI image layout\n  docker-daemon:[NAME:TAG] loaded into the Docker engine (docker load)\n  podman:[NAME:TAG]        loaded into podman (podman load)\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal.";
+const DESTINATIONS: &str = "Destinations:\n  docker-archive:PATH        a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:REF]              an OCI image layout directory (created or added to)\n  oci-archive:PATH[:REF]     a tar of an OCI image layout\n  docker://HOST/REPO[:TAG]   pushed to a registry (gzip layers unless --compress says otherwise)\n  docker-daemon:[NAME:TAG]   loaded into the Docker engine (docker load; Docker reads zstd from version 23)\n  podman:[NAME:TAG]          loaded into podman (podman load)\nREF is a TAG, or NAME:TAG, the name engines give the image when they load the layout\n(NAME may hold a registry host: oci-archive:app.tar:registry.example/app:1.4).\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal.";
 
 #[derive(clap::Args)]
 struct ContainerizeArgs {
@@ -193,6 +203,9 @@ impl From<Codec> for Compression {
     }
 }
 
+/// The pid of a container engine `strata run` is waiting for: signals go to it instead.
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -201,19 +214,48 @@ fn main() -> ExitCode {
         // Never below info for the HTTP stack: its debug output could show headers.
         _ => "debug,hyper=info,hyper_util=info,reqwest=info,h2=info,rustls=info",
     };
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .without_time()
         .init();
+    if let Err(e) = handle_signals() {
+        eprintln!("strata: error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    let is_run = matches!(cli.command, Command::Run(_));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("strata: error: {e:#}");
-            ExitCode::FAILURE
+            // `strata run`'s own failures are told apart from the container's exit status.
+            ExitCode::from(if is_run { 125 } else { 1 })
         }
     }
+}
+
+/// On SIGINT or SIGTERM: removes every unfinished file and exits with 128 + the signal; while
+/// `strata run` waits for a container engine, passes the signal on to it instead.
+fn handle_signals() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let child = CHILD.load(Ordering::SeqCst);
+            if child > 0 {
+                // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+                unsafe { libc::kill(child, signal) };
+                continue;
+            }
+            let _held = strata_engine::scratch::remove_all();
+            eprintln!("strata: interrupted");
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -239,34 +281,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
             input.open(&registry)?.write(&dest, args.compress.map(Into::into), &registry)?;
         }
         Command::Copy(args) => {
-            let source = SourceImage::open(&args.source.parse::<SourceRef>()?, &registry).with_context(|| format!("reading {}", args.source))?;
-            let dest: Destination = args.destination.parse()?;
-            let reference = match &dest {
-                Destination::Engine { reference: Some(r), .. } => r.rsplit_once(':'),
+            let dest: ImageRef = args.destination.parse()?;
+            let source = SourceImage::open(&args.source.parse()?, &registry).with_context(|| format!("reading {}", args.source))?;
+            let name = match &dest {
+                ImageRef::Engine { name: Some(name), .. } => Some(name),
                 _ => None,
             };
-            Loaded { image: Image::copy_of(source, reference), described: None }.write(&dest, Some(Compression::None), &registry)?;
+            let mut image = Image::copy_of(source, name);
+            image.base_compression = match (args.compress, &dest) {
+                (Some(codec), _) => Some(codec.into()),
+                // As skopeo does: what goes to a registry is compressed.
+                (None, ImageRef::Registry(_)) if image.layer_sources().iter().any(|l| l.compression() == Some(Compression::None)) => Some(Compression::Gzip),
+                (None, _) => None,
+            };
+            Loaded(image).write(&dest, Some(Compression::None), &registry)?;
         }
         Command::Containerize(args) => {
             let dest = match args.runtime {
-                Some(runtime) => Destination::Engine { engine: runtime.into(), reference: None },
+                Some(runtime) => ImageRef::Engine { engine: runtime.into(), name: None },
                 None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
             };
             let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
-            Loaded { image: environment.plan(&ClosureSource::Nix)?, described: None }.write(&dest, args.compress.map(Into::into), &registry)?;
+            Loaded(environment.plan(&ClosureSource::Nix)?).write(&dest, args.compress.map(Into::into), &registry)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `-o DEST` parsed; without it, standard output unless that is a terminal.
-fn destination(output: Option<&str>, command: &str) -> Result<Destination> {
+fn destination(output: Option<&str>, command: &str) -> Result<ImageRef> {
     match output {
         Some(reference) => Ok(reference.parse()?),
         None if std::io::stdout().is_terminal() => {
-            bail!("standard output is a terminal: pass -o DEST (e.g. -o docker-archive:image.tar), or pipe the image ({command} | docker load)")
+            bail!("standard output is a terminal: pass -o DEST ({TRANSPORTS}), or pipe the image ({command} | docker load)")
         }
-        None => Ok(Destination::DockerArchive(Target::Stdout)),
+        None => Ok(ImageRef::DockerArchive(None)),
     }
 }
 
@@ -282,7 +331,7 @@ fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCode> 
         }
     };
     eprintln!("strata: running with {engine}");
-    let dest = Destination::Engine { engine, reference: None };
+    let dest = ImageRef::Engine { engine, name: None };
     let input = match (&args.flake, &args.image) {
         (Some(flake), _) => Input::flake(flake)?,
         (None, Some(image)) => Input::resolve(image)?,
@@ -312,11 +361,30 @@ fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCode> 
         run.args(["--env", var]);
     }
     run.arg(&written.reference).args(&args.args);
-    tracing::info!("{run:?}");
-    let status = run.status().with_context(|| format!("cannot run {engine}"))?;
+    tracing::info!("{}", shown(&run));
+    let mut child = run.spawn().with_context(|| format!("cannot run {engine}"))?;
+    CHILD.store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
+    let status = child.wait().with_context(|| format!("waiting for {engine}"))?;
+    CHILD.store(0, Ordering::SeqCst);
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::FAILURE,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(125)),
+        // Killed by a signal: as a shell reports it.
+        None => ExitCode::from(std::os::unix::process::ExitStatusExt::signal(&status).map_or(125, |s| u8::try_from(128 + s).unwrap_or(125))),
     })
+}
+
+/// A command as it would be typed, with the values of `--env K=V` left out: they can be secrets.
+fn shown(command: &std::process::Command) -> String {
+    let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+    let mut after_env = false;
+    for arg in command.get_args() {
+        let arg = arg.to_string_lossy();
+        words.push(match arg.split_once('=') {
+            Some((key, _)) if after_env => format!("{key}=<redacted>"),
+            _ => arg.to_string(),
+        });
+        after_env = arg == "--env";
+    }
+    words.join(" ")
 }

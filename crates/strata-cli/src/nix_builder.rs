@@ -61,10 +61,15 @@ fn spec_with_tag() -> Result<Value> {
     Ok(spec)
 }
 
-fn plan(spec: Value, closure: &Path, spec_name: &str) -> Result<Image> {
+fn plan(spec: Value, closure: &ClosureSource, spec_name: &str) -> Result<Image> {
     let spec: Spec = serde_json::from_value(spec).with_context(|| format!("spec {spec_name}"))?;
     let spec: ValidSpec = spec.validate().map_err(|(key, message)| anyhow::anyhow!("spec {spec_name}: {key}: {message}"))?;
-    Ok(Image::plan(spec, &ClosureSource::GraphFile(closure.to_owned()), &RegistryOptions::default())?)
+    Ok(Image::plan(spec, closure, &RegistryOptions::default())?)
+}
+
+/// The closure graph `exportReferencesGraph` writes into the build directory.
+fn graph_file() -> ClosureSource {
+    ClosureSource::GraphFile(PathBuf::from("closure"))
 }
 
 fn tarball(out: &Path) -> Result<()> {
@@ -74,7 +79,7 @@ fn tarball(out: &Path) -> Result<()> {
         "none" => Compression::None,
         other => bail!("compressor: {other:?} is not one of gz, zstd, none"),
     };
-    let image = plan(spec_with_tag()?, Path::new("closure"), &env("strataSpec")?)?;
+    let image = plan(spec_with_tag()?, &graph_file(), &env("strataSpec")?)?;
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut encoder = compression.encoder(std::io::BufWriter::new(file))?;
     write_docker_archive(&image, &mut encoder, Compression::None, None)?;
@@ -90,7 +95,7 @@ fn stream_script(out: &Path, describe: bool) -> Result<()> {
     let strata = std::env::current_exe().context("locating the strata binary")?;
     let mut body = serde_json::json!({ "spec": spec, "closure": closure });
     if describe {
-        let image = plan(spec_with_tag()?, Path::new("closure"), &env("strataSpec")?)?;
+        let image = plan(spec_with_tag()?, &graph_file(), &env("strataSpec")?)?;
         body["digests"] = serde_json::to_value(image.uncompressed_digests()?)?;
     }
     let (text, mode) = if describe { (format!("{body}\n"), 0o444) } else { (format!("#!{} stream\n{body}\n", strata.display()), 0o555) };
@@ -101,17 +106,18 @@ fn stream_script(out: &Path, describe: bool) -> Result<()> {
 
 /// `strata stream SCRIPT`: the interpreter of stream executables; plans the image described
 /// in `script` and returns it for writing, with the digests recorded at build time if any.
-pub fn read_stream_script(script: &Path) -> Result<(Image, Option<Described>)> {
+pub fn read_stream_script(script: &Path) -> Result<Image> {
     let text = std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
     // Stream scripts start with their interpreter line; descriptions are plain JSON.
     let json = if text.starts_with("#!") { text.split_once('\n').map_or("", |(_, rest)| rest) } else { &text };
     let body: Value = serde_json::from_str(json).with_context(|| format!("{}: not a strata stream script", script.display()))?;
     let closure = body["closure"].as_str().context("the stream script has no closure graph")?;
-    let graph = tempfile::NamedTempFile::new()?;
-    std::fs::write(graph.path(), closure)?;
-    let described = match body.get("digests") {
+    let recorded: Option<Described> = match body.get("digests") {
         Some(d) => Some(serde_json::from_value(d.clone()).with_context(|| format!("{}: digests", script.display()))?),
         None => None,
     };
-    Ok((plan(body["spec"].clone(), graph.path(), &script.display().to_string())?, described))
+    let closure = ClosureSource::GraphText { text: closure.to_owned(), origin: script.to_owned() };
+    let mut image = plan(body["spec"].clone(), &closure, &script.display().to_string())?;
+    image.recorded = recorded;
+    Ok(image)
 }

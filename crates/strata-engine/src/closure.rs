@@ -23,15 +23,15 @@ pub enum ClosureError {
     Missing { key: String, path: StorePath },
     #[error("{key}: store path {path} is not valid (not registered in the Nix database)")]
     NotValid { key: String, path: StorePath },
-    #[error("{key}: store path {path} is not in the closure graph {file}")]
+    #[error("{key}: store path {path} is not in the closure graph {}", file.display())]
     NotInGraph { key: String, path: StorePath, file: PathBuf },
-    #[error("Nix is needed to compute closures, but `nix` could not be run ({0}); install Nix, or pass a closure graph file (--closure-graph)")]
-    NixMissing(std::io::Error),
+    #[error("Nix is needed to compute closures, but `nix` could not be run; install Nix, or pass a closure graph file (--closure-graph)")]
+    NixMissing(#[source] std::io::Error),
     #[error("`nix path-info` failed: {0}")]
     NixFailed(String),
-    #[error("cannot read closure graph {file}: {source}")]
+    #[error("cannot read closure graph {}", file.display())]
     ReadGraph { file: PathBuf, source: std::io::Error },
-    #[error("closure graph {file}, line {line}: {message}")]
+    #[error("closure graph {}, {}: {message}", file.display(), if *line == 0 { "as a whole".to_owned() } else { format!("line {line}") })]
     BadGraph { file: PathBuf, line: usize, message: String },
 }
 
@@ -95,6 +95,12 @@ impl Closure {
     /// Reads a closure graph file (registration format or `path-info` JSON).
     pub fn from_graph_file(file: &Path) -> Result<Closure, ClosureError> {
         let text = std::fs::read_to_string(file).map_err(|source| ClosureError::ReadGraph { file: file.to_owned(), source })?;
+        Closure::from_graph_text(&text, file)
+    }
+
+    /// Reads a closure graph from `text`; `file` names where it came from, for errors. Every
+    /// count in it is checked against what follows, and nothing is allocated from a count.
+    pub fn from_graph_text(text: &str, file: &Path) -> Result<Closure, ClosureError> {
         let bad = |line: usize, message: String| ClosureError::BadGraph { file: file.to_owned(), line, message };
         let mut closure = Closure { graph_file: Some(file.to_owned()), ..Closure::default() };
         if matches!(text.trim_start().chars().next(), Some('[' | '{')) {
@@ -117,7 +123,7 @@ impl Closure {
                 let _ = deriver;
                 let (n, count) = lines.next().ok_or_else(|| bad(n + 2, "missing reference count".into()))?;
                 let count: usize = count.trim().parse().map_err(|_| bad(n, format!("{count:?} is not a reference count")))?;
-                let mut refs = Vec::with_capacity(count);
+                let mut refs = Vec::new();
                 for _ in 0..count {
                     let (n, r) = lines.next().ok_or_else(|| bad(n, "fewer references than counted".into()))?;
                     StorePath::containing(r).map_err(|e| bad(n, e.to_string()))?;
@@ -272,5 +278,8 @@ mod tests {
         assert!(err.contains("does not list"), "{err}");
         std::fs::write(&file, format!("{}\n\nmany\n", sp("app"))).unwrap();
         assert!(Closure::from_graph_file(&file).unwrap_err().to_string().contains("line 3"));
+        // A count far beyond the file is an error, not an allocation that aborts.
+        std::fs::write(&file, format!("{}\n\n99999999999999999\n{}\n", sp("app"), sp("app"))).unwrap();
+        assert!(Closure::from_graph_file(&file).unwrap_err().to_string().contains("fewer references than counted"));
     }
 }

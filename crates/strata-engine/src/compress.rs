@@ -27,6 +27,21 @@ impl Compression {
         }
     }
 
+    /// The codec of a layer with this media type (OCI's or Docker's); `None` for one strata
+    /// does not know (such a layer is only ever copied as it is).
+    pub fn of_media_type(media_type: &MediaType) -> Option<Compression> {
+        match media_type {
+            MediaType::ImageLayer => Some(Compression::None),
+            MediaType::ImageLayerGzip => Some(Compression::Gzip),
+            MediaType::ImageLayerZstd => Some(Compression::Zstd),
+            other => match other.to_string().as_str() {
+                "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+                "application/vnd.docker.image.rootfs.diff.tar.gzip" => Some(Compression::Gzip),
+                _ => None,
+            },
+        }
+    }
+
     /// The codec whose magic number starts `head` (at least 4 bytes for zstd).
     pub fn sniff(head: &[u8]) -> Compression {
         match head {

@@ -35,11 +35,11 @@ const USER_ID: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerizeError {
-    #[error("cannot read manifest {path}: {source}")]
+    #[error("cannot read manifest {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("manifest {path}: {key}: {message}")]
     Invalid { path: PathBuf, key: String, message: String },
-    #[error("cannot read {path} while merging the profile: {source}")]
+    #[error("cannot read {path} while merging the profile")]
     Profile { path: PathBuf, source: std::io::Error },
 }
 

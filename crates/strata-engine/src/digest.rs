@@ -73,6 +73,19 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+impl From<Digest> for oci_spec::image::Digest {
+    fn from(digest: Digest) -> oci_spec::image::Digest {
+        digest.to_string().parse().expect("a sha256 digest is a valid OCI digest")
+    }
+}
+
+impl TryFrom<&oci_spec::image::Digest> for Digest {
+    type Error = BadDigest;
+    fn try_from(digest: &oci_spec::image::Digest) -> Result<Digest, BadDigest> {
+        digest.to_string().parse()
+    }
+}
+
 /// Passes bytes through to `inner`, hashing and counting them.
 pub struct HashingWriter<W> {
     inner: W,
@@ -88,6 +101,11 @@ impl<W: Write> HashingWriter<W> {
     /// The digest and length of everything written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
         (Digest(self.hasher.finalize().into()), self.written, self.inner)
+    }
+
+    /// How many bytes went through so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
     }
 
     pub fn get_mut(&mut self) -> &mut W {

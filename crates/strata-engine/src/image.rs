@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use oci_spec::image::{Arch, History, ImageConfiguration, Os, RootFs};
 
 use crate::closure::{Closure, ClosureError};
+use crate::compress::Compression;
 use crate::digest::Digest;
 use crate::layer::{scan_tree, LayerError, LayerRecipe};
 use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
+use crate::reference::{check_tag, ImageName};
 use crate::registry::RegistryOptions;
 use crate::source::SourceImage;
 use crate::spec::{ImageConfigSpec, ValidSpec};
@@ -23,9 +25,9 @@ pub enum ImageError {
     Plan(#[from] NoRoomForStorePaths),
     #[error(transparent)]
     Layer(#[from] LayerError),
-    #[error("initialize_nix_database: {0}")]
+    #[error("initialize_nix_database")]
     NixDb(#[from] crate::nixdb::NixDbError),
-    #[error("from_image: {0}")]
+    #[error("from_image")]
     Base(#[from] crate::source::SourceError),
     #[error("max_layers = {max_layers} is too small for the base image's {base} layers and the explicit ones")]
     BaseTooBig { max_layers: usize, base: usize },
@@ -38,6 +40,8 @@ pub enum ClosureSource {
     Nix,
     /// A closure graph file (`exportReferencesGraph`, `closureInfo`, `nix path-info --json`).
     GraphFile(PathBuf),
+    /// Such a graph already read, from the file `origin` (a stream script, say).
+    GraphText { text: String, origin: PathBuf },
 }
 
 /// A planned image: layer recipes and the config that will describe them.
@@ -56,6 +60,21 @@ pub struct Image {
     pub layers: Vec<LayerRecipe>,
     /// Write the base's config byte for byte (a copy keeps its image ID).
     pub verbatim_config: bool,
+    /// Re-encode base layers into this codec where they are in another (`strata copy
+    /// --compress`); `None` copies them as they are.
+    pub base_compression: Option<Compression>,
+    /// The digests the image must have, recorded when it was described in a Nix build: a
+    /// sink checks them before it commits anything (see [`Image::config_checked`]).
+    pub recorded: Option<Described>,
+}
+
+/// An image whose digests differ from those recorded when it was described.
+#[derive(Debug, thiserror::Error)]
+#[error("the image's {what} is {actual}, but {recorded} was recorded when the image was built: its store paths changed since; nothing was written")]
+pub struct NotAsRecorded {
+    pub what: &'static str,
+    pub recorded: Digest,
+    pub actual: Digest,
 }
 
 /// Digests recorded when an image is described (see [`Image::uncompressed_digests`]).
@@ -72,6 +91,16 @@ pub enum LayerSource<'a> {
     Built(&'a LayerRecipe),
     /// Layer `.1` of a base image, copied as it is.
     Base(&'a SourceImage, usize),
+}
+
+impl LayerSource<'_> {
+    /// The codec a base layer is stored in (`None` for built layers, made per sink).
+    pub fn compression(&self) -> Option<Compression> {
+        match self {
+            LayerSource::Built(_) => None,
+            LayerSource::Base(base, j) => Compression::of_media_type(&base.layers[*j].media_type),
+        }
+    }
 }
 
 /// A layer as written: digests of its tar and of its blob (the same when uncompressed).
@@ -103,8 +132,12 @@ impl Image {
         }
         let closure = match source {
             ClosureSource::Nix => Closure::from_nix(&keyed_roots)?,
-            ClosureSource::GraphFile(file) => {
-                let closure = Closure::from_graph_file(file)?;
+            ClosureSource::GraphFile(_) | ClosureSource::GraphText { .. } => {
+                let closure = match source {
+                    ClosureSource::GraphText { text, origin } => Closure::from_graph_text(text, origin)?,
+                    ClosureSource::GraphFile(file) => Closure::from_graph_file(file)?,
+                    ClosureSource::Nix => unreachable!(),
+                };
                 for (key, path) in &keyed_roots {
                     closure.check_root(key, path)?;
                     if std::fs::symlink_metadata(path).is_err() {
@@ -159,18 +192,29 @@ impl Image {
             base,
             layers,
             verbatim_config: false,
+            base_compression: None,
+            recorded: None,
         })
     }
 
     /// The image `source` as it is, named `name:tag` (else as the source names it).
-    pub fn copy_of(source: SourceImage, name: Option<(&str, &str)>) -> Image {
-        let (name, tag) = match (name, source.reference.as_deref().and_then(|r| r.rsplit_once(':'))) {
-            (Some((n, t)), _) => (n.to_owned(), t.to_owned()),
-            (None, Some((n, t))) if !n.is_empty() => (n.to_owned(), t.to_owned()),
-            _ => ("image".to_owned(), source.reference.clone().unwrap_or_else(|| "latest".to_owned())),
+    pub fn copy_of(source: SourceImage, name: Option<&ImageName>) -> Image {
+        let unnamed = |tag: &str| ("image".to_owned(), tag.to_owned());
+        let (name, tag) = match (name, source.reference.as_deref()) {
+            (Some(n), _) => (n.name.clone(), n.tag.clone()),
+            (None, None) => unnamed("latest"),
+            (None, Some(r)) => match ImageName::parse(r) {
+                Ok(n) if r.contains([':', '/']) => (n.name, n.tag),
+                // An OCI reference name is often a tag alone.
+                _ if check_tag(r).is_ok() => unnamed(r),
+                _ => {
+                    tracing::warn!("the source names its image {r:?}, which is not a valid image name; the copy is named image:latest");
+                    unnamed("latest")
+                }
+            },
         };
         let created = source.config.created().clone().unwrap_or_else(|| crate::spec::DEFAULT_CREATED.to_owned());
-        let mtime = humantime::parse_rfc3339_weak(&created).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        let mtime = crate::spec::parse_time(&created).map_or(0, |(_, secs)| secs);
         Image {
             name,
             tag: Some(tag),
@@ -181,6 +225,8 @@ impl Image {
             base: Some(source),
             layers: vec![],
             verbatim_config: true,
+            base_compression: None,
+            recorded: None,
         }
     }
 
@@ -235,6 +281,42 @@ impl Image {
         canonical_json(&image)
     }
 
+    /// The codec a base layer is re-encoded into, if it is (see `base_compression`).
+    pub fn recode(&self, layer: &LayerSource) -> Option<Compression> {
+        let stored = layer.compression()?;
+        self.base_compression.filter(|c| matches!(layer, LayerSource::Base(..)) && *c != stored)
+    }
+
+    /// [`config_blob`](Self::config_blob), checked against the recorded config digest.
+    pub fn config_checked(&self, diff_ids: &[Digest]) -> Result<Vec<u8>, NotAsRecorded> {
+        let config = self.config_blob(diff_ids);
+        if let Some(recorded) = &self.recorded {
+            let actual = Digest::of(&config);
+            if actual != recorded.config {
+                return Err(NotAsRecorded { what: "config digest", recorded: recorded.config, actual });
+            }
+        }
+        Ok(config)
+    }
+
+    /// [`manifest_blob`], checked against the recorded manifest digest when the layers are
+    /// stored as they were when it was recorded (built ones uncompressed, base ones as they are).
+    pub fn manifest_checked(&self, config: &[u8], layers: &[LayerBlob]) -> Result<Vec<u8>, NotAsRecorded> {
+        let manifest = manifest_blob(config, layers);
+        let as_recorded = self.base_compression.is_none()
+            && layers.iter().zip(self.layer_sources()).all(|(blob, source)| match source {
+                LayerSource::Built(_) => blob.digest == blob.diff_id,
+                LayerSource::Base(..) => true,
+            });
+        if let (Some(recorded), true) = (&self.recorded, as_recorded) {
+            let actual = Digest::of(&manifest);
+            if actual != recorded.manifest {
+                return Err(NotAsRecorded { what: "manifest digest", recorded: recorded.manifest, actual });
+            }
+        }
+        Ok(manifest)
+    }
+
     /// The spec's tag, or else the first 32 hex digits of the config digest (which covers
     /// every layer's content and the config).
     pub fn tag(&self, config_digest: &Digest) -> String {
@@ -256,7 +338,7 @@ impl Image {
                 }
                 LayerSource::Base(base, j) => {
                     let l = &base.layers[j];
-                    LayerBlob { diff_id: l.diff_id, digest: l.digest, size: l.size, media_type: l.media_type.clone() }
+                    l.clone()
                 }
             });
         }

@@ -11,8 +11,11 @@
 //!   (also `size`, `uid`, `gid` when they overflow ustar's octal fields);
 //! - hard links are written as regular files: whether the store was optimised (which turns
 //!   identical files into hard links) must not change the image;
-//! - symlinks are kept as they are, dangling ones too; fifos, sockets and devices cannot be
-//!   in a Nix store path and are skipped with a warning.
+//! - symlinks are kept as they are, dangling ones too, and never followed: a store path that
+//!   is itself a link (`ln -s /etc $out`) is a link in the image, and a file is opened only if
+//!   it is still a regular file, not a link put in its place; no walk leaves the tree it
+//!   archives. Fifos, sockets and devices cannot be in a Nix store path and are skipped with
+//!   a warning.
 //!
 //! The 512-byte headers are filled through the `tar` crate's `Header`; the stream around
 //! them is written here because the crate's `Builder` neither precomputes sizes nor writes
@@ -38,13 +41,15 @@ const USTAR_MAX_ID: u32 = 0o7777777;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path} changed while the image was being written (it was {expected} bytes)")]
     Changed { path: PathBuf, expected: u64 },
     #[error("{path}: copy_to_root needs a directory")]
     NotADirectory { path: PathBuf },
-    #[error("cannot write the layer: {0}")]
+    #[error("{path}: copy_to_root needs a directory, not a symlink (to {target}): its tree would not be the store path's own")]
+    RootIsSymlink { path: PathBuf, target: PathBuf },
+    #[error("cannot write the layer")]
     Write(#[source] io::Error),
 }
 
@@ -146,12 +151,22 @@ fn tar_order(a: &[u8], b: &[u8]) -> Ordering {
 /// Returns the entries and the total size of the regular files.
 pub fn scan_tree(source: &Path, prefix: &[u8]) -> Result<(Vec<Entry>, u64), LayerError> {
     let read_err = |path: &Path, source: io::Error| LayerError::Read { path: path.to_owned(), source };
-    if prefix.is_empty() && !std::fs::metadata(source).map_err(|e| read_err(source, e))?.is_dir() {
-        return Err(LayerError::NotADirectory { path: source.to_owned() });
+    if prefix.is_empty() {
+        let meta = std::fs::symlink_metadata(source).map_err(|e| read_err(source, e))?;
+        if meta.is_symlink() {
+            let target = std::fs::read_link(source).map_err(|e| read_err(source, e))?;
+            return Err(LayerError::RootIsSymlink { path: source.to_owned(), target });
+        }
+        if !meta.is_dir() {
+            return Err(LayerError::NotADirectory { path: source.to_owned() });
+        }
     }
     let mut entries = Vec::new();
     let mut total = 0;
-    let walk = walkdir::WalkDir::new(source).follow_links(false).sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+    let walk = walkdir::WalkDir::new(source)
+        .follow_links(false)
+        .follow_root_links(false)
+        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
     for item in walk {
         let item = item.map_err(|e| {
             let path = e.path().unwrap_or(source).to_owned();
@@ -338,7 +353,7 @@ enum FileCopy {
 fn copy_exactly<W: Write>(source: &Path, size: u64, out: &mut W, buf: &mut [u8], copy: FileCopy) -> Result<(), LayerError> {
     let read_err = |e| LayerError::Read { path: source.to_owned(), source: e };
     let changed = || LayerError::Changed { path: source.to_owned(), expected: size };
-    let mut file = File::open(source).map_err(read_err)?;
+    let mut file = open_store_file(source).map_err(read_err)?;
     if let FileCopy::Direct = copy {
         // io::copy cannot tell a read error from a write error; reads from a store file
         // that opened fine are not expected to fail, so errors here are reported as writes.
@@ -369,6 +384,17 @@ fn copy_exactly<W: Write>(source: &Path, size: u64, out: &mut W, buf: &mut [u8],
         Ok(_) => Err(changed()),
         Err(e) => Err(read_err(e)),
     }
+}
+
+/// Opens a file of the store for reading: never through a link (one put in place of the
+/// file is refused, not followed), never blocking on a fifo, only a regular file.
+pub(crate) fn open_store_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
 }
 
 /// A ustar header. Names and link targets longer than 100 bytes are cut here; the PAX record
@@ -455,6 +481,33 @@ mod tests {
         }
         let long_file = format!("{long}/f").into_bytes();
         assert_eq!(seen, vec![b"caf\xe9".to_vec(), b"dangling".to_vec(), long.into_bytes(), long_file, b"exe".to_vec()]);
+    }
+
+    /// A tree that is a link is a link in the layer, never what it points to; as a tree laid
+    /// over `/` it is an error that names it.
+    #[test]
+    fn links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("host");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("passwd"), b"root:x:0:0").unwrap();
+        let link = dir.path().join("store-path");
+        symlink(&secret, &link).unwrap();
+        let (entries, size) = scan_tree(&link, b"nix/store/x").unwrap();
+        assert_eq!(size, 0);
+        assert_eq!(entries, [Entry::symlink(b"nix/store/x", secret.as_os_str().as_bytes())]);
+        let err = scan_tree(&link, b"").unwrap_err();
+        assert!(matches!(err, LayerError::RootIsSymlink { .. }), "{err}");
+        assert!(err.to_string().contains(&link.display().to_string()));
+        // A file swapped for a link after the scan is refused, not followed.
+        let tree = dir.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("f"), b"0123456789").unwrap();
+        let (entries, _) = scan_tree(&tree, b"t").unwrap();
+        std::fs::remove_file(tree.join("f")).unwrap();
+        symlink(secret.join("passwd"), tree.join("f")).unwrap();
+        let recipe = LayerRecipe::new(entries, vec![], &[], 1, String::new());
+        assert!(matches!(recipe.write_tar(&mut io::sink()), Err(LayerError::Read { .. })));
     }
 
     #[test]

@@ -56,11 +56,11 @@ create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NixDbError {
-    #[error("cannot read {path} for its NAR hash: {source}")]
+    #[error("cannot read {path} for its NAR hash")]
     Read { path: String, source: io::Error },
-    #[error("cannot write the Nix database: {0}")]
+    #[error("cannot write the Nix database")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("cannot write the Nix database: {0}")]
+    #[error("cannot write the Nix database")]
     Io(#[from] io::Error),
 }
 
@@ -100,7 +100,7 @@ fn write_node(out: &mut impl Write, path: &Path) -> io::Result<()> {
             write_node(out, &path.join(&name))?;
             write_str(out, b")")?;
         }
-    } else {
+    } else if meta.is_file() {
         write_str(out, b"regular")?;
         if meta.permissions().mode() & 0o100 != 0 {
             write_str(out, b"executable")?;
@@ -108,11 +108,13 @@ fn write_node(out: &mut impl Write, path: &Path) -> io::Result<()> {
         }
         write_str(out, b"contents")?;
         out.write_all(&meta.len().to_le_bytes())?;
-        let copied = io::copy(&mut std::fs::File::open(path)?.take(meta.len()), out)?;
+        let copied = io::copy(&mut crate::layer::open_store_file(path)?.take(meta.len()), out)?;
         if copied != meta.len() {
             return Err(io::Error::other("the file changed while it was read"));
         }
         out.write_all(&[0u8; 8][..(8 - (meta.len() % 8) as usize) % 8])?;
+    } else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a fifo, socket or device, which NAR cannot hold"));
     }
     write_str(out, b")")
 }
@@ -125,7 +127,7 @@ pub fn database_entries(closure: &Closure, paths: &BTreeSet<StorePath>, mtime: u
         let (hash, size) = nar_hash(path.as_ref()).map_err(|source| NixDbError::Read { path: path.to_string(), source })?;
         hashes.insert(path, (hash, size));
     }
-    let dir = tempfile::tempdir()?;
+    let dir = crate::scratch::ScratchDir::temporary()?;
     let file = dir.path().join("db.sqlite");
     {
         let mut db = rusqlite::Connection::open(&file)?;

@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{manifest_blob, Image, LayerBlob, LayerSource};
+use crate::scratch::ScratchFile;
+use crate::image::{Image, LayerBlob, LayerSource};
+pub use crate::reference::RegistryRef;
 
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
@@ -39,8 +41,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("invalid registry reference {reference:?}: {why}")]
-    BadReference { reference: String, why: String },
     #[error("--creds: expected USER:PASSWORD")]
     BadCreds,
     #[error("cannot read credentials from {path}: {why}")]
@@ -53,57 +53,8 @@ pub enum RegistryError {
     DigestMismatch { what: String, expected: Digest, actual: Digest },
     #[error("{0}")]
     Io(String),
-}
-
-/// `HOST/REPOSITORY` plus a tag or a digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistryRef {
-    pub host: String,
-    pub repository: String,
-    pub tag: Option<String>,
-    pub digest: Option<Digest>,
-}
-
-impl std::str::FromStr for RegistryRef {
-    type Err = RegistryError;
-
-    /// Parses what follows `docker://`, with Docker's defaults: no host means `docker.io`
-    /// (and `library/` for one-component names), no tag means `latest`.
-    fn from_str(s: &str) -> Result<RegistryRef, RegistryError> {
-        let bad = |why: &str| RegistryError::BadReference { reference: s.to_owned(), why: why.to_owned() };
-        let s = s.trim_start_matches("//");
-        let (rest, digest) = match s.split_once('@') {
-            Some((rest, d)) => (rest, Some(d.parse::<Digest>().map_err(|e| bad(&e.to_string()))?)),
-            None => (s, None),
-        };
-        let (name, tag) = match rest.rsplit_once(':') {
-            Some((name, tag)) if !tag.contains('/') => (name, Some(tag.to_owned())),
-            _ => (rest, None),
-        };
-        let (host, repository) = match name.split_once('/') {
-            Some((host, repo)) if host.contains(['.', ':']) || host == "localhost" => (host.to_owned(), repo.to_owned()),
-            Some(_) => ("docker.io".to_owned(), name.to_owned()),
-            None => ("docker.io".to_owned(), format!("library/{name}")),
-        };
-        if repository.is_empty() || repository.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(bad("expected HOST/REPOSITORY[:TAG|@DIGEST] with a lowercase repository"));
-        }
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".to_owned()) } else { tag };
-        Ok(RegistryRef { host, repository, tag, digest })
-    }
-}
-
-impl fmt::Display for RegistryRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "docker://{}/{}", self.host, self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        if let Some(digest) = &self.digest {
-            write!(f, "@{digest}")?;
-        }
-        Ok(())
-    }
+    #[error(transparent)]
+    NotAsRecorded(#[from] crate::image::NotAsRecorded),
 }
 
 impl RegistryRef {
@@ -221,7 +172,8 @@ fn retryable(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() || r.status().is_some_and(|s| s.is_server_error()),
         OciDistributionError::ServerError { code, .. } => *code >= 500,
-        OciDistributionError::IoError(_) => true,
+        // Sent more than the blob's size: the same would come again.
+        OciDistributionError::IoError(e) => e.kind() != std::io::ErrorKind::FileTooLarge,
         _ => false,
     }
 }
@@ -272,7 +224,9 @@ fn stored_credentials(host: &str) -> Result<Option<Credentials>, RegistryError> 
         struct AuthEntry {
             auth: Option<String>,
         }
-        let file: AuthFile = serde_json::from_str(&text).map_err(|e| RegistryError::CredentialsFile { path: path.clone(), why: e.to_string() })?;
+        // serde's message can quote the file's content, which holds secrets: say only where.
+        let file: AuthFile = serde_json::from_str(&text)
+            .map_err(|e| RegistryError::CredentialsFile { path: path.clone(), why: format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column()) })?;
         let entry = file.auths.iter().find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").split('/').next() == Some(host));
         if let Some((_, AuthEntry { auth: Some(auth) })) = entry {
             let decoded = base64::engine::general_purpose::STANDARD.decode(auth.trim()).ok().and_then(|b| String::from_utf8(b).ok());
@@ -376,23 +330,25 @@ async fn push_async(session: &Session, image: &Image, dest: &RegistryRef, compre
     let here = format!("{}/{}", dest.host, dest.repository);
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let push = Push { session, reference: &reference, here: &here, cache: &cache, image, compression };
 
     let results: Vec<(LayerBlob, Outcome)> = futures_util::stream::iter(layers.iter().enumerate())
-        .map(|(i, layer)| push_layer(session, &reference, &here, &cache, *layer, i, compression))
+        .map(|(i, layer)| push_layer(&push, *layer, i))
         .buffered(cores.max(2))
         .try_collect()
         .await?;
 
     let diff_ids: Vec<Digest> = results.iter().map(|(l, _)| l.diff_id).collect();
-    let config = image.config_blob(&diff_ids);
+    // Checked before the config and manifest go up: the tag moves only with the manifest.
+    let config = image.config_checked(&diff_ids)?;
     let config_digest = Digest::of(&config);
     let blobs: Vec<LayerBlob> = results.iter().map(|(l, _)| l.clone()).collect();
+    let manifest = image.manifest_checked(&config, &blobs)?;
     let config_name = config_digest.to_string();
     if !session.retry("checking the config", || session.client.blob_exists(&reference, &config_name)).await? {
         let bytes = bytes::Bytes::from(config.clone());
         session.retry("uploading the config", || session.client.push_blob(&reference, bytes.clone(), &config_name)).await?;
     }
-    let manifest = manifest_blob(&config, &blobs);
     let manifest_digest = Digest::of(&manifest);
     let body = bytes::Bytes::from(manifest);
     let content_type = reqwest_header(MediaType::ImageManifest.to_string());
@@ -415,75 +371,94 @@ fn reqwest_header(value: String) -> http::HeaderValue {
 }
 
 /// Makes sure one layer is in the repository: already there, mounted, or uploaded.
-async fn push_layer(
-    session: &Session,
-    reference: &Reference,
-    here: &str,
-    cache: &Mutex<DigestCache>,
-    layer: LayerSource<'_>,
-    index: usize,
+/// What every layer of one push shares.
+struct Push<'a> {
+    session: &'a Session,
+    reference: &'a Reference,
+    /// `HOST/REPOSITORY` pushed to.
+    here: &'a str,
+    cache: &'a Mutex<DigestCache>,
+    image: &'a Image,
     compression: Compression,
-) -> Result<(LayerBlob, Outcome), RegistryError> {
-    let fingerprint = match layer {
-        LayerSource::Built(recipe) => Some(recipe.fingerprint().to_string()),
-        LayerSource::Base(..) => None,
+}
+
+async fn push_layer(push: &Push<'_>, layer: LayerSource<'_>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
+    let Push { session, reference, here, cache, image, compression } = *push;
+    let recode = image.recode(&layer);
+    // What names the blob before it is made: a built layer's recipe, a base layer and the
+    // codec it is re-encoded into; a base layer copied as it is has its digest already.
+    let fingerprint = match (layer, recode) {
+        (LayerSource::Built(recipe), _) => Some(recipe.fingerprint().to_string()),
+        (LayerSource::Base(base, j), Some(codec)) => Some(Digest::of(format!("recode {} {}", base.layers[j].digest, codec_name(codec)).as_bytes()).to_string()),
+        (LayerSource::Base(..), None) => None,
     };
-    let known = match layer {
-        LayerSource::Base(base, j) => {
-            let l = &base.layers[j];
-            Some(LayerBlob { diff_id: l.diff_id, digest: l.digest, size: l.size, media_type: l.media_type.clone() })
-        }
-        LayerSource::Built(_) => {
+    let codec = recode.unwrap_or(compression);
+    let known = match (layer, &fingerprint) {
+        (LayerSource::Base(base, j), None) => Some(base.layers[j].clone()),
+        (_, fingerprint) => {
             let cache = cache.lock().expect("cache lock");
-            let cached = fingerprint.as_ref().and_then(|f| cache.layers.get(f)).and_then(|c| c.get(codec_name(compression)));
-            cached.map(|c| LayerBlob { diff_id: c.diff_id, digest: c.digest, size: c.size, media_type: compression.layer_media_type() })
+            let cached = fingerprint.as_ref().and_then(|f| cache.layers.get(f)).and_then(|c| c.get(codec_name(codec)));
+            cached.map(|c| LayerBlob { diff_id: c.diff_id, digest: c.digest, size: c.size, media_type: codec.layer_media_type() })
         }
     };
-    let origin = match layer {
-        LayerSource::Base(base, _) => base.origin.clone(),
-        LayerSource::Built(_) => None,
+    let origin = match (layer, recode) {
+        (LayerSource::Base(base, _), None) => base.origin.clone(),
+        _ => None,
     };
     if let Some(known) = &known {
         if let Some(outcome) = find_or_mount(session, reference, here, cache, &known.digest, origin).await? {
             return Ok((known.clone(), outcome));
         }
     }
-    // Not in the registry: make the blob (compressing a built layer) in a temporary file.
+    // Not in the registry: make the blob (compressing a built layer) in a scratch file.
     let what = format!("layer {index}");
-    let staging = tempfile::NamedTempFile::new().map_err(|e| RegistryError::Io(format!("{what}: {e}")))?;
-    let file = staging.reopen().map_err(|e| RegistryError::Io(format!("{what}: {e}")))?;
+    let io_err = |e: &dyn std::fmt::Display| RegistryError::Io(format!("{what}: {e}"));
+    let staging = ScratchFile::temporary().map_err(|e| io_err(&e))?;
+    let file = staging.reopen().map_err(|e| io_err(&e))?;
     let made = match layer {
         LayerSource::Built(recipe) => {
             let recipe = recipe.clone();
             tokio::task::spawn_blocking(move || -> Result<LayerBlob, String> {
                 let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-                let mut tar = HashingWriter::new(compression.encoder(out).map_err(|e| e.to_string())?);
+                let mut tar = HashingWriter::new(codec.encoder(out).map_err(|e| e.to_string())?);
                 recipe.write_tar(&mut tar).map_err(|e| e.to_string())?;
                 let (diff_id, _, encoder) = tar.finish();
                 let (digest, size, mut out) = encoder.finish().map_err(|e| e.to_string())?.finish();
                 std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
-                Ok(LayerBlob { diff_id, digest, size, media_type: compression.layer_media_type() })
+                Ok(LayerBlob { diff_id, digest, size, media_type: codec.layer_media_type() })
             })
             .await
-            .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?
-            .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?
+            .map_err(|e| io_err(&e))?
+            .map_err(|e| io_err(&e))?
         }
         LayerSource::Base(base, j) => {
             let base = base.clone();
-            tokio::task::spawn_blocking(move || -> Result<(), String> {
-                let mut out = std::io::BufWriter::new(file);
-                std::io::copy(&mut base.open_layer(j).map_err(|e| e.to_string())?, &mut out).map_err(|e| e.to_string())?;
-                std::io::Write::flush(&mut out).map_err(|e| e.to_string())
+            tokio::task::spawn_blocking(move || -> Result<LayerBlob, String> {
+                let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+                let (out, media_type) = match recode {
+                    Some(codec) => {
+                        let encoder = codec.encoder(out).map_err(|e| e.to_string())?;
+                        let encoder = crate::sink::recode_base_layer(&base, j, codec, encoder).map_err(|e| e.to_string())?;
+                        (encoder.finish().map_err(|e| e.to_string())?, codec.layer_media_type())
+                    }
+                    None => {
+                        let mut out = out;
+                        crate::sink::copy_base_layer(&base, j, &mut out).map_err(|e| e.to_string())?;
+                        (out, base.layers[j].media_type.clone())
+                    }
+                };
+                let (digest, size, mut out) = out.finish();
+                std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+                Ok(LayerBlob { diff_id: base.layers[j].diff_id, digest, size, media_type })
             })
             .await
-            .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?
-            .map_err(|e| RegistryError::Io(format!("{what}: {e}")))?;
-            known.clone().expect("base layers are known")
+            .map_err(|e| io_err(&e))?
+            .map_err(|e| io_err(&e))?
         }
     };
     if let Some(f) = &fingerprint {
         let blob = CachedBlob { diff_id: made.diff_id, digest: made.digest, size: made.size };
-        cache.lock().expect("cache lock").layers.entry(f.clone()).or_default().insert(codec_name(compression).to_owned(), blob);
+        cache.lock().expect("cache lock").layers.entry(f.clone()).or_default().insert(codec_name(codec).to_owned(), blob);
     }
     if known.is_none() {
         if let Some(outcome) = find_or_mount(session, reference, here, cache, &made.digest, None).await? {
@@ -569,11 +544,12 @@ pub fn pull(source: &RegistryRef, architecture: &str, options: &RegistryOptions)
         let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io(format!("{source}: manifest: {e}")))?;
         let config_digest: Digest = manifest.config().digest().to_string().parse().map_err(|e: crate::digest::BadDigest| RegistryError::Io(e.to_string()))?;
         let config_name = config_digest.to_string();
+        let config_size = manifest.config().size().min(crate::source::MAX_METADATA_SIZE);
         let config = session
             .retry("reading the config", || async {
-                let mut config = Vec::new();
+                let mut config = Bounded { inner: Vec::new(), left: config_size };
                 session.client.pull_blob(&reference, config_name.as_str(), &mut config).await?;
-                Ok(config)
+                Ok(config.inner)
             })
             .await?;
         if Digest::of(&config) != config_digest {
@@ -592,14 +568,15 @@ pub struct RegistryBlobs {
 impl RegistryBlobs {
     /// Downloads blob `digest` into an anonymous temporary file and returns it, rewound.
     /// The caller checks the digest while reading.
-    pub fn fetch(&self, digest: &Digest) -> Result<std::fs::File, RegistryError> {
+    /// Never more than `size` bytes are written: a registry that sends more is stopped.
+    pub fn fetch(&self, digest: &Digest, size: u64) -> Result<std::fs::File, RegistryError> {
         let session = &self.session;
         session.runtime.block_on(async {
             let name = digest.to_string();
             session
                 .retry(&format!("downloading {digest}"), || async {
                     let file = tempfile::tempfile()?;
-                    let mut out = tokio::fs::File::from_std(file.try_clone()?);
+                    let mut out = Bounded { inner: tokio::fs::File::from_std(file.try_clone()?), left: size };
                     session.client.pull_blob(&self.reference, name.as_str(), &mut out).await?;
                     tokio::io::AsyncWriteExt::flush(&mut out).await?;
                     let mut file = file;
@@ -611,23 +588,37 @@ impl RegistryBlobs {
     }
 }
 
+/// A writer that takes at most `left` more bytes, then fails.
+struct Bounded<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            let err = std::io::Error::new(std::io::ErrorKind::FileTooLarge, "the registry sent more bytes than the blob's size");
+            return std::task::Poll::Ready(Err(err));
+        }
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.left -= *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_references_with_docker_defaults() {
-        let r: RegistryRef = "127.0.0.1:5000/hello:t1".parse().unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "hello", Some("t1")));
-        let r: RegistryRef = "localhost/org/app".parse().unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost", "org/app", Some("latest")));
-        let r: RegistryRef = "busybox".parse().unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
-        let d = format!("sha256:{}", "a".repeat(64));
-        let r: RegistryRef = format!("//registry.example/web@{d}").parse().unwrap();
-        assert_eq!((r.tag, r.digest.map(|d| d.to_string())), (None, Some(d)));
-        assert!("registry.example/Web".parse::<RegistryRef>().is_err());
-    }
 
     #[test]
     fn credentials_never_show_the_password() {

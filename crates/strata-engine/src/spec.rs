@@ -19,7 +19,7 @@ pub const MAX_MAX_LAYERS: usize = 125;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read spec {path}: {source}")]
+    #[error("cannot read spec {}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("spec {path}: unknown format (expected a .toml or .json file)")]
     Format { path: PathBuf },
@@ -166,7 +166,7 @@ pub struct ValidSpec {
     pub mtime: u64,
     pub architecture: String,
     pub max_layers: usize,
-    pub from_image: Option<crate::source::SourceRef>,
+    pub from_image: Option<crate::reference::ImageRef>,
     /// Closure roots, each with the key it came from (for error messages).
     pub roots: Vec<(String, StorePath)>,
     pub copy_to_root: Vec<(String, StorePath)>,
@@ -204,24 +204,17 @@ impl Spec {
     /// here; whether they exist is the closure's business.
     pub fn validate(self) -> Result<ValidSpec, (String, String)> {
         let err = |key: &str, message: String| Err((key.to_owned(), message));
-        if !valid_name(&self.name) {
-            return err("name", format!("{:?} is not a valid image name (lowercase letters, digits, and . _ - / separators)", self.name));
-        }
+        crate::reference::check_name(&self.name).map_err(|m| ("name".to_owned(), m))?;
         if let Some(tag) = &self.tag {
-            if !valid_tag(tag) {
-                return err("tag", format!("{tag:?} is not a valid tag (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)"));
-            }
+            crate::reference::check_tag(tag).map_err(|m| ("tag".to_owned(), m))?;
         }
         let time = |key: &str, value: Option<&str>| -> Result<(String, u64), (String, String)> {
-            let text = match value {
-                None => DEFAULT_CREATED.to_owned(),
-                Some("now") => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                Some(t) => t.to_owned(),
-            };
-            match humantime::parse_rfc3339_weak(&text) {
-                Ok(t) => Ok((text, t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))),
-                Err(e) => Err((key.to_owned(), format!("{text:?} is not an RFC 3339 time (e.g. {DEFAULT_CREATED}): {e}"))),
+            match value {
+                None => parse_time(DEFAULT_CREATED),
+                Some("now") => jiff::Timestamp::now().round(jiff::Unit::Second).map_err(|e| e.to_string()).and_then(|now| parse_time(&now.to_string())),
+                Some(t) => parse_time(t),
             }
+            .map_err(|message| (key.to_owned(), message))
         };
         let (created, created_secs) = time("created", self.created.as_deref())?;
         let mtime = match self.mtime.as_deref() {
@@ -248,7 +241,7 @@ impl Spec {
         };
         let from_image = match &self.from_image {
             None => None,
-            Some(r) => Some(r.parse().map_err(|e: crate::source::SourceError| ("from_image".to_owned(), e.to_string()))?),
+            Some(r) => Some(r.parse().map_err(|e: crate::reference::BadReference| ("from_image".to_owned(), e.to_string()))?),
         };
         let roots = store_paths("roots", &self.roots)?;
         let copy_to_root = store_paths("copy_to_root", &self.copy_to_root)?;
@@ -334,7 +327,15 @@ impl ValidSpec {
 
 /// Deserialises TOML; on error, the dotted path of the offending key and the message.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
-    let de = toml::Deserializer::parse(text).map_err(|e| ("(syntax)".to_owned(), e.message().to_owned()))?;
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        let at = e.span().map_or_else(String::new, |span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+            format!("line {line}, column {column}: ")
+        });
+        ("(syntax)".to_owned(), format!("{at}{}", e.message()))
+    })?;
     serde_path_to_error::deserialize(de).map_err(|e| (key_of(e.path()), e.into_inner().message().to_owned()))
 }
 
@@ -343,20 +344,25 @@ fn key_of(path: &serde_path_to_error::Path) -> String {
     if s == "." { "(top level)".to_owned() } else { s }
 }
 
-/// Docker's reference grammar for the path part: lowercase components separated by `/`.
-fn valid_name(name: &str) -> bool {
-    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-            .expect("static regex")
+/// Parses an RFC 3339 time strictly (a date, `T`, a time with seconds, a zone: `Z` or an
+/// offset; `t`, `z` and `-00:00` as RFC 3339 allows), and returns it normalised to UTC
+/// (`2024-05-06T05:08:09Z`) with its seconds since the epoch (0 for times before it: a tar
+/// cannot hold them). A time without a zone is refused: Docker, podman and containerd refuse
+/// the image it would make.
+pub fn parse_time(text: &str) -> Result<(String, u64), String> {
+    static RFC3339: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})$").expect("static regex")
     });
-    name.len() <= 255 && RE.is_match(name)
-}
-
-fn valid_tag(tag: &str) -> bool {
-    let mut chars = tag.chars();
-    tag.len() <= 128
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    let example = format!("an RFC 3339 time with a zone, e.g. {DEFAULT_CREATED} or 2024-05-06T07:08:09+02:00");
+    if !RFC3339.is_match(text) {
+        return Err(format!("{text:?} is not {example}"));
+    }
+    let mut normal = text.replace('t', "T").replace('z', "Z");
+    if let Some(local) = normal.strip_suffix("-00:00") {
+        normal = format!("{local}Z"); // RFC 3339: UTC, with the local offset unknown
+    }
+    let time: jiff::Timestamp = normal.parse().map_err(|e| format!("{text:?} is not {example}: {e}"))?;
+    Ok((time.to_string(), u64::try_from(time.as_second()).unwrap_or(0)))
 }
 
 /// The OCI name of the host's architecture.
@@ -400,8 +406,23 @@ mod tests {
     }
 
     #[test]
+    fn times_are_strict_rfc_3339_with_any_offset_written_in_utc() {
+        assert_eq!(parse_time("2024-05-06T07:08:09+02:00").unwrap(), ("2024-05-06T05:08:09Z".to_owned(), 1714972089));
+        assert_eq!(parse_time("2024-05-06t05:08:09z").unwrap().0, "2024-05-06T05:08:09Z");
+        assert_eq!(parse_time("2024-05-06T05:08:09-00:00").unwrap().0, "2024-05-06T05:08:09Z");
+        assert_eq!(parse_time("2024-05-06T05:08:09.5Z").unwrap().0, "2024-05-06T05:08:09.5Z");
+        assert_eq!(parse_time("0001-01-01T00:00:00Z").unwrap(), ("0001-01-01T00:00:00Z".to_owned(), 0));
+        for bad in ["2024-05-06T07:08:09", "2024-05-06 07:08:09Z", "2024-05-06T07:08Z", "2024-13-06T07:08:09Z", "yesterday", "2024-05-06T07:08:09+0200"] {
+            assert!(parse_time(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         assert_eq!(toml_err("name = \"x\"\nbogus = 1").0, "bogus");
+        let (key, msg) = toml_err("name = \"x\"\nroots = [\n  \"a\" \"b\"]\n");
+        assert_eq!(key, "(syntax)");
+        assert!(msg.starts_with("line 3, column 7: "), "{msg}");
         let (key, msg) = toml_err("name = \"x\"\n[config]\nEntrypoint = \"/bin/sh\"");
         assert_eq!(key, "config.Entrypoint");
         assert!(msg.contains("invalid type"), "{msg}");
@@ -415,13 +436,5 @@ mod tests {
         assert_eq!(toml_err("name = \"x\"\nmax_layers = -1").0, "max_layers");
         let json = Spec::from_json(r#"{"name":"x","roots":"oops"}"#).unwrap_err();
         assert_eq!(json.0, "roots");
-    }
-
-    #[test]
-    fn names_and_tags() {
-        assert!(valid_name("hello") && valid_name("org/web-app") && valid_name("a.b_c"));
-        assert!(!valid_name("Hello") && !valid_name("-x") && !valid_name("a//b") && !valid_name(""));
-        assert!(valid_tag("latest") && valid_tag("1.4.2_rc-1"));
-        assert!(!valid_tag(".x") && !valid_tag("a:b") && !valid_tag(""));
     }
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, Written};
+use crate::scratch::ScratchDir;
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{canonical_json, Image, LayerSource};
@@ -28,17 +29,18 @@ pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compre
     let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
     let layers = image.layer_sources();
     let names: Vec<String> = (0..layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
-    let diff_ids = if compression == Compression::None {
+    let diff_ids = if compression == Compression::None && layers.iter().all(|l| image.recode(l).is_none()) {
         stream_layers(&layers, &names, &mut tar)?
     } else {
-        let staging = tempfile::tempdir().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;
-        let blobs = write_layer_blobs(image, compression, staging.path())?;
+        let staging = ScratchDir::temporary().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;
+        let blobs = write_layer_blobs(image, compression, staging.path(), staging.path())?;
         for (name, blob) in names.iter().zip(&blobs) {
             tar.file(name, &staging.path().join(blob.digest.hex()))?;
         }
         blobs.iter().map(|b| b.diff_id).collect()
     };
-    let config = image.config_blob(&diff_ids);
+    // Checked before the config and manifest go out: without them the stream loads nowhere.
+    let config = image.config_checked(&diff_ids)?;
     let config_digest = Digest::of(&config);
     let config_name = format!("{}.json", config_digest.hex());
     tar.bytes(&config_name, &config)?;

@@ -1,8 +1,18 @@
-//! OCI image layouts (`oci:DIR[:TAG]`) and OCI archives (`oci-archive:PATH[:TAG]`, a tar of
-//! a layout), as the OCI image spec defines them. The tag is the `org.opencontainers.image.ref.name`
-//! annotation of the manifest's entry in `index.json`, where skopeo and umoci look for it.
+//! OCI image layouts (`oci:DIR[:REF]`) and OCI archives (`oci-archive:PATH[:REF]`, a tar of
+//! a layout), as the OCI image spec defines them. REF is the
+//! `org.opencontainers.image.ref.name` annotation of the manifest's entry in `index.json`,
+//! where skopeo and umoci look for it; `io.containerd.image.name` beside it carries the
+//! image's full name, which containerd (`ctr import`) names the image by.
+//!
+//! Writers never step on each other or leave a broken layout:
+//! - a new layout is made in a scratch directory beside `DIR` and renamed into place;
+//! - an existing layout gains blobs through scratch files in its root (never under
+//!   `blobs/sha256/`, where `umoci gc` expects digests only), renamed to their digest;
+//! - `index.json` is read, changed and replaced under an exclusive `flock` on the layout
+//!   directory, so two writers adding tags to one layout both keep theirs. Two writers
+//!   creating the same new layout: the second finds the first's in place and adds to it.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -11,41 +21,57 @@ use oci_spec::image::{Descriptor, ImageIndex, MediaType, ANNOTATION_REF_NAME};
 use super::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, Written};
 use crate::compress::Compression;
 use crate::digest::Digest;
-use crate::image::{canonical_json, manifest_blob, Image};
+use crate::image::{canonical_json, Image};
+use crate::reference::{ImageName, OciRef};
+use crate::scratch::{is_scratch_name, ScratchDir, ScratchFile};
+use crate::source::read_bounded;
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+/// containerd's annotation for the image's full name.
+const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// The largest `index.json` read back.
+const MAX_INDEX_SIZE: u64 = 4 << 20;
 
 /// Writes `image` into the OCI layout `dir`, creating it or adding to an existing one.
-pub fn write_layout(image: &Image, dir: &Path, tag: Option<&str>, compression: Compression) -> Result<Written, SinkError> {
-    let write_err = |path: &Path, source| SinkError::Write { path: path.to_owned(), source };
-    match fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if !dir.join("oci-layout").is_file() && entries.next().is_some() {
-                return Err(SinkError::NotOciLayout(dir.to_owned()));
-            }
-            fill_layout(image, dir, tag, compression)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // Build beside the final name, then rename: a failed build leaves nothing.
-            let parent = parent_of(dir);
-            let staging = tempfile::Builder::new().prefix(".strata-oci").tempdir_in(parent).map_err(|e| write_err(dir, e))?;
-            let written = fill_layout(image, staging.path(), tag, compression)?;
-            // Once renamed, dropping `staging` finds nothing left to delete.
-            fs::rename(staging.path(), dir).map_err(|e| write_err(dir, e))?;
-            Ok(written)
-        }
-        Err(e) => Err(write_err(dir, e)),
+pub fn write_layout(image: &Image, dir: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<Written, SinkError> {
+    let write_err = |source| SinkError::Write { path: dir.to_owned(), source };
+    if fs::symlink_metadata(dir).is_ok() {
+        check_layout(dir)?;
+        write_oci_layout_file(dir)?;
+        let (entry, written) = write_blobs(image, dir, dir, reference, compression)?;
+        add_to_index(dir, entry)?;
+        return Ok(written);
     }
+    let mut staging = ScratchDir::beside(dir).map_err(write_err)?;
+    write_oci_layout_file(staging.path())?;
+    let (entry, written) = write_blobs(image, staging.path(), staging.path(), reference, compression)?;
+    add_to_index(staging.path(), entry.clone())?;
+    if let Err(e) = staging.persist(dir) {
+        if !matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists) {
+            return Err(write_err(e));
+        }
+        // Another writer made `dir` meanwhile: add to it.
+        check_layout(dir)?;
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(write_err)?;
+        for blob in fs::read_dir(staging.path().join("blobs/sha256")).map_err(write_err)? {
+            let blob = blob.map_err(write_err)?;
+            let target = blobs.join(blob.file_name());
+            if !target.exists() {
+                fs::rename(blob.path(), &target).map_err(write_err)?;
+            }
+        }
+        add_to_index(dir, entry)?;
+    }
+    Ok(written)
 }
 
 /// Writes `image` as an OCI archive at `path`.
-pub fn write_archive(image: &Image, path: &Path, tag: Option<&str>, compression: Compression) -> Result<Written, SinkError> {
-    let staging = tempfile::Builder::new()
-        .prefix(".strata-oci")
-        .tempdir_in(parent_of(path))
-        .map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
+pub fn write_archive(image: &Image, path: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<Written, SinkError> {
+    let staging = ScratchDir::beside(path).map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
     let layout = staging.path();
-    let written = fill_layout(image, layout, tag, compression)?;
+    let (entry, written) = write_blobs(image, layout, layout, reference, compression)?;
+    add_to_index(layout, entry)?;
     write_file_atomically(path, |out| {
         let mut tar = OuterTar { out, mtime: image.mtime, path: path.to_owned() };
         tar.bytes("oci-layout", OCI_LAYOUT)?;
@@ -63,52 +89,85 @@ pub fn write_archive(image: &Image, path: &Path, tag: Option<&str>, compression:
     Ok(written)
 }
 
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+/// An existing `dir` is written to only if it is a layout, or holds nothing but what an
+/// interrupted strata run left (scratch entries).
+fn check_layout(dir: &Path) -> Result<(), SinkError> {
+    let read_err = |source| SinkError::Write { path: dir.to_owned(), source };
+    if !fs::metadata(dir).map_err(read_err)?.is_dir() {
+        return Err(SinkError::NotOciLayout(dir.to_owned()));
     }
+    if dir.join("oci-layout").is_file() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir).map_err(read_err)? {
+        if !is_scratch_name(&entry.map_err(read_err)?.file_name()) {
+            return Err(SinkError::NotOciLayout(dir.to_owned()));
+        }
+    }
+    Ok(())
 }
 
-/// Writes blobs, config and manifest into `dir` and points `index.json` at the manifest.
-fn fill_layout(image: &Image, dir: &Path, tag: Option<&str>, compression: Compression) -> Result<Written, SinkError> {
-    let write_err = |path: &Path, source| SinkError::Write { path: path.to_owned(), source };
+fn write_oci_layout_file(dir: &Path) -> Result<(), SinkError> {
+    let path = dir.join("oci-layout");
+    if path.is_file() {
+        return Ok(());
+    }
+    write_small_file(dir, &path, OCI_LAYOUT)
+}
+
+/// Writes the layers, config and manifest of `image` as blobs of the layout `dir` (scratch
+/// files in `scratch`); returns the manifest's `index.json` entry and what was written.
+fn write_blobs(image: &Image, dir: &Path, scratch: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<(Descriptor, Written), SinkError> {
     let blobs_dir = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs_dir).map_err(|e| write_err(&blobs_dir, e))?;
-    let layers = write_layer_blobs(image, compression, &blobs_dir)?;
+    fs::create_dir_all(&blobs_dir).map_err(|source| SinkError::Write { path: blobs_dir.clone(), source })?;
+    let layers = write_layer_blobs(image, compression, scratch, &blobs_dir)?;
 
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
-    let config = image.config_blob(&diff_ids);
-    let config_digest = write_blob(&blobs_dir, &config)?;
-    let manifest = manifest_blob(&config, &layers);
-    let manifest_digest = write_blob(&blobs_dir, &manifest)?;
+    let config = image.config_checked(&diff_ids)?;
+    let manifest = image.manifest_checked(&config, &layers)?;
+    let config_digest = write_blob(scratch, &blobs_dir, &config)?;
+    let manifest_digest = write_blob(scratch, &blobs_dir, &manifest)?;
 
-    let tag = tag.map_or_else(|| image.tag(&config_digest), str::to_owned);
+    let (ref_name, name) = match reference {
+        Some(OciRef::Name(name)) => (name.to_string(), name.clone()),
+        Some(OciRef::Tag(tag)) => (tag.clone(), ImageName { name: image.name.clone(), tag: tag.clone() }),
+        None => {
+            let tag = image.tag(&config_digest);
+            (tag.clone(), ImageName { name: image.name.clone(), tag })
+        }
+    };
     let mut entry = descriptor(MediaType::ImageManifest, manifest.len() as u64, &manifest_digest);
-    entry.set_annotations(Some([(ANNOTATION_REF_NAME.to_owned(), tag.clone())].into()));
+    entry.set_annotations(Some([(ANNOTATION_REF_NAME.to_owned(), ref_name), (ANNOTATION_CONTAINERD_NAME.to_owned(), name.full())].into()));
+    Ok((entry, Written { reference: name.to_string(), config_digest, manifest_digest: Some(manifest_digest) }))
+}
+
+/// Adds `entry` to `index.json` of the layout `dir`, replacing the entry with the same
+/// reference name, under an exclusive lock on the directory.
+fn add_to_index(dir: &Path, entry: Descriptor) -> Result<(), SinkError> {
+    let lock_err = |source| SinkError::Write { path: dir.to_owned(), source };
+    let lock = File::open(dir).map_err(lock_err)?;
+    lock.lock().map_err(lock_err)?;
+    let ref_name = |d: &Descriptor| d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_REF_NAME)).cloned();
     let index_path = dir.join("index.json");
     let mut index = read_index(&index_path)?;
-    let mut manifests: Vec<Descriptor> = index
-        .manifests()
-        .iter()
-        .filter(|d| d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_REF_NAME)) != Some(&tag))
-        .cloned()
-        .collect();
+    let mut manifests: Vec<Descriptor> = index.manifests().iter().filter(|d| ref_name(d) != ref_name(&entry)).cloned().collect();
     manifests.push(entry);
     index.set_manifests(manifests);
-    write_small_file(&dir.join("oci-layout"), OCI_LAYOUT)?;
-    write_small_file(&index_path, &canonical_json(&index))?;
-    Ok(Written { reference: format!("{}:{tag}", image.name), config_digest, manifest_digest: Some(manifest_digest) })
+    write_small_file(dir, &index_path, &canonical_json(&index))
+    // `lock` is released when dropped, after the rename.
 }
 
 fn descriptor(media_type: MediaType, size: u64, digest: &Digest) -> Descriptor {
-    let digest: oci_spec::image::Digest = digest.to_string().parse().expect("a sha256 digest is a valid OCI digest");
-    Descriptor::new(media_type, size, digest)
+    Descriptor::new(media_type, size, oci_spec::image::Digest::from(*digest))
 }
 
 fn read_index(path: &Path) -> Result<ImageIndex, SinkError> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SinkError::BadOciLayout { path: path.to_owned(), why: e.to_string() }),
+    let bad = |why: String| SinkError::BadOciLayout { path: path.to_owned(), why };
+    match File::open(path) {
+        Ok(file) => {
+            let bytes = read_bounded(file, MAX_INDEX_SIZE).map_err(|e| bad(e.to_string()))?;
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut index = ImageIndex::default();
             index.set_schema_version(2);
@@ -120,13 +179,20 @@ fn read_index(path: &Path) -> Result<ImageIndex, SinkError> {
     }
 }
 
-/// Writes a blob named by its digest; returns the digest.
-fn write_blob(blobs_dir: &Path, bytes: &[u8]) -> Result<Digest, SinkError> {
+/// Writes a blob named by its digest (through a scratch file in `scratch`); returns the digest.
+fn write_blob(scratch: &Path, blobs_dir: &Path, bytes: &[u8]) -> Result<Digest, SinkError> {
     let digest = Digest::of(bytes);
-    write_small_file(&blobs_dir.join(digest.hex()), bytes)?;
+    let path = blobs_dir.join(digest.hex());
+    if !path.exists() {
+        write_small_file(scratch, &path, bytes)?;
+    }
     Ok(digest)
 }
 
-fn write_small_file(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-    write_file_atomically(path, |out| out.write_all(bytes).map_err(|source| SinkError::Write { path: path.to_owned(), source }))
+/// Writes `path` whole through a scratch file in `scratch`.
+fn write_small_file(scratch: &Path, path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
+    let write_err = |source| SinkError::Write { path: path.to_owned(), source };
+    let file = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
+    file.as_file().write_all(bytes).map_err(write_err)?;
+    file.persist(path).map_err(write_err)
 }

@@ -1,0 +1,309 @@
+//! Scratch files and directories: everything strata writes before it is complete.
+//!
+//! Outputs are never written in place. Each is made as a scratch file (or directory) named
+//! `.<stem>.<random>.partial`, beside its destination or in the temporary directory, and
+//! renamed into place once complete ([`ScratchFile::persist`]). Three promises hold:
+//!
+//! - **Removed when not needed.** Dropping a scratch removes it (an error on the way, a
+//!   panic), and [`remove_all`] removes every live one: the CLI calls it on SIGINT and SIGTERM
+//!   before it exits. A scratch is registered before anyone can persist it, and persisting
+//!   and [`remove_all`] take the same lock, so a signal leaves the destination either as it
+//!   was or complete, never half-written.
+//! - **A killed run's leftovers go with the next run.** A process killed with `-9` runs no
+//!   cleanup. So every scratch is locked (`flock`) by its owner for its whole life, and
+//!   making a scratch first sweeps the same directory for `.<stem>.*.partial` entries whose
+//!   lock can be taken: their owner is gone. The one race, a sweeper taking the lock of a
+//!   scratch just created and not yet locked, is closed on the creator's side: after locking,
+//!   it checks that its path still names its file, and otherwise starts again.
+//! - **Modes as tar and skopeo make them.** Files are created 0666 and directories 0777, less
+//!   the umask (the kernel applies it), not 0600.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs::{File, Permissions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+/// Paths of live scratch files and directories of this process.
+static LIVE: LazyLock<Mutex<BTreeSet<PathBuf>>> = LazyLock::new(|| Mutex::new(BTreeSet::new()));
+
+fn live() -> MutexGuard<'static, BTreeSet<PathBuf>> {
+    // A panic while holding the lock leaves a set that is still correct.
+    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes every live scratch of this process and returns holding the lock, so that no scratch
+/// is persisted or made afterwards. For a signal handler that exits right after.
+pub fn remove_all() -> impl Drop {
+    let guard = live();
+    for path in guard.iter() {
+        let _ = remove_any(path);
+    }
+    guard
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+pub fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The stem for scratch beside `dest`: its file name.
+fn stem_of(dest: &Path) -> io::Result<String> {
+    dest.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a file name", dest.display())))
+}
+
+/// Removes `.<stem>.*.partial` entries of `dir` that no live process holds.
+fn sweep(dir: &Path, stem: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!(".{stem}.");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let bytes = name.as_bytes();
+        if !(bytes.starts_with(prefix.as_bytes()) && bytes.ends_with(b".partial")) {
+            continue;
+        }
+        let path = entry.path();
+        if live().contains(&path) {
+            continue;
+        }
+        // Opening never follows a link: a link is nobody's scratch, and is removed as it is.
+        let Ok(handle) = open_no_follow(&path) else {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        };
+        if handle.try_lock().is_ok() {
+            tracing::debug!("removing {}, left by a run that was killed", path.display());
+            let _ = remove_any(&path);
+        }
+    }
+}
+
+fn open_no_follow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+}
+
+/// Locks `handle` and checks that `path` still names it (a sweeper may have removed it
+/// between its creation and the lock).
+fn lock_and_check(handle: &File, path: &Path) -> io::Result<bool> {
+    handle.lock()?;
+    let (ours, there) = (handle.metadata()?, std::fs::symlink_metadata(path));
+    Ok(there.is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev()))
+}
+
+/// Runs `make` with a builder of `.<stem>.<random>.partial` names created with `mode`.
+fn with_builder<T>(stem: &str, mode: u32, make: impl FnOnce(&tempfile::Builder) -> io::Result<T>) -> io::Result<T> {
+    let prefix = format!(".{stem}.");
+    make(tempfile::Builder::new().prefix(&prefix).suffix(".partial").rand_bytes(10).permissions(Permissions::from_mode(mode)))
+}
+
+/// A file being written; removed on drop unless persisted.
+pub struct ScratchFile {
+    /// `None` once persisted.
+    file: Option<tempfile::NamedTempFile>,
+}
+
+impl ScratchFile {
+    /// A scratch file beside `dest`, for writing `dest`.
+    pub fn beside(dest: &Path) -> io::Result<ScratchFile> {
+        ScratchFile::new_in(parent_of(dest), &stem_of(dest)?)
+    }
+
+    /// A scratch file in the temporary directory.
+    pub fn temporary() -> io::Result<ScratchFile> {
+        ScratchFile::new_in(&std::env::temp_dir(), "strata")
+    }
+
+    /// A scratch file `.<stem>.<random>.partial` in `dir`.
+    pub fn new_in(dir: &Path, stem: &str) -> io::Result<ScratchFile> {
+        sweep(dir, stem);
+        loop {
+            let file = with_builder(stem, 0o666, |b| b.tempfile_in(dir))?;
+            live().insert(file.path().to_owned());
+            if lock_and_check(file.as_file(), file.path())? {
+                return Ok(ScratchFile { file: Some(file) });
+            }
+            live().remove(file.path());
+        }
+    }
+
+    fn file(&self) -> &tempfile::NamedTempFile {
+        self.file.as_ref().expect("only persist takes the file")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file().path()
+    }
+
+    pub fn as_file(&self) -> &File {
+        self.file().as_file()
+    }
+
+    /// Another handle on the same file.
+    pub fn reopen(&self) -> io::Result<File> {
+        self.file().reopen()
+    }
+
+    /// Flushes the file to disk and renames it to `dest`, replacing what is there.
+    pub fn persist(mut self, dest: &Path) -> io::Result<()> {
+        self.as_file().sync_all()?;
+        let mut live = live();
+        let file = self.file.take().expect("persisted once");
+        let path = file.path().to_owned();
+        match file.persist(dest) {
+            Ok(_) => {
+                live.remove(&path);
+                Ok(())
+            }
+            Err(e) => {
+                self.file = Some(e.file);
+                Err(e.error)
+            }
+        }
+    }
+
+    /// Like [`persist`](Self::persist), but leaves an existing `dest` as it is (for blobs
+    /// named by their digest, where what is there is the same).
+    pub fn persist_new(self, dest: &Path) -> io::Result<()> {
+        if dest.exists() {
+            return Ok(()); // dropping self removes the scratch
+        }
+        self.persist(dest)
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        if let Some(file) = &self.file {
+            live().remove(file.path());
+        }
+    }
+}
+
+/// A directory being filled; removed with its contents on drop unless persisted.
+pub struct ScratchDir {
+    dir: Option<tempfile::TempDir>,
+    _lock: File,
+}
+
+impl ScratchDir {
+    /// A scratch directory beside `dest`, for making `dest`.
+    pub fn beside(dest: &Path) -> io::Result<ScratchDir> {
+        ScratchDir::new_in(parent_of(dest), &stem_of(dest)?)
+    }
+
+    /// A scratch directory in the temporary directory.
+    pub fn temporary() -> io::Result<ScratchDir> {
+        ScratchDir::new_in(&std::env::temp_dir(), "strata")
+    }
+
+    pub fn new_in(parent: &Path, stem: &str) -> io::Result<ScratchDir> {
+        sweep(parent, stem);
+        loop {
+            let dir = with_builder(stem, 0o777, |b| b.tempdir_in(parent))?;
+            live().insert(dir.path().to_owned());
+            let lock = File::open(dir.path())?;
+            if lock_and_check(&lock, dir.path())? {
+                return Ok(ScratchDir { dir: Some(dir), _lock: lock });
+            }
+            live().remove(dir.path());
+            let _ = dir.keep(); // someone else removed it already
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("only persist takes the directory").path()
+    }
+
+    /// Renames the directory to `dest`, which must not exist (or be an empty directory).
+    /// On failure the scratch directory is kept, for the caller to use otherwise.
+    pub fn persist(&mut self, dest: &Path) -> io::Result<()> {
+        let mut live = live();
+        let path = self.path().to_owned();
+        std::fs::rename(&path, dest)?;
+        live.remove(&path);
+        let _ = self.dir.take().map(tempfile::TempDir::keep);
+        Ok(())
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            live().remove(dir.path());
+        }
+    }
+}
+
+/// Whether `name` is one of strata's scratch entries (of any stem).
+pub fn is_scratch_name(name: &OsStr) -> bool {
+    let bytes = name.as_bytes();
+    bytes.starts_with(b".") && bytes.ends_with(b".partial")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn persisted_files_have_umask_modes_and_dropped_ones_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.tar");
+        let scratch = ScratchFile::beside(&dest).unwrap();
+        assert!(scratch.path().file_name().unwrap().to_string_lossy().starts_with(".out.tar."));
+        drop(scratch);
+        assert!(names(dir.path()).is_empty());
+        let scratch = ScratchFile::beside(&dest).unwrap();
+        std::io::Write::write_all(&mut scratch.as_file(), b"x").unwrap();
+        scratch.persist(&dest).unwrap();
+        assert_eq!(names(dir.path()), ["out.tar"]);
+        // The test process's umask is 022 on CI and developer machines alike.
+        let umask = unsafe { libc::umask(0o022) };
+        unsafe { libc::umask(umask) };
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o666 & !umask);
+    }
+
+    #[test]
+    fn leftovers_of_dead_owners_are_swept_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x");
+        // A leftover: a scratch name nobody locks.
+        std::fs::write(dir.path().join(".x.dead.partial"), b"old").unwrap();
+        std::fs::create_dir(dir.path().join(".x.deaddir.partial")).unwrap();
+        std::fs::write(dir.path().join(".other.dead.partial"), b"old").unwrap();
+        let first = ScratchFile::beside(&dest).unwrap();
+        let left = names(dir.path());
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&".other.dead.partial".to_owned()), "another stem is not touched");
+        // A live one (locked by another open file description) survives a sweep.
+        let second = ScratchDir::beside(&dest).unwrap();
+        assert!(first.path().exists() && second.path().exists());
+        drop((first, second));
+        assert_eq!(names(dir.path()), [".other.dead.partial"]);
+    }
+}
