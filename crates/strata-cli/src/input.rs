@@ -18,7 +18,10 @@ use strata_engine::spec::ValidSpec;
 use crate::nix_builder;
 
 pub enum Input {
-    Spec { path: PathBuf, closure: ClosureSource },
+    Spec {
+        path: PathBuf,
+        closure: ClosureSource,
+    },
     /// A stream script (`#!… strata stream`) or a description (its JSON with `digests`).
     Script(PathBuf),
     Source(ImageRef),

@@ -28,7 +28,6 @@ use strata_engine::source::SourceImage;
 
 use input::{Input, Loaded};
 
-
 #[derive(Parser)]
 #[command(
     name = "strata",
@@ -64,7 +63,9 @@ enum Command {
     #[command(after_help = DESTINATIONS)]
     Containerize(ContainerizeArgs),
     /// Build (or copy) an image into podman or docker and run it
-    #[command(after_help = "IMAGE is a spec (.toml or .json), built first; a stream script, description or docker-archive (gzip and zstd too) built by strata's Nix library, as `./result`; an OCI layout directory; or a source reference (docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO:TAG).\nWith --flake DIR#NAME, the image is that flake output, built with Nix first (DIR#strata.<system>.images.NAME.result if DIR#NAME is not there).\nWith no --engine, podman is used if it is there, else docker.\n\nExit codes: the container's exit status; 125 when strata or the engine failed before the container ran (as docker and podman do); 130/143 when interrupted.")]
+    #[command(
+        after_help = "IMAGE is a spec (.toml or .json), built first; a stream script, description or docker-archive (gzip and zstd too) built by strata's Nix library, as `./result`; an OCI layout directory; or a source reference (docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO:TAG).\nWith --flake DIR#NAME, the image is that flake output, built with Nix first (DIR#strata.<system>.images.NAME.result if DIR#NAME is not there).\nWith no --engine, podman is used if it is there, else docker.\n\nExit codes: the container's exit status; 125 when strata or the engine failed before the container ran (as docker and podman do); 130/143 when interrupted."
+    )]
     Run(RunArgs),
     /// Write the image a stream script (from the Nix library's streamLayeredImage) describes
     #[command(after_help = "Stream scripts run this themselves: `$(nix-build) | docker load`.")]
@@ -73,7 +74,9 @@ enum Command {
     #[command(hide = true)]
     NixBuilder,
     /// Copy an image from a source to a destination, layers and config unchanged
-    #[command(after_help = "Sources: docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO[:TAG|@DIGEST]. Every blob read is checked against its digest and size.\n\nLayers are copied as they are, except to docker:// (uncompressed layers are gzipped, as skopeo does) and with --compress (every layer re-encoded into that codec; the config, and so the image ID, stays the same).\n\nDestinations: as for `strata build`.")]
+    #[command(
+        after_help = "Sources: docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO[:TAG|@DIGEST]. Every blob read is checked against its digest and size.\n\nLayers are copied as they are, except to docker:// (uncompressed layers are gzipped, as skopeo does) and with --compress (every layer re-encoded into that codec; the config, and so the image ID, stays the same).\n\nDestinations: as for `strata build`."
+    )]
     Copy(CopyArgs),
 }
 
@@ -325,7 +328,8 @@ fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCode> 
     let engine = match args.engine {
         Some(runtime) => runtime.into(),
         None => {
-            let available = |cmd: &str| std::process::Command::new(cmd).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+            let available =
+                |cmd: &str| std::process::Command::new(cmd).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
             let engine = [Engine::Podman, Engine::Docker].into_iter().find(|e| available(e.command()));
             engine.context("neither podman nor docker is available: install one, or name it with --engine")?
         }

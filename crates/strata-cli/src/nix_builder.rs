@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use strata_engine::compress::Compression;
-use strata_engine::image::{ClosureSource, Described, Image};
+use strata_engine::description::Description;
+use strata_engine::image::{ClosureSource, Image};
 use strata_engine::registry::RegistryOptions;
 use strata_engine::sink::write_docker_archive;
 use strata_engine::spec::{Spec, ValidSpec};
@@ -108,16 +109,9 @@ fn stream_script(out: &Path, describe: bool) -> Result<()> {
 /// in `script` and returns it for writing, with the digests recorded at build time if any.
 pub fn read_stream_script(script: &Path) -> Result<Image> {
     let text = std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
-    // Stream scripts start with their interpreter line; descriptions are plain JSON.
-    let json = if text.starts_with("#!") { text.split_once('\n').map_or("", |(_, rest)| rest) } else { &text };
-    let body: Value = serde_json::from_str(json).with_context(|| format!("{}: not a strata stream script", script.display()))?;
-    let closure = body["closure"].as_str().context("the stream script has no closure graph")?;
-    let recorded: Option<Described> = match body.get("digests") {
-        Some(d) => Some(serde_json::from_value(d.clone()).with_context(|| format!("{}: digests", script.display()))?),
-        None => None,
-    };
-    let closure = ClosureSource::GraphText { text: closure.to_owned(), origin: script.to_owned() };
-    let mut image = plan(body["spec"].clone(), &closure, &script.display().to_string())?;
-    image.recorded = recorded;
+    let description = Description::parse(&text, script)?;
+    let closure = ClosureSource::Graph(description.closure);
+    let mut image = Image::plan(description.spec, &closure, &RegistryOptions::default()).with_context(|| format!("{}", script.display()))?;
+    image.recorded = description.recorded;
     Ok(image)
 }

@@ -124,7 +124,8 @@ fn rebuilds_are_reproducible_and_stable() {
 fn bad_manifests_are_named() {
     let hello = fixture("hello");
     let fails = |manifest: &Path, expected: &[&str]| {
-        let out = strata(&["containerize", manifest.to_str().unwrap(), "-o", "docker-archive:out.tar"]).current_dir(manifest.parent().unwrap()).output().unwrap();
+        let out =
+            strata(&["containerize", manifest.to_str().unwrap(), "-o", "docker-archive:out.tar"]).current_dir(manifest.parent().unwrap()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         for e in expected {
@@ -140,6 +141,9 @@ fn bad_manifests_are_named() {
     fails(&write("[container]\nnmae = \"x\"\n"), &["container.nmae", "unknown field"]);
     fails(&write("[hooks]\n[container]\nname = \"x\"\n"), &["hooks", "unknown field"]);
     fails(&write("[container]\nname = \"x\"\nconfig = { Cmd = \"hello\" }\n"), &["container.config.Cmd", "invalid type"]);
-    fails(&write(&format!("[install]\nhello = \"{hello}\"\n[hook]\non-activate = \"echo hi\"\n[container]\nname = \"x\"\n")), &["hook.on-activate", "needs a shell"]);
+    fails(
+        &write(&format!("[install]\nhello = \"{hello}\"\n[hook]\non-activate = \"echo hi\"\n[container]\nname = \"x\"\n")),
+        &["hook.on-activate", "needs a shell"],
+    );
     fails(&write("[container]\nname = \"x\"\nuser = \"root\"\n"), &["container.user"]);
 }

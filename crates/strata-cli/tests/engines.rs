@@ -62,7 +62,9 @@ fn copy_to_root_and_working_dir() {
     let spec = write_spec(
         dir.path(),
         "makes.json",
-        &format!(r#"{{"name":"strata-test-makes","tag":"t1","copy_to_root":["{tree}"],"config":{{"Env":["PATH={busybox}/bin"],"WorkingDir":"/working-dir"}}}}"#),
+        &format!(
+            r#"{{"name":"strata-test-makes","tag":"t1","copy_to_root":["{tree}"],"config":{{"Env":["PATH={busybox}/bin"],"WorkingDir":"/working-dir"}}}}"#
+        ),
     );
     let archive = build_archive(dir.path(), &spec);
     for engine in ["podman", "docker"] {

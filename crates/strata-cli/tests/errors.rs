@@ -8,15 +8,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// Runs strata expecting failure; returns stderr.
-fn fails(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "expected exit 1, got {}: {stderr}", out.status);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
 /// Nothing but the spec is left in `dir`: no output, no temporary file.
 fn only_spec_left(dir: &Path) {
     let left: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

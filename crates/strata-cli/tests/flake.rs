@@ -271,7 +271,15 @@ fn flake_parts_module_template_and_n2c_namespace() {
         "{\n  perSystem = {pkgs, ...}: {\n    n2c.images.basic = {imagePkgs, ...}: {\n      imageConfig = {\n        entrypoint = [\"${imagePkgs.hello}/bin/hello\"];\n      };\n    };\n  };\n}\n",
     )
     .unwrap();
-    inputs.lock(&n2c, &[("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata")), ("flake-parts", flake_parts), ("flake-parts/nixpkgs-lib", inputs.path("nixpkgs"))]);
+    inputs.lock(
+        &n2c,
+        &[
+            ("nixpkgs", inputs.path("nixpkgs")),
+            ("strata", inputs.path("strata")),
+            ("flake-parts", flake_parts),
+            ("flake-parts/nixpkgs-lib", inputs.path("nixpkgs")),
+        ],
+    );
     let out = stdout_of(nix(&["run", &format!("path:{}#n2c.x86_64-linux.images.basic.do.run.interactivelyWithPodman", n2c.display()), "--", "n2c"]));
     assert_eq!(out, "Hello, world!\nn2c\n");
     // `check.images = false` leaves the images out of the checks.

@@ -31,7 +31,11 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         .unwrap()
         .flat_map(|e| {
             let p = e.unwrap().path();
-            if p.is_dir() { walk(&p) } else { vec![p] }
+            if p.is_dir() {
+                walk(&p)
+            } else {
+                vec![p]
+            }
         })
         .collect()
 }
@@ -93,11 +97,7 @@ fn layer_count_never_exceeds_max_layers() {
     let dir = tempfile::tempdir().unwrap();
     let mut all_paths = None;
     for max_layers in [1, 2, 4, 13, 100] {
-        let spec = write_spec(
-            dir.path(),
-            "spec.toml",
-            &format!("name = \"budget\"\nmax_layers = {max_layers}\nroots = [\"{chain}\", \"{hello}\"]\n"),
-        );
+        let spec = write_spec(dir.path(), "spec.toml", &format!("name = \"budget\"\nmax_layers = {max_layers}\nroots = [\"{chain}\", \"{hello}\"]\n"));
         let archive = read_archive(&build_archive(dir.path(), &spec));
         assert!(archive.layers.len() <= max_layers, "{} layers for max_layers = {max_layers}", archive.layers.len());
         let per_layer: Vec<BTreeSet<String>> = archive.layers.iter().map(store_paths_in).collect();

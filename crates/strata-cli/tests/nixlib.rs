@@ -30,7 +30,14 @@ fn build_image_loads_with_docker_load() {
     let result = build("helloDocker");
     assert!(result.ends_with("-docker-image-hello-docker.tar.gz"), "{result}");
     let image = docker_load(&result);
-    let tag = stdout_of(Command::new("nix-instantiate").args(["--eval", "--json"]).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args(["--arg", "strataBin", STRATA, "-A", "helloDocker.imageTag"]));
+    let tag =
+        stdout_of(Command::new("nix-instantiate").args(["--eval", "--json"]).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args([
+            "--arg",
+            "strataBin",
+            STRATA,
+            "-A",
+            "helloDocker.imageTag",
+        ]));
     assert_eq!(image, format!("hello-docker:{}", tag.trim().trim_matches('"')));
     let tag = tag.trim().trim_matches('"');
     assert!(tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "the default tag is a store hash: {tag}");
@@ -56,7 +63,10 @@ fn stream_layered_image_streams_into_podman() {
     assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
     assert_eq!(run_in("podman", "hello-stream:latest", &[]), "Hello, world!\n");
     // `contents` are laid over /: busybox's bin is at /bin.
-    assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--entrypoint", "/bin/echo", "hello-stream:latest", "from", "contents"])), "from contents\n");
+    assert_eq!(
+        stdout_of(Command::new("podman").args(["run", "--rm", "--entrypoint", "/bin/echo", "hello-stream:latest", "from", "contents"])),
+        "from contents\n"
+    );
     let _ = Command::new("podman").args(["rmi", "-f", "hello-stream:latest"]).output();
 }
 
@@ -176,4 +186,41 @@ fn initialize_nix_database_registers_the_closure_as_nix_does() {
     assert!(verify.status.success() && !stderr.contains("error") && !stderr.contains("modified"), "{stderr}");
     let _ = Command::new("podman").args(["rmi", "-f", image]).output();
     run_ok(nixlib("n2cNixDb").arg("--check"));
+}
+
+/// A description whose recorded digests the image no longer has writes nothing: a file,
+/// a layout's index and a registry tag stay as they were (#10.4).
+#[test]
+fn a_description_that_does_not_match_writes_nothing() {
+    let description = build("n2c");
+    let dir = tempfile::tempdir().unwrap();
+    let mut body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&description).unwrap()).unwrap();
+    body["digests"]["config"] = format!("sha256:{}", "0".repeat(64)).into();
+    let stale = dir.path().join("stale.json");
+    std::fs::write(&stale, body.to_string()).unwrap();
+
+    let archive = dir.path().join("out.tar");
+    std::fs::write(&archive, b"the old content").unwrap();
+    let layout = format!("oci:{}:v1", dir.path().join("layout").display());
+    run_ok(strata(&["stream", &description, "-o", &layout]));
+    let index = std::fs::read(dir.path().join("layout/index.json")).unwrap();
+    let registry = Registry::start();
+    let target = format!("{}:v1", registry.reference("strata-test/described"));
+    let reg = |args: &[&str]| {
+        let mut cmd = strata(args);
+        cmd.args(["--creds", CREDS, "--tls-verify=false"]).env("STRATA_CACHE_DIR", dir.path());
+        cmd
+    };
+    run_ok(reg(&["stream", &description, "-o", &target]));
+    let digest = |r: &str| stdout_of(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}", "--tls-verify=false", "--creds", CREDS, r]));
+    let pushed = digest(&target);
+
+    for dest in [format!("docker-archive:{}", archive.display()), layout.clone(), target.clone()] {
+        let stderr = fails(&mut reg(&["stream", stale.to_str().unwrap(), "-o", &dest]));
+        assert!(stderr.contains("was recorded when the image was built") && stderr.contains("nothing was written"), "{dest}: {stderr}");
+    }
+    assert_eq!(std::fs::read(&archive).unwrap(), b"the old content");
+    assert_eq!(std::fs::read(dir.path().join("layout/index.json")).unwrap(), index);
+    assert_eq!(digest(&target), pushed, "the tag did not move");
+    assert!(!names_in(dir.path()).iter().any(|n| n.ends_with(".partial")), "{:?}", names_in(dir.path()));
 }

@@ -3,90 +3,11 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const CREDS: &str = "strata-user:s3cret-pass";
-
-/// A registry of our own, stopped when dropped.
-struct Registry {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let htpasswd = stdout_of(Command::new("htpasswd").args(["-Bbn", "strata-user", "s3cret-pass"]));
-        std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
-        let config = format!(
-            "version: 0.1\nlog: {{ level: info }}\nstorage: {{ filesystem: {{ rootdirectory: {d}/data }}, delete: {{ enabled: true }} }}\n\
-             http: {{ addr: 127.0.0.1:{port} }}\nauth: {{ htpasswd: {{ realm: test, path: {d}/htpasswd }} }}\n",
-            d = dir.path().display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let mut registry = Registry { dir, port, child: None };
-        registry.restart();
-        registry
-    }
-
-    fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (run scripts/setup)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not start: {}", std::fs::read_to_string(self.log()).unwrap_or_default());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("registry.log")
-    }
-
-    fn reference(&self, repo: &str) -> String {
-        format!("docker://127.0.0.1:{}/{repo}", self.port)
-    }
-
-    /// Completed requests so far whose method is `method` and whose path contains `path`.
-    fn requests(&self, method: &str, path: &str) -> usize {
-        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-        log.lines()
-            .filter(|l| l.contains("msg=\"response completed\"") && l.contains(&format!("http.request.method={method} ")) && l.contains(path))
-            .count()
-    }
-
-    /// Blob uploads so far: the PUT that completes each one.
-    fn uploads(&self) -> usize {
-        self.requests("PUT", "/blobs/uploads/")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn hello_spec(dir: &Path, greeting: &str) -> PathBuf {
     let hello = fixture_with("hello", &[("greeting", greeting)]);
@@ -161,7 +82,15 @@ fn a_wrong_password_is_reported_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
     let spec = hello_spec(dir.path(), "Hello, world!");
     for verbosity in ["-q", "-vv"] {
-        let mut cmd = strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--tls-verify=false", "--creds", "strata-user:Wr0ngPassw0rd"]);
+        let mut cmd = strata(&[
+            "build",
+            spec.to_str().unwrap(),
+            "-o",
+            &registry.reference("strata-test/x"),
+            "--tls-verify=false",
+            "--creds",
+            "strata-user:Wr0ngPassw0rd",
+        ]);
         if verbosity == "-vv" {
             cmd.arg("-vv");
         }
@@ -175,7 +104,11 @@ fn a_wrong_password_is_reported_without_showing_it() {
     let auth = dir.path().join("auth.json");
     let token = stdout_of(Command::new("base64").arg("-w0").arg(write_spec(dir.path(), "creds", CREDS)));
     std::fs::write(&auth, format!(r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"{token}"}}}}}}"#, registry.port)).unwrap();
-    run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--tls-verify=false"]).env("REGISTRY_AUTH_FILE", &auth).env("STRATA_CACHE_DIR", dir.path()));
+    run_ok(
+        strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--tls-verify=false"])
+            .env("REGISTRY_AUTH_FILE", &auth)
+            .env("STRATA_CACHE_DIR", dir.path()),
+    );
 }
 
 /// The registry dies during a push: strata retries, then fails with a clear error; once the
@@ -191,7 +124,8 @@ fn a_registry_stopped_mid_push() {
     let child = push().stderr(Stdio::piped()).spawn().unwrap();
     // Once an upload has begun, pause strata, kill the registry, let strata go on.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let upload_started = || std::fs::read_to_string(registry.log()).unwrap_or_default().lines().any(|l| l.contains("http.request.method=PUT") && l.contains("/blobs/uploads/"));
+    let upload_started =
+        || std::fs::read_to_string(registry.log()).unwrap_or_default().lines().any(|l| l.contains("http.request.method=PUT") && l.contains("/blobs/uploads/"));
     while !upload_started() {
         assert!(Instant::now() < deadline, "strata never started an upload");
         std::thread::sleep(Duration::from_millis(2));
@@ -244,4 +178,61 @@ fn from_image_in_a_registry() {
     run_ok(strata_reg(&dir.path().join("fresh-cache"), &["build", top_spec.to_str().unwrap(), "-o", &registry.reference("strata-test/top")]));
     assert_eq!(registry.requests("POST", "from=strata-test%2Fbase"), 1, "the base layer is mounted");
     assert_eq!(registry.uploads(), uploads + 1, "and only the config is uploaded (the top adds no layer)");
+}
+
+/// A bad tag is refused before anything is uploaded (#10.10); a plain-HTTP registry without
+/// --tls-verify=false and a closed port are told apart, at once (#10.14).
+#[test]
+fn bad_tags_plain_http_and_closed_ports_fail_at_once() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = hello_spec(dir.path(), "Hello, world!");
+    let stderr = fails(&mut strata_reg(dir.path(), &["build", spec.to_str().unwrap(), "-o", &format!("{}:bad#tag", registry.reference("strata-test/x"))]));
+    assert!(stderr.contains("invalid image reference"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(registry.log()).unwrap().matches("response completed").count(), 0, "nothing was sent");
+
+    let started = Instant::now();
+    let stderr =
+        fails(strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--creds", CREDS]).env("STRATA_CACHE_DIR", dir.path()));
+    assert!(stderr.contains("plain HTTP") && stderr.contains("--tls-verify=false"), "{stderr}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let stderr = fails(&mut strata_reg(dir.path(), &["build", spec.to_str().unwrap(), "-o", &format!("docker://127.0.0.1:{closed}/x:1")]));
+    assert!(stderr.contains("connection refused") && stderr.contains(&format!("127.0.0.1:{closed}")), "{stderr}");
+    assert!(!stderr.contains("trying again"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "no retries: {:?}", started.elapsed());
+}
+
+/// `copy docker://HOST/REPO:TAG` keeps the host in the image's name (#10.11); `copy` to a
+/// registry compresses uncompressed layers as skopeo does, or as --compress says (#10.15).
+#[test]
+fn copies_from_and_to_registries_name_and_compress_as_skopeo_does() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = build_archive(dir.path(), &hello_spec(dir.path(), "Hello, world!"));
+    let source = format!("docker-archive:{}", archive.display());
+    let media_types = |reference: &str| {
+        let raw = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", "--creds", CREDS, reference]));
+        let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let gzipped = format!("{}:gz", registry.reference("strata-test/copied"));
+    run_ok(strata_reg(dir.path(), &["copy", &source, &gzipped]));
+    assert_eq!(media_types(&gzipped), ["application/vnd.oci.image.layer.v1.tar+gzip"; 2]);
+    let zstd = format!("{}:zstd", registry.reference("strata-test/copied"));
+    run_ok(strata_reg(dir.path(), &["copy", &source, &zstd, "--compress", "zstd"]));
+    assert_eq!(media_types(&zstd), ["application/vnd.oci.image.layer.v1.tar+zstd"; 2]);
+    let config = |r: &str| stdout_of(Command::new("skopeo").args(["inspect", "--config", "--raw", "--tls-verify=false", "--creds", CREDS, r]));
+    assert_eq!(config(&gzipped), config(&source), "re-encoding keeps the config and its diff IDs");
+    assert_eq!(config(&zstd), config(&source));
+
+    // Pulled back into an archive and podman: named HOST/REPO:TAG, as podman names a pull.
+    let name = gzipped.trim_start_matches("docker://").to_owned();
+    let out = dir.path().join("pulled.tar");
+    run_ok(strata_reg(dir.path(), &["copy", &gzipped, &format!("docker-archive:{}", out.display())]));
+    let manifest: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("tar").arg("-xOf").arg(&out).arg("manifest.json"))).unwrap();
+    assert_eq!(manifest[0]["RepoTags"][0], name.as_str());
+    run_ok(strata_reg(dir.path(), &["copy", &zstd, "podman:"]));
+    let zstd_name = zstd.trim_start_matches("docker://").to_owned();
+    assert_eq!(run_in("podman", &zstd_name, &[]), "Hello, world!\n");
+    let _ = Command::new("podman").args(["rmi", "-f", &zstd_name]).output();
 }

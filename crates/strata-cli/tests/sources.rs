@@ -125,11 +125,7 @@ fn from_image_merges_config_and_runs() {
 fn run_passes_arguments_and_exit_codes_in_both_engines() {
     let busybox = fixture("busybox");
     let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(
-        dir.path(),
-        "run.toml",
-        &format!("name = \"strata-test-run\"\ntag = \"t\"\n[config]\nEntrypoint = [\"{busybox}/bin/sh\", \"-c\"]\n"),
-    );
+    let spec = write_spec(dir.path(), "run.toml", &format!("name = \"strata-test-run\"\ntag = \"t\"\n[config]\nEntrypoint = [\"{busybox}/bin/sh\", \"-c\"]\n"));
     for engine in ["podman", "docker"] {
         let out = strata(&["run", spec.to_str().unwrap(), "--engine", engine, "--network", "none", "-e", "X=42", "--", "echo $X; exit 3"]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -211,10 +211,9 @@ fn parse_path_info_json(bytes: &[u8]) -> Result<Vec<(StorePath, PathInfo)>, Stri
     };
     match infos {
         Infos::List(list) => list.into_iter().map(|i| with_path(None, i)).collect(),
-        Infos::Map(map) => map
-            .into_iter()
-            .map(|(path, info)| with_path(Some(path), info.unwrap_or(PathInfo { path: None, references: vec![], valid: Some(false) })))
-            .collect(),
+        Infos::Map(map) => {
+            map.into_iter().map(|(path, info)| with_path(Some(path), info.unwrap_or(PathInfo { path: None, references: vec![], valid: Some(false) }))).collect()
+        }
         Infos::Attrs(attrs) => {
             let mut out = Vec::new();
             for value in attrs.into_values().filter(|v| v.is_array()) {

@@ -139,10 +139,7 @@ mod tests {
         assert_eq!(inner, b"hello world");
         assert_eq!(len, 11);
         assert_eq!(digest, Digest::of(b"hello world"));
-        assert_eq!(
-            digest.to_string(),
-            "sha256:b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
-        );
+        assert_eq!(digest.to_string(), "sha256:b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
         assert_eq!(digest.to_string().parse::<Digest>().unwrap(), digest);
         assert!("sha256:xyz".parse::<Digest>().is_err());
     }

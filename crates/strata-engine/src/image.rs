@@ -40,8 +40,8 @@ pub enum ClosureSource {
     Nix,
     /// A closure graph file (`exportReferencesGraph`, `closureInfo`, `nix path-info --json`).
     GraphFile(PathBuf),
-    /// Such a graph already read, from the file `origin` (a stream script, say).
-    GraphText { text: String, origin: PathBuf },
+    /// Such a graph already read (from a stream script, say).
+    Graph(Closure),
 }
 
 /// A planned image: layer recipes and the config that will describe them.
@@ -124,19 +124,18 @@ impl Image {
         let mut keyed_roots: Vec<(String, StorePath)> = spec.roots.iter().cloned().chain(config_roots.iter().cloned()).collect();
         keyed_roots.extend(spec.copy_to_root.iter().cloned());
         for (i, layer) in spec.layers.iter().enumerate() {
-            let keyed = |key: &str, paths: &[StorePath]| {
-                paths.iter().enumerate().map(|(j, p)| (format!("layers[{i}].{key}[{j}]"), p.clone())).collect::<Vec<_>>()
-            };
+            let keyed =
+                |key: &str, paths: &[StorePath]| paths.iter().enumerate().map(|(j, p)| (format!("layers[{i}].{key}[{j}]"), p.clone())).collect::<Vec<_>>();
             keyed_roots.extend(keyed("roots", &layer.roots));
             keyed_roots.extend(keyed("copy_to_root", &layer.copy_to_root));
         }
         let closure = match source {
             ClosureSource::Nix => Closure::from_nix(&keyed_roots)?,
-            ClosureSource::GraphFile(_) | ClosureSource::GraphText { .. } => {
+            ClosureSource::GraphFile(_) | ClosureSource::Graph(_) => {
                 let closure = match source {
-                    ClosureSource::GraphText { text, origin } => Closure::from_graph_text(text, origin)?,
+                    ClosureSource::Graph(closure) => closure.clone(),
                     ClosureSource::GraphFile(file) => Closure::from_graph_file(file)?,
-                    ClosureSource::Nix => unreachable!(),
+                    ClosureSource::Nix => unreachable!("handled above"),
                 };
                 for (key, path) in &keyed_roots {
                     closure.check_root(key, path)?;

@@ -57,8 +57,13 @@ pub enum LayerError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
     Directory,
-    File { source: PathBuf, size: u64 },
-    Symlink { target: Vec<u8> },
+    File {
+        source: PathBuf,
+        size: u64,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// A file whose contents strata makes (`/etc/passwd` of an environment, say).
     Contents(Vec<u8>),
 }
@@ -163,10 +168,8 @@ pub fn scan_tree(source: &Path, prefix: &[u8]) -> Result<(Vec<Entry>, u64), Laye
     }
     let mut entries = Vec::new();
     let mut total = 0;
-    let walk = walkdir::WalkDir::new(source)
-        .follow_links(false)
-        .follow_root_links(false)
-        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
+    let walk =
+        walkdir::WalkDir::new(source).follow_links(false).follow_root_links(false).sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
     for item in walk {
         let item = item.map_err(|e| {
             let path = e.path().unwrap_or(source).to_owned();

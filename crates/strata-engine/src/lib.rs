@@ -22,6 +22,7 @@
 pub mod closure;
 pub mod compress;
 pub mod containerize;
+pub mod description;
 pub mod digest;
 pub mod image;
 pub mod layer;

@@ -171,8 +171,37 @@ mod tests {
         std::fs::write(dir.path().join("f"), b"hi").unwrap();
         std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
         let mut expected = Vec::new();
-        for s in [&b"nix-archive-1"[..], b"(", b"type", b"directory", b"entry", b"(", b"name", b"f", b"node", b"(", b"type", b"regular", b"contents", b"hi", b")", b")",
-                  b"entry", b"(", b"name", b"l", b"node", b"(", b"type", b"symlink", b"target", b"f", b")", b")", b")"] {
+        for s in [
+            &b"nix-archive-1"[..],
+            b"(",
+            b"type",
+            b"directory",
+            b"entry",
+            b"(",
+            b"name",
+            b"f",
+            b"node",
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+            b"hi",
+            b")",
+            b")",
+            b"entry",
+            b"(",
+            b"name",
+            b"l",
+            b"node",
+            b"(",
+            b"type",
+            b"symlink",
+            b"target",
+            b"f",
+            b")",
+            b")",
+            b")",
+        ] {
             write_str(&mut expected, s).unwrap();
         }
         let (digest, size) = nar_hash(dir.path()).unwrap();

@@ -38,10 +38,19 @@ pub struct BadReference {
 pub enum ImageRef {
     /// `None`: standard output.
     DockerArchive(Option<PathBuf>),
-    Oci { dir: PathBuf, reference: Option<OciRef> },
-    OciArchive { path: PathBuf, reference: Option<OciRef> },
+    Oci {
+        dir: PathBuf,
+        reference: Option<OciRef>,
+    },
+    OciArchive {
+        path: PathBuf,
+        reference: Option<OciRef>,
+    },
     Registry(RegistryRef),
-    Engine { engine: Engine, name: Option<ImageName> },
+    Engine {
+        engine: Engine,
+        name: Option<ImageName>,
+    },
 }
 
 /// A container engine that loads docker-archives.
@@ -119,7 +128,11 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
     let valid = tag.len() <= 128
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if valid { Ok(()) } else { Err(format!("{tag:?} is not a valid tag (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)")) }
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{tag:?} is not a valid tag (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)"))
+    }
 }
 
 /// What follows the path of an `oci:` or `oci-archive:` reference.
@@ -216,10 +229,12 @@ impl std::str::FromStr for ImageRef {
             _ => None,
         };
         if let Some(engine) = engine {
+            // As skopeo: the engines' references name a tag (a last `:` with no `/` after it).
+            let has_tag = rest.rsplit_once(':').is_some_and(|(_, tag)| !tag.contains('/'));
             let name = match rest {
                 "" => None,
-                _ if !rest.rsplit_once(':').is_some_and(|(_, tag)| !tag.contains('/')) => return Err(bad("expected NAME:TAG after the transport".to_owned())),
-                _ => Some(ImageName::parse(rest).map_err(bad)?),
+                _ if has_tag => Some(ImageName::parse(rest).map_err(bad)?),
+                _ => return Err(bad("expected NAME:TAG after the transport".to_owned())),
             };
             return Ok(ImageRef::Engine { engine, name });
         }
@@ -231,7 +246,7 @@ impl std::str::FromStr for ImageRef {
         }
         let path_and_ref = || -> Result<(PathBuf, Option<OciRef>), BadReference> {
             match rest.split_once(':') {
-                Some((path, _)) if path.is_empty() => Err(bad("the path is empty".to_owned())),
+                Some(("", _)) => Err(bad("the path is empty".to_owned())),
                 Some((path, r)) => Ok((PathBuf::from(path), Some(OciRef::parse(r).map_err(bad)?))),
                 None => Ok((PathBuf::from(rest), None)),
             }
@@ -252,8 +267,12 @@ impl fmt::Display for ImageRef {
         match self {
             ImageRef::DockerArchive(None) => write!(f, "docker-archive:-"),
             ImageRef::DockerArchive(Some(p)) => write!(f, "docker-archive:{}", p.display()),
-            ImageRef::Oci { dir, reference } => write!(f, "oci:{}{}", dir.display(), with_ref(reference)),
-            ImageRef::OciArchive { path, reference } => write!(f, "oci-archive:{}{}", path.display(), with_ref(reference)),
+            ImageRef::Oci { dir, reference } => {
+                write!(f, "oci:{}{}", dir.display(), with_ref(reference))
+            }
+            ImageRef::OciArchive { path, reference } => {
+                write!(f, "oci-archive:{}{}", path.display(), with_ref(reference))
+            }
             ImageRef::Registry(r) => write!(f, "{r}"),
             ImageRef::Engine { engine, name } => {
                 let transport = match engine {
@@ -288,8 +307,19 @@ mod tests {
         assert_eq!(p("podman:"), ImageRef::Engine { engine: Engine::Podman, name: None });
         assert_eq!(p("docker-daemon:web:1.4").to_string(), "docker-daemon:web:1.4");
         assert_eq!(p("oci:/tmp/out:v1").to_string(), "oci:/tmp/out:v1");
-        for bad in ["nowhere", "docker-archive:", "ftp:/x", "oci::v1", "oci:d:bad#tag", "oci-archive:x.tar:x/Upper:1", "docker-daemon:web",
-                    "docker-daemon:web:bad#tag", "docker://127.0.0.1:5000/x:bad#tag", "docker://registry.example/Web", "podman:a:b@c"] {
+        for bad in [
+            "nowhere",
+            "docker-archive:",
+            "ftp:/x",
+            "oci::v1",
+            "oci:d:bad#tag",
+            "oci-archive:x.tar:x/Upper:1",
+            "docker-daemon:web",
+            "docker-daemon:web:bad#tag",
+            "docker://127.0.0.1:5000/x:bad#tag",
+            "docker://registry.example/Web",
+            "podman:a:b@c",
+        ] {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad} accepted");
         }
         let err = "ftp:/x".parse::<ImageRef>().unwrap_err().to_string();

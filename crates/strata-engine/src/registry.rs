@@ -31,9 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::scratch::ScratchFile;
 use crate::image::{Image, LayerBlob, LayerSource};
 pub use crate::reference::RegistryRef;
+use crate::scratch::ScratchFile;
 
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
@@ -53,6 +53,10 @@ pub enum RegistryError {
     DigestMismatch { what: String, expected: Digest, actual: Digest },
     #[error("{0}")]
     Io(String),
+    #[error("{host} speaks plain HTTP, not HTTPS: pass --tls-verify=false to use a registry without TLS")]
+    PlainHttp { host: String },
+    #[error("nothing listens at {host} (connection refused): is the registry running, and is the port right?")]
+    Refused { host: String },
     #[error(transparent)]
     NotAsRecorded(#[from] crate::image::NotAsRecorded),
 }
@@ -109,6 +113,9 @@ struct Session {
     user: Option<String>,
     host: String,
     runtime: Arc<tokio::runtime::Runtime>,
+    /// Whether the registry has answered once: a refused connection before that means
+    /// nothing listens there (no use retrying), after it a registry restarting.
+    answered: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -132,6 +139,7 @@ impl Session {
             user: creds.map(|c| c.user),
             host: host.to_owned(),
             runtime: Arc::new(runtime),
+            answered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -143,8 +151,15 @@ impl Session {
     {
         let mut pause = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
-            match op().await {
-                Ok(v) => return Ok(v),
+            let result = op().await;
+            let answered = self.answered.load(std::sync::atomic::Ordering::Relaxed);
+            match result {
+                Ok(v) => {
+                    self.answered.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if plain_http(&e) => return Err(RegistryError::PlainHttp { host: self.host.clone() }),
+                Err(e) if !answered && refused(&e) => return Err(RegistryError::Refused { host: self.host.clone() }),
                 Err(e) if attempt < ATTEMPTS && retryable(&e) => {
                     tracing::warn!("{what} at {}: {}; trying again in {pause:?}", self.host, describe(&e));
                     tokio::time::sleep(pause).await;
@@ -170,7 +185,9 @@ impl Session {
 
 fn retryable(e: &OciDistributionError) -> bool {
     match e {
-        OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() || r.status().is_some_and(|s| s.is_server_error()),
+        OciDistributionError::RequestError(r) => {
+            r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() || r.status().is_some_and(|s| s.is_server_error())
+        }
         OciDistributionError::ServerError { code, .. } => *code >= 500,
         // Sent more than the blob's size: the same would come again.
         OciDistributionError::IoError(e) => e.kind() != std::io::ErrorKind::FileTooLarge,
@@ -188,19 +205,38 @@ fn is_unauthorized(e: &OciDistributionError) -> bool {
     }
 }
 
-/// The error's message, with the URL's query (upload state tokens) left out.
+/// The error's message with every cause, each once, and the URL's query (upload state
+/// tokens) left out.
 fn describe(e: &OciDistributionError) -> String {
-    let text = match e {
-        OciDistributionError::RequestError(r) => {
-            let mut text = r.to_string();
-            if let Some(source) = std::error::Error::source(r) {
-                text = format!("{text}: {source}");
-            }
-            text
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
         }
-        other => other.to_string(),
-    };
-    text.split('?').next().unwrap_or_default().to_owned()
+        next = err.source();
+    }
+    parts.join(": ").split('?').next().unwrap_or_default().to_owned()
+}
+
+/// The innermost cause of `e`.
+fn root_cause(e: &OciDistributionError) -> String {
+    let mut err: &dyn std::error::Error = e;
+    while let Some(source) = err.source() {
+        err = source;
+    }
+    err.to_string()
+}
+
+/// A TLS handshake answered in plain HTTP (rustls sees a record that is not TLS).
+fn plain_http(e: &OciDistributionError) -> bool {
+    let cause = root_cause(e);
+    cause.contains("InvalidContentType") || cause.contains("corrupt message")
+}
+
+fn refused(e: &OciDistributionError) -> bool {
+    root_cause(e).contains("Connection refused")
 }
 
 /// Credentials for `host` from `$REGISTRY_AUTH_FILE`, containers' `auth.json`, or Docker's
@@ -214,7 +250,9 @@ fn stored_credentials(host: &str) -> Result<Option<Credentials>, RegistryError> 
         files.push(PathBuf::from(home).join(".config/containers/auth.json"));
     }
     for path in files {
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
         #[derive(Deserialize)]
         struct AuthFile {
             #[serde(default)]
@@ -225,8 +263,10 @@ fn stored_credentials(host: &str) -> Result<Option<Credentials>, RegistryError> 
             auth: Option<String>,
         }
         // serde's message can quote the file's content, which holds secrets: say only where.
-        let file: AuthFile = serde_json::from_str(&text)
-            .map_err(|e| RegistryError::CredentialsFile { path: path.clone(), why: format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column()) })?;
+        let file: AuthFile = serde_json::from_str(&text).map_err(|e| RegistryError::CredentialsFile {
+            path: path.clone(),
+            why: format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column()),
+        })?;
         let entry = file.auths.iter().find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").split('/').next() == Some(host));
         if let Some((_, AuthEntry { auth: Some(auth) })) = entry {
             let decoded = base64::engine::general_purpose::STANDARD.decode(auth.trim()).ok().and_then(|b| String::from_utf8(b).ok());
@@ -332,11 +372,8 @@ async fn push_async(session: &Session, image: &Image, dest: &RegistryRef, compre
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let push = Push { session, reference: &reference, here: &here, cache: &cache, image, compression };
 
-    let results: Vec<(LayerBlob, Outcome)> = futures_util::stream::iter(layers.iter().enumerate())
-        .map(|(i, layer)| push_layer(&push, *layer, i))
-        .buffered(cores.max(2))
-        .try_collect()
-        .await?;
+    let results: Vec<(LayerBlob, Outcome)> =
+        futures_util::stream::iter(layers.iter().enumerate()).map(|(i, layer)| push_layer(&push, *layer, i)).buffered(cores.max(2)).try_collect().await?;
 
     let diff_ids: Vec<Digest> = results.iter().map(|(l, _)| l.diff_id).collect();
     // Checked before the config and manifest go up: the tag moves only with the manifest.
@@ -501,7 +538,10 @@ async fn find_or_mount(
     for other in others {
         let from = Reference::with_tag(session.host.clone(), other[host_prefix.len()..].to_owned(), "latest".to_owned());
         let from_pull = session.client.auth(&from, &session.auth, RegistryOperation::Pull).await;
-        if from_pull.is_ok() && session.client.mount_blob(reference, &from, &d).await.is_ok() && session.client.blob_exists(reference, &d).await.unwrap_or(false) {
+        if from_pull.is_ok()
+            && session.client.mount_blob(reference, &from, &d).await.is_ok()
+            && session.client.blob_exists(reference, &d).await.unwrap_or(false)
+        {
             return Ok(Some(Outcome::Mounted));
         }
     }

@@ -71,7 +71,9 @@ fn stem_of(dest: &Path) -> io::Result<String> {
 
 /// Removes `.<stem>.*.partial` entries of `dir` that no live process holds.
 fn sweep(dir: &Path, stem: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let prefix = format!(".{stem}.");
     for entry in entries.flatten() {
         let name = entry.file_name();

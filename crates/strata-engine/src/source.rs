@@ -185,7 +185,12 @@ impl<R: Read> VerifiedReader<R> {
             let hasher = std::mem::replace(&mut self.hasher, HashingWriter::new(io::sink()));
             let (actual, len, _) = hasher.finish();
             if len != self.size {
-                return Err(format!("{}: blob {} has {len} bytes where its descriptor says {}: the image is corrupt", self.path.display(), self.expected, self.size));
+                return Err(format!(
+                    "{}: blob {} has {len} bytes where its descriptor says {}: the image is corrupt",
+                    self.path.display(),
+                    self.expected,
+                    self.size
+                ));
             }
             if actual != self.expected {
                 return Err(SourceError::DigestMismatch { path: self.path.clone(), expected: self.expected, actual }.to_string());
@@ -347,7 +352,14 @@ fn open_registry(reference: &RegistryRef, options: &RegistryOptions) -> Result<S
     let config: ImageConfiguration = parse_json(&config_bytes, &path, "config")?;
     let layers = layers_of(&manifest, &config, &path)?;
     let origin = format!("{}/{}", reference.host, reference.repository);
-    Ok(SourceImage { config_bytes, config, layers, reference: Some(reference.image_name()), origin: Some(origin.clone()), blobs: Arc::new(BlobStore::Registry(blobs, origin)) })
+    Ok(SourceImage {
+        config_bytes,
+        config,
+        layers,
+        reference: Some(reference.image_name()),
+        origin: Some(origin.clone()),
+        blobs: Arc::new(BlobStore::Registry(blobs, origin)),
+    })
 }
 
 /// Docker's layer media types, as their OCI equivalents.
@@ -372,7 +384,9 @@ fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceError> {
     let read_err = |source| SourceError::Read { path: path.to_owned(), source };
     let member = |name: &str| archive_member(tar, files, name);
     let manifest: Vec<Entry> = parse_json(&read_bounded(member("manifest.json")?, MAX_METADATA_SIZE).map_err(read_err)?, path, "manifest.json")?;
-    let [entry] = &manifest[..] else { return Err(invalid(path, "manifest.json must describe exactly one image")) };
+    let [entry] = &manifest[..] else {
+        return Err(invalid(path, "manifest.json must describe exactly one image"));
+    };
     let config_bytes = read_bounded(member(&entry.config)?, MAX_METADATA_SIZE).map_err(read_err)?;
     let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
     let diff_ids = config.rootfs().diff_ids();

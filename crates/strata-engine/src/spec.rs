@@ -179,8 +179,7 @@ pub struct ValidSpec {
 impl Spec {
     /// Reads a spec from a `.toml` or `.json` file.
     pub fn from_file(path: &Path) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
         match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Spec::from_toml(&text),
             Some("json") => Spec::from_json(&text),
@@ -303,9 +302,7 @@ impl Spec {
 impl ValidSpec {
     /// Reads and validates a spec file; errors name the file and the key.
     pub fn load(path: &Path) -> Result<ValidSpec, SpecError> {
-        Spec::from_file(path)?
-            .validate()
-            .map_err(|(key, message)| SpecError::Invalid { path: path.to_owned(), key, message })
+        Spec::from_file(path)?.validate().map_err(|(key, message)| SpecError::Invalid { path: path.to_owned(), key, message })
     }
 
     /// Store paths named in `Entrypoint`, `Cmd` and `Env` values: closure roots too, as in
@@ -341,7 +338,11 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (Stri
 
 fn key_of(path: &serde_path_to_error::Path) -> String {
     let s = path.to_string();
-    if s == "." { "(top level)".to_owned() } else { s }
+    if s == "." {
+        "(top level)".to_owned()
+    } else {
+        s
+    }
 }
 
 /// Parses an RFC 3339 time strictly (a date, `T`, a time with seconds, a zone: `Z` or an
@@ -389,12 +390,8 @@ mod tests {
 
     #[test]
     fn toml_and_json_read_the_same_spec() {
-        let toml = format!(
-            "name = \"hello\"\nroots = [\"{HELLO}\"]\n[config]\nEntrypoint = [\"{HELLO}/bin/hello\"]\nExposedPorts = {{ \"80/tcp\" = {{}} }}\n"
-        );
-        let json = format!(
-            r#"{{"name":"hello","roots":["{HELLO}"],"config":{{"Entrypoint":["{HELLO}/bin/hello"],"ExposedPorts":{{"80/tcp":{{}}}}}}}}"#
-        );
+        let toml = format!("name = \"hello\"\nroots = [\"{HELLO}\"]\n[config]\nEntrypoint = [\"{HELLO}/bin/hello\"]\nExposedPorts = {{ \"80/tcp\" = {{}} }}\n");
+        let json = format!(r#"{{"name":"hello","roots":["{HELLO}"],"config":{{"Entrypoint":["{HELLO}/bin/hello"],"ExposedPorts":{{"80/tcp":{{}}}}}}}}"#);
         let a = Spec::from_toml(&toml).unwrap().validate().unwrap();
         let b = Spec::from_json(&json).unwrap().validate().unwrap();
         assert_eq!(format!("{:?}", a.config), format!("{:?}", b.config));

@@ -13,9 +13,7 @@ use regex::Regex;
 pub const STORE_DIR: &str = "/nix/store";
 
 /// Nix's base-32 alphabet (no e, o, u, t) and the characters a store name may hold.
-static STORE_PATH_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+").expect("static regex")
-});
+static STORE_PATH_RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+").expect("static regex"));
 
 /// A path directly below the store directory, e.g. `/nix/store/…-hello-2.12`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -89,8 +87,7 @@ mod tests {
 
     #[test]
     fn rejects_paths_outside_the_store() {
-        for bad in ["/usr/bin/hello", "nix/store/x", "/nix/store", "/nix/store/tooshort-hello",
-                    &format!("/tmp{HELLO}"), &format!("{HELLO}~x")] {
+        for bad in ["/usr/bin/hello", "nix/store/x", "/nix/store", "/nix/store/tooshort-hello", &format!("/tmp{HELLO}"), &format!("{HELLO}~x")] {
             assert!(StorePath::containing(bad).is_err(), "{bad} accepted");
         }
     }

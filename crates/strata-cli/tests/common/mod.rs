@@ -7,8 +7,10 @@
 use std::borrow::BorrowMut;
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
@@ -51,6 +53,27 @@ pub fn strata(args: &[&str]) -> Command {
     let mut cmd = Command::new(STRATA);
     cmd.args(args);
     cmd
+}
+
+/// Runs strata expecting failure; returns stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, got {}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// The names in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// A string unique to this run, for store paths that must be new.
+pub fn nonce() -> String {
+    format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
 }
 
 /// Writes `text` as `name` in `dir`, returns its path.
@@ -135,4 +158,80 @@ pub fn run_in(engine: &str, image: &str, args: &[&str]) -> String {
     }
     cmd.arg(image).args(args);
     stdout_of(&mut cmd)
+}
+
+pub const CREDS: &str = "strata-user:s3cret-pass";
+
+/// A registry of our own, stopped when dropped.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let htpasswd = stdout_of(Command::new("htpasswd").args(["-Bbn", "strata-user", "s3cret-pass"]));
+        std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+        let config = format!(
+            "version: 0.1\nlog: {{ level: info }}\nstorage: {{ filesystem: {{ rootdirectory: {d}/data }}, delete: {{ enabled: true }} }}\n\
+             http: {{ addr: 127.0.0.1:{port} }}\nauth: {{ htpasswd: {{ realm: test, path: {d}/htpasswd }} }}\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let mut registry = Registry { dir, port, child: None };
+        registry.restart();
+        registry
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (run scripts/setup)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start: {}", std::fs::read_to_string(self.log()).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    pub fn reference(&self, repo: &str) -> String {
+        format!("docker://127.0.0.1:{}/{repo}", self.port)
+    }
+
+    /// Completed requests so far whose method is `method` and whose path contains `path`.
+    pub fn requests(&self, method: &str, path: &str) -> usize {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        log.lines().filter(|l| l.contains("msg=\"response completed\"") && l.contains(&format!("http.request.method={method} ")) && l.contains(path)).count()
+    }
+
+    /// Blob uploads so far: the PUT that completes each one.
+    pub fn uploads(&self) -> usize {
+        self.requests("PUT", "/blobs/uploads/")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, Written};
-use crate::scratch::ScratchDir;
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{canonical_json, Image, LayerSource};
 use crate::layer::LayerError;
+use crate::scratch::ScratchDir;
 
 /// Writes `image` as a docker-archive to `out`, tagged `reference` if given, else with the
 /// image's own name and tag.
@@ -69,7 +69,9 @@ fn stream_layers<W: Write>(layers: &[LayerSource], names: &[String], tar: &mut O
                     if k <= writer_at.load(Ordering::SeqCst) {
                         break;
                     }
-                    let LayerSource::Built(recipe) = layers[k] else { continue };
+                    let LayerSource::Built(recipe) = layers[k] else {
+                        continue;
+                    };
                     let mut sink = HashingWriter::new(StopWhenWriterArrives { writer_at: &writer_at, layer: k });
                     // A failure here (the writer arrived, a file is unreadable) only means
                     // the writer hashes this layer itself, and reports any real error.

@@ -52,7 +52,9 @@ pub enum SinkError {
     EngineMissing { engine: Engine, source: io::Error },
     #[error("`{engine} load` failed: {stderr}")]
     EngineLoad { engine: Engine, stderr: String },
-    #[error("Docker {version} cannot read zstd layers (Docker 23 and later can): use --compress gzip or none for docker-daemon:, or podman:, which reads them")]
+    #[error(
+        "Docker {version} cannot read zstd layers (Docker 23 and later can): use --compress gzip or none for docker-daemon:, or podman:, which reads them"
+    )]
     DockerZstd { version: String },
 }
 
@@ -136,7 +138,11 @@ fn check_docker_reads_zstd() -> Result<(), SinkError> {
         .map_err(|source| SinkError::EngineMissing { engine: Engine::Docker, source })?;
     let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    if major >= 23 { Ok(()) } else { Err(SinkError::DockerZstd { version: if version.is_empty() { "(unknown version)".to_owned() } else { version } }) }
+    if major >= 23 {
+        Ok(())
+    } else {
+        Err(SinkError::DockerZstd { version: if version.is_empty() { "(unknown version)".to_owned() } else { version } })
+    }
 }
 
 /// Runs `write` on a scratch file beside `path` and renames it to `path` if it succeeds;
@@ -172,7 +178,9 @@ fn for_each_biggest_first<T: Send, E: Send>(n: usize, weight: impl Fn(usize) -> 
                 s.spawn(|| {
                     let mut done = Vec::new();
                     while !failed.load(Ordering::Relaxed) {
-                        let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
                         let result = work(i);
                         failed.fetch_or(result.is_err(), Ordering::Relaxed);
                         done.push((i, result));

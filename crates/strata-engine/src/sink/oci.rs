@@ -39,13 +39,13 @@ pub fn write_layout(image: &Image, dir: &Path, reference: Option<&OciRef>, compr
         check_layout(dir)?;
         write_oci_layout_file(dir)?;
         let (entry, written) = write_blobs(image, dir, dir, reference, compression)?;
-        add_to_index(dir, entry)?;
+        add_to_index(dir, entry, Layout::Shared)?;
         return Ok(written);
     }
     let mut staging = ScratchDir::beside(dir).map_err(write_err)?;
     write_oci_layout_file(staging.path())?;
     let (entry, written) = write_blobs(image, staging.path(), staging.path(), reference, compression)?;
-    add_to_index(staging.path(), entry.clone())?;
+    add_to_index(staging.path(), entry.clone(), Layout::Ours)?;
     if let Err(e) = staging.persist(dir) {
         if !matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists) {
             return Err(write_err(e));
@@ -61,7 +61,7 @@ pub fn write_layout(image: &Image, dir: &Path, reference: Option<&OciRef>, compr
                 fs::rename(blob.path(), &target).map_err(write_err)?;
             }
         }
-        add_to_index(dir, entry)?;
+        add_to_index(dir, entry, Layout::Shared)?;
     }
     Ok(written)
 }
@@ -71,7 +71,7 @@ pub fn write_archive(image: &Image, path: &Path, reference: Option<&OciRef>, com
     let staging = ScratchDir::beside(path).map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
     let layout = staging.path();
     let (entry, written) = write_blobs(image, layout, layout, reference, compression)?;
-    add_to_index(layout, entry)?;
+    add_to_index(layout, entry, Layout::Ours)?;
     write_file_atomically(path, |out| {
         let mut tar = OuterTar { out, mtime: image.mtime, path: path.to_owned() };
         tar.bytes("oci-layout", OCI_LAYOUT)?;
@@ -141,12 +141,26 @@ fn write_blobs(image: &Image, dir: &Path, scratch: &Path, reference: Option<&Oci
     Ok((entry, Written { reference: name.to_string(), config_digest, manifest_digest: Some(manifest_digest) }))
 }
 
+/// Whether a layout directory is a scratch directory of this process (which holds its lock
+/// already, and shares it with nobody) or may be shared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Ours,
+    Shared,
+}
+
 /// Adds `entry` to `index.json` of the layout `dir`, replacing the entry with the same
 /// reference name, under an exclusive lock on the directory.
-fn add_to_index(dir: &Path, entry: Descriptor) -> Result<(), SinkError> {
+fn add_to_index(dir: &Path, entry: Descriptor, layout: Layout) -> Result<(), SinkError> {
     let lock_err = |source| SinkError::Write { path: dir.to_owned(), source };
-    let lock = File::open(dir).map_err(lock_err)?;
-    lock.lock().map_err(lock_err)?;
+    let _lock = match layout {
+        Layout::Ours => None,
+        Layout::Shared => {
+            let lock = File::open(dir).map_err(lock_err)?;
+            lock.lock().map_err(lock_err)?;
+            Some(lock)
+        }
+    };
     let ref_name = |d: &Descriptor| d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_REF_NAME)).cloned();
     let index_path = dir.join("index.json");
     let mut index = read_index(&index_path)?;
@@ -154,7 +168,7 @@ fn add_to_index(dir: &Path, entry: Descriptor) -> Result<(), SinkError> {
     manifests.push(entry);
     index.set_manifests(manifests);
     write_small_file(dir, &index_path, &canonical_json(&index))
-    // `lock` is released when dropped, after the rename.
+    // The lock is released when dropped, after the rename.
 }
 
 fn descriptor(media_type: MediaType, size: u64, digest: &Digest) -> Descriptor {
