@@ -236,3 +236,27 @@ fn copies_from_and_to_registries_name_and_compress_as_skopeo_does() {
     assert_eq!(run_in("podman", &zstd_name, &[]), "Hello, world!\n");
     let _ = Command::new("podman").args(["rmi", "-f", &zstd_name]).output();
 }
+
+/// A push stages compressed layers in $TMPDIR: SIGTERM removes them, and the tag is not
+/// moved (#10.7).
+#[test]
+fn an_interrupted_push_leaves_no_scratch() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let big = fixture("incompressible");
+    let spec = write_spec(dir.path(), "big.toml", &format!("name = \"big\"\nroots = [\"{big}\"]\n"));
+    let target = format!("{}:v1", registry.reference("strata-test/interrupted-push"));
+    let child = strata_reg(dir.path(), &["build", spec.to_str().unwrap(), "-o", &target]).env("TMPDIR", tmp.path()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while names_in(tmp.path()).is_empty() {
+        assert!(Instant::now() < deadline, "no scratch file in $TMPDIR");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(names_in(tmp.path()).is_empty(), "{:?}", names_in(tmp.path()));
+    let inspect = Command::new("skopeo").args(["inspect", "--tls-verify=false", "--creds", CREDS, &target]).output().unwrap();
+    assert!(!inspect.status.success(), "no manifest was pushed");
+}

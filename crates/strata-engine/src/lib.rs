@@ -13,7 +13,17 @@
 //! - [`layer`]: a layer as a recipe of tar entries whose deterministic tar can be written on
 //!   demand, its size known in advance.
 //! - [`image`]: the planned image: layer recipes plus the OCI config they end up in.
-//! - [`sink`]: where images go: a docker-archive stream, an OCI layout, an OCI archive.
+//! - [`sink`]: where images go: a docker-archive stream, an OCI layout, an OCI archive, an
+//!   engine, a registry.
+//!
+//! Beside the pipeline:
+//! - [`reference`](crate::reference): the one grammar of image references (`oci:DIR:REF`, `docker://…`, …),
+//!   names and tags checked before any work;
+//! - [`source`]: images read back (copies, base images), every blob verified;
+//! - [`registry`]: the distribution API, for sources and sinks;
+//! - [`scratch`]: every file written before it is complete: removed on failure and on
+//!   signals, swept after a `kill -9`;
+//! - [`description`]: the stream scripts and descriptions the Nix library builds.
 //!
 //! [`digest`] and [`compress`] serve the last stages: everything is hashed as it is written.
 //! [`containerize`] is a second front end: an environment manifest (packages, variables, a

@@ -1,11 +1,14 @@
-//! Sinks: where images go. References follow skopeo's transports:
-//! `docker-archive:PATH` (`-` for stdout), `oci:DIR[:TAG]`, `oci-archive:PATH[:TAG]`,
-//! `docker-daemon:[NAME:TAG]` and `podman:[NAME:TAG]` (loaded with the engine's `load`, the
-//! docker-archive streamed into it; NAME:TAG, if given, replaces the image's own).
+//! Sinks: where images go, by the references of [`crate::reference`]: a docker-archive
+//! (a file, or `-` for stdout), an OCI layout or archive, a registry, or an engine
+//! (`docker-daemon:`, `podman:`: the docker-archive streamed into its `load`; NAME:TAG, if
+//! given, replaces the image's own).
 //!
-//! Nothing half-written is ever left at a destination: files are written beside it and
-//! renamed into place when complete; a new OCI directory is built beside its final name;
-//! an existing OCI layout only gains complete blobs, and its `index.json` is replaced last.
+//! Nothing half-written is ever left at a destination: everything is written as a scratch
+//! file (see [`crate::scratch`]) and renamed into place when complete. A sink checks the
+//! digests an image must have ([`Image::config_checked`]) before it commits: before the
+//! config and manifest of a docker-archive, an OCI layout's `index.json`, a registry's
+//! manifest. Base layers are copied as they are, verified, or re-encoded when the image asks
+//! ([`Image::recode`]), their diff IDs checked on the way.
 
 mod docker_archive;
 mod oci;
