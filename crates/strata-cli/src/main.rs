@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use strata_engine::compress::Compression;
 use strata_engine::containerize::Environment;
-use strata_engine::image::{ClosureSource, Image};
+use strata_engine::image::{ClosureSource, Image, Recode};
 use strata_engine::reference::{Engine, ImageRef, TRANSPORTS};
 use strata_engine::registry::{Credentials, RegistryOptions};
 use strata_engine::source::SourceImage;
@@ -291,10 +291,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 _ => None,
             };
             let mut image = Image::copy_of(source, name);
-            image.base_compression = match (args.compress, &dest) {
-                (Some(codec), _) => Some(codec.into()),
+            image.recode = match (args.compress, &dest) {
+                (Some(codec), _) => Some(Recode { from: None, to: codec.into() }),
                 // As skopeo does: what goes to a registry is compressed.
-                (None, ImageRef::Registry(_)) if image.layer_sources().iter().any(|l| l.compression() == Some(Compression::None)) => Some(Compression::Gzip),
+                (None, ImageRef::Registry(_)) => Some(Recode { from: Some(Compression::None), to: Compression::Gzip }),
                 (None, _) => None,
             };
             Loaded(image).write(&dest, Some(Compression::None), &registry)?;

@@ -361,7 +361,22 @@ fn zstd_and_the_docker_engine() {
     let top = spec_with(dir.path(), &format!("from_image = \"{base}\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"));
     run_ok(strata(&["build", top.to_str().unwrap(), "-o", "docker-daemon:strata-test-zstd:2"]));
     assert_eq!(run_in("docker", "strata-test-zstd:2", &[]), "Hello, world!\n");
-    let _ = Command::new("docker").args(["rmi", "-f", "strata-test-zstd:1", "strata-test-zstd:2"]).output();
+    // A copy too: the zstd base as it is loads, asking for zstd fails up front on Docker < 23.
+    run_ok(strata(&["copy", &base, "docker-daemon:strata-test-zstd:3"]));
+    let busybox_env = stdout_of(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        &format!("{busybox}/bin/echo"),
+        "strata-test-zstd:3",
+        "ok",
+    ]));
+    assert_eq!(busybox_env, "ok\n");
+    let out = strata(&["copy", &base, "docker-daemon:strata-test-zstd:4", "--compress", "zstd"]).output().unwrap();
+    assert_eq!(out.status.success(), major >= 23, "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = Command::new("docker").args(["rmi", "-f", "strata-test-zstd:1", "strata-test-zstd:2", "strata-test-zstd:3", "strata-test-zstd:4"]).output();
 }
 
 /// #10.16: `strata run`: strata's own failure is 125, the container's status is passed through.

@@ -60,12 +60,20 @@ pub struct Image {
     pub layers: Vec<LayerRecipe>,
     /// Write the base's config byte for byte (a copy keeps its image ID).
     pub verbatim_config: bool,
-    /// Re-encode base layers into this codec where they are in another (`strata copy
-    /// --compress`); `None` copies them as they are.
-    pub base_compression: Option<Compression>,
+    /// Which base layers are re-encoded, and into what; `None` copies them as they are.
+    pub recode: Option<Recode>,
     /// The digests the image must have, recorded when it was described in a Nix build: a
     /// sink checks them before it commits anything (see [`Image::config_checked`]).
     pub recorded: Option<Described>,
+}
+
+/// Base layers stored in `from` (in any codec, for `None`) are re-encoded into `to`:
+/// `strata copy --compress` (any into its codec), a copy to a registry (uncompressed into
+/// gzip, as skopeo does), Docker before 23 (zstd into uncompressed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recode {
+    pub from: Option<Compression>,
+    pub to: Compression,
 }
 
 /// An image whose digests differ from those recorded when it was described.
@@ -191,7 +199,7 @@ impl Image {
             base,
             layers,
             verbatim_config: false,
-            base_compression: None,
+            recode: None,
             recorded: None,
         })
     }
@@ -224,7 +232,7 @@ impl Image {
             base: Some(source),
             layers: vec![],
             verbatim_config: true,
-            base_compression: None,
+            recode: None,
             recorded: None,
         }
     }
@@ -280,10 +288,11 @@ impl Image {
         canonical_json(&image)
     }
 
-    /// The codec a base layer is re-encoded into, if it is (see `base_compression`).
-    pub fn recode(&self, layer: &LayerSource) -> Option<Compression> {
+    /// The codec a base layer is re-encoded into, if it is (see [`Image::recode`]).
+    pub fn recode_into(&self, layer: &LayerSource) -> Option<Compression> {
         let stored = layer.compression()?;
-        self.base_compression.filter(|c| matches!(layer, LayerSource::Base(..)) && *c != stored)
+        let Recode { from, to } = self.recode?;
+        (matches!(layer, LayerSource::Base(..)) && from.is_none_or(|from| from == stored) && to != stored).then_some(to)
     }
 
     /// [`config_blob`](Self::config_blob), checked against the recorded config digest.
@@ -302,7 +311,7 @@ impl Image {
     /// stored as they were when it was recorded (built ones uncompressed, base ones as they are).
     pub fn manifest_checked(&self, config: &[u8], layers: &[LayerBlob]) -> Result<Vec<u8>, NotAsRecorded> {
         let manifest = manifest_blob(config, layers);
-        let as_recorded = self.base_compression.is_none()
+        let as_recorded = self.recode.is_none()
             && layers.iter().zip(self.layer_sources()).all(|(blob, source)| match source {
                 LayerSource::Built(_) => blob.digest == blob.diff_id,
                 LayerSource::Base(..) => true,

@@ -116,10 +116,11 @@ impl fmt::Display for ImageName {
 
 /// Checks an image name without a tag (`web`, `ghcr.io/org/web`).
 pub fn check_name(name: &str) -> Result<(), String> {
-    if name.contains(['@', ':']) && ImageName::parse(name).map(|n| n.name != name).unwrap_or(true) {
-        return Err(format!("{name:?} is not a valid image name (lowercase letters, digits, separators . _ - and /, an optional registry host)"));
+    match ImageName::parse(name) {
+        Ok(parsed) if parsed.name == name => Ok(()),
+        Ok(_) => Err(format!("{name:?} is an image name with a tag; give the tag as `tag`")),
+        Err(e) => Err(e),
     }
-    Reference::try_from(name).map(|_| ()).map_err(|e| format!("{name:?} is not a valid image name: {e}"))
 }
 
 /// Checks a tag: up to 128 of `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`.

@@ -421,7 +421,7 @@ struct Push<'a> {
 
 async fn push_layer(push: &Push<'_>, layer: LayerSource<'_>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
     let Push { session, reference, here, cache, image, compression } = *push;
-    let recode = image.recode(&layer);
+    let recode = image.recode_into(&layer);
     // What names the blob before it is made: a built layer's recipe, a base layer and the
     // codec it is re-encoded into; a base layer copied as it is has its digest already.
     let fingerprint = match (layer, recode) {

@@ -29,7 +29,7 @@ pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compre
     let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
     let layers = image.layer_sources();
     let names: Vec<String> = (0..layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
-    let diff_ids = if compression == Compression::None && layers.iter().all(|l| image.recode(l).is_none()) {
+    let diff_ids = if compression == Compression::None && layers.iter().all(|l| image.recode_into(l).is_none()) {
         stream_layers(&layers, &names, &mut tar)?
     } else {
         let staging = ScratchDir::temporary().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;

@@ -8,7 +8,7 @@
 //! digests an image must have ([`Image::config_checked`]) before it commits: before the
 //! config and manifest of a docker-archive, an OCI layout's `index.json`, a registry's
 //! manifest. Base layers are copied as they are, verified, or re-encoded when the image asks
-//! ([`Image::recode`]), their diff IDs checked on the way.
+//! ([`Image::recode_into`]), their diff IDs checked on the way.
 
 mod docker_archive;
 mod oci;
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{Image, LayerBlob, LayerSource, NotAsRecorded};
+use crate::image::{Image, LayerBlob, LayerSource, NotAsRecorded, Recode};
 use crate::layer::{header, LayerError};
 use crate::reference::{Engine, ImageRef};
 use crate::registry::{RegistryError, RegistryOptions};
@@ -106,12 +106,11 @@ pub fn write_image(image: &Image, dest: &ImageRef, compression: Compression, reg
 fn load_into(engine: Engine, image: &Image, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
     let mut image = std::borrow::Cow::Borrowed(image);
     if engine == Engine::Docker {
-        if compression == Compression::Zstd {
+        if compression == Compression::Zstd || image.recode.is_some_and(|r| r.to == Compression::Zstd) {
             check_docker_reads_zstd()?;
-        }
-        // Base layers in zstd are written uncompressed for Docker, which may not read them.
-        if image.base_compression.is_none() && image.layer_sources().iter().any(|l| l.compression() == Some(Compression::Zstd)) {
-            image.to_mut().base_compression = Some(Compression::None);
+        } else if image.recode.is_none() && image.layer_sources().iter().any(|l| l.compression() == Some(Compression::Zstd)) {
+            // Base layers in zstd are written uncompressed for Docker, which may not read them.
+            image.to_mut().recode = Some(Recode { from: Some(Compression::Zstd), to: Compression::None });
         }
     }
     let mut child = std::process::Command::new(engine.command())
@@ -218,7 +217,7 @@ fn write_layer_blobs(image: &Image, compression: Compression, scratch: &Path, bl
                 let (diff_id, _, encoder) = tar.finish();
                 (diff_id, compression.layer_media_type(), encoder.finish().map_err(write_err)?)
             }
-            LayerSource::Base(base, j) => match image.recode(&layers[i]) {
+            LayerSource::Base(base, j) => match image.recode_into(&layers[i]) {
                 Some(codec) => {
                     let encoder = recode_base_layer(base, j, codec, codec.encoder(file).map_err(write_err)?)?;
                     (base.layers[j].diff_id, codec.layer_media_type(), encoder.finish().map_err(write_err)?)
