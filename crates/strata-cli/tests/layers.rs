@@ -4,6 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 
@@ -149,4 +150,50 @@ fn a_changed_path_leaves_other_layers_unchanged() {
     assert_eq!(before.len(), 2);
     assert_eq!(before[0], after[0], "glibc's layer is unchanged");
     assert_ne!(before[1], after[1], "hello's layer changed");
+}
+
+/// The same specs give the same bytes, release after release: the digests of images made of
+/// toy store paths (which depend on nothing of the host) are pinned here. A change to any of
+/// them changes every image users have built: it must be on purpose.
+#[test]
+fn digests_of_toy_images_are_pinned() {
+    let (app, etc) = (fixture("toyApp"), fixture("toyEtc"));
+    let dir = tempfile::tempdir().unwrap();
+    let plain = write_spec(dir.path(), "plain.toml", &format!("name = \"toy\"\ntag = \"1\"\nroots = [\"{app}\"]\n"));
+    let rich = write_spec(
+        dir.path(),
+        "rich.toml",
+        &format!(
+            "name = \"toy\"\ntag = \"2\"\ncreated = \"2024-05-06T07:08:09+02:00\"\ncopy_to_root = [\"{etc}\"]\nmax_layers = 3\n\
+             [[perms]]\nregex = \"/nix/store/[^/]*-toy-app-1.0/bin/.*\"\nmode = \"0700\"\nuid = 1000\n\
+             [config]\nEntrypoint = [\"{app}/bin/app\"]\nEnv = [\"A=1\"]\nExposedPorts = {{ \"80/tcp\" = {{}} }}\nLabels = {{ l = \"v\" }}\n"
+        ),
+    );
+    // Read back by skopeo: the config's digest in a docker-archive, the manifest's in a layout.
+    let config_digest = |r: &str| stdout_of(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}", r]));
+    let mut digests = Vec::new();
+    for spec in [&plain, &rich] {
+        let name = spec.file_name().unwrap().to_string_lossy().into_owned();
+        run_ok(strata(&["build", spec.to_str().unwrap(), "-o", "docker-archive:x.tar"]).current_dir(dir.path()));
+        let config = stdout_of(Command::new("skopeo").args(["inspect", "--config", "--raw", &format!("docker-archive:{}/x.tar", dir.path().display())]));
+        std::fs::write(dir.path().join("config.json"), config.trim_end()).unwrap();
+        let hex = stdout_of(Command::new("sha256sum").arg(dir.path().join("config.json")));
+        digests.push(format!("{name} docker-archive config sha256:{}", hex.split_whitespace().next().unwrap()));
+        for codec in ["none", "gzip", "zstd"] {
+            let layout = format!("oci:{}:{codec}", dir.path().join("layout").display());
+            run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &layout, "--compress", codec]));
+            digests.push(format!("{name} oci {codec} manifest {}", config_digest(&layout).trim()));
+        }
+    }
+    let expected = [
+        "plain.toml docker-archive config sha256:5b041b298001f3c3cebdcc7194f924e2c3495598f8ce893459ec5799a3476aa7",
+        "plain.toml oci none manifest sha256:ab4f3e8fcc856f2f6453b127706e06d6606e5725610b4aa6aae32345e1176b62",
+        "plain.toml oci gzip manifest sha256:c86d88d3266c6911d4c713fc97a67b90f127372a1cf362f02eb9e3e4491b157c",
+        "plain.toml oci zstd manifest sha256:e514dbdc39d02c979a64831d2afc35d394d7a19bf471b6696410c9623904369a",
+        "rich.toml docker-archive config sha256:353a0395ffcb5461e1c8323b59668b0266053a59258ec6e1328607ac88ab1e8f",
+        "rich.toml oci none manifest sha256:165ef94b79ac1dd90e720dc15882c71720dd33eea4eda3d47cac63b86538629d",
+        "rich.toml oci gzip manifest sha256:304957e0c9a4db7d9bdec9e6bbb7db734b2d1a286fe91261c8b789c69d1edbb4",
+        "rich.toml oci zstd manifest sha256:0fedc099023ee732fb6e51d18bec76ca1f001c817b14c65cb6c00f85e90d45b7",
+    ];
+    assert_eq!(digests, expected);
 }
