@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use strata_engine::compress::Compression;
 use strata_engine::image::{ClosureSource, Image};
+use strata_engine::platform::Platform;
 use strata_engine::reference::{ImageRef, TRANSPORTS};
 use strata_engine::registry::RegistryOptions;
 use strata_engine::sink::{default_compression, write_image, Written};
@@ -76,7 +77,7 @@ impl Input {
             }
             Input::Script(path) => nix_builder::read_stream_script(&path)?,
             Input::Source(reference) => {
-                let source = SourceImage::open(&reference, registry).with_context(|| format!("reading {reference}"))?;
+                let source = SourceImage::open(&reference, &Platform::host(), registry).with_context(|| format!("reading {reference}"))?;
                 Image::copy_of(source, None)
             }
         }))

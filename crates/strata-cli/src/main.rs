@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strata_engine::compress::Compression;
 use strata_engine::containerize::Environment;
 use strata_engine::image::{ClosureSource, Image, Recode};
+use strata_engine::platform::Platform;
 use strata_engine::reference::{Engine, ImageRef, TRANSPORTS};
 use strata_engine::registry::{Credentials, RegistryOptions};
 use strata_engine::source::SourceImage;
@@ -285,7 +286,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Copy(args) => {
             let dest: ImageRef = args.destination.parse()?;
-            let source = SourceImage::open(&args.source.parse()?, &registry).with_context(|| format!("reading {}", args.source))?;
+            let source = SourceImage::open(&args.source.parse()?, &Platform::host(), &registry).with_context(|| format!("reading {}", args.source))?;
             let name = match &dest {
                 ImageRef::Engine { name: Some(name), .. } => Some(name),
                 _ => None,

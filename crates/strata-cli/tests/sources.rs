@@ -141,3 +141,50 @@ fn run_passes_arguments_and_exit_codes_in_both_engines() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world!\narg\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("running with podman"));
 }
+
+/// from_image naming an index takes the image for the spec's own architecture, not the
+/// host's (#11): a hand-made index of two images in an OCI layout.
+#[test]
+fn from_image_takes_the_specs_platform_from_an_index() {
+    let (lib, etc) = (fixture("toyLib"), fixture("toyEtc"));
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let layers = |r: &str| skopeo_json(&["inspect", "--raw", r])["layers"].clone();
+    let mut base_layers = std::collections::BTreeMap::new();
+    for (arch, root) in [("amd64", &lib), ("arm64", &etc)] {
+        let spec = write_spec(dir.path(), &format!("{arch}.toml"), &format!("name = \"base\"\narchitecture = \"{arch}\"\nroots = [\"{root}\"]\n"));
+        let reference = format!("oci:{}:{arch}", layout.display());
+        run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &reference]));
+        base_layers.insert(arch, layers(&reference));
+    }
+    assert_ne!(base_layers["amd64"], base_layers["arm64"]);
+    // index.json's two entries become one entry: an index of both, with their platforms.
+    let index_path = layout.join("index.json");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut manifests = index["manifests"].as_array().unwrap().clone();
+    for m in &mut manifests {
+        let arch = m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap().to_owned();
+        m["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        m.as_object_mut().unwrap().remove("annotations");
+    }
+    let nested =
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})).unwrap();
+    std::fs::write(dir.path().join("nested"), &nested).unwrap();
+    let hex = stdout_of(Command::new("sha256sum").arg(dir.path().join("nested"))).split_whitespace().next().unwrap().to_owned();
+    std::fs::rename(dir.path().join("nested"), layout.join("blobs/sha256").join(&hex)).unwrap();
+    let entry = serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{hex}"), "size": nested.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "multi"}});
+    std::fs::write(&index_path, serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [entry]})).unwrap()).unwrap();
+
+    for arch in ["arm64", "amd64"] {
+        let spec = write_spec(dir.path(), "top.toml", &format!("name = \"top\"\narchitecture = \"{arch}\"\nfrom_image = \"oci:{}:multi\"\n", layout.display()));
+        let top = format!("oci:{}:{arch}", dir.path().join("top").display());
+        run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &top]));
+        assert_eq!(layers(&top), base_layers[arch], "{arch}: the base for {arch}");
+        assert_eq!(skopeo_json(&["inspect", "--config", &top])["architecture"], arch);
+    }
+    // A platform the index lacks is named.
+    let spec = write_spec(dir.path(), "top.toml", &format!("name = \"top\"\narchitecture = \"riscv64\"\nfrom_image = \"oci:{}:multi\"\n", layout.display()));
+    let out = strata(&["build", spec.to_str().unwrap(), "-o", "docker-archive:/dev/null"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no image for linux/riscv64"), "{}", String::from_utf8_lossy(&out.stderr));
+}

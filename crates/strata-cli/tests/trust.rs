@@ -421,3 +421,25 @@ fn messages_are_plain_single_and_placed() {
     let stderr = fails(&mut strata(&["build", missing.to_str().unwrap(), "-o", "docker-archive:x.tar"]));
     assert!(stderr.contains("missing.toml") && stderr.contains("roots[0]"), "{stderr}");
 }
+
+/// A destination that is a device or a fifo is written to, never replaced (as tar does).
+#[test]
+fn devices_and_fifos_are_written_to_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_with(dir.path(), &format!("roots = [\"{}\"]\n", fixture("hello")));
+    for dest in ["docker-archive:/dev/null", "oci-archive:/dev/null"] {
+        run_ok(strata(&["build", spec.to_str().unwrap(), "-o", dest]));
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&std::fs::metadata("/dev/null").unwrap().file_type()), "{dest} replaced /dev/null");
+    }
+    let fifo = dir.path().join("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::read(fifo).unwrap()
+    });
+    run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &format!("docker-archive:{}", fifo.display())]));
+    let bytes = reader.join().unwrap();
+    std::fs::write(dir.path().join("from-fifo.tar"), bytes).unwrap();
+    assert_eq!(read_archive(&dir.path().join("from-fifo.tar")).layers.len(), 2);
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&std::fs::metadata(&fifo).unwrap().file_type()));
+}

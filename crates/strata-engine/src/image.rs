@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 use oci_spec::image::{Arch, History, ImageConfiguration, Os, RootFs};
 
+use strata_oci::canonical::canonical_json;
+use strata_oci::manifest::{manifest_blob, LayerBlob};
+use strata_oci::platform::Platform;
+
 use crate::closure::{Closure, ClosureError};
 use crate::compress::Compression;
 use crate::digest::Digest;
@@ -111,19 +115,12 @@ impl LayerSource<'_> {
     }
 }
 
-/// A layer as written: digests of its tar and of its blob (the same when uncompressed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerBlob {
-    pub diff_id: Digest,
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: oci_spec::image::MediaType,
-}
-
 impl Image {
     /// Computes the closure, plans the layers and scans the store for their entries.
     pub fn plan(spec: ValidSpec, source: &ClosureSource, registry: &RegistryOptions) -> Result<Image, ImageError> {
-        let base = spec.from_image.as_ref().map(|r| SourceImage::open(r, registry)).transpose()?;
+        // The base image for the spec's own platform, also from an index of several.
+        let platform = Platform::linux(&spec.architecture);
+        let base = spec.from_image.as_ref().map(|r| SourceImage::open(r, &platform, registry)).transpose()?;
         let base_layers = base.as_ref().map_or(0, |b| b.layers.len());
         if base_layers + spec.layers.len() + usize::from(!spec.copy_to_root.is_empty()) > spec.max_layers {
             return Err(ImageError::BaseTooBig { max_layers: spec.max_layers, base: base_layers });
@@ -361,22 +358,6 @@ impl Image {
     }
 }
 
-/// The OCI manifest for a config blob and layer blobs: canonical JSON.
-pub fn manifest_blob(config: &[u8], layers: &[LayerBlob]) -> Vec<u8> {
-    let descriptor = |media_type: oci_spec::image::MediaType, size: u64, digest: &Digest| {
-        let digest: oci_spec::image::Digest = digest.to_string().parse().expect("a sha256 digest is a valid OCI digest");
-        oci_spec::image::Descriptor::new(media_type, size, digest)
-    };
-    let manifest = oci_spec::image::ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(oci_spec::image::MediaType::ImageManifest)
-        .config(descriptor(oci_spec::image::MediaType::ImageConfig, config.len() as u64, &Digest::of(config)))
-        .layers(layers.iter().map(|l| descriptor(l.media_type.clone(), l.size, &l.digest)).collect::<Vec<_>>())
-        .build()
-        .expect("every required manifest field is set");
-    canonical_json(&manifest)
-}
-
 /// `base` then `over`, where an item of `over` replaces the item of `base` with the same key
 /// in place; `None` if both are.
 fn merge_lists<T: Clone>(base: Option<Vec<T>>, over: Option<Vec<T>>, key: impl Fn(&T) -> String) -> Option<Vec<T>> {
@@ -391,12 +372,6 @@ fn merge_lists<T: Clone>(base: Option<Vec<T>>, over: Option<Vec<T>>, key: impl F
         }
     }
     Some(merged)
-}
-
-/// JSON with object keys sorted and no whitespace (serde_json's `Map` is a `BTreeMap`).
-pub fn canonical_json(value: &impl serde::Serialize) -> Vec<u8> {
-    let value = serde_json::to_value(value).expect("image metadata serialises");
-    serde_json::to_vec(&value).expect("a JSON value serialises")
 }
 
 /// A history comment naming what a layer holds.

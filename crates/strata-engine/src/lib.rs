@@ -29,16 +29,17 @@
 //! [`containerize`] is a second front end: an environment manifest (packages, variables, a
 //! start hook) made into a spec plus a layer holding the merged profile.
 
+// The model lives in strata-oci; these are its modules, under the paths the engine has
+// always used for them.
+pub use strata_oci::{canonical, compress, digest, manifest, platform, reference};
+
 pub mod closure;
-pub mod compress;
 pub mod containerize;
 pub mod description;
-pub mod digest;
 pub mod image;
 pub mod layer;
 pub mod nixdb;
 pub mod plan;
-pub mod reference;
 pub mod registry;
 pub mod scratch;
 pub mod sink;

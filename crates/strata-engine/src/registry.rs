@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{Image, LayerBlob, LayerSource};
+use crate::image::{Image, LayerSource};
+use crate::manifest::LayerBlob;
+use crate::platform::Platform;
 pub use crate::reference::RegistryRef;
 use crate::scratch::ScratchFile;
 
@@ -61,12 +63,11 @@ pub enum RegistryError {
     NotAsRecorded(#[from] crate::image::NotAsRecorded),
 }
 
-impl RegistryRef {
-    fn client_ref(&self) -> Reference {
-        match (&self.digest, &self.tag) {
-            (Some(d), _) => Reference::with_digest(self.host.clone(), self.repository.clone(), d.to_string()),
-            (None, tag) => Reference::with_tag(self.host.clone(), self.repository.clone(), tag.clone().unwrap_or_else(|| "latest".into())),
-        }
+/// oci-client's reference for `r`.
+fn client_ref(r: &RegistryRef) -> Reference {
+    match (&r.digest, &r.tag) {
+        (Some(d), _) => Reference::with_digest(r.host.clone(), r.repository.clone(), d.to_string()),
+        (None, tag) => Reference::with_tag(r.host.clone(), r.repository.clone(), tag.clone().unwrap_or_else(|| "latest".into())),
     }
 }
 
@@ -364,7 +365,7 @@ enum Outcome {
 }
 
 async fn push_async(session: &Session, image: &Image, dest: &RegistryRef, compression: Compression) -> Result<Pushed, RegistryError> {
-    let reference = dest.client_ref();
+    let reference = client_ref(dest);
     session.authenticate(&reference, RegistryOperation::Push).await?;
     let cache = Mutex::new(DigestCache::load());
     let here = format!("{}/{}", dest.host, dest.repository);
@@ -550,11 +551,11 @@ async fn find_or_mount(
 
 /// Reads a manifest (choosing this platform's from an index), its config, and its layer
 /// list from a registry; blobs are fetched later through [`RegistryBlobs`].
-pub fn pull(source: &RegistryRef, architecture: &str, options: &RegistryOptions) -> Result<(Vec<u8>, ImageManifest, RegistryBlobs), RegistryError> {
+pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<(Vec<u8>, ImageManifest, RegistryBlobs), RegistryError> {
     let session = Session::new(&source.host, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
-        let mut reference = source.client_ref();
+        let mut reference = client_ref(source);
         session.authenticate(&reference, RegistryOperation::Pull).await?;
         let accepted = [
             "application/vnd.oci.image.manifest.v1+json",
@@ -562,24 +563,32 @@ pub fn pull(source: &RegistryRef, architecture: &str, options: &RegistryOptions)
             "application/vnd.docker.distribution.manifest.v2+json",
             "application/vnd.docker.distribution.manifest.list.v2+json",
         ];
-        let mut found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
+        // Each document is checked against the digest that named it (the reference's, then
+        // the index entry's) and against the digest the registry says it has.
+        let check = |(bytes, said): (bytes::Bytes, String), expected: Option<Digest>, what: &str| {
+            let actual = Digest::of(&bytes);
+            if let Some(expected) = expected.filter(|e| *e != actual) {
+                return Err(RegistryError::DigestMismatch { what: format!("{source}: {what}"), expected, actual });
+            }
+            if said != actual.to_string() {
+                return Err(RegistryError::DigestMismatch { what: format!("{source}: {what}"), expected: said.parse().unwrap_or(actual), actual });
+            }
+            Ok(bytes)
+        };
+        let found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
+        let mut bytes = check(found, source.digest, "manifest")?;
         let is_index = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok().is_some_and(|v| v.get("manifests").is_some());
-        if is_index(&found.0) {
-            let index: ImageIndex = serde_json::from_slice(&found.0).map_err(|e| RegistryError::Io(format!("{source}: index: {e}")))?;
+        if is_index(&bytes) {
+            let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io(format!("{source}: index: {e}")))?;
             let chosen = index
                 .manifests()
                 .iter()
-                .find(|m| m.platform().as_ref().is_some_and(|p| p.architecture().to_string() == architecture && p.os().to_string() == "linux"))
-                .ok_or_else(|| RegistryError::Io(format!("{source}: no image for linux/{architecture}")))?;
-            reference = Reference::with_digest(source.host.clone(), source.repository.clone(), chosen.digest().to_string());
-            found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
-        }
-        let (bytes, digest) = found;
-        let actual = Digest::of(&bytes);
-        let expected = source.digest.unwrap_or(actual);
-        if actual != expected || digest != actual.to_string() {
-            let expected = if actual != expected { expected } else { digest.parse().unwrap_or(actual) };
-            return Err(RegistryError::DigestMismatch { what: format!("{source}: manifest"), expected, actual });
+                .find(|m| m.platform().as_ref().is_some_and(|p| platform.matches(p)))
+                .ok_or_else(|| RegistryError::Io(format!("{source}: the index has no image for {platform}")))?;
+            let chosen_digest = Digest::try_from(chosen.digest()).map_err(|e| RegistryError::Io(format!("{source}: index: {e}")))?;
+            reference = Reference::with_digest(source.host.clone(), source.repository.clone(), chosen_digest.to_string());
+            let found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
+            bytes = check(found, Some(chosen_digest), "manifest")?;
         }
         let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io(format!("{source}: manifest: {e}")))?;
         let config_digest: Digest = manifest.config().digest().to_string().parse().map_err(|e: crate::digest::BadDigest| RegistryError::Io(e.to_string()))?;

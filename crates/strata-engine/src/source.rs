@@ -28,7 +28,8 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::LayerBlob;
+use crate::manifest::LayerBlob;
+use crate::platform::Platform;
 use crate::reference::{ImageRef, OciRef, RegistryRef};
 use crate::registry::{RegistryBlobs, RegistryError, RegistryOptions};
 use crate::scratch::ScratchFile;
@@ -83,14 +84,15 @@ enum BlobStore {
 }
 
 impl SourceImage {
-    /// Reads the image at `reference`; from a registry's index, the host's platform.
-    pub fn open(reference: &ImageRef, registry: &RegistryOptions) -> Result<SourceImage, SourceError> {
+    /// Reads the image at `reference`; where that is an index of images (a registry's, an
+    /// OCI layout's), the image for `platform`.
+    pub fn open(reference: &ImageRef, platform: &Platform, registry: &RegistryOptions) -> Result<SourceImage, SourceError> {
         let tag = |r: &Option<OciRef>| r.as_ref().map(OciRef::ref_name);
         match reference {
-            ImageRef::Registry(r) => open_registry(r, registry),
+            ImageRef::Registry(r) => open_registry(r, platform, registry),
             ImageRef::DockerArchive(Some(path)) => open_docker_archive(path),
-            ImageRef::Oci { dir, reference } => open_oci(BlobStore::Dir(dir.clone()), dir, tag(reference).as_deref()),
-            ImageRef::OciArchive { path, reference } => open_oci(BlobStore::archive(path)?, path, tag(reference).as_deref()),
+            ImageRef::Oci { dir, reference } => open_oci(BlobStore::Dir(dir.clone()), dir, tag(reference).as_deref(), platform),
+            ImageRef::OciArchive { path, reference } => open_oci(BlobStore::archive(path)?, path, tag(reference).as_deref(), platform),
             ImageRef::DockerArchive(None) | ImageRef::Engine { .. } => Err(SourceError::NotASource(reference.to_string())),
         }
     }
@@ -319,7 +321,7 @@ fn layers_of(manifest: &ImageManifest, config: &ImageConfiguration, path: &Path)
     Ok(layers)
 }
 
-fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>) -> Result<SourceImage, SourceError> {
+fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>, platform: &Platform) -> Result<SourceImage, SourceError> {
     let index_bytes = match &store {
         BlobStore::Dir(dir) => {
             let index_path = dir.join("index.json");
@@ -339,15 +341,29 @@ fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>) -> Result<SourceIm
         None if index.manifests().len() == 1 => &index.manifests()[0],
         None => return Err(invalid(path, "holds several images: name one with :TAG")),
     };
-    let manifest: ImageManifest = parse_json(&store.read(descriptor, "manifest", path)?, path, "manifest")?;
+    // An entry may be an index of images for several platforms: take `platform`'s.
+    let reference = ref_name(descriptor);
+    let mut descriptor = descriptor.clone();
+    let mut manifest_bytes = store.read(&descriptor, "manifest", path)?;
+    if descriptor.media_type() == &MediaType::ImageIndex {
+        let nested: ImageIndex = parse_json(&manifest_bytes, path, "index")?;
+        descriptor = nested
+            .manifests()
+            .iter()
+            .find(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p)))
+            .cloned()
+            .ok_or_else(|| invalid(path, format!("the index has no image for {platform}")))?;
+        manifest_bytes = store.read(&descriptor, "manifest", path)?;
+    }
+    let manifest: ImageManifest = parse_json(&manifest_bytes, path, "manifest")?;
     let config_bytes = store.read(manifest.config(), "config", path)?;
     let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
     let layers = layers_of(&manifest, &config, path)?;
-    Ok(SourceImage { config_bytes, config, layers, reference: ref_name(descriptor), origin: None, blobs: Arc::new(store) })
+    Ok(SourceImage { config_bytes, config, layers, reference, origin: None, blobs: Arc::new(store) })
 }
 
-fn open_registry(reference: &RegistryRef, options: &RegistryOptions) -> Result<SourceImage, SourceError> {
-    let (config_bytes, manifest, blobs) = crate::registry::pull(reference, &crate::spec::host_architecture(), options)?;
+fn open_registry(reference: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<SourceImage, SourceError> {
+    let (config_bytes, manifest, blobs) = crate::registry::pull(reference, platform, options)?;
     let path = PathBuf::from(reference.to_string());
     let config: ImageConfiguration = parse_json(&config_bytes, &path, "config")?;
     let layers = layers_of(&manifest, &config, &path)?;

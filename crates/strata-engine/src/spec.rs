@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use strata_oci::platform::Platform;
+
 use crate::store::StorePath;
 
 /// dockerTools' default: one second past the epoch, so that tools showing "created" don't hide it.
@@ -286,7 +288,7 @@ impl Spec {
             tag: self.tag,
             created,
             mtime,
-            architecture: self.architecture.unwrap_or_else(host_architecture),
+            architecture: self.architecture.unwrap_or_else(|| Platform::host().architecture),
             max_layers,
             from_image,
             roots,
@@ -364,18 +366,6 @@ pub fn parse_time(text: &str) -> Result<(String, u64), String> {
     }
     let time: jiff::Timestamp = normal.parse().map_err(|e| format!("{text:?} is not {example}: {e}"))?;
     Ok((time.to_string(), u64::try_from(time.as_second()).unwrap_or(0)))
-}
-
-/// The OCI name of the host's architecture.
-pub fn host_architecture() -> String {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-    .to_owned()
 }
 
 #[cfg(test)]

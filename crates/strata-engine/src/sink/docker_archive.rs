@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, Written};
+use crate::canonical::canonical_json;
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{canonical_json, Image, LayerSource};
+use crate::image::{Image, LayerSource};
 use crate::layer::LayerError;
 use crate::scratch::ScratchDir;
 

@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{Image, LayerBlob, LayerSource, NotAsRecorded, Recode};
+use crate::image::{Image, LayerSource, NotAsRecorded, Recode};
 use crate::layer::{header, LayerError};
+use crate::manifest::LayerBlob;
 use crate::reference::{Engine, ImageRef};
 use crate::registry::{RegistryError, RegistryOptions};
 use crate::scratch::ScratchFile;
@@ -148,9 +149,18 @@ fn check_docker_reads_zstd() -> Result<(), SinkError> {
 }
 
 /// Runs `write` on a scratch file beside `path` and renames it to `path` if it succeeds;
-/// on failure the scratch file is removed and `path` is untouched.
+/// on failure the scratch file is removed and `path` is untouched. A `path` that is not a
+/// regular file (`/dev/null`, a fifo, `/dev/stdout`) is written to as it is, as tar does:
+/// renaming over it would replace the device.
 fn write_file_atomically<T>(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Result<T, SinkError>) -> Result<T, SinkError> {
     let write_err = |source| SinkError::Write { path: path.to_owned(), source };
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).map_err(write_err)?;
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        let result = write(&mut out)?;
+        out.flush().map_err(write_err)?;
+        return Ok(result);
+    }
     let scratch = ScratchFile::beside(path).map_err(write_err)?;
     let result = {
         let mut out = BufWriter::with_capacity(1 << 20, scratch.as_file());

@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{Descriptor, ImageIndex, MediaType, ANNOTATION_REF_NAME};
 
 use super::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, Written};
+use crate::canonical::canonical_json;
 use crate::compress::Compression;
 use crate::digest::Digest;
-use crate::image::{canonical_json, Image};
+use crate::image::Image;
 use crate::reference::{ImageName, OciRef};
 use crate::scratch::{is_scratch_name, ScratchDir, ScratchFile};
 use crate::source::read_bounded;

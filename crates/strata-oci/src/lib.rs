@@ -1,0 +1,20 @@
+//! strata's image model, and nothing else: no Nix, no files, no network, no I/O runtime.
+//! What every other crate of strata speaks:
+//!
+//! - [`digest`]: `sha256:` digests, and a writer that hashes what goes through it;
+//! - [`reference`](crate::reference): the one grammar of image references for every
+//!   transport (`docker-archive:`, `oci:`, `oci-archive:`, `docker://`, `docker-daemon:`,
+//!   `podman:`), names and tags checked with oci-spec's `Reference`;
+//! - [`platform`]: OS, architecture and variant, as OCI indexes name them;
+//! - [`compress`]: the layer codecs and their media types;
+//! - [`manifest`]: the one record of a layer blob, and the manifest that lists them;
+//! - [`canonical`]: JSON written canonically, so equal images have equal digests.
+//!
+//! The rest of strata depends on this crate; it depends on no strata crate.
+
+pub mod canonical;
+pub mod compress;
+pub mod digest;
+pub mod manifest;
+pub mod platform;
+pub mod reference;
