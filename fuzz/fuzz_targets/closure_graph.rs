@@ -2,7 +2,7 @@
 //! walked, never a panic or an allocation sized by a count in the input.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|text: &str| {
-    if let Ok(closure) = strata_engine::closure::Closure::from_graph_text(text, std::path::Path::new("fuzz")) {
+    if let Ok(closure) = strata_build::closure::Closure::from_graph_text(text, std::path::Path::new("fuzz")) {
         let all = closure.requisites(std::iter::empty());
         let _ = closure.popularity(&all);
     }

@@ -1,5 +1,5 @@
 //! Descriptions and stream scripts from the Nix library: parsed and checked, never a panic.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|text: &str| {
-    let _ = strata_engine::description::Description::parse(text, std::path::Path::new("fuzz.json"));
+    let _ = strata_build::description::Description::parse(text, std::path::Path::new("fuzz.json"));
 });

@@ -3,16 +3,16 @@
 #![no_main]
 use std::io::Read;
 
-use strata_engine::platform::Platform;
-use strata_engine::reference::ImageRef;
-use strata_engine::registry::RegistryOptions;
-use strata_engine::source::SourceImage;
+use strata_oci::platform::Platform;
+use strata_oci::reference::ImageRef;
+use strata_transport::registry::RegistryOptions;
+use strata_transport::open_image;
 
 libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("image.tar");
     std::fs::write(&path, bytes).expect("writing the input");
-    if let Ok(image) = SourceImage::open(&ImageRef::DockerArchive(Some(path)), &Platform::host(), &RegistryOptions::default()) {
+    if let Ok(image) = open_image(&ImageRef::DockerArchive(Some(path)), &Platform::host(), &RegistryOptions::default()) {
         for i in 0..image.layers.len() {
             if let Ok(mut layer) = image.open_layer(i) {
                 let _ = layer.read_to_end(&mut Vec::new());

@@ -7,14 +7,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use strata_engine::compress::Compression;
-use strata_engine::image::{ClosureSource, Image};
-use strata_engine::platform::Platform;
-use strata_engine::reference::{ImageRef, TRANSPORTS};
-use strata_engine::registry::RegistryOptions;
-use strata_engine::sink::{default_compression, write_image, Written};
-use strata_engine::source::SourceImage;
-use strata_engine::spec::ValidSpec;
+use strata_build::assemble::{assemble, ClosureSource};
+use strata_build::layer::LayerRecipe;
+use strata_build::spec::ValidSpec;
+use strata_oci::compress::Compression;
+use strata_oci::image::Image;
+use strata_oci::platform::Platform;
+use strata_oci::reference::{ImageRef, TRANSPORTS};
+use strata_transport::registry::RegistryOptions;
+use strata_transport::{default_compression, open_image, write_image, Written};
 
 use crate::nix_builder;
 
@@ -29,7 +30,18 @@ pub enum Input {
 }
 
 /// An image ready to write (with the digests it must have, if it was described).
-pub struct Loaded(pub Image);
+pub struct Loaded(pub Image<LayerRecipe>);
+
+/// The image `spec` describes: its base image (`from_image`) read for the spec's own
+/// platform, then assembled over it. Where build and transport meet.
+pub fn plan(spec: ValidSpec, closure: &ClosureSource, registry: &RegistryOptions) -> Result<Image<LayerRecipe>> {
+    let platform = Platform::linux(&spec.architecture);
+    let base = match &spec.from_image {
+        Some(reference) => Some(open_image(reference, &platform, registry).with_context(|| format!("from_image {reference}"))?),
+        None => None,
+    };
+    Ok(assemble(spec, closure, base)?)
+}
 
 impl Input {
     /// Reads `arg` as a reference (`TRANSPORT:…`) or a path, looking into files to tell a
@@ -73,11 +85,11 @@ impl Input {
         Ok(Loaded(match self {
             Input::Spec { path, closure } => {
                 let spec = ValidSpec::load(&path)?;
-                Image::plan(spec, &closure, registry).with_context(|| format!("spec {}", path.display()))?
+                plan(spec, &closure, registry).with_context(|| format!("spec {}", path.display()))?
             }
             Input::Script(path) => nix_builder::read_stream_script(&path)?,
             Input::Source(reference) => {
-                let source = SourceImage::open(&reference, &Platform::host(), registry).with_context(|| format!("reading {reference}"))?;
+                let source = open_image(&reference, &Platform::host(), registry).with_context(|| format!("reading {reference}"))?;
                 Image::copy_of(source, None)
             }
         }))

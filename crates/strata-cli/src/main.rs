@@ -1,5 +1,6 @@
-//! The `strata` command: a thin layer over `strata-engine`. Flags are defined here once;
-//! errors from the engine are reported here, once, with their causes on one line.
+//! The `strata` command: a thin layer over strata-build and strata-transport, the one place
+//! where they meet. Flags are defined here once;
+//! errors from the libraries are reported here, once, with their causes on one line.
 //!
 //! Exit codes (also in `--help` and the README):
 //! - 0: success; 1: strata failed; 2: the command line is wrong (as clap does);
@@ -19,13 +20,14 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use strata_engine::compress::Compression;
-use strata_engine::containerize::Environment;
-use strata_engine::image::{ClosureSource, Image, Recode};
-use strata_engine::platform::Platform;
-use strata_engine::reference::{Engine, ImageRef, TRANSPORTS};
-use strata_engine::registry::{Credentials, RegistryOptions};
-use strata_engine::source::SourceImage;
+use strata_build::assemble::ClosureSource;
+use strata_build::containerize::Environment;
+use strata_oci::compress::Compression;
+use strata_oci::image::{Image, Recode};
+use strata_oci::platform::Platform;
+use strata_oci::reference::{Engine, ImageRef, TRANSPORTS};
+use strata_transport::open_image;
+use strata_transport::registry::{Credentials, RegistryOptions};
 
 use input::{Input, Loaded};
 
@@ -254,7 +256,7 @@ fn handle_signals() -> std::io::Result<()> {
                 unsafe { libc::kill(child, signal) };
                 continue;
             }
-            let _held = strata_engine::scratch::remove_all();
+            let _held = strata_scratch::remove_all();
             eprintln!("strata: interrupted");
             std::process::exit(128 + signal);
         }
@@ -286,7 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Copy(args) => {
             let dest: ImageRef = args.destination.parse()?;
-            let source = SourceImage::open(&args.source.parse()?, &Platform::host(), &registry).with_context(|| format!("reading {}", args.source))?;
+            let source = open_image(&args.source.parse()?, &Platform::host(), &registry).with_context(|| format!("reading {}", args.source))?;
             let name = match &dest {
                 ImageRef::Engine { name: Some(name), .. } => Some(name),
                 _ => None,

@@ -23,12 +23,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use strata_engine::compress::Compression;
-use strata_engine::description::Description;
-use strata_engine::image::{ClosureSource, Image};
-use strata_engine::registry::RegistryOptions;
-use strata_engine::sink::write_docker_archive;
-use strata_engine::spec::{Spec, ValidSpec};
+use strata_build::assemble::ClosureSource;
+use strata_build::description::Description;
+use strata_build::layer::LayerRecipe;
+use strata_build::spec::{Spec, ValidSpec};
+use strata_oci::compress::Compression;
+use strata_oci::image::Image;
+use strata_transport::registry::RegistryOptions;
+use strata_transport::write_docker_archive;
+
+use crate::input::plan as plan_image;
 
 fn env(name: &str) -> Result<String> {
     std::env::var(name).with_context(|| format!("the derivation has no {name} attribute (strata nix-builder runs as a Nix builder)"))
@@ -62,10 +66,10 @@ fn spec_with_tag() -> Result<Value> {
     Ok(spec)
 }
 
-fn plan(spec: Value, closure: &ClosureSource, spec_name: &str) -> Result<Image> {
+fn plan(spec: Value, closure: &ClosureSource, spec_name: &str) -> Result<Image<LayerRecipe>> {
     let spec: Spec = serde_json::from_value(spec).with_context(|| format!("spec {spec_name}"))?;
     let spec: ValidSpec = spec.validate().map_err(|(key, message)| anyhow::anyhow!("spec {spec_name}: {key}: {message}"))?;
-    Ok(Image::plan(spec, closure, &RegistryOptions::default())?)
+    plan_image(spec, closure, &RegistryOptions::default())
 }
 
 /// The closure graph `exportReferencesGraph` writes into the build directory.
@@ -107,11 +111,11 @@ fn stream_script(out: &Path, describe: bool) -> Result<()> {
 
 /// `strata stream SCRIPT`: the interpreter of stream executables; plans the image described
 /// in `script` and returns it for writing, with the digests recorded at build time if any.
-pub fn read_stream_script(script: &Path) -> Result<Image> {
+pub fn read_stream_script(script: &Path) -> Result<Image<LayerRecipe>> {
     let text = std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
     let description = Description::parse(&text, script)?;
     let closure = ClosureSource::Graph(description.closure);
-    let mut image = Image::plan(description.spec, &closure, &RegistryOptions::default()).with_context(|| format!("{}", script.display()))?;
+    let mut image = plan_image(description.spec, &closure, &RegistryOptions::default()).with_context(|| format!("{}", script.display()))?;
     image.recorded = description.recorded;
     Ok(image)
 }

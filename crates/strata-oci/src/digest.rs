@@ -4,7 +4,8 @@
 //! [`HashingWriter`] sits in the stream and counts and hashes what goes by.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -126,6 +127,78 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Reads through, hashing, never past `size` bytes; at the end, an error unless exactly
+/// `size` bytes with digest `expected` went by.
+pub struct VerifiedReader<R> {
+    reader: R,
+    hasher: HashingWriter<io::Sink>,
+    expected: Digest,
+    size: u64,
+    path: PathBuf,
+    /// The outcome of the check, once made: every later read repeats it.
+    checked: Option<Result<(), String>>,
+}
+
+impl<R: Read> VerifiedReader<R> {
+    pub fn new(reader: R, expected: Digest, size: u64, path: PathBuf) -> VerifiedReader<R> {
+        VerifiedReader { reader, hasher: HashingWriter::new(io::sink()), expected, size, path, checked: None }
+    }
+
+    /// Reads what is left (for readers that stop before the end, such as decoders) and
+    /// checks size and digest.
+    pub fn finish(mut self) -> io::Result<()> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok(())
+    }
+
+    fn check(&mut self) -> io::Result<()> {
+        let outcome = self.checked.get_or_insert_with(|| {
+            let hasher = std::mem::replace(&mut self.hasher, HashingWriter::new(io::sink()));
+            let (actual, len, _) = hasher.finish();
+            if len != self.size {
+                return Err(format!(
+                    "{}: blob {} has {len} bytes where its descriptor says {}: the image is corrupt",
+                    self.path.display(),
+                    self.expected,
+                    self.size
+                ));
+            }
+            if actual != self.expected {
+                return Err(format!("{}: blob {} has digest {actual}: the image is corrupt", self.path.display(), self.expected));
+            }
+            Ok(())
+        });
+        outcome.clone().map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))
+    }
+}
+
+impl<R: Read> Read for VerifiedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.checked.is_some() {
+            return self.check().map(|()| 0);
+        }
+        // One byte past the size is asked for, to notice a blob that is longer.
+        let room = (self.size - self.hasher_len()).saturating_add(1);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.reader.read(&mut buf[..want])?;
+        if n == 0 {
+            self.check()?;
+            return Ok(0);
+        }
+        io::Write::write_all(&mut self.hasher, &buf[..n])?;
+        if self.hasher_len() > self.size {
+            return self.check().map(|()| unreachable!("a blob longer than its size fails the check"));
+        }
+        Ok(n)
+    }
+}
+
+impl<R> VerifiedReader<R> {
+    fn hasher_len(&self) -> u64 {
+        self.hasher.bytes_written()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +215,25 @@ mod tests {
         assert_eq!(digest.to_string(), "sha256:b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
         assert_eq!(digest.to_string().parse::<Digest>().unwrap(), digest);
         assert!("sha256:xyz".parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn verified_reads_stop_at_the_size_and_check_it() {
+        let data = b"hello world";
+        let digest = Digest::of(data);
+        let read = |bytes: &[u8], size: u64| {
+            let mut r = VerifiedReader::new(bytes, digest, size, PathBuf::from("blob"));
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map(|_| out)
+        };
+        assert_eq!(read(data, 11).unwrap(), data);
+        assert!(read(data, 5).unwrap_err().to_string().contains("has 6 bytes where its descriptor says 5"));
+        assert!(read(data, 20).unwrap_err().to_string().contains("has 11 bytes"));
+        let mut longer = data.to_vec();
+        longer.extend(std::iter::repeat_n(0u8, 1 << 20));
+        assert!(read(&longer, 11).is_err(), "a longer blob is refused after one byte more");
+        let mut flipped = data.to_vec();
+        flipped[0] ^= 1;
+        assert!(read(&flipped, 11).unwrap_err().to_string().contains("corrupt"));
     }
 }

@@ -1,4 +1,4 @@
-//! strata's image model, and nothing else: no Nix, no files, no network, no I/O runtime.
+//! strata's image model, and nothing else: no Nix, no network, no I/O runtime.
 //! What every other crate of strata speaks:
 //!
 //! - [`digest`]: `sha256:` digests, and a writer that hashes what goes through it;
@@ -8,13 +8,18 @@
 //! - [`platform`]: OS, architecture and variant, as OCI indexes name them;
 //! - [`compress`]: the layer codecs and their media types;
 //! - [`manifest`]: the one record of a layer blob, and the manifest that lists them;
-//! - [`canonical`]: JSON written canonically, so equal images have equal digests.
+//! - [`canonical`]: JSON written canonically, so equal images have equal digests;
+//! - [`image`]: an image, its config and its layers, built or copied;
+//! - [`time`]: RFC 3339 as configs hold it; [`ustar`]: the headers of the tars strata writes.
 //!
 //! The rest of strata depends on this crate; it depends on no strata crate.
 
 pub mod canonical;
 pub mod compress;
 pub mod digest;
+pub mod image;
 pub mod manifest;
 pub mod platform;
 pub mod reference;
+pub mod time;
+pub mod ustar;

@@ -29,15 +29,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use tar::{EntryType, Header};
+use strata_oci::ustar::{header, USTAR_MAX_ID, USTAR_MAX_SIZE};
+use tar::EntryType;
 
-use crate::digest::{Digest, HashingWriter};
 use crate::spec::PermRule;
+use strata_oci::digest::{Digest, HashingWriter};
+use strata_oci::image::{LayerTar, TarError};
 
 const BLOCK: u64 = 512;
-/// The largest value of ustar's 11-digit octal size field, and of the 7-digit id fields.
-const USTAR_MAX_SIZE: u64 = 0o77777777777;
-const USTAR_MAX_ID: u32 = 0o7777777;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -144,6 +143,37 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
 
 fn padded(n: u64) -> u64 {
     n.div_ceil(BLOCK) * BLOCK
+}
+
+impl From<LayerError> for TarError {
+    fn from(e: LayerError) -> TarError {
+        match e {
+            LayerError::Write(e) => TarError::Write(e),
+            other => TarError::Source(Box::new(other)),
+        }
+    }
+}
+
+impl LayerTar for LayerRecipe {
+    fn tar_len(&self) -> u64 {
+        LayerRecipe::tar_len(self)
+    }
+
+    fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), TarError> {
+        Ok(LayerRecipe::write_tar(self, out)?)
+    }
+
+    fn write_tar_direct<W: Write>(&self, out: &mut W) -> Result<(), TarError> {
+        Ok(LayerRecipe::write_tar_direct(self, out)?)
+    }
+
+    fn fingerprint(&self) -> Digest {
+        LayerRecipe::fingerprint(self)
+    }
+
+    fn comment(&self) -> &str {
+        &self.comment
+    }
 }
 
 /// Depth-first order with siblings sorted bytewise: compare component by component.
@@ -398,26 +428,6 @@ pub(crate) fn open_store_file(path: &Path) -> io::Result<File> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
     Ok(file)
-}
-
-/// A ustar header. Names and link targets longer than 100 bytes are cut here; the PAX record
-/// written before the header carries them whole.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn header(name: &[u8], kind: EntryType, mode: u32, uid: u32, gid: u32, size: u64, mtime: u64, link: &[u8]) -> Header {
-    let mut h = Header::new_ustar();
-    let old = h.as_old_mut();
-    let n = name.len().min(100);
-    old.name[..n].copy_from_slice(&name[..n]);
-    let l = link.len().min(100);
-    old.linkname[..l].copy_from_slice(&link[..l]);
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(u64::from(uid.min(USTAR_MAX_ID)));
-    h.set_gid(u64::from(gid.min(USTAR_MAX_ID)));
-    h.set_size(size.min(USTAR_MAX_SIZE));
-    h.set_mtime(mtime);
-    h.set_cksum();
-    h
 }
 
 #[cfg(test)]

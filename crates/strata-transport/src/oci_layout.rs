@@ -15,17 +15,20 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use oci_spec::image::{Descriptor, ImageIndex, MediaType, ANNOTATION_REF_NAME};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, ANNOTATION_REF_NAME};
 
-use super::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, Written};
-use crate::canonical::canonical_json;
-use crate::compress::Compression;
-use crate::digest::Digest;
-use crate::image::Image;
-use crate::reference::{ImageName, OciRef};
-use crate::scratch::{is_scratch_name, ScratchDir, ScratchFile};
-use crate::source::read_bounded;
+use strata_oci::canonical::canonical_json;
+use strata_oci::compress::Compression;
+use strata_oci::digest::Digest;
+use strata_oci::image::{Image, LayerTar, SourceImage};
+use strata_oci::platform::Platform;
+use strata_oci::reference::{ImageName, OciRef};
+use strata_scratch::{is_scratch_name, ScratchDir, ScratchFile};
+
+use crate::blobs::{archive_member, invalid, layers_of, open_inside, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
+use crate::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, SourceError, Written};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// containerd's annotation for the image's full name.
@@ -34,7 +37,7 @@ const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 const MAX_INDEX_SIZE: u64 = 4 << 20;
 
 /// Writes `image` into the OCI layout `dir`, creating it or adding to an existing one.
-pub fn write_layout(image: &Image, dir: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<Written, SinkError> {
+pub fn write_layout<L: LayerTar>(image: &Image<L>, dir: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<Written, SinkError> {
     let write_err = |source| SinkError::Write { path: dir.to_owned(), source };
     if fs::symlink_metadata(dir).is_ok() {
         check_layout(dir)?;
@@ -68,7 +71,7 @@ pub fn write_layout(image: &Image, dir: &Path, reference: Option<&OciRef>, compr
 }
 
 /// Writes `image` as an OCI archive at `path`.
-pub fn write_archive(image: &Image, path: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<Written, SinkError> {
+pub fn write_archive<L: LayerTar>(image: &Image<L>, path: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<Written, SinkError> {
     let staging = ScratchDir::beside(path).map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
     let layout = staging.path();
     let (entry, written) = write_blobs(image, layout, layout, reference, compression)?;
@@ -118,7 +121,13 @@ fn write_oci_layout_file(dir: &Path) -> Result<(), SinkError> {
 
 /// Writes the layers, config and manifest of `image` as blobs of the layout `dir` (scratch
 /// files in `scratch`); returns the manifest's `index.json` entry and what was written.
-fn write_blobs(image: &Image, dir: &Path, scratch: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<(Descriptor, Written), SinkError> {
+fn write_blobs<L: LayerTar>(
+    image: &Image<L>,
+    dir: &Path,
+    scratch: &Path,
+    reference: Option<&OciRef>,
+    compression: Compression,
+) -> Result<(Descriptor, Written), SinkError> {
     let blobs_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs_dir).map_err(|source| SinkError::Write { path: blobs_dir.clone(), source })?;
     let layers = write_layer_blobs(image, compression, scratch, &blobs_dir)?;
@@ -210,4 +219,46 @@ fn write_small_file(scratch: &Path, path: &Path, bytes: &[u8]) -> Result<(), Sin
     let file = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
     file.as_file().write_all(bytes).map_err(write_err)?;
     file.persist(path).map_err(write_err)
+}
+
+/// Reads the image tagged `tag` (or the only one) of an OCI layout or archive.
+pub(crate) fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>, platform: &Platform) -> Result<SourceImage, SourceError> {
+    let index_bytes = match &store {
+        BlobStore::Dir(dir) => {
+            let index_path = dir.join("index.json");
+            let read_err = |source| SourceError::Read { path: index_path.clone(), source };
+            read_bounded(open_inside(dir, "index.json").map_err(read_err)?, MAX_METADATA_SIZE).map_err(read_err)?
+        }
+        BlobStore::Archive { path: tar, files, .. } => {
+            let read_err = |source| SourceError::Read { path: path.to_owned(), source };
+            read_bounded(archive_member(tar, files, "index.json")?, MAX_METADATA_SIZE).map_err(read_err)?
+        }
+        BlobStore::Registry(..) => unreachable!("registries are opened by open_registry"),
+    };
+    let index: ImageIndex = parse_json(&index_bytes, path, "index.json")?;
+    let ref_name = |d: &Descriptor| d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_REF_NAME)).cloned();
+    let descriptor = match tag {
+        Some(tag) => index.manifests().iter().find(|d| ref_name(d).as_deref() == Some(tag)).ok_or_else(|| invalid(path, format!("no image tagged {tag:?}")))?,
+        None if index.manifests().len() == 1 => &index.manifests()[0],
+        None => return Err(invalid(path, "holds several images: name one with :TAG")),
+    };
+    // An entry may be an index of images for several platforms: take `platform`'s.
+    let reference = ref_name(descriptor);
+    let mut descriptor = descriptor.clone();
+    let mut manifest_bytes = store.read(&descriptor, "manifest", path)?;
+    if descriptor.media_type() == &MediaType::ImageIndex {
+        let nested: ImageIndex = parse_json(&manifest_bytes, path, "index")?;
+        descriptor = nested
+            .manifests()
+            .iter()
+            .find(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p)))
+            .cloned()
+            .ok_or_else(|| invalid(path, format!("the index has no image for {platform}")))?;
+        manifest_bytes = store.read(&descriptor, "manifest", path)?;
+    }
+    let manifest: ImageManifest = parse_json(&manifest_bytes, path, "manifest")?;
+    let config_bytes = store.read(manifest.config(), "config", path)?;
+    let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
+    let layers = layers_of(&manifest, &config, path)?;
+    Ok(SourceImage { config_bytes, config, layers, reference, origin: None, blobs: Arc::new(store) })
 }

@@ -11,22 +11,26 @@
 //! Compressed layers have no size known in advance: they are compressed in parallel into a
 //! temporary directory first, then streamed.
 
-use std::io::{self, Write};
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::OnceLock;
 
-use super::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, Written};
-use crate::canonical::canonical_json;
-use crate::compress::Compression;
-use crate::digest::{Digest, HashingWriter};
-use crate::image::{Image, LayerSource};
-use crate::layer::LayerError;
-use crate::scratch::ScratchDir;
+use oci_spec::image::ImageConfiguration;
+use strata_oci::canonical::canonical_json;
+use strata_oci::compress::Compression;
+use strata_oci::digest::{Digest, HashingWriter};
+use strata_oci::image::{Image, LayerSource, LayerTar, SourceImage, TarError};
+use strata_oci::manifest::LayerBlob;
+use strata_scratch::ScratchDir;
+
+use crate::blobs::{archive_member, invalid, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
+use crate::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, SourceError, Written};
 
 /// Writes `image` as a docker-archive to `out`, tagged `reference` if given, else with the
 /// image's own name and tag.
-pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
+pub fn write_docker_archive<W: Write, L: LayerTar>(image: &Image<L>, out: W, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
     let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
     let layers = image.layer_sources();
     let names: Vec<String> = (0..layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
@@ -54,7 +58,7 @@ pub fn write_docker_archive<W: Write>(image: &Image, out: W, compression: Compre
 
 /// Streams every layer into `tar` under `names` (built layers as tars, base layers as they
 /// are), returning their diff IDs.
-fn stream_layers<W: Write>(layers: &[LayerSource], names: &[String], tar: &mut OuterTar<W>) -> Result<Vec<Digest>, SinkError> {
+fn stream_layers<W: Write, L: LayerTar>(layers: &[LayerSource<L>], names: &[String], tar: &mut OuterTar<W>) -> Result<Vec<Digest>, SinkError> {
     let n = layers.len();
     let hashed_ahead: Vec<OnceLock<Digest>> = (0..n).map(|_| OnceLock::new()).collect();
     // The layer the writer is on; helpers never touch it or anything before it.
@@ -115,7 +119,7 @@ fn stream_layers<W: Write>(layers: &[LayerSource], names: &[String], tar: &mut O
         })();
         writer_at.store(n, Ordering::SeqCst); // stops the helpers, also after an error
         result.map_err(|e: SinkError| match e {
-            SinkError::Layer(LayerError::Write(source)) => tar.write_err(source),
+            SinkError::Tar(TarError::Write(source)) => tar.write_err(source),
             other => other,
         })
     })
@@ -137,5 +141,68 @@ impl Write for StopWhenWriterArrives<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Reads a docker-archive: its one image, each layer hashed once here and checked against
+/// the config's diff IDs (decompressed first if it is compressed): a corrupt archive fails
+/// before anything is written anywhere.
+pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Entry {
+        config: String,
+        #[serde(default)]
+        repo_tags: Option<Vec<String>>,
+        layers: Vec<String>,
+    }
+    let mut store = BlobStore::archive(path)?;
+    let BlobStore::Archive { path: tar, files, by_digest, .. } = &mut store else { unreachable!("an archive's store") };
+    let read_err = |source| SourceError::Read { path: path.to_owned(), source };
+    let member = |name: &str| archive_member(tar, files, name);
+    let manifest: Vec<Entry> = parse_json(&read_bounded(member("manifest.json")?, MAX_METADATA_SIZE).map_err(read_err)?, path, "manifest.json")?;
+    let [entry] = &manifest[..] else {
+        return Err(invalid(path, "manifest.json must describe exactly one image"));
+    };
+    let config_bytes = read_bounded(member(&entry.config)?, MAX_METADATA_SIZE).map_err(read_err)?;
+    let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != entry.layers.len() {
+        return Err(invalid(path, "the config's diff_ids and the manifest's layers differ in number"));
+    }
+    // A docker-archive names layers by path, not digest: hash each one once, here, and check
+    // its tar against the config's diff ID.
+    let mut layers = Vec::new();
+    for (i, (name, diff_id)) in entry.layers.iter().zip(diff_ids).enumerate() {
+        let expected: Digest = diff_id.parse().map_err(|e| invalid(path, format!("diff_ids[{i}]: {e}")))?;
+        let mut blob = HashingWriter::new(io::sink());
+        let mut data = io::BufReader::new(TeeReader { inner: member(name)?, copy: &mut blob });
+        let codec = Compression::sniff(io::BufRead::fill_buf(&mut data).map_err(read_err)?);
+        let mut tar = HashingWriter::new(io::sink());
+        io::copy(&mut codec.decoder(&mut data).map_err(read_err)?, &mut tar).map_err(read_err)?;
+        io::copy(&mut data, &mut io::sink()).map_err(read_err)?; // what a decoder left
+        drop(data);
+        let ((digest, size, _), (actual, _, _)) = (blob.finish(), tar.finish());
+        if actual != expected {
+            return Err(SourceError::DiffIdMismatch { path: path.join(name), index: i, expected, actual });
+        }
+        by_digest.insert(digest, name.clone());
+        layers.push(LayerBlob { digest, diff_id: expected, size, media_type: codec.layer_media_type() });
+    }
+    let reference = entry.repo_tags.as_ref().and_then(|t| t.first().cloned());
+    Ok(SourceImage { config_bytes, config, layers, reference, origin: None, blobs: Arc::new(store) })
+}
+
+/// Reads from `inner`, writing what it reads to `copy`.
+struct TeeReader<'a, R> {
+    inner: R,
+    copy: &'a mut HashingWriter<io::Sink>,
+}
+
+impl<R: Read> Read for TeeReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        io::Write::write_all(self.copy, &buf[..n])?;
+        Ok(n)
     }
 }

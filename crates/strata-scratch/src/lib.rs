@@ -39,8 +39,17 @@ fn live() -> MutexGuard<'static, BTreeSet<PathBuf>> {
 /// is persisted or made afterwards. For a signal handler that exits right after.
 pub fn remove_all() -> impl Drop {
     let guard = live();
-    for path in guard.iter() {
-        let _ = remove_any(path);
+    // Other threads go on until the process exits, but none can register or persist a
+    // scratch any more: each makes at most one more entry (the file it is creating when it
+    // blocks on the lock). A few passes remove those too.
+    for _ in 0..20 {
+        for path in guard.iter() {
+            let _ = remove_any(path);
+        }
+        if guard.iter().all(|p| std::fs::symlink_metadata(p).is_err()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     guard
 }

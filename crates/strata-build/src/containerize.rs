@@ -23,9 +23,10 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use crate::image::{ClosureSource, Image, ImageError};
+use strata_oci::image::Image;
+
+use crate::assemble::{assemble, AssembleError, ClosureSource};
 use crate::layer::{Entry, LayerRecipe};
-use crate::registry::RegistryOptions;
 use crate::spec::{parse_toml, ImageConfigSpec, Spec, ValidSpec, DEFAULT_MAX_LAYERS};
 use crate::store::StorePath;
 
@@ -161,9 +162,9 @@ impl Environment {
     }
 
     /// Plans the image: the packages' closures, then the environment layer on top.
-    pub fn plan(self, source: &ClosureSource) -> Result<Image, ImageError> {
+    pub fn plan(self, source: &ClosureSource) -> Result<Image<LayerRecipe>, AssembleError> {
         let mtime = self.spec.mtime;
-        let mut image = Image::plan(self.spec, source, &RegistryOptions::default())?;
+        let mut image = assemble(self.spec, source, None)?;
         image.layers.push(LayerRecipe::new(vec![], self.entries, &[], mtime, format!("environment: profile at {PROFILE}, /etc, /tmp")));
         Ok(image)
     }

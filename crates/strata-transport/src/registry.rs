@@ -3,7 +3,7 @@
 //! from the usual files, and a memory of layer digests.
 //!
 //! Pushing costs what changed. Each built layer has a fingerprint (see
-//! `LayerRecipe::fingerprint`); the [`DigestCache`] remembers, per fingerprint and codec, the
+//! `LayerTar::fingerprint`); the `DigestCache` remembers, per fingerprint and codec, the
 //! compressed digest and size it had, and in which repositories strata pushed it. So for a
 //! layer pushed before, strata asks the registry (HEAD) before compressing anything; a blob
 //! the repository lacks but another repository of the same registry has is mounted from
@@ -26,16 +26,19 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
-use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
-use crate::compress::Compression;
-use crate::digest::{Digest, HashingWriter};
-use crate::image::{Image, LayerSource};
-use crate::manifest::LayerBlob;
-use crate::platform::Platform;
-pub use crate::reference::RegistryRef;
-use crate::scratch::ScratchFile;
+use strata_oci::compress::Compression;
+use strata_oci::digest::{Digest, HashingWriter};
+use strata_oci::image::{Image, LayerSource, LayerTar, SourceImage};
+use strata_oci::manifest::LayerBlob;
+use strata_oci::platform::Platform;
+pub use strata_oci::reference::RegistryRef;
+use strata_scratch::ScratchFile;
+
+use crate::blobs::{layers_of, parse_json, BlobStore};
+use crate::SourceError;
 
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
@@ -60,7 +63,7 @@ pub enum RegistryError {
     #[error("nothing listens at {host} (connection refused): is the registry running, and is the port right?")]
     Refused { host: String },
     #[error(transparent)]
-    NotAsRecorded(#[from] crate::image::NotAsRecorded),
+    NotAsRecorded(#[from] strata_oci::image::NotAsRecorded),
 }
 
 /// oci-client's reference for `r`.
@@ -351,7 +354,7 @@ pub struct Pushed {
 }
 
 /// Pushes `image` to `dest`.
-pub fn push(image: &Image, dest: &RegistryRef, compression: Compression, options: &RegistryOptions) -> Result<Pushed, RegistryError> {
+pub fn push<L: LayerTar>(image: &Image<L>, dest: &RegistryRef, compression: Compression, options: &RegistryOptions) -> Result<Pushed, RegistryError> {
     let session = Session::new(&dest.host, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(push_async(&session, image, dest, compression))
@@ -364,7 +367,7 @@ enum Outcome {
     Present,
 }
 
-async fn push_async(session: &Session, image: &Image, dest: &RegistryRef, compression: Compression) -> Result<Pushed, RegistryError> {
+async fn push_async<L: LayerTar>(session: &Session, image: &Image<L>, dest: &RegistryRef, compression: Compression) -> Result<Pushed, RegistryError> {
     let reference = client_ref(dest);
     session.authenticate(&reference, RegistryOperation::Push).await?;
     let cache = Mutex::new(DigestCache::load());
@@ -410,17 +413,17 @@ fn reqwest_header(value: String) -> http::HeaderValue {
 
 /// Makes sure one layer is in the repository: already there, mounted, or uploaded.
 /// What every layer of one push shares.
-struct Push<'a> {
+struct Push<'a, L> {
     session: &'a Session,
     reference: &'a Reference,
     /// `HOST/REPOSITORY` pushed to.
     here: &'a str,
     cache: &'a Mutex<DigestCache>,
-    image: &'a Image,
+    image: &'a Image<L>,
     compression: Compression,
 }
 
-async fn push_layer(push: &Push<'_>, layer: LayerSource<'_>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
+async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
     let Push { session, reference, here, cache, image, compression } = *push;
     let recode = image.recode_into(&layer);
     // What names the blob before it is made: a built layer's recipe, a base layer and the
@@ -476,12 +479,12 @@ async fn push_layer(push: &Push<'_>, layer: LayerSource<'_>, index: usize) -> Re
                 let (out, media_type) = match recode {
                     Some(codec) => {
                         let encoder = codec.encoder(out).map_err(|e| e.to_string())?;
-                        let encoder = crate::sink::recode_base_layer(&base, j, codec, encoder).map_err(|e| e.to_string())?;
+                        let encoder = crate::recode_base_layer(&base, j, codec, encoder).map_err(|e| e.to_string())?;
                         (encoder.finish().map_err(|e| e.to_string())?, codec.layer_media_type())
                     }
                     None => {
                         let mut out = out;
-                        crate::sink::copy_base_layer(&base, j, &mut out).map_err(|e| e.to_string())?;
+                        crate::copy_base_layer(&base, j, &mut out).map_err(|e| e.to_string())?;
                         (out, base.layers[j].media_type.clone())
                     }
                 };
@@ -591,9 +594,10 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
             bytes = check(found, Some(chosen_digest), "manifest")?;
         }
         let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io(format!("{source}: manifest: {e}")))?;
-        let config_digest: Digest = manifest.config().digest().to_string().parse().map_err(|e: crate::digest::BadDigest| RegistryError::Io(e.to_string()))?;
+        let config_digest: Digest =
+            manifest.config().digest().to_string().parse().map_err(|e: strata_oci::digest::BadDigest| RegistryError::Io(e.to_string()))?;
         let config_name = config_digest.to_string();
-        let config_size = manifest.config().size().min(crate::source::MAX_METADATA_SIZE);
+        let config_size = manifest.config().size().min(crate::blobs::MAX_METADATA_SIZE);
         let config = session
             .retry("reading the config", || async {
                 let mut config = Bounded { inner: Vec::new(), left: config_size };
@@ -635,6 +639,22 @@ impl RegistryBlobs {
                 .await
         })
     }
+}
+
+pub(crate) fn open_registry(reference: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<SourceImage, SourceError> {
+    let (config_bytes, manifest, blobs) = crate::registry::pull(reference, platform, options)?;
+    let path = PathBuf::from(reference.to_string());
+    let config: ImageConfiguration = parse_json(&config_bytes, &path, "config")?;
+    let layers = layers_of(&manifest, &config, &path)?;
+    let origin = format!("{}/{}", reference.host, reference.repository);
+    Ok(SourceImage {
+        config_bytes,
+        config,
+        layers,
+        reference: Some(reference.image_name()),
+        origin: Some(origin.clone()),
+        blobs: Arc::new(BlobStore::Registry(blobs, origin)),
+    })
 }
 
 /// A writer that takes at most `left` more bytes, then fails.

@@ -14,9 +14,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::closure::Closure;
-use crate::digest::{Digest, HashingWriter};
 use crate::layer::Entry;
 use crate::store::StorePath;
+use strata_oci::digest::{Digest, HashingWriter};
 
 /// Nix's database schema, version 10 (Nix 2.0 and later).
 const SCHEMA: &str = "
@@ -127,7 +127,7 @@ pub fn database_entries(closure: &Closure, paths: &BTreeSet<StorePath>, mtime: u
         let (hash, size) = nar_hash(path.as_ref()).map_err(|source| NixDbError::Read { path: path.to_string(), source })?;
         hashes.insert(path, (hash, size));
     }
-    let dir = crate::scratch::ScratchDir::temporary()?;
+    let dir = strata_scratch::ScratchDir::temporary()?;
     let file = dir.path().join("db.sqlite");
     {
         let mut db = rusqlite::Connection::open(&file)?;

@@ -1,41 +1,57 @@
-//! Sinks: where images go, by the references of [`crate::reference`]: a docker-archive
-//! (a file, or `-` for stdout), an OCI layout or archive, a registry, or an engine
-//! (`docker-daemon:`, `podman:`: the docker-archive streamed into its `load`; NAME:TAG, if
-//! given, replaces the image's own).
+//! strata's transports: where images are read from and written to, one module a format,
+//! reading and writing together (as go-containerregistry's `layout/`, `tarball/`,
+//! `remote/`, `daemon/`):
 //!
-//! Nothing half-written is ever left at a destination: everything is written as a scratch
-//! file (see [`crate::scratch`]) and renamed into place when complete. A sink checks the
-//! digests an image must have ([`Image::config_checked`]) before it commits: before the
-//! config and manifest of a docker-archive, an OCI layout's `index.json`, a registry's
-//! manifest. Base layers are copied as they are, verified, or re-encoded when the image asks
-//! ([`Image::recode_into`]), their diff IDs checked on the way.
+//! - [`docker_archive`]: `docker-archive:PATH` (`-`: stdout), the tar of `docker save`;
+//! - [`oci_layout`]: `oci:DIR[:REF]` and `oci-archive:PATH[:REF]`;
+//! - [`registry`]: `docker://HOST/REPO[:TAG|@DIGEST]`, the OCI distribution API;
+//! - [`engine`]: `docker-daemon:` and `podman:`, a docker-archive streamed into `load`.
+//!
+//! [`open_image`] reads any of them into a [`SourceImage`], every blob verified (see
+//! [`blobs`]); [`write_image`] writes an [`Image`] to any of them. Nothing half-written is
+//! ever left at a destination: everything is written as a scratch file (strata-scratch) and
+//! renamed into place when complete. A sink checks the digests an image must have
+//! ([`Image::config_checked`]) before it commits: before the config and manifest of a
+//! docker-archive, an OCI layout's `index.json`, a registry's manifest. Base layers are
+//! copied as they are, verified, or re-encoded when the image asks ([`Image::recode_into`]),
+//! their diff IDs checked on the way.
+//!
+//! This crate depends on strata-oci (and strata-scratch) only: it knows images, not Nix.
 
-mod docker_archive;
-mod oci;
+pub mod blobs;
+pub mod docker_archive;
+pub mod engine;
+pub mod oci_layout;
+pub mod registry;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::compress::Compression;
-use crate::digest::{Digest, HashingWriter};
-use crate::image::{Image, LayerSource, NotAsRecorded, Recode};
-use crate::layer::{header, LayerError};
-use crate::manifest::LayerBlob;
-use crate::reference::{Engine, ImageRef};
-use crate::registry::{RegistryError, RegistryOptions};
-use crate::scratch::ScratchFile;
-use crate::source::SourceImage;
+use strata_oci::compress::Compression;
+use strata_oci::digest::{Digest, HashingWriter};
+use strata_oci::image::{Image, LayerSource, LayerTar, NotAsRecorded, SourceImage, TarError};
+use strata_oci::manifest::LayerBlob;
+use strata_oci::platform::Platform;
+use strata_oci::reference::{Engine, ImageRef, OciRef};
+use strata_oci::ustar::header;
+use strata_scratch::ScratchFile;
 
+use blobs::BlobStore;
 pub use docker_archive::write_docker_archive;
+use registry::{RegistryError, RegistryOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error(transparent)]
-    Layer(#[from] LayerError),
+    Tar(#[from] TarError),
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} changed while it was being written (it was {expected} bytes)")]
+    Changed { path: PathBuf, expected: u64 },
     #[error("{0} exists and is not an OCI layout (no oci-layout file) nor an empty directory")]
     NotOciLayout(PathBuf),
     #[error("cannot read OCI layout {path}: {why}")]
@@ -45,7 +61,7 @@ pub enum SinkError {
     #[error("layer {digest} of the base image holds a tar with diff ID {actual}, but its config says {expected}: the image is corrupt")]
     BaseDiffId { digest: Digest, expected: Digest, actual: Digest },
     #[error(transparent)]
-    Source(#[from] crate::source::SourceError),
+    Source(#[from] SourceError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -60,6 +76,37 @@ pub enum SinkError {
         "Docker {version} cannot read zstd layers (Docker 23 and later can): use --compress gzip or none for docker-daemon:, or podman:, which reads them"
     )]
     DockerZstd { version: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    BadReference(#[from] strata_oci::reference::BadReference),
+    #[error("{0}: images cannot be read from there (only written)")]
+    NotASource(String),
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {why}")]
+    Invalid { path: PathBuf, why: String },
+    #[error("{path}: blob {expected} has digest {actual}: the image is corrupt")]
+    DigestMismatch { path: PathBuf, expected: Digest, actual: Digest },
+    #[error("{path}: the tar of layer {index} has diff ID {actual}, but the config says {expected}: the image is corrupt")]
+    DiffIdMismatch { path: PathBuf, index: usize, expected: Digest, actual: Digest },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Reads the image at `reference`; where that is an index of images (a registry's, an OCI
+/// layout's), the image for `platform`.
+pub fn open_image(reference: &ImageRef, platform: &Platform, registry: &RegistryOptions) -> Result<SourceImage, SourceError> {
+    let tag = |r: &Option<OciRef>| r.as_ref().map(OciRef::ref_name);
+    match reference {
+        ImageRef::Registry(r) => registry::open_registry(r, platform, registry),
+        ImageRef::DockerArchive(Some(path)) => docker_archive::open_docker_archive(path),
+        ImageRef::Oci { dir, reference } => oci_layout::open_oci(BlobStore::Dir(dir.clone()), dir, tag(reference).as_deref(), platform),
+        ImageRef::OciArchive { path, reference } => oci_layout::open_oci(BlobStore::archive(path)?, path, tag(reference).as_deref(), platform),
+        ImageRef::DockerArchive(None) | ImageRef::Engine { .. } => Err(SourceError::NotASource(reference.to_string())),
+    }
 }
 
 /// docker-archive layers default to uncompressed (fast `docker load`), the rest to gzip.
@@ -81,7 +128,7 @@ pub struct Written {
 }
 
 /// Writes `image` to `dest`.
-pub fn write_image(image: &Image, dest: &ImageRef, compression: Compression, registry: &RegistryOptions) -> Result<Written, SinkError> {
+pub fn write_image<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: Compression, registry: &RegistryOptions) -> Result<Written, SinkError> {
     match dest {
         ImageRef::Registry(r) => {
             let pushed = crate::registry::push(image, r, compression, registry)?;
@@ -97,54 +144,9 @@ pub fn write_image(image: &Image, dest: &ImageRef, compression: Compression, reg
             Ok(written)
         }
         ImageRef::DockerArchive(Some(path)) => write_file_atomically(path, |out| write_docker_archive(image, out, compression, None)),
-        ImageRef::Engine { engine, name } => load_into(*engine, image, compression, name.as_ref().map(ToString::to_string).as_deref()),
-        ImageRef::Oci { dir, reference } => oci::write_layout(image, dir, reference.as_ref(), compression),
-        ImageRef::OciArchive { path, reference } => oci::write_archive(image, path, reference.as_ref(), compression),
-    }
-}
-
-/// Streams the image as a docker-archive into `ENGINE load`.
-fn load_into(engine: Engine, image: &Image, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
-    let mut image = std::borrow::Cow::Borrowed(image);
-    if engine == Engine::Docker {
-        if compression == Compression::Zstd || image.recode.is_some_and(|r| r.to == Compression::Zstd) {
-            check_docker_reads_zstd()?;
-        } else if image.recode.is_none() && image.layer_sources().iter().any(|l| l.compression() == Some(Compression::Zstd)) {
-            // Base layers in zstd are written uncompressed for Docker, which may not read them.
-            image.to_mut().recode = Some(Recode { from: Some(Compression::Zstd), to: Compression::None });
-        }
-    }
-    let mut child = std::process::Command::new(engine.command())
-        .arg("load")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|source| SinkError::EngineMissing { engine, source })?;
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let written = write_docker_archive(&image, BufWriter::with_capacity(1 << 20, stdin), compression, reference);
-    let output = child.wait_with_output().map_err(|source| SinkError::EngineMissing { engine, source })?;
-    // Our own error first: the engine only saw a stream that ended early.
-    let written = written?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        return Err(SinkError::EngineLoad { engine, stderr });
-    }
-    Ok(written)
-}
-
-/// Docker reads zstd layers from version 23 on.
-fn check_docker_reads_zstd() -> Result<(), SinkError> {
-    let out = std::process::Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .map_err(|source| SinkError::EngineMissing { engine: Engine::Docker, source })?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    if major >= 23 {
-        Ok(())
-    } else {
-        Err(SinkError::DockerZstd { version: if version.is_empty() { "(unknown version)".to_owned() } else { version } })
+        ImageRef::Engine { engine, name } => engine::load_into(*engine, image, compression, name.as_ref().map(ToString::to_string).as_deref()),
+        ImageRef::Oci { dir, reference } => oci_layout::write_layout(image, dir, reference.as_ref(), compression),
+        ImageRef::OciArchive { path, reference } => oci_layout::write_archive(image, path, reference.as_ref(), compression),
     }
 }
 
@@ -152,7 +154,7 @@ fn check_docker_reads_zstd() -> Result<(), SinkError> {
 /// on failure the scratch file is removed and `path` is untouched. A `path` that is not a
 /// regular file (`/dev/null`, a fifo, `/dev/stdout`) is written to as it is, as tar does:
 /// renaming over it would replace the device.
-fn write_file_atomically<T>(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Result<T, SinkError>) -> Result<T, SinkError> {
+pub(crate) fn write_file_atomically<T>(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Result<T, SinkError>) -> Result<T, SinkError> {
     let write_err = |source| SinkError::Write { path: path.to_owned(), source };
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
         let file = std::fs::OpenOptions::new().write(true).open(path).map_err(write_err)?;
@@ -178,7 +180,11 @@ fn write_file_atomically<T>(path: &Path, write: impl FnOnce(&mut BufWriter<&File
 ///
 /// Written here rather than with rayon: rayon's splitting does not start jobs in a chosen
 /// order, and this scheduling is what keeps two cores busy to the end.
-fn for_each_biggest_first<T: Send, E: Send>(n: usize, weight: impl Fn(usize) -> u64, work: impl Fn(usize) -> Result<T, E> + Sync) -> Result<Vec<T>, E> {
+pub(crate) fn for_each_biggest_first<T: Send, E: Send>(
+    n: usize,
+    weight: impl Fn(usize) -> u64,
+    work: impl Fn(usize) -> Result<T, E> + Sync,
+) -> Result<Vec<T>, E> {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|i| std::cmp::Reverse(weight(*i)));
     let next = AtomicUsize::new(0);
@@ -210,7 +216,7 @@ fn for_each_biggest_first<T: Send, E: Send>(n: usize, weight: impl Fn(usize) -> 
 /// Writes every layer of `image` as a blob file named by its digest into `blobs`, through
 /// scratch files in `scratch`: built layers compressed and hashed, base layers copied as
 /// they are or re-encoded (and verified either way), in parallel.
-fn write_layer_blobs(image: &Image, compression: Compression, scratch: &Path, blobs: &Path) -> Result<Vec<LayerBlob>, SinkError> {
+pub(crate) fn write_layer_blobs<L: LayerTar>(image: &Image<L>, compression: Compression, scratch: &Path, blobs: &Path) -> Result<Vec<LayerBlob>, SinkError> {
     let write_err = |source| SinkError::Write { path: blobs.to_owned(), source };
     let layers = image.layer_sources();
     let weight = |i: usize| match layers[i] {
@@ -250,7 +256,7 @@ fn write_layer_blobs(image: &Image, compression: Compression, scratch: &Path, bl
 /// Copies layer `index` of `base` to `out`, checking its digest and size.
 pub(crate) fn copy_base_layer(base: &SourceImage, index: usize, out: &mut impl Write) -> Result<(), SinkError> {
     let digest = base.layers[index].digest;
-    let mut reader = base.open_layer(index)?;
+    let mut reader = base.open_layer(index).map_err(|source| SinkError::CopyBaseLayer { digest, source })?;
     io::copy(&mut reader, out).map_err(|source| SinkError::CopyBaseLayer { digest, source })?;
     reader.finish().map_err(|source| SinkError::CopyBaseLayer { digest, source })
 }
@@ -260,7 +266,7 @@ pub(crate) fn copy_base_layer(base: &SourceImage, index: usize, out: &mut impl W
 pub(crate) fn recode_base_layer<W: Write>(base: &SourceImage, index: usize, codec: Compression, out: W) -> Result<W, SinkError> {
     let layer = &base.layers[index];
     let err = |source| SinkError::CopyBaseLayer { digest: layer.digest, source };
-    let mut reader = base.open_layer(index)?;
+    let mut reader = base.open_layer(index).map_err(err)?;
     let stored = Compression::of_media_type(&layer.media_type).unwrap_or(Compression::None);
     debug_assert_ne!(stored, codec, "a layer is re-encoded only into another codec");
     let mut tar = HashingWriter::new(out);
@@ -277,7 +283,7 @@ pub(crate) fn recode_base_layer<W: Write>(base: &SourceImage, index: usize, code
 
 /// A tar around whole files (the docker-archive and OCI archive containers): regular files
 /// only, mode 0644, owned by root, with one fixed mtime.
-struct OuterTar<W: Write> {
+pub(crate) struct OuterTar<W: Write> {
     out: W,
     mtime: u64,
     path: PathBuf,
@@ -305,13 +311,13 @@ impl<W: Write> OuterTar<W> {
     }
 
     fn file(&mut self, name: &str, source: &Path) -> Result<(), SinkError> {
-        let read_err = |e| SinkError::Layer(LayerError::Read { path: source.to_owned(), source: e });
+        let read_err = |e| SinkError::Read { path: source.to_owned(), source: e };
         let mut file = File::open(source).map_err(read_err)?;
         let size = file.metadata().map_err(read_err)?.len();
         self.header(name, size)?;
         let copied = io::copy(&mut (&mut file).take(size), &mut self.out).map_err(|e| self.write_err(e))?;
         if copied != size {
-            return Err(LayerError::Changed { path: source.to_owned(), expected: size }.into());
+            return Err(SinkError::Changed { path: source.to_owned(), expected: size });
         }
         self.pad(size)
     }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::closure::{Closure, ClosureError};
-use crate::image::Described;
 use crate::spec::{Spec, ValidSpec};
+use strata_oci::image::RecordedDigests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DescriptionError {
@@ -33,7 +33,7 @@ pub struct Description {
     pub spec: ValidSpec,
     pub closure: Closure,
     /// The digests recorded at build time (descriptions only).
-    pub recorded: Option<Described>,
+    pub recorded: Option<RecordedDigests>,
 }
 
 #[derive(Deserialize)]
@@ -41,7 +41,7 @@ pub struct Description {
 struct Body {
     spec: serde_json::Value,
     closure: String,
-    digests: Option<Described>,
+    digests: Option<RecordedDigests>,
 }
 
 impl Description {

@@ -1,0 +1,175 @@
+//! Assembly: a validated spec to an image of layer recipes. The closure is computed, the
+//! layers planned, the store scanned once, and the config made: the spec's config merged into
+//! the base image's, when there is one. The base image arrives opened (the caller reads it,
+//! from wherever it is, for the spec's platform); nothing here writes bytes: sinks do.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use oci_spec::image::{Arch, ImageConfiguration, Os};
+use strata_oci::image::{ConfigRecipe, Image, SourceImage};
+
+use crate::closure::{Closure, ClosureError};
+use crate::layer::{scan_tree, LayerError, LayerRecipe};
+use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
+use crate::spec::{ImageConfigSpec, ValidSpec};
+use crate::store::StorePath;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    #[error(transparent)]
+    Closure(#[from] ClosureError),
+    #[error(transparent)]
+    Plan(#[from] NoRoomForStorePaths),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("initialize_nix_database")]
+    NixDb(#[from] crate::nixdb::NixDbError),
+    #[error("max_layers = {max_layers} is too small for the base image's {base} layers and the explicit ones")]
+    BaseTooBig { max_layers: usize, base: usize },
+}
+
+/// Where the closure comes from.
+#[derive(Debug, Clone)]
+pub enum ClosureSource {
+    /// Ask the Nix installation.
+    Nix,
+    /// A closure graph file (`exportReferencesGraph`, `closureInfo`, `nix path-info --json`).
+    GraphFile(PathBuf),
+    /// Such a graph already read (from a stream script, say).
+    Graph(Closure),
+}
+
+/// Computes the closure, plans the layers, scans the store for their entries and makes the
+/// config: the image `spec` describes, over `base` (its `from_image`, opened by the caller).
+pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImage>) -> Result<Image<LayerRecipe>, AssembleError> {
+    let base_layers = base.as_ref().map_or(0, |b| b.layers.len());
+    if base_layers + spec.layers.len() + usize::from(!spec.copy_to_root.is_empty()) > spec.max_layers {
+        return Err(AssembleError::BaseTooBig { max_layers: spec.max_layers, base: base_layers });
+    }
+    let config_roots = spec.config_roots();
+    let mut keyed_roots: Vec<(String, StorePath)> = spec.roots.iter().cloned().chain(config_roots.iter().cloned()).collect();
+    keyed_roots.extend(spec.copy_to_root.iter().cloned());
+    for (i, layer) in spec.layers.iter().enumerate() {
+        let keyed = |key: &str, paths: &[StorePath]| paths.iter().enumerate().map(|(j, p)| (format!("layers[{i}].{key}[{j}]"), p.clone())).collect::<Vec<_>>();
+        keyed_roots.extend(keyed("roots", &layer.roots));
+        keyed_roots.extend(keyed("copy_to_root", &layer.copy_to_root));
+    }
+    let closure = match source {
+        ClosureSource::Nix => Closure::from_nix(&keyed_roots)?,
+        ClosureSource::GraphFile(_) | ClosureSource::Graph(_) => {
+            let closure = match source {
+                ClosureSource::Graph(closure) => closure.clone(),
+                ClosureSource::GraphFile(file) => Closure::from_graph_file(file)?,
+                ClosureSource::Nix => unreachable!("handled above"),
+            };
+            for (key, path) in &keyed_roots {
+                closure.check_root(key, path)?;
+                if std::fs::symlink_metadata(path).is_err() {
+                    return Err(ClosureError::Missing { key: key.clone(), path: path.clone() }.into());
+                }
+            }
+            closure
+        }
+    };
+
+    let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).map(|(_, p)| p.clone()).collect();
+    let copy_to_root: Vec<StorePath> = spec.copy_to_root.iter().map(|(_, p)| p.clone()).collect();
+    let max_layers = spec.max_layers.saturating_sub(base_layers + usize::from(spec.initialize_nix_database));
+    let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers };
+
+    // Scan every store path once; the plan needs their sizes, the recipes their entries.
+    let mut scanned = BTreeMap::new();
+    let all_roots = roots.iter().chain(input.copy_to_root.iter().flat_map(|t| closure.references(t)));
+    let explicit_roots = spec.layers.iter().flat_map(|l| l.roots.iter().chain(l.copy_to_root.iter().flat_map(|t| closure.references(t))));
+    for path in closure.requisites(all_roots.chain(explicit_roots)) {
+        let prefix = format!("nix/store/{}", path.base_name());
+        scanned.insert(path.clone(), scan_tree(path.as_ref(), prefix.as_bytes())?);
+    }
+    let planned = plan_layers(&input, |p| scanned.get(p).map_or(0, |(_, size)| *size))?;
+    let database = if spec.initialize_nix_database {
+        let paths = planned.iter().flat_map(|l| l.store_paths.iter().cloned()).collect();
+        Some(crate::nixdb::database_entries(&closure, &paths, spec.mtime)?)
+    } else {
+        None
+    };
+
+    let mut layers = Vec::with_capacity(planned.len());
+    for layer in planned {
+        let store_entries = layer.store_paths.iter().flat_map(|p| scanned[p].0.iter().cloned()).collect();
+        let mut root_entries = Vec::new();
+        for tree in &layer.root_trees {
+            root_entries.extend(scan_tree(tree.as_ref(), b"")?.0);
+        }
+        let comment = describe(&layer.store_paths, &layer.root_trees);
+        layers.push(LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment));
+    }
+    if let Some(entries) = database {
+        layers.push(LayerRecipe::new(vec![], entries, &[], spec.mtime, "Nix database: /nix/var/nix/db".to_owned()));
+    }
+    let config = config_of(&spec.config, base.as_ref(), &spec.created, &spec.architecture);
+    Ok(Image { name: spec.name, tag: spec.tag, mtime: spec.mtime, config: ConfigRecipe::Built(Box::new(config)), base, layers, recode: None, recorded: None })
+}
+
+/// The config of an image over `base`, all but its `rootfs` and the built layers' history
+/// (see [`ConfigRecipe::Built`]). On a base image, the spec's config is merged into the
+/// base's: `Env` by variable (the spec's wins), `Labels` merged, `ExposedPorts` and
+/// `Volumes` united, the other keys kept unless the spec sets them; the base's history
+/// comes first.
+fn config_of(c: &ImageConfigSpec, base: Option<&SourceImage>, created: &str, architecture: &str) -> ImageConfiguration {
+    let mut config = base.and_then(|b| b.config.config().clone()).unwrap_or_default();
+    config.set_entrypoint(c.entrypoint.clone().or_else(|| config.entrypoint().clone()));
+    config.set_cmd(c.cmd.clone().or_else(|| config.cmd().clone()));
+    config.set_working_dir(c.working_dir.clone().or_else(|| config.working_dir().clone()));
+    config.set_user(c.user.clone().or_else(|| config.user().clone()));
+    config.set_stop_signal(c.stop_signal.clone().or_else(|| config.stop_signal().clone()));
+    config.set_env(merge_lists(config.env().clone(), c.env.clone(), |v: &String| v.split('=').next().unwrap_or_default().to_owned()));
+    config.set_exposed_ports(merge_lists(config.exposed_ports().clone(), c.exposed_ports.as_ref().map(|p| p.keys()), String::clone));
+    config.set_volumes(merge_lists(config.volumes().clone(), c.volumes.as_ref().map(|v| v.keys()), String::clone));
+    let mut labels: BTreeMap<String, String> = config.labels().clone().unwrap_or_default().into_iter().collect();
+    labels.extend(c.labels.clone().unwrap_or_default());
+    config.set_labels((!labels.is_empty()).then(|| labels.into_iter().collect()));
+
+    let history = base.and_then(|b| b.config.history().clone()).unwrap_or_default();
+    let mut image = ImageConfiguration::default();
+    image.set_created(Some(created.to_owned()));
+    image.set_architecture(Arch::from(architecture));
+    image.set_os(Os::Linux);
+    image.set_config(Some(config));
+    image.set_history(Some(history));
+    image
+}
+
+/// `base` then `over`, where an item of `over` replaces the item of `base` with the same key
+/// in place; `None` if both are.
+fn merge_lists<T: Clone>(base: Option<Vec<T>>, over: Option<Vec<T>>, key: impl Fn(&T) -> String) -> Option<Vec<T>> {
+    if base.is_none() && over.is_none() {
+        return None;
+    }
+    let mut merged: Vec<T> = base.unwrap_or_default();
+    for item in over.unwrap_or_default() {
+        match merged.iter().position(|m| key(m) == key(&item)) {
+            Some(i) => merged[i] = item,
+            None => merged.push(item),
+        }
+    }
+    Some(merged)
+}
+
+/// A history comment naming what a layer holds.
+fn describe(store_paths: &[StorePath], root_trees: &[StorePath]) -> String {
+    const SHOWN: usize = 8;
+    let mut parts: Vec<String> = store_paths.iter().take(SHOWN).map(|p| p.name().to_owned()).collect();
+    if store_paths.len() > SHOWN {
+        parts.push(format!("and {} more", store_paths.len() - SHOWN));
+    }
+    let mut comment = if parts.is_empty() { String::new() } else { format!("store paths: {}", parts.join(", ")) };
+    if !root_trees.is_empty() {
+        let trees: Vec<&str> = root_trees.iter().map(StorePath::name).collect();
+        if !comment.is_empty() {
+            comment.push_str("; ");
+        }
+        comment.push_str(&format!("laid over /: {}", trees.join(", ")));
+    }
+    comment
+}

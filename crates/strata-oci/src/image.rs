@@ -1,0 +1,291 @@
+//! The image: a config and its layers, bottom first, as go-containerregistry's `v1.Image` is.
+//!
+//! A layer is one of two things:
+//! - **built**: a producer of its deterministic tar ([`LayerTar`]), whose size is known before
+//!   a byte is written (strata-build's layer recipes); sinks hash and compress it on the way;
+//! - **a blob** of an image read back ([`SourceImage`]), with one [`LayerBlob`] record, copied
+//!   as it is (every byte verified) or re-encoded into another codec ([`Recode`]).
+//!
+//! The config is either a copy's, byte for byte (so its image ID stays), or one to complete
+//! with the diff IDs of the layers as a sink writes them ([`ConfigRecipe`]). An image may carry
+//! the digests it must have ([`RecordedDigests`]): every sink checks them before it commits.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use oci_spec::image::{History, ImageConfiguration, MediaType, RootFs};
+
+use crate::canonical::canonical_json;
+use crate::compress::Compression;
+use crate::digest::{Digest, HashingWriter, VerifiedReader};
+use crate::manifest::{manifest_blob, LayerBlob};
+use crate::reference::{check_tag, ImageName};
+
+/// Why a built layer's tar could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum TarError {
+    /// The output failed.
+    #[error("cannot write the layer")]
+    Write(#[source] io::Error),
+    /// What goes into the tar could not be read (a store file gone, changed, unreadable).
+    #[error(transparent)]
+    Source(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A layer that is built: a producer of its tar, the same bytes every time.
+pub trait LayerTar: Clone + Send + Sync + 'static {
+    /// The exact length of the tar.
+    fn tar_len(&self) -> u64;
+    /// Writes the tar to `out`, in large buffered reads (`out` may hash or compress them).
+    fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), TarError>;
+    /// Writes the tar for bytes nobody needs to see on the way (the kernel may move them).
+    fn write_tar_direct<W: Write>(&self, out: &mut W) -> Result<(), TarError> {
+        self.write_tar(out)
+    }
+    /// A digest of everything the tar's bytes depend on, computed without writing it: equal
+    /// fingerprints mean equal tars (a digest cache keys on it).
+    fn fingerprint(&self) -> Digest;
+    /// What the layer holds, for the image's history.
+    fn comment(&self) -> &str;
+}
+
+/// Where the blobs of an image read back come from (a directory, an archive, a registry).
+pub trait BlobSource: Send + Sync {
+    /// Opens blob `digest` of `size` bytes; the path names it in messages.
+    fn open(&self, digest: &Digest, size: u64) -> io::Result<(PathBuf, Box<dyn Read + Send>)>;
+}
+
+/// An image read back from a source: its config byte for byte and its layers as blobs.
+#[derive(Clone)]
+pub struct SourceImage {
+    pub config_bytes: Vec<u8>,
+    pub config: ImageConfiguration,
+    pub layers: Vec<LayerBlob>,
+    /// `name:tag` if the source says (docker-archive `RepoTags`, a registry reference), or a
+    /// tag alone (OCI).
+    pub reference: Option<String>,
+    /// `HOST/REPOSITORY` for an image from a registry: its blobs can be mounted from there.
+    pub origin: Option<String>,
+    pub blobs: Arc<dyn BlobSource>,
+}
+
+impl std::fmt::Debug for SourceImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceImage").field("layers", &self.layers).field("reference", &self.reference).finish()
+    }
+}
+
+impl SourceImage {
+    /// A reader of layer `index`'s blob, bounded by its size, that fails at the end (or in
+    /// [`VerifiedReader::finish`]) unless the bytes have the layer's size and digest.
+    pub fn open_layer(&self, index: usize) -> io::Result<VerifiedReader<Box<dyn Read + Send>>> {
+        let layer = &self.layers[index];
+        let (path, reader) = self.blobs.open(&layer.digest, layer.size)?;
+        Ok(VerifiedReader::new(reader, layer.digest, layer.size, path))
+    }
+}
+
+/// What the config blob is made from.
+#[derive(Debug, Clone)]
+pub enum ConfigRecipe {
+    /// The base image's config, byte for byte: a copy keeps its image ID.
+    Verbatim,
+    /// Everything but `rootfs`, which the layers' diff IDs complete, and the history of the
+    /// built layers, one entry each (`created_by` strata, their comment), after the base's.
+    Built(Box<ImageConfiguration>),
+}
+
+/// Base layers stored in `from` (in any codec, for `None`) are re-encoded into `to`:
+/// `strata copy --compress` (any into its codec), a copy to a registry (uncompressed into
+/// gzip, as skopeo does), Docker before 23 (zstd into uncompressed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recode {
+    pub from: Option<Compression>,
+    pub to: Compression,
+}
+
+/// The digests an image has with uncompressed layers: recorded when the Nix library
+/// describes an image, checked whenever it is written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedDigests {
+    pub config: Digest,
+    pub manifest: Digest,
+    pub diff_ids: Vec<Digest>,
+}
+
+/// An image whose digests differ from those recorded when it was described.
+#[derive(Debug, thiserror::Error)]
+#[error("the image's {what} is {actual}, but {recorded} was recorded when the image was built: its store paths changed since; nothing was written")]
+pub struct NotAsRecorded {
+    pub what: &'static str,
+    pub recorded: Digest,
+    pub actual: Digest,
+}
+
+/// An image to write: a base image's layers (if any), then built layers of type `L`.
+#[derive(Debug, Clone)]
+pub struct Image<L> {
+    pub name: String,
+    /// Default: derived from the config digest.
+    pub tag: Option<String>,
+    /// The mtime of every entry of the archives that hold the image.
+    pub mtime: u64,
+    pub config: ConfigRecipe,
+    /// Layers of a base image (`from_image`, or the image being copied), below `layers`.
+    pub base: Option<SourceImage>,
+    /// Built layers, on top of the base's.
+    pub layers: Vec<L>,
+    /// Which base layers are re-encoded, and into what; `None` copies them as they are.
+    pub recode: Option<Recode>,
+    /// The digests the image must have (see [`Image::config_checked`]).
+    pub recorded: Option<RecordedDigests>,
+}
+
+/// Where one of an image's layers comes from.
+pub enum LayerSource<'a, L> {
+    Built(&'a L),
+    /// Layer `.1` of a base image.
+    Base(&'a SourceImage, usize),
+}
+
+impl<L> Clone for LayerSource<'_, L> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<L> Copy for LayerSource<'_, L> {}
+
+impl<L> LayerSource<'_, L> {
+    /// The codec a base layer is stored in (`None` for built layers, made per sink).
+    pub fn compression(&self) -> Option<Compression> {
+        match self {
+            LayerSource::Built(_) => None,
+            LayerSource::Base(base, j) => Compression::of_media_type(&base.layers[*j].media_type),
+        }
+    }
+}
+
+impl<L: LayerTar> Image<L> {
+    /// The image `source` as it is, named `name:tag` (else as the source names it).
+    pub fn copy_of(source: SourceImage, name: Option<&ImageName>) -> Image<L> {
+        let unnamed = |tag: &str| ("image".to_owned(), tag.to_owned());
+        let (name, tag) = match (name, source.reference.as_deref()) {
+            (Some(n), _) => (n.name.clone(), n.tag.clone()),
+            (None, None) => unnamed("latest"),
+            (None, Some(r)) => match ImageName::parse(r) {
+                Ok(n) if r.contains([':', '/']) => (n.name, n.tag),
+                // An OCI reference name is often a tag alone.
+                _ if check_tag(r).is_ok() => unnamed(r),
+                _ => {
+                    tracing::warn!("the source names its image {r:?}, which is not a valid image name; the copy is named image:latest");
+                    unnamed("latest")
+                }
+            },
+        };
+        let mtime = source.config.created().as_deref().and_then(|c| crate::time::parse_rfc3339(c).ok()).map_or(0, |(_, secs)| secs);
+        Image { name, tag: Some(tag), mtime, config: ConfigRecipe::Verbatim, base: Some(source), layers: vec![], recode: None, recorded: None }
+    }
+
+    /// Every layer, bottom first: the base's, then the built ones.
+    pub fn layer_sources(&self) -> Vec<LayerSource<'_, L>> {
+        let base = self.base.iter().flat_map(|b| (0..b.layers.len()).map(move |i| LayerSource::Base(b, i)));
+        base.chain(self.layers.iter().map(LayerSource::Built)).collect()
+    }
+
+    /// The codec a base layer is re-encoded into, if it is (see [`Image::recode`]).
+    pub fn recode_into(&self, layer: &LayerSource<L>) -> Option<Compression> {
+        let stored = layer.compression()?;
+        let Recode { from, to } = self.recode?;
+        (matches!(layer, LayerSource::Base(..)) && from.is_none_or(|from| from == stored) && to != stored).then_some(to)
+    }
+
+    /// The config blob for layers with these diff IDs (base layers first): canonical JSON,
+    /// so equal images have equal config digests.
+    pub fn config_blob(&self, diff_ids: &[Digest]) -> Vec<u8> {
+        match (&self.config, &self.base) {
+            (ConfigRecipe::Verbatim, Some(base)) => base.config_bytes.clone(),
+            (ConfigRecipe::Verbatim, None) => unreachable!("a verbatim config is a base image's"),
+            (ConfigRecipe::Built(config), _) => {
+                let mut rootfs = RootFs::default();
+                rootfs.set_typ("layers".to_owned());
+                rootfs.set_diff_ids(diff_ids.iter().map(Digest::to_string).collect());
+                let mut config = config.clone();
+                config.set_rootfs(rootfs);
+                let mut history = config.history().clone().unwrap_or_default();
+                history.extend(self.layers.iter().map(|l| {
+                    let mut h = History::default();
+                    h.set_created(config.created().clone());
+                    h.set_created_by(Some("strata".to_owned()));
+                    h.set_comment(Some(l.comment().to_owned()));
+                    h
+                }));
+                config.set_history(Some(history));
+                canonical_json(&config)
+            }
+        }
+    }
+
+    /// [`config_blob`](Self::config_blob), checked against the recorded config digest.
+    pub fn config_checked(&self, diff_ids: &[Digest]) -> Result<Vec<u8>, NotAsRecorded> {
+        let config = self.config_blob(diff_ids);
+        if let Some(recorded) = &self.recorded {
+            let actual = Digest::of(&config);
+            if actual != recorded.config {
+                return Err(NotAsRecorded { what: "config digest", recorded: recorded.config, actual });
+            }
+        }
+        Ok(config)
+    }
+
+    /// [`manifest_blob`], checked against the recorded manifest digest when the layers are
+    /// stored as they were when it was recorded (built ones uncompressed, base ones as they are).
+    pub fn manifest_checked(&self, config: &[u8], layers: &[LayerBlob]) -> Result<Vec<u8>, NotAsRecorded> {
+        let manifest = manifest_blob(config, layers);
+        let as_recorded = self.recode.is_none()
+            && layers.iter().zip(self.layer_sources()).all(|(blob, source)| match source {
+                LayerSource::Built(_) => blob.digest == blob.diff_id,
+                LayerSource::Base(..) => true,
+            });
+        if let (Some(recorded), true) = (&self.recorded, as_recorded) {
+            let actual = Digest::of(&manifest);
+            if actual != recorded.manifest {
+                return Err(NotAsRecorded { what: "manifest digest", recorded: recorded.manifest, actual });
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The image's tag, or else the first 32 hex digits of the config digest (which covers
+    /// every layer's content and the config).
+    pub fn tag(&self, config_digest: &Digest) -> String {
+        self.tag.clone().unwrap_or_else(|| config_digest.hex()[..32].to_owned())
+    }
+
+    /// `name:tag`.
+    pub fn reference(&self, config_digest: &Digest) -> String {
+        format!("{}:{}", self.name, self.tag(config_digest))
+    }
+
+    /// The digests this image has with uncompressed layers (base layers as they are), from
+    /// hashing every built layer's tar: what the Nix library records at build time, and what
+    /// any later copy with uncompressed layers must reproduce.
+    pub fn uncompressed_digests(&self) -> Result<RecordedDigests, TarError> {
+        let mut layers = Vec::new();
+        for layer in self.layer_sources() {
+            layers.push(match layer {
+                LayerSource::Built(built) => {
+                    let mut hashing = HashingWriter::new(io::sink());
+                    built.write_tar(&mut hashing)?;
+                    let (diff_id, size, _) = hashing.finish();
+                    LayerBlob { diff_id, digest: diff_id, size, media_type: MediaType::ImageLayer }
+                }
+                LayerSource::Base(base, j) => base.layers[j].clone(),
+            });
+        }
+        let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
+        let config = self.config_blob(&diff_ids);
+        Ok(RecordedDigests { config: Digest::of(&config), manifest: Digest::of(&manifest_blob(&config, &layers)), diff_ids })
+    }
+}
