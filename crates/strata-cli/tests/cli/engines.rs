@@ -1,10 +1,9 @@
 //! Images built by strata, loaded into the real podman and Docker engines and run.
 
-mod common;
 
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn hello_spec(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let hello = fixture("hello");

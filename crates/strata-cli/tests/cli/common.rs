@@ -2,7 +2,7 @@
 //! the real engines, reading docker-archives. Every tool the tests use is required: a
 //! missing one fails the test (run `scripts/setup`), it never skips it.
 
-#![allow(dead_code)]
+
 
 use std::borrow::BorrowMut;
 use std::collections::BTreeMap;

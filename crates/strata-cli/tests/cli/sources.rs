@@ -1,12 +1,11 @@
 //! Images read back: `strata copy` between formats and into engines, `from_image` with its
 //! config merge, and `strata run` in both engines.
 
-mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn skopeo_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&stdout_of(Command::new("skopeo").args(args))).unwrap()

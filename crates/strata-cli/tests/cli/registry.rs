@@ -1,13 +1,12 @@
 //! Registries: push to and pull from a real CNCF distribution registry (one per test, on a
 //! free loopback port, with htpasswd auth), checked by skopeo and podman.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn hello_spec(dir: &Path, greeting: &str) -> PathBuf {
     let hello = fixture_with("hello", &[("greeting", greeting)]);

@@ -1,12 +1,11 @@
 //! What goes in which layer, and that the same spec always gives the same bytes.
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Store paths (`/nix/store/<name>`) that have entries in a layer.
 fn store_paths_in(layer: &std::collections::BTreeMap<String, EntryInfo>) -> BTreeSet<String> {

@@ -1,13 +1,12 @@
 //! OCI layouts and archives, checked by skopeo and umoci, and run by podman.
 
-mod common;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn spec_for(dir: &Path, roots: &[&str], entrypoint: &str) -> std::path::PathBuf {
     let roots: Vec<String> = roots.iter().map(|r| format!("\"{r}\"")).collect();

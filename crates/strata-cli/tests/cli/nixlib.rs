@@ -1,11 +1,10 @@
 //! strata's Nix library (`nix/`): images built by Nix with strata as the builder, loaded
 //! into the real Docker engine and podman, and run.
 
-mod common;
 
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn nixlib(attr: &str) -> Command {
     let mut cmd = Command::new("nix-build");

@@ -6,13 +6,12 @@
 //! (tests/fixtures/nixpkgs) whose `callPackage` packages the strata under test, and the
 //! flake-parts test runs only when local checkouts of flake-parts and nixpkgs' lib are given.
 
-mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 

@@ -1,12 +1,11 @@
 //! Bad input: a non-zero exit, one message that names the cause, and nothing left at the
 //! destination.
 
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// Nothing but the spec is left in `dir`: no output, no temporary file.
 fn only_spec_left(dir: &Path) {
@@ -110,7 +109,7 @@ fn closure_graph_file_replaces_nix() {
 /// A store file deleted while strata writes the image: an error naming it, no output left.
 #[test]
 fn a_file_that_vanishes_mid_build() {
-    let nonce = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let nonce = nonce();
     let path = fixture_with("vanishing", &[("nonce", &nonce)]);
     let dir = tempfile::tempdir().unwrap();
     write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{path}\"]\n"));

@@ -1,12 +1,11 @@
 //! `strata containerize`: environments (packages, variables, a start hook) as images, run in
 //! the real podman and Docker engines.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// A flake (local, builtins only) providing `.#busybox`, and an environment manifest in the
 /// same directory installing it and hello.

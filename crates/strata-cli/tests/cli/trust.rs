@@ -2,14 +2,13 @@
 //! sources, two writers at once, signals and `kill -9` mid-write, secrets, and what other
 //! clients (podman, docker, buildah, ctr, skopeo, umoci) make of what strata writes.
 
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn spec_with(dir: &Path, body: &str) -> std::path::PathBuf {
     write_spec(dir, "spec.toml", &format!("name = \"strata-test-trust\"\ntag = \"t\"\n{body}"))

@@ -1,0 +1,16 @@
+//! strata's end-to-end tests, one binary (as ripgrep's are): strata itself, against real Nix,
+//! podman, the Docker engine, containerd, buildah, a CNCF registry, skopeo and umoci. Every
+//! tool is required: a missing one fails the test (run `scripts/setup`), none is skipped.
+//! Shared helpers are in `common`; fixtures (Nix expressions, builtins only) in `../fixtures`.
+
+mod common;
+mod containerize;
+mod engines;
+mod errors;
+mod flake;
+mod layers;
+mod nixlib;
+mod oci;
+mod registry;
+mod sources;
+mod trust;
