@@ -228,6 +228,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
+    // The process's TLS crypto: rustls with ring (aws-lc, rustls' default, takes minutes to
+    // build on two cores). Registries' clients take it from here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = handle_signals() {
         eprintln!("strata: error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
@@ -265,7 +268,7 @@ fn handle_signals() -> std::io::Result<()> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let registry = RegistryOptions { creds: cli.creds, tls_verify: cli.tls_verify };
+    let registry = RegistryOptions::new(cli.creds, cli.tls_verify);
     match cli.command {
         Command::Run(args) => return run_container(args, &registry),
         Command::NixBuilder => nix_builder::build()?,

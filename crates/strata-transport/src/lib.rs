@@ -225,32 +225,46 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(image: &Image<L>, compression: Comp
     };
     for_each_biggest_first(layers.len(), weight, |i| {
         let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
-        let file = HashingWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file()));
-        let (diff_id, media_type, file) = match layers[i] {
-            LayerSource::Built(recipe) => {
-                let mut tar = HashingWriter::new(compression.encoder(file).map_err(write_err)?);
-                recipe.write_tar(&mut tar)?;
-                let (diff_id, _, encoder) = tar.finish();
-                (diff_id, compression.layer_media_type(), encoder.finish().map_err(write_err)?)
-            }
-            LayerSource::Base(base, j) => match image.recode_into(&layers[i]) {
-                Some(codec) => {
-                    let encoder = recode_base_layer(base, j, codec, codec.encoder(file).map_err(write_err)?)?;
-                    (base.layers[j].diff_id, codec.layer_media_type(), encoder.finish().map_err(write_err)?)
-                }
-                None => {
-                    let mut file = file;
-                    copy_base_layer(base, j, &mut file)?;
-                    (base.layers[j].diff_id, base.layers[j].media_type.clone(), file)
-                }
-            },
-        };
-        let (digest, size, mut file) = file.finish();
+        let (blob, mut file) = write_layer_blob(image, layers[i], compression, BufWriter::with_capacity(1 << 20, temp.as_file()))?;
         file.flush().map_err(write_err)?;
         drop(file);
-        temp.persist_new(&blobs.join(digest.hex())).map_err(write_err)?;
-        Ok(LayerBlob { diff_id, digest, size, media_type })
+        temp.persist_new(&blobs.join(blob.digest.hex())).map_err(write_err)?;
+        Ok(blob)
     })
+}
+
+/// Writes one layer's blob to `out`: a built layer's tar through `compression`, hashed on
+/// the way; a base layer copied as it is or re-encoded (see [`Image::recode_into`]), verified
+/// either way. Returns the blob's record and `out`.
+pub(crate) fn write_layer_blob<L: LayerTar, W: Write>(
+    image: &Image<L>,
+    layer: LayerSource<L>,
+    compression: Compression,
+    out: W,
+) -> Result<(LayerBlob, W), SinkError> {
+    let write_err = |source| SinkError::Write { path: PathBuf::from("a layer blob"), source };
+    let out = HashingWriter::new(out);
+    let (diff_id, media_type, out) = match layer {
+        LayerSource::Built(recipe) => {
+            let mut tar = HashingWriter::new(compression.encoder(out).map_err(write_err)?);
+            recipe.write_tar(&mut tar)?;
+            let (diff_id, _, encoder) = tar.finish();
+            (diff_id, compression.layer_media_type(), encoder.finish().map_err(write_err)?)
+        }
+        LayerSource::Base(base, j) => match image.recode_into(&layer) {
+            Some(codec) => {
+                let encoder = recode_base_layer(base, j, codec, codec.encoder(out).map_err(write_err)?)?;
+                (base.layers[j].diff_id, codec.layer_media_type(), encoder.finish().map_err(write_err)?)
+            }
+            None => {
+                let mut out = out;
+                copy_base_layer(base, j, &mut out)?;
+                (base.layers[j].diff_id, base.layers[j].media_type.clone(), out)
+            }
+        },
+    };
+    let (digest, size, out) = out.finish();
+    Ok((LayerBlob { diff_id, digest, size, media_type }, out))
 }
 
 /// Copies layer `index` of `base` to `out`, checking its digest and size.

@@ -30,7 +30,7 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
 use strata_oci::compress::Compression;
-use strata_oci::digest::{Digest, HashingWriter};
+use strata_oci::digest::Digest;
 use strata_oci::image::{Image, LayerSource, LayerTar, SourceImage};
 use strata_oci::manifest::LayerBlob;
 use strata_oci::platform::Platform;
@@ -56,8 +56,12 @@ pub enum RegistryError {
     Request { host: String, what: String, message: String },
     #[error("{what}: digest {actual} where {expected} was expected")]
     DigestMismatch { what: String, expected: Digest, actual: Digest },
-    #[error("{0}")]
-    Io(String),
+    #[error("cannot start the runtime for registry requests")]
+    Runtime(#[source] std::io::Error),
+    #[error("layer {index}")]
+    Layer { index: usize, source: Box<crate::SinkError> },
+    #[error("{reference}: {why}")]
+    BadManifest { reference: String, why: String },
     #[error("{host} speaks plain HTTP, not HTTPS: pass --tls-verify=false to use a registry without TLS")]
     PlainHttp { host: String },
     #[error("nothing listens at {host} (connection refused): is the registry running, and is the port right?")]
@@ -102,11 +106,30 @@ pub struct RegistryOptions {
     pub creds: Option<Credentials>,
     /// `false`: plain HTTP, or HTTPS without certificate checks.
     pub tls_verify: bool,
+    /// The one tokio runtime behind every synchronous call made with these options, made on
+    /// first use (no registry, no runtime).
+    runtime: std::sync::OnceLock<Arc<tokio::runtime::Runtime>>,
 }
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        RegistryOptions { creds: None, tls_verify: true }
+        RegistryOptions::new(None, true)
+    }
+}
+
+impl RegistryOptions {
+    /// Options for every registry a command talks to. TLS goes through rustls with the
+    /// process's default crypto provider, which the program installs (a library does not).
+    pub fn new(creds: Option<Credentials>, tls_verify: bool) -> RegistryOptions {
+        RegistryOptions { creds, tls_verify, runtime: std::sync::OnceLock::new() }
+    }
+
+    fn runtime(&self) -> Result<Arc<tokio::runtime::Runtime>, RegistryError> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(runtime.clone());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RegistryError::Runtime)?;
+        Ok(self.runtime.get_or_init(|| Arc::new(runtime)).clone())
     }
 }
 
@@ -134,15 +157,13 @@ impl Session {
             use_monolithic_push: true,
             ..ClientConfig::default()
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| RegistryError::Io(e.to_string()))?;
-        // reqwest takes rustls' process-wide provider; ring is the one we build with.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = options.runtime()?;
         Ok(Session {
             client: Client::new(config),
             auth: creds.as_ref().map_or(RegistryAuth::Anonymous, |c| RegistryAuth::Basic(c.user.clone(), c.password.clone())),
             user: creds.map(|c| c.user),
             host: host.to_owned(),
-            runtime: Arc::new(runtime),
+            runtime,
             answered: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -204,7 +225,7 @@ fn is_unauthorized(e: &OciDistributionError) -> bool {
         OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => true,
         OciDistributionError::ServerError { code, .. } => *code == 401,
         OciDistributionError::RequestError(r) => r.status().is_some_and(|s| s.as_u16() == 401),
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| format!("{:?}", e.code).contains("Unauthorized")),
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| e.code == oci_client::errors::OciErrorCode::Unauthorized),
         _ => false,
     }
 }
@@ -451,52 +472,19 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
             return Ok((known.clone(), outcome));
         }
     }
-    // Not in the registry: make the blob (compressing a built layer) in a scratch file.
+    // Not in the registry: make the blob (compressing a built layer) in a scratch file, on
+    // this worker thread, which the runtime replaces meanwhile.
     let what = format!("layer {index}");
-    let io_err = |e: &dyn std::fmt::Display| RegistryError::Io(format!("{what}: {e}"));
-    let staging = ScratchFile::temporary().map_err(|e| io_err(&e))?;
-    let file = staging.reopen().map_err(|e| io_err(&e))?;
-    let made = match layer {
-        LayerSource::Built(recipe) => {
-            let recipe = recipe.clone();
-            tokio::task::spawn_blocking(move || -> Result<LayerBlob, String> {
-                let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-                let mut tar = HashingWriter::new(codec.encoder(out).map_err(|e| e.to_string())?);
-                recipe.write_tar(&mut tar).map_err(|e| e.to_string())?;
-                let (diff_id, _, encoder) = tar.finish();
-                let (digest, size, mut out) = encoder.finish().map_err(|e| e.to_string())?.finish();
-                std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
-                Ok(LayerBlob { diff_id, digest, size, media_type: codec.layer_media_type() })
-            })
-            .await
-            .map_err(|e| io_err(&e))?
-            .map_err(|e| io_err(&e))?
-        }
-        LayerSource::Base(base, j) => {
-            let base = base.clone();
-            tokio::task::spawn_blocking(move || -> Result<LayerBlob, String> {
-                let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-                let (out, media_type) = match recode {
-                    Some(codec) => {
-                        let encoder = codec.encoder(out).map_err(|e| e.to_string())?;
-                        let encoder = crate::recode_base_layer(&base, j, codec, encoder).map_err(|e| e.to_string())?;
-                        (encoder.finish().map_err(|e| e.to_string())?, codec.layer_media_type())
-                    }
-                    None => {
-                        let mut out = out;
-                        crate::copy_base_layer(&base, j, &mut out).map_err(|e| e.to_string())?;
-                        (out, base.layers[j].media_type.clone())
-                    }
-                };
-                let (digest, size, mut out) = out.finish();
-                std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
-                Ok(LayerBlob { diff_id: base.layers[j].diff_id, digest, size, media_type })
-            })
-            .await
-            .map_err(|e| io_err(&e))?
-            .map_err(|e| io_err(&e))?
-        }
-    };
+    let layer_err = |source: crate::SinkError| RegistryError::Layer { index, source: Box::new(source) };
+    let io_err = |source| layer_err(crate::SinkError::Write { path: std::env::temp_dir(), source });
+    let staging = ScratchFile::temporary().map_err(io_err)?;
+    let made = tokio::task::block_in_place(|| -> Result<LayerBlob, crate::SinkError> {
+        let file = staging.reopen().map_err(|source| crate::SinkError::Write { path: staging.path().to_owned(), source })?;
+        let (blob, mut out) = crate::write_layer_blob(image, layer, compression, std::io::BufWriter::with_capacity(1 << 20, file))?;
+        std::io::Write::flush(&mut out).map_err(|source| crate::SinkError::Write { path: staging.path().to_owned(), source })?;
+        Ok(blob)
+    })
+    .map_err(layer_err)?;
     if let Some(f) = &fingerprint {
         let blob = CachedBlob { diff_id: made.diff_id, digest: made.digest, size: made.size };
         cache.lock().expect("cache lock").layers.entry(f.clone()).or_default().insert(codec_name(codec).to_owned(), blob);
@@ -582,20 +570,21 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
         let mut bytes = check(found, source.digest, "manifest")?;
         let is_index = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok().is_some_and(|v| v.get("manifests").is_some());
         if is_index(&bytes) {
-            let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io(format!("{source}: index: {e}")))?;
+            let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
+            let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| bad(format!("index: {e}")))?;
             let chosen = index
                 .manifests()
                 .iter()
                 .find(|m| m.platform().as_ref().is_some_and(|p| platform.matches(p)))
-                .ok_or_else(|| RegistryError::Io(format!("{source}: the index has no image for {platform}")))?;
-            let chosen_digest = Digest::try_from(chosen.digest()).map_err(|e| RegistryError::Io(format!("{source}: index: {e}")))?;
+                .ok_or_else(|| bad(format!("the index has no image for {platform}")))?;
+            let chosen_digest = Digest::try_from(chosen.digest()).map_err(|e| bad(format!("index: {e}")))?;
             reference = Reference::with_digest(source.host.clone(), source.repository.clone(), chosen_digest.to_string());
             let found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
             bytes = check(found, Some(chosen_digest), "manifest")?;
         }
-        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io(format!("{source}: manifest: {e}")))?;
-        let config_digest: Digest =
-            manifest.config().digest().to_string().parse().map_err(|e: strata_oci::digest::BadDigest| RegistryError::Io(e.to_string()))?;
+        let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
+        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
+        let config_digest: Digest = Digest::try_from(manifest.config().digest()).map_err(|e| bad(format!("config: {e}")))?;
         let config_name = config_digest.to_string();
         let config_size = manifest.config().size().min(crate::blobs::MAX_METADATA_SIZE);
         let config = session

@@ -2,8 +2,6 @@
 //! the real engines, reading docker-archives. Every tool the tests use is required: a
 //! missing one fails the test (run `scripts/setup`), it never skips it.
 
-
-
 use std::borrow::BorrowMut;
 use std::collections::BTreeMap;
 use std::io::Read;

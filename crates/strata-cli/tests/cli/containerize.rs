@@ -1,7 +1,6 @@
 //! `strata containerize`: environments (packages, variables, a start hook) as images, run in
 //! the real podman and Docker engines.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 

@@ -1,6 +1,5 @@
 //! Images built by strata, loaded into the real podman and Docker engines and run.
 
-
 use std::process::{Command, Stdio};
 
 use crate::common::*;

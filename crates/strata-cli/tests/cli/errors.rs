@@ -1,7 +1,6 @@
 //! Bad input: a non-zero exit, one message that names the cause, and nothing left at the
 //! destination.
 
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 

@@ -6,7 +6,6 @@
 //! (tests/fixtures/nixpkgs) whose `callPackage` packages the strata under test, and the
 //! flake-parts test runs only when local checkouts of flake-parts and nixpkgs' lib are given.
 
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,6 +1,5 @@
 //! What goes in which layer, and that the same spec always gives the same bytes.
 
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! strata's Nix library (`nix/`): images built by Nix with strata as the builder, loaded
 //! into the real Docker engine and podman, and run.
 
-
 use std::process::{Command, Stdio};
 
 use crate::common::*;

@@ -1,6 +1,5 @@
 //! OCI layouts and archives, checked by skopeo and umoci, and run by podman.
 
-
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

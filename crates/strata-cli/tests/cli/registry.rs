@@ -1,7 +1,6 @@
 //! Registries: push to and pull from a real CNCF distribution registry (one per test, on a
 //! free loopback port, with htpasswd auth), checked by skopeo and podman.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! Images read back: `strata copy` between formats and into engines, `from_image` with its
 //! config merge, and `strata run` in both engines.
 
-
 use std::path::Path;
 use std::process::Command;
 

@@ -2,7 +2,6 @@
 //! sources, two writers at once, signals and `kill -9` mid-write, secrets, and what other
 //! clients (podman, docker, buildah, ctr, skopeo, umoci) make of what strata writes.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
