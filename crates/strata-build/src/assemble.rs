@@ -173,3 +173,48 @@ fn describe(store_paths: &[StorePath], root_trees: &[StorePath]) -> String {
     }
     comment
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoBlobs;
+
+    impl strata_oci::image::BlobSource for NoBlobs {
+        fn open(&self, _: &strata_oci::digest::Digest, _: u64) -> std::io::Result<(PathBuf, Box<dyn std::io::Read + Send>)> {
+            Err(std::io::Error::other("no blobs here"))
+        }
+    }
+
+    /// The spec's config merged into a base image's, key by key.
+    #[test]
+    fn the_specs_config_is_merged_into_the_base_images() {
+        let base_config: ImageConfiguration = serde_json::from_value(serde_json::json!({
+            "architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+            "history": [{"created_by": "base"}],
+            "config": {"Env": ["PATH=/bin", "A=base", "KEEP=1"], "Labels": {"from": "base", "x": "1"}, "Cmd": ["from-base"],
+                       "WorkingDir": "/tmp", "ExposedPorts": {"80/tcp": {}}, "Entrypoint": ["/base"]}
+        }))
+        .unwrap();
+        let base =
+            SourceImage { config_bytes: vec![], config: base_config, layers: vec![], reference: None, origin: None, blobs: std::sync::Arc::new(NoBlobs) };
+        let spec: ImageConfigSpec = serde_json::from_value(serde_json::json!({
+            "Env": ["A=top"], "Labels": {"x": "2"}, "Entrypoint": ["/top"], "ExposedPorts": ["8080/tcp"]
+        }))
+        .unwrap();
+        let merged = config_of(&spec, Some(&base), "2024-05-06T05:08:09Z", "arm64");
+        let json = serde_json::to_value(&merged).unwrap();
+        let c = &json["config"];
+        assert_eq!(c["Env"], serde_json::json!(["PATH=/bin", "A=top", "KEEP=1"]), "by variable, in place, the spec's wins");
+        assert_eq!(c["Labels"], serde_json::json!({"from": "base", "x": "2"}));
+        assert_eq!(c["ExposedPorts"], serde_json::json!({"80/tcp": {}, "8080/tcp": {}}));
+        assert_eq!(
+            (&c["Cmd"], &c["WorkingDir"], &c["Entrypoint"]),
+            (&serde_json::json!(["from-base"]), &serde_json::json!("/tmp"), &serde_json::json!(["/top"]))
+        );
+        assert_eq!(json["history"], serde_json::json!([{"created_by": "base"}]), "the base's history first; built layers are added when written");
+        assert_eq!((&json["architecture"], &json["created"]), (&serde_json::json!("arm64"), &serde_json::json!("2024-05-06T05:08:09Z")));
+        let alone = serde_json::to_value(config_of(&spec, None, "1970-01-01T00:00:01Z", "amd64")).unwrap();
+        assert_eq!(alone["config"]["Env"], serde_json::json!(["A=top"]));
+    }
+}
