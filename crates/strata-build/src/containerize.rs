@@ -90,7 +90,7 @@ impl Environment {
     pub fn load(manifest: &Path, tag: Option<&str>) -> Result<Environment, ContainerizeError> {
         let invalid = |key: &str, message: String| ContainerizeError::Invalid { path: manifest.to_owned(), key: key.to_owned(), message };
         let text = std::fs::read_to_string(manifest).map_err(|source| ContainerizeError::Read { path: manifest.to_owned(), source })?;
-        let m: Manifest = parse_toml(&text).map_err(|(key, message)| invalid(&key, message))?;
+        let m: Manifest = parse_toml(&text).map_err(|e| invalid(&e.key, e.message))?;
         let dir = manifest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
 
         let mut packages = Vec::new();
@@ -149,13 +149,10 @@ impl Environment {
             config,
             initialize_nix_database: false,
         };
-        let spec = spec.validate().map_err(|(key, message)| {
-            let key = match key.as_str() {
-                "name" | "tag" | "created" => format!("container.{key}"),
-                k if k.starts_with("config") => format!("container.{k}"),
-                _ => key,
-            };
-            invalid(&key, message)
+        // The spec's image keys live in the manifest's [container] table.
+        let spec = spec.validate().map_err(|e| {
+            let e = if matches!(e.key.as_str(), "name" | "tag" | "created") || e.key.starts_with("config") { e.within("container") } else { e };
+            invalid(&e.key, e.message)
         })?;
         let entries = environment_entries(&packages, c.user.as_deref(), shell.as_deref())?;
         Ok(Environment { spec, entries })

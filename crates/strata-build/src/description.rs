@@ -14,15 +14,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::closure::{Closure, ClosureError};
-use crate::spec::{Spec, ValidSpec};
+use crate::spec::{KeyError, Spec, ValidSpec};
 use strata_oci::image::RecordedDigests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DescriptionError {
     #[error("{}: not a strata stream script or description: {why}", path.display())]
     Invalid { path: PathBuf, why: String },
-    #[error("{}: spec: {key}: {message}", path.display())]
-    Spec { path: PathBuf, key: String, message: String },
+    #[error("{}: spec", path.display())]
+    Spec { path: PathBuf, source: KeyError },
     #[error(transparent)]
     Closure(#[from] ClosureError),
 }
@@ -51,7 +51,7 @@ impl Description {
         // Stream scripts start with their interpreter line; descriptions are plain JSON.
         let json = if text.starts_with("#!") { text.split_once('\n').map_or("", |(_, rest)| rest) } else { text };
         let body: Body = serde_json::from_str(json).map_err(|e| invalid(e.to_string()))?;
-        let spec_err = |(key, message)| DescriptionError::Spec { path: path.to_owned(), key, message };
+        let spec_err = |source| DescriptionError::Spec { path: path.to_owned(), source };
         let spec = Spec::from_json(&body.spec.to_string()).and_then(Spec::validate).map_err(spec_err)?;
         let closure = Closure::from_graph_text(&body.closure, path)?;
         Ok(Description { spec, closure, recorded: body.digests })

@@ -26,8 +26,29 @@ pub enum SpecError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("spec {path}: unknown format (expected a .toml or .json file)")]
     Format { path: PathBuf },
-    #[error("spec {path}: {key}: {message}")]
-    Invalid { path: PathBuf, key: String, message: String },
+    #[error("spec {}", path.display())]
+    Invalid { path: PathBuf, source: KeyError },
+}
+
+/// What is wrong with one key of a spec (or of a manifest with the spec's structure): its
+/// dotted path (`config.Entrypoint`, `roots[0]`, `(syntax)` for TOML that does not parse)
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> KeyError {
+        KeyError { key: key.into(), message: message.into() }
+    }
+
+    /// The same error, its key inside `section` (`name` in `container` is `container.name`).
+    pub fn within(self, section: &str) -> KeyError {
+        KeyError { key: format!("{section}.{}", self.key), message: self.message }
+    }
 }
 
 /// A whole image spec.
@@ -188,35 +209,35 @@ impl Spec {
             Some("json") => Spec::from_json(&text),
             _ => return Err(SpecError::Format { path: path.to_owned() }),
         }
-        .map_err(|(key, message)| SpecError::Invalid { path: path.to_owned(), key, message })
+        .map_err(|source| SpecError::Invalid { path: path.to_owned(), source })
     }
 
     /// Parses TOML; on error, the dotted key path and the message.
-    pub fn from_toml(text: &str) -> Result<Spec, (String, String)> {
+    pub fn from_toml(text: &str) -> Result<Spec, KeyError> {
         parse_toml(text)
     }
 
     /// Parses JSON; on error, the dotted key path and the message.
-    pub fn from_json(text: &str) -> Result<Spec, (String, String)> {
+    pub fn from_json(text: &str) -> Result<Spec, KeyError> {
         let mut de = serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(&mut de).map_err(|e| (key_of(e.path()), e.into_inner().to_string()))
+        serde_path_to_error::deserialize(&mut de).map_err(|e| KeyError::new(key_of(e.path()), e.into_inner().to_string()))
     }
 
     /// Checks everything serde cannot and fills in defaults. Store paths are checked for form
     /// here; whether they exist is the closure's business.
-    pub fn validate(self) -> Result<ValidSpec, (String, String)> {
-        let err = |key: &str, message: String| Err((key.to_owned(), message));
-        strata_oci::reference::check_name(&self.name).map_err(|m| ("name".to_owned(), m))?;
+    pub fn validate(self) -> Result<ValidSpec, KeyError> {
+        let err = |key: &str, message: String| Err(KeyError::new(key, message));
+        strata_oci::reference::check_name(&self.name).map_err(|m| KeyError::new("name", m))?;
         if let Some(tag) = &self.tag {
-            strata_oci::reference::check_tag(tag).map_err(|m| ("tag".to_owned(), m))?;
+            strata_oci::reference::check_tag(tag).map_err(|m| KeyError::new("tag", m))?;
         }
-        let time = |key: &str, value: Option<&str>| -> Result<(String, u64), (String, String)> {
+        let time = |key: &str, value: Option<&str>| -> Result<(String, u64), KeyError> {
             match value {
                 None => parse_rfc3339(DEFAULT_CREATED),
                 Some("now") => parse_rfc3339(&strata_oci::time::now()),
                 Some(t) => parse_rfc3339(t),
             }
-            .map_err(|message| (key.to_owned(), message))
+            .map_err(|message| KeyError::new(key, message))
         };
         let (created, created_secs) = time("created", self.created.as_deref())?;
         let mtime = match self.mtime.as_deref() {
@@ -231,19 +252,19 @@ impl Spec {
         if explicit_needed > max_layers {
             return err("max_layers", format!("{max_layers} is less than the {explicit_needed} layers the spec asks for explicitly"));
         }
-        let store_paths = |key: &str, paths: &[String]| -> Result<Vec<(String, StorePath)>, (String, String)> {
+        let store_paths = |key: &str, paths: &[String]| -> Result<Vec<(String, StorePath)>, KeyError> {
             paths
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
                     let key = format!("{key}[{i}]");
-                    StorePath::containing(p).map(|sp| (key.clone(), sp)).map_err(|e| (key, e.to_string()))
+                    StorePath::containing(p).map(|sp| (key.clone(), sp)).map_err(|e| KeyError::new(key, e.to_string()))
                 })
                 .collect()
         };
         let from_image = match &self.from_image {
             None => None,
-            Some(r) => Some(r.parse().map_err(|e: strata_oci::reference::BadReference| ("from_image".to_owned(), e.to_string()))?),
+            Some(r) => Some(r.parse().map_err(|e: strata_oci::reference::BadReference| KeyError::new("from_image", e.to_string()))?),
         };
         let roots = store_paths("roots", &self.roots)?;
         let copy_to_root = store_paths("copy_to_root", &self.copy_to_root)?;
@@ -305,7 +326,7 @@ impl Spec {
 impl ValidSpec {
     /// Reads and validates a spec file; errors name the file and the key.
     pub fn load(path: &Path) -> Result<ValidSpec, SpecError> {
-        Spec::from_file(path)?.validate().map_err(|(key, message)| SpecError::Invalid { path: path.to_owned(), key, message })
+        Spec::from_file(path)?.validate().map_err(|source| SpecError::Invalid { path: path.to_owned(), source })
     }
 
     /// Store paths named in `Entrypoint`, `Cmd` and `Env` values: closure roots too, as in
@@ -326,7 +347,7 @@ impl ValidSpec {
 }
 
 /// Deserialises TOML; on error, the dotted path of the offending key and the message.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, KeyError> {
     let de = toml::Deserializer::parse(text).map_err(|e| {
         let at = e.span().map_or_else(String::new, |span| {
             let before = &text[..span.start.min(text.len())];
@@ -334,9 +355,9 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (Stri
             let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
             format!("line {line}, column {column}: ")
         });
-        ("(syntax)".to_owned(), format!("{at}{}", e.message()))
+        KeyError::new("(syntax)", format!("{at}{}", e.message()))
     })?;
-    serde_path_to_error::deserialize(de).map_err(|e| (key_of(e.path()), e.into_inner().message().to_owned()))
+    serde_path_to_error::deserialize(de).map_err(|e| KeyError::new(key_of(e.path()), e.into_inner().message()))
 }
 
 fn key_of(path: &serde_path_to_error::Path) -> String {
@@ -355,6 +376,11 @@ mod tests {
     const HELLO: &str = "/nix/store/r7815vi79spcjkiidy1ypiwdj6xynisz-hello-2.12";
 
     fn toml_err(text: &str) -> (String, String) {
+        let e = toml_key_err(text);
+        (e.key, e.message)
+    }
+
+    fn toml_key_err(text: &str) -> KeyError {
         Spec::from_toml(text).and_then(Spec::validate).unwrap_err()
     }
 
@@ -390,6 +416,6 @@ mod tests {
         assert_eq!(toml_err("name = \"x\"\ncreated = \"yesterday\"").0, "created");
         assert_eq!(toml_err("name = \"x\"\nmax_layers = -1").0, "max_layers");
         let json = Spec::from_json(r#"{"name":"x","roots":"oops"}"#).unwrap_err();
-        assert_eq!(json.0, "roots");
+        assert_eq!(json.key, "roots");
     }
 }

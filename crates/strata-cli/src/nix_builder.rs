@@ -68,7 +68,7 @@ fn spec_with_tag() -> Result<Value> {
 
 fn plan(spec: Value, closure: &ClosureSource, spec_name: &str) -> Result<Image<LayerRecipe>> {
     let spec: Spec = serde_json::from_value(spec).with_context(|| format!("spec {spec_name}"))?;
-    let spec: ValidSpec = spec.validate().map_err(|(key, message)| anyhow::anyhow!("spec {spec_name}: {key}: {message}"))?;
+    let spec: ValidSpec = spec.validate().with_context(|| format!("spec {spec_name}"))?;
     plan_image(spec, closure, &RegistryOptions::default())
 }
 
