@@ -1,0 +1,186 @@
+//! The command line, defined once: every subcommand, flag and help text (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use strata_oci::compress::Compression;
+use strata_oci::reference::Engine;
+use strata_transport::registry::Credentials;
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Turn Nix closures into layered, reproducible OCI and Docker images",
+    long_about = "Turn Nix closures into layered, reproducible OCI and Docker images.\n\n\
+        An image spec (TOML or JSON) names closure roots, trees to lay over /, explicit layers and \
+        the OCI config; everything the roots and the config's Entrypoint, Cmd and Env reference \
+        ends up in the image, split into layers that stay stable across rebuilds.",
+    after_help = "Examples:\n  strata build image.toml | docker load\n  strata build image.toml -o oci:./out:latest\n  strata build image.toml -o oci-archive:image.tar --compress zstd\n  strata build image.toml -o docker://registry.example/web:1.4\n  strata containerize env.toml --runtime podman\n\nExit codes: 0 success, 1 failure, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM); `strata run`: the container's status, or 125 when strata itself failed."
+)]
+pub struct Cli {
+    /// More log output on standard error (-v: info, -vv: debug)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Registry credentials, USER:PASSWORD [default: from $REGISTRY_AUTH_FILE, containers'
+    /// auth.json, or ~/.docker/config.json and its credential helpers]
+    #[arg(long, global = true, value_name = "USER:PASSWORD")]
+    pub creds: Option<Credentials>,
+    /// Verify registries' TLS certificates; false also allows plain HTTP
+    #[arg(long, global = true, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Build an image from a spec and write it to a destination
+    #[command(after_help = DESTINATIONS)]
+    Build(BuildArgs),
+    /// Turn an environment (packages, variables, a start hook) into an image
+    #[command(after_help = DESTINATIONS)]
+    Containerize(ContainerizeArgs),
+    /// Build (or copy) an image into podman or docker and run it
+    #[command(
+        after_help = "IMAGE is a spec (.toml or .json), built first; a stream script, description or docker-archive (gzip and zstd too) built by strata's Nix library, as `./result`; an OCI layout directory; or a source reference (docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO:TAG).\nWith --flake DIR#NAME, the image is that flake output, built with Nix first (DIR#strata.<system>.images.NAME.result if DIR#NAME is not there).\nWith no --engine, podman is used if it is there, else docker.\n\nExit codes: the container's exit status; 125 when strata or the engine failed before the container ran (as docker and podman do); 130/143 when interrupted."
+    )]
+    Run(RunArgs),
+    /// Write the image a stream script (from the Nix library's streamLayeredImage) describes
+    #[command(after_help = "Stream scripts run this themselves: `$(nix-build) | docker load`.")]
+    Stream(StreamArgs),
+    /// Build an image inside a Nix build (the builder of the Nix library's derivations)
+    #[command(hide = true)]
+    NixBuilder,
+    /// Copy an image from a source to a destination, layers and config unchanged
+    #[command(
+        after_help = "Sources: docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO[:TAG|@DIGEST]. Every blob read is checked against its digest and size.\n\nLayers are copied as they are, except to docker:// (uncompressed layers are gzipped, as skopeo does) and with --compress (every layer re-encoded into that codec; the config, and so the image ID, stays the same).\n\nDestinations: as for `strata build`."
+    )]
+    Copy(CopyArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A spec file, a file or directory holding an image, or an image reference
+    #[arg(required_unless_present = "flake")]
+    pub image: Option<String>,
+    /// Run the image this flake output builds, DIR#NAME
+    #[arg(long, value_name = "DIR#NAME", conflicts_with = "image")]
+    pub flake: Option<String>,
+    /// The engine to run in [default: podman if available, else docker]
+    #[arg(long, value_enum)]
+    pub engine: Option<Runtime>,
+    /// Name the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Run in the background and print the container's ID
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Publish a port, HOST:CONTAINER (repeatable)
+    #[arg(short, long = "publish", value_name = "HOST:CTR")]
+    pub publish: Vec<String>,
+    /// Set a variable in the container, K=V (repeatable)
+    #[arg(short, long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// The container's network (as the engine's --network)
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Arguments for the image's entrypoint
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct StreamArgs {
+    /// The stream script
+    pub script: PathBuf,
+    /// Where to write the image (default: a docker-archive on standard output)
+    #[arg(short, long, value_name = "DEST")]
+    pub output: Option<String>,
+    /// Layer compression [default: none for described images, else as for build]
+    #[arg(long, value_enum, value_name = "CODEC")]
+    pub compress: Option<Codec>,
+}
+
+#[derive(clap::Args)]
+pub struct CopyArgs {
+    /// The image to read
+    pub source: String,
+    /// Where to write it
+    pub destination: String,
+    /// Re-encode layers into this codec [default: gzip for docker://, else as they are]
+    #[arg(long, value_enum, value_name = "CODEC")]
+    pub compress: Option<Codec>,
+}
+
+const DESTINATIONS: &str = "Destinations:\n  docker-archive:PATH        a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:REF]              an OCI image layout directory (created or added to)\n  oci-archive:PATH[:REF]     a tar of an OCI image layout\n  docker://HOST/REPO[:TAG]   pushed to a registry (gzip layers unless --compress says otherwise)\n  docker-daemon:[NAME:TAG]   loaded into the Docker engine (docker load; Docker reads zstd from version 23)\n  podman:[NAME:TAG]          loaded into podman (podman load)\nREF is a TAG, or NAME:TAG, the name engines give the image when they load the layout\n(NAME may hold a registry host: oci-archive:app.tar:registry.example/app:1.4).\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal.";
+
+#[derive(clap::Args)]
+pub struct ContainerizeArgs {
+    /// The environment manifest (TOML: [install], [vars], [hook], [container])
+    pub manifest: PathBuf,
+    /// Where to write the image (see Destinations below)
+    #[arg(short, long, value_name = "DEST", conflicts_with = "runtime")]
+    pub output: Option<String>,
+    /// Load the image into this engine instead of writing it
+    #[arg(long, value_enum)]
+    pub runtime: Option<Runtime>,
+    /// The image tag, instead of the manifest's
+    #[arg(short, long)]
+    pub tag: Option<String>,
+    /// Layer compression [default: none for docker-archive and engines, gzip for OCI]
+    #[arg(long, value_enum, value_name = "CODEC")]
+    pub compress: Option<Codec>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Runtime {
+    Docker,
+    Podman,
+}
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// The image spec: a .toml or .json file
+    #[arg(required_unless_present = "flake")]
+    pub spec: Option<PathBuf>,
+    /// Build the image of this flake output with Nix instead, DIR#NAME (see `strata run --help`)
+    #[arg(long, value_name = "DIR#NAME", conflicts_with_all = ["spec", "closure_graph"])]
+    pub flake: Option<String>,
+    /// Where to write the image (see Destinations below)
+    #[arg(short, long, value_name = "DEST")]
+    pub output: Option<String>,
+    /// Layer compression [default: none for docker-archive, gzip for OCI]
+    #[arg(long, value_enum, value_name = "CODEC")]
+    pub compress: Option<Codec>,
+    /// Read the closure from this file (exportReferencesGraph / closureInfo registration
+    /// format, or `nix path-info --json` output) instead of asking Nix
+    #[arg(long, value_name = "FILE")]
+    pub closure_graph: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Codec {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl From<Runtime> for Engine {
+    fn from(r: Runtime) -> Engine {
+        match r {
+            Runtime::Docker => Engine::Docker,
+            Runtime::Podman => Engine::Podman,
+        }
+    }
+}
+
+impl From<Codec> for Compression {
+    fn from(c: Codec) -> Compression {
+        match c {
+            Codec::None => Compression::None,
+            Codec::Gzip => Compression::Gzip,
+            Codec::Zstd => Compression::Zstd,
+        }
+    }
+}

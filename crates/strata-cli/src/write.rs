@@ -1,0 +1,80 @@
+//! The subcommands that write an image: `build`, `stream`, `containerize` and `copy`.
+
+use std::io::IsTerminal;
+
+use anyhow::{bail, Context, Result};
+use strata_build::assemble::ClosureSource;
+use strata_build::containerize::Environment;
+use strata_oci::compress::Compression;
+use strata_oci::image::{Image, Recode};
+use strata_oci::platform::Platform;
+use strata_oci::reference::{ImageRef, TRANSPORTS};
+use strata_transport::open_image;
+use strata_transport::registry::RegistryOptions;
+
+use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, StreamArgs};
+use crate::input::{Input, Loaded};
+
+/// `strata build`: a spec (or a flake's image) to a destination.
+pub fn build(args: BuildArgs, registry: &RegistryOptions) -> Result<()> {
+    let (input, what) = match (args.flake, args.spec) {
+        (Some(flake), _) => (Input::flake(&flake)?, format!("--flake {flake}")),
+        (None, Some(path)) => {
+            let closure = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
+            let what = path.display().to_string();
+            (Input::Spec { path, closure }, what)
+        }
+        (None, None) => unreachable!("clap requires SPEC or --flake"),
+    };
+    let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
+    input.open(registry)?.write(&dest, args.compress.map(Into::into), registry)?;
+    Ok(())
+}
+
+/// `strata stream`: the image a stream script or description describes.
+pub fn stream(args: StreamArgs, registry: &RegistryOptions) -> Result<()> {
+    let dest = destination(args.output.as_deref(), &args.script.display().to_string())?;
+    Input::Script(args.script).open(registry)?.write(&dest, args.compress.map(Into::into), registry)?;
+    Ok(())
+}
+
+/// `strata copy`: an image from a source to a destination, layers verified, the config kept.
+pub fn copy(args: CopyArgs, registry: &RegistryOptions) -> Result<()> {
+    let dest: ImageRef = args.destination.parse()?;
+    let source = open_image(&args.source.parse()?, &Platform::host(), registry).with_context(|| format!("reading {}", args.source))?;
+    let name = match &dest {
+        ImageRef::Engine { name: Some(name), .. } => Some(name),
+        _ => None,
+    };
+    let mut image = Image::copy_of(source, name);
+    image.recode = match (args.compress, &dest) {
+        (Some(codec), _) => Some(Recode { from: None, to: codec.into() }),
+        // As skopeo does: what goes to a registry is compressed.
+        (None, ImageRef::Registry(_)) => Some(Recode { from: Some(Compression::None), to: Compression::Gzip }),
+        (None, _) => None,
+    };
+    Loaded(image).write(&dest, Some(Compression::None), registry)?;
+    Ok(())
+}
+
+/// `strata containerize`: an environment manifest made into an image.
+pub fn containerize(args: ContainerizeArgs, registry: &RegistryOptions) -> Result<()> {
+    let dest = match args.runtime {
+        Some(runtime) => ImageRef::Engine { engine: runtime.into(), name: None },
+        None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
+    };
+    let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
+    Loaded(environment.plan(&ClosureSource::Nix)?).write(&dest, args.compress.map(Into::into), registry)?;
+    Ok(())
+}
+
+/// `-o DEST` parsed; without it, standard output unless that is a terminal.
+fn destination(output: Option<&str>, command: &str) -> Result<ImageRef> {
+    match output {
+        Some(reference) => Ok(reference.parse()?),
+        None if std::io::stdout().is_terminal() => {
+            bail!("standard output is a terminal: pass -o DEST ({TRANSPORTS}), or pipe the image ({command} | docker load)")
+        }
+        None => Ok(ImageRef::DockerArchive(None)),
+    }
+}
