@@ -472,6 +472,19 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
             return Ok((known.clone(), outcome));
         }
     }
+    if let (LayerSource::Base(base, j), None) = (layer, recode) {
+        // Copied as it is: streamed from the source, verified on the way, never staged on disk
+        // (a registry-to-registry copy writes each blob once, where the pull puts it).
+        let blob = base.layers[j].clone();
+        let digest = blob.digest.to_string();
+        session
+            .retry(&format!("uploading layer {index}"), || async {
+                let stream = blob_stream(base.clone(), j);
+                session.client.push_blob_stream(reference, stream, &digest, Some(blob.size)).await
+            })
+            .await?;
+        return Ok((blob, Outcome::Uploaded));
+    }
     // Not in the registry: make the blob (compressing a built layer) in a scratch file, on
     // this worker thread, which the runtime replaces meanwhile.
     let what = format!("layer {index}");
@@ -644,6 +657,33 @@ pub(crate) fn open_registry(reference: &RegistryRef, platform: &Platform, option
         origin: Some(origin.clone()),
         blobs: Arc::new(BlobStore::Registry(blobs, origin)),
     })
+}
+
+/// Layer `index` of `base` as a stream of chunks, read (and verified: a corrupt blob ends
+/// the stream with an error) on a blocking thread.
+fn blob_stream(base: SourceImage, index: usize) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = match base.open_layer(index) {
+            Ok(reader) => reader,
+            Err(e) => return drop(tx.blocking_send(Err(e))),
+        };
+        loop {
+            let mut chunk = vec![0u8; 1 << 20];
+            match std::io::Read::read(&mut reader, &mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if tx.blocking_send(Ok(chunk.into())).is_err() {
+                        return; // the upload stopped
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return drop(tx.blocking_send(Err(e))),
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item.map_err(OciDistributionError::IoError), rx)) })
 }
 
 /// A writer that takes at most `left` more bytes, then fails.

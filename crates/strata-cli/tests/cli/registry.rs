@@ -258,3 +258,22 @@ fn an_interrupted_push_leaves_no_scratch() {
     let inspect = Command::new("skopeo").args(["inspect", "--tls-verify=false", "--creds", CREDS, &target]).output().unwrap();
     assert!(!inspect.status.success(), "no manifest was pushed");
 }
+
+/// A copy from one registry to another: the same manifest digest, every layer uploaded
+/// straight from the pulled blob (#11), and the copy runs.
+#[test]
+fn registry_to_registry_copies_keep_the_digest() {
+    let (from, to) = (Registry::start(), Registry::start());
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!("{}:v1", from.reference("strata-test/src"));
+    run_ok(strata_reg(dir.path(), &["build", hello_spec(dir.path(), "Hello, world!").to_str().unwrap(), "-o", &source]));
+    let target = format!("{}:v1", to.reference("strata-test/copied"));
+    run_ok(strata_reg(dir.path(), &["copy", &source, &target]));
+    assert_eq!(to.uploads(), 3, "two layers and the config");
+    let digest = |r: &str| stdout_of(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}", "--tls-verify=false", "--creds", CREDS, r]));
+    assert_eq!(digest(&source), digest(&target));
+    let image = target.trim_start_matches("docker://").to_owned();
+    run_ok(Command::new("podman").args(["pull", "--quiet", "--tls-verify=false", "--creds", CREDS, &image]));
+    assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
+    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+}
