@@ -29,7 +29,7 @@
       # flakeModule { namespace = "…"; } is the module under another namespace.
       lib = forAllSystems (system: library { strata = strataFor system; inherit system; }) // {
         withStrata = library;
-        mkImages = import ./nix/mk-images.nix { inherit library strataFor; };
+        mkImages = import ./nix/mk-images.nix { inherit library strataFor; defaultSystems = systems; };
         inherit flakeModule;
       };
 

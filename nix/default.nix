@@ -5,7 +5,7 @@
 # Every image is two small derivations whose builder is strata itself (no shell, coreutils
 # or Python in the build): a spec file, whose closure is the closure of everything the image
 # names, and the image, built from that spec and the closure graph Nix exports to it.
-{ strata, system ? strata.system or builtins.currentSystem }:
+{ strata, system ? strata.system or builtins.currentSystem, storeDir ? builtins.storeDir }:
 let
   strataBin = "${strata}/bin/strata";
   defaultCreated = "1970-01-01T00:00:01Z";
@@ -17,7 +17,7 @@ let
     (x:
       if builtins.isAttrs x && x ? outPath then toString x
       else if builtins.isPath x then "${x}"
-      else if builtins.isString x && builtins.substring 0 11 x == "/nix/store/" then x
+      else if builtins.isString x && builtins.substring 0 (builtins.stringLength storeDir + 1) x == "${storeDir}/" then x
       else throw "strata.${fn}: `${arg}` must hold derivations or store paths, not a ${builtins.typeOf x}")
     (toList xs);
 

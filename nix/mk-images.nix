@@ -10,10 +10,10 @@
 # `checks.<system>.strata-image-<name>`. An image is an attrset of options, or a function of
 # { name, system, pkgs, imageSystem, imagePkgs, ... } returning one (no module merging: use
 # the flake-parts module for that).
-{ strataFor, library }:
+{ strataFor, library, defaultSystems }:
 { images
 , nixpkgs ? null
-, systems ? [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ]
+, systems ? defaultSystems
 , pkgsFor ? system: if nixpkgs == null then throw "strata.mkImages: an image asks for pkgs or imagePkgs: pass `nixpkgs` (or `pkgsFor`)" else nixpkgs.legacyPackages.${system}
 , strata ? null  # system -> the strata package to build with; default: this flake's own
 , namespace ? "strata"
