@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Deserialize;
 
@@ -66,11 +65,8 @@ impl Closure {
             }
         }
         let unique: BTreeSet<&StorePath> = roots.iter().map(|(_, p)| p).collect();
-        let output = Command::new("nix")
-            .args(["--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive"])
-            .args(unique.iter().map(|p| p.as_str()))
-            .output()
-            .map_err(ClosureError::NixMissing)?;
+        let args: Vec<&str> = ["path-info", "--json", "--recursive"].into_iter().chain(unique.iter().map(|p| p.as_str())).collect();
+        let output = crate::nix::run(&args, None).map_err(ClosureError::NixMissing)?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             // Name the root Nix complained about, with the key that named it.

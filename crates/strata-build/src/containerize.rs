@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Deserialize;
 
@@ -176,24 +175,15 @@ fn resolve_package(value: &str, dir: &Path) -> Result<StorePath, String> {
         }
         return Ok(path);
     }
-    let output = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command flakes", "build", "--no-link", "--json", value])
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("building {value:?} needs Nix, which could not be run ({e})"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let why = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_owned();
-        return Err(format!("cannot build {value:?} in {}: {why}", dir.display()));
-    }
-    #[derive(Deserialize)]
-    struct Built {
-        outputs: BTreeMap<String, String>,
-    }
-    let built: Vec<Built> = serde_json::from_slice(&output.stdout).map_err(|e| format!("unexpected output of nix build: {e}"))?;
-    let out = built.first().and_then(|b| b.outputs.get("out").or_else(|| b.outputs.values().next()));
-    let out = out.ok_or_else(|| format!("nix build {value:?} gave no output path"))?;
-    StorePath::containing(out).map_err(|e| e.to_string())
+    let out = match crate::nix::build(value, Some(dir)) {
+        Err(e) => return Err(format!("building {value:?} needs Nix, which could not be run ({e})")),
+        Ok(Err(stderr)) => {
+            let why = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_owned();
+            return Err(format!("cannot build {value:?} in {}: {why}", dir.display()));
+        }
+        Ok(Ok(out)) => out,
+    };
+    StorePath::containing(&out.to_string_lossy()).map_err(|e| e.to_string())
 }
 
 /// Later definitions of a variable replace earlier ones, in the earlier one's place.

@@ -5,7 +5,6 @@
 //! builds: a docker-archive (compressed or not), a stream script or a description.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
@@ -38,14 +37,5 @@ pub fn build(reference: &str) -> Result<PathBuf> {
 /// `nix build --json INSTALLABLE`: the output path, or Nix's error output.
 fn nix_build(installable: &str) -> Result<std::result::Result<PathBuf, String>> {
     eprintln!("strata: nix build {installable}");
-    let out = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command flakes", "build", "--no-link", "--json", installable])
-        .output()
-        .context("cannot run nix: is Nix installed and on PATH?")?;
-    if !out.status.success() {
-        return Ok(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
-    }
-    let built: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading `nix build --json` output")?;
-    let path = built[0]["outputs"]["out"].as_str().with_context(|| format!("`nix build {installable}` built no `out` output"))?;
-    Ok(Ok(PathBuf::from(path)))
+    strata_build::nix::build(installable, None).context("cannot run nix: is Nix installed and on PATH?")
 }
