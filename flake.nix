@@ -23,7 +23,7 @@
 
       # The Nix library per system, built with this flake's strata:
       #   strata.lib.x86_64-linux.buildImage { ... }
-      # and for any other strata (a derivation or store path with bin/strata):
+      # and for any other strata (a derivation with bin/strata; a store path string only in impure evaluation):
       #   strata.lib.withStrata { strata = myStrata; }
       # mkImages gives flakes without flake-parts what the flake module gives (nix/mk-images.nix);
       # flakeModule { namespace = "…"; } is the module under another namespace.

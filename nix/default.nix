@@ -1,6 +1,6 @@
 # strata's Nix library. It needs only `builtins`, so it works with any nixpkgs, or none:
 #
-#   lib = import ./nix { strata = <a derivation or store path with bin/strata>; };
+#   lib = import ./nix { strata = <a derivation with bin/strata; a store path string outside pure evaluation>; };
 #
 # Every image is two small derivations whose builder is strata itself (no shell, coreutils
 # or Python in the build): a spec file, whose closure is the closure of everything the image
