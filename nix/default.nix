@@ -178,7 +178,7 @@ rec {
 
   # The flake integration's images (the flake-parts module, mkImages): image options as plain
   # values to { name, result, do.run.*, do.copy.* }. See images.nix.
-  inherit (import ./images.nix { inherit nix2container; }) mkImage imageSystemOf;
+  inherit (import ./images.nix { inherit nix2container; }) mkImage imageSystemOf imageOptions imageConfigOptions;
 
   # makes' makeContainerImage: each layer is a derivation whose $out is laid over /, its
   # closure in the image; a gzipped docker-archive (`docker load < result`).

@@ -19,34 +19,17 @@
 let
   inherit (lib) mkOption types;
 
-  # One image's options; `result` and `do` are computed from them.
+  # One image's options, made of the library's one declaration of them (nix/images.nix);
+  # `result` and `do` are computed from them.
+  declared = import ./images.nix { nix2container = null; }; # only the declarations are read
+  optionOf = o: mkOption ({ type = o.type types; inherit (o) description; } // (if o ? default then { inherit (o) default; } else { }));
   imageModule = { name, config, strataLib, imageSystem, ... }: {
-    options = {
-      name = mkOption { type = types.str; default = name; description = "The image's name (repository)."; };
-      tag = mkOption { type = types.nullOr types.str; default = null; description = "The tag; default: a hash of the image's description."; };
+    options = builtins.mapAttrs (_: optionOf) declared.imageOptions // {
+      name = optionOf declared.imageOptions.name // { default = name; };
       imageConfig = mkOption {
-        description = "The OCI image config.";
-        default = { };
-        type = types.submodule {
-          options = {
-            entrypoint = mkOption { type = types.nullOr (types.listOf types.str); default = null; };
-            cmd = mkOption { type = types.nullOr (types.listOf types.str); default = null; };
-            env = mkOption { type = types.nullOr (types.either (types.listOf types.str) (types.attrsOf types.str)); default = null; description = "K=V strings, or an attrset of variables."; };
-            workingDir = mkOption { type = types.nullOr types.str; default = null; };
-            user = mkOption { type = types.nullOr types.str; default = null; };
-            exposedPorts = mkOption { type = types.nullOr (types.either (types.listOf types.str) (types.attrsOf types.attrs)); default = null; description = ''Ports such as "8080/tcp".''; };
-            labels = mkOption { type = types.nullOr (types.attrsOf types.str); default = null; };
-            raw = mkOption { type = types.attrsOf types.anything; default = { }; description = "Any OCI config key (Docker's or nix2container's spelling); the options above win over it."; };
-          };
-        };
+        inherit (declared.imageOptions.imageConfig) description default;
+        type = types.submodule { options = builtins.mapAttrs (_: optionOf) declared.imageConfigOptions; };
       };
-      copyToRoot = mkOption { type = types.listOf (types.either types.package types.str); default = [ ]; description = "Trees laid over / (their closures go in the store)."; };
-      layers = mkOption { type = types.listOf types.raw; default = [ ]; description = "Isolated layers: buildLayer results, their arguments ({ deps, copyToRoot }), or derivations."; };
-      maxLayers = mkOption { type = types.ints.between 1 125; default = 100; };
-      perms = mkOption { type = types.listOf (types.attrsOf types.anything); default = [ ]; description = "{ path, regex?, mode?, uid?, gid? } as in nix2container."; };
-      fromImage = mkOption { type = types.nullOr (types.either types.str types.package); default = null; description = "A base image: a docker-archive, or a reference (docker://…, oci:…)."; };
-      initializeNixDatabase = mkOption { type = types.bool; default = false; };
-      check = mkOption { type = types.bool; default = true; description = "Whether `nix flake check` builds this image."; };
       result = mkOption { type = types.package; readOnly = true; description = "The image: its description, with the digests strata computed."; };
       do = mkOption { type = types.lazyAttrsOf (types.lazyAttrsOf types.package); readOnly = true; description = "Runnable actions: do.run.*, do.copy.*."; };
     };

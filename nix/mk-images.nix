@@ -20,7 +20,7 @@
 , checks ? true  # add every image (with check = true) to `checks`
 }:
 let
-  inherit (builtins) attrNames filter functionArgs head isFunction listToAttrs map;
+  inherit (builtins) attrNames filter head isFunction listToAttrs map;
   forSystems = f: listToAttrs (map (system: { name = system; value = f system; }) systems);
 
   imagesFor = system:
@@ -28,11 +28,10 @@ let
       lib = library { strata = if strata == null then strataFor system else strata system; inherit system; };
       imageSystem = lib.imageSystemOf system;
       args = name: { inherit name system imageSystem; pkgs = pkgsFor system; imagePkgs = pkgsFor imageSystem; };
-      options = functionArgs lib.mkImage;
       image = name: entry:
         let
           set = if isFunction entry then entry (args name) else entry;
-          unknown = filter (k: !(options ? ${k}) || k == "imageSystem") (attrNames set);
+          unknown = filter (k: !(lib.imageOptions ? ${k})) (attrNames set);
         in
         if unknown != [ ] then throw "strata.mkImages: image `${name}` has no option `${head unknown}`"
         else { check = set.check or true; built = lib.mkImage ({ inherit name imageSystem; } // set); };
