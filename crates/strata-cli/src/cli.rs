@@ -7,6 +7,8 @@ use strata_oci::compress::Compression;
 use strata_oci::reference::Engine;
 use strata_transport::registry::Credentials;
 
+use crate::exit::exit_codes_help;
+
 #[derive(Parser)]
 #[command(
     name = "strata",
@@ -16,7 +18,7 @@ use strata_transport::registry::Credentials;
         An image spec (TOML or JSON) names closure roots, trees to lay over /, explicit layers and \
         the OCI config; everything the roots and the config's Entrypoint, Cmd and Env reference \
         ends up in the image, split into layers that stay stable across rebuilds.",
-    after_help = "Examples:\n  strata build image.toml | docker load\n  strata build image.toml -o oci:./out:latest\n  strata build image.toml -o oci-archive:image.tar --compress zstd\n  strata build image.toml -o docker://registry.example/web:1.4\n  strata containerize env.toml --runtime podman\n\nExit codes: 0 success, 1 failure, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM); `strata run`: the container's status, or 125 when strata itself failed."
+    after_help = concat!("Examples:\n  strata build image.toml | docker load\n  strata build image.toml -o oci:./out:latest\n  strata build image.toml -o oci-archive:image.tar --compress zstd\n  strata build image.toml -o docker://registry.example/web:1.4\n  strata containerize env.toml --runtime podman\n\n", exit_codes_help!())
 )]
 pub struct Cli {
     /// More log output on standard error (-v: info, -vv: debug)

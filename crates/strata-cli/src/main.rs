@@ -3,14 +3,10 @@
 //! build, stream, containerize, copy; `run`; `nix_builder`); errors from the libraries are
 //! reported here, once, with their causes on one line.
 //!
-//! Exit codes (also in `--help` and the README):
-//! - 0: success; 1: strata failed; 2: the command line is wrong (as clap does);
-//! - `strata run`: the container's own exit status, and 125 when strata (or the engine)
-//!   failed before the container ran, as Docker and podman do;
-//! - 130 and 143: interrupted by SIGINT or SIGTERM (128 + the signal), after removing every
-//!   file strata had not finished writing.
+//! Exit statuses are defined once, in `exit`.
 
 mod cli;
+mod exit;
 mod flake;
 mod input;
 mod nix_builder;
@@ -26,6 +22,7 @@ use clap::Parser;
 use strata_transport::registry::RegistryOptions;
 
 use cli::{Cli, Command};
+use exit::Status;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -48,15 +45,15 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = handle_signals() {
         eprintln!("strata: error: cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
+        return Status::Failure.into();
     }
     let is_run = matches!(cli.command, Command::Run(_));
     match run(cli) {
-        Ok(code) => code,
+        Ok(status) => status.into(),
         Err(e) => {
             eprintln!("strata: error: {e:#}");
             // `strata run`'s own failures are told apart from the container's exit status.
-            ExitCode::from(if is_run { 125 } else { 1 })
+            (if is_run { Status::RunFailure } else { Status::Failure }).into()
         }
     }
 }
@@ -76,14 +73,14 @@ fn handle_signals() -> std::io::Result<()> {
             }
             let _held = strata_scratch::remove_all();
             eprintln!("strata: interrupted");
-            std::process::exit(128 + signal);
+            std::process::exit(Status::Signal(signal).code().into());
         }
     });
     Ok(())
 }
 
 /// Runs the subcommand; its exit code on success.
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli) -> Result<Status> {
     let registry = RegistryOptions::new(cli.creds, cli.tls_verify);
     match cli.command {
         Command::Run(args) => return run::run_container(args, &registry),
@@ -93,5 +90,5 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Copy(args) => write::copy(args, &registry)?,
         Command::Containerize(args) => write::containerize(args, &registry)?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::Success)
 }

@@ -3,7 +3,7 @@
 //! passed through; signals go to the engine while it runs.
 
 use std::io::IsTerminal;
-use std::process::{ExitCode, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context, Result};
@@ -11,6 +11,7 @@ use strata_oci::reference::{Engine, ImageRef};
 use strata_transport::registry::RegistryOptions;
 
 use crate::cli::RunArgs;
+use crate::exit::Status;
 use crate::input::Input;
 
 /// The pid of a container engine `strata run` is waiting for: signals go to it instead.
@@ -18,7 +19,7 @@ pub static CHILD: AtomicI32 = AtomicI32::new(0);
 
 /// Builds or copies the image into an engine and runs it there; returns the container's
 /// exit status.
-pub fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCode> {
+pub fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<Status> {
     let engine = match args.engine {
         Some(runtime) => runtime.into(),
         None => {
@@ -64,12 +65,7 @@ pub fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<ExitCo
     CHILD.store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
     let status = child.wait().with_context(|| format!("waiting for {engine}"))?;
     CHILD.store(0, Ordering::SeqCst);
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(125)),
-        // Killed by a signal: as a shell reports it.
-        None => ExitCode::from(std::os::unix::process::ExitStatusExt::signal(&status).map_or(125, |s| u8::try_from(128 + s).unwrap_or(125))),
-    })
+    Ok(Status::of_container(status))
 }
 
 /// A command as it would be typed, with the values of `--env K=V` left out: they can be secrets.
