@@ -225,7 +225,7 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(image: &Image<L>, compression: Comp
     };
     for_each_biggest_first(layers.len(), weight, |i| {
         let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
-        let (blob, mut file) = write_layer_blob(image, layers[i], compression, BufWriter::with_capacity(1 << 20, temp.as_file()))?;
+        let (blob, mut file) = write_layer_blob(image, layers[i], compression, BufWriter::with_capacity(1 << 20, temp.as_file()), temp.path())?;
         file.flush().map_err(write_err)?;
         drop(file);
         temp.persist_new(&blobs.join(blob.digest.hex())).map_err(write_err)?;
@@ -235,14 +235,15 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(image: &Image<L>, compression: Comp
 
 /// Writes one layer's blob to `out`: a built layer's tar through `compression`, hashed on
 /// the way; a base layer copied as it is or re-encoded (see [`Image::recode_into`]), verified
-/// either way. Returns the blob's record and `out`.
+/// either way. Returns the blob's record and `out`; `path` names `out` in errors.
 pub(crate) fn write_layer_blob<L: LayerTar, W: Write>(
     image: &Image<L>,
     layer: LayerSource<L>,
     compression: Compression,
     out: W,
+    path: &Path,
 ) -> Result<(LayerBlob, W), SinkError> {
-    let write_err = |source| SinkError::Write { path: PathBuf::from("a layer blob"), source };
+    let write_err = |source| SinkError::Write { path: path.to_owned(), source };
     let out = HashingWriter::new(out);
     let (diff_id, media_type, out) = match layer {
         LayerSource::Built(recipe) => {

@@ -493,7 +493,7 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
     let staging = ScratchFile::temporary().map_err(io_err)?;
     let made = tokio::task::block_in_place(|| -> Result<LayerBlob, crate::SinkError> {
         let file = staging.reopen().map_err(|source| crate::SinkError::Write { path: staging.path().to_owned(), source })?;
-        let (blob, mut out) = crate::write_layer_blob(image, layer, compression, std::io::BufWriter::with_capacity(1 << 20, file))?;
+        let (blob, mut out) = crate::write_layer_blob(image, layer, compression, std::io::BufWriter::with_capacity(1 << 20, file), staging.path())?;
         std::io::Write::flush(&mut out).map_err(|source| crate::SinkError::Write { path: staging.path().to_owned(), source })?;
         Ok(blob)
     })
