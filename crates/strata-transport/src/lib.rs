@@ -66,8 +66,6 @@ pub enum SinkError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     NotAsRecorded(#[from] NotAsRecorded),
-    #[error("{0}: images cannot be written there")]
-    NotADestination(String),
     #[error("cannot run `{engine} load`; is {engine} installed?")]
     EngineMissing { engine: Engine, source: io::Error },
     #[error("`{engine} load` failed: {stderr}")]
