@@ -46,7 +46,14 @@ impl BlobStore {
             Compression::None => None,
             codec => {
                 let copy = ScratchFile::temporary().map_err(read_err)?;
-                io::copy(&mut codec.decoder(file).map_err(read_err)?, &mut copy.as_file()).map_err(read_err)?;
+                // A small archive can expand to anything: it may take nine tenths of the free
+                // space of the temporary directory, and not the disk.
+                let room = free_space(copy.path()).map_err(read_err)? / 10 * 9;
+                let copied = io::copy(&mut codec.decoder(file).map_err(read_err)?.take(room + 1), &mut copy.as_file()).map_err(read_err)?;
+                if copied > room {
+                    let why = format!("decompressed, it is larger than the {room} bytes {} has free", std::env::temp_dir().display());
+                    return Err(invalid(path, why));
+                }
                 Some(copy)
             }
         };
@@ -92,6 +99,18 @@ impl BlobSource for BlobStore {
     fn open(&self, digest: &Digest, size: u64) -> io::Result<(PathBuf, Box<dyn Read + Send>)> {
         self.open_raw(digest, size).map_err(io::Error::other)
     }
+}
+
+/// The bytes free for an unprivileged writer on the file system of `path`.
+fn free_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a statvfs to fill, as statvfs(3) asks.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Opens `path` for reading if it is a regular file (never blocking on a fifo).

@@ -441,3 +441,29 @@ fn devices_and_fifos_are_written_to_not_replaced() {
     assert_eq!(read_archive(&dir.path().join("from-fifo.tar")).layers.len(), 2);
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&std::fs::metadata(&fifo).unwrap().file_type()));
 }
+
+/// #10.3: an archive compressed whole is decompressed to $TMPDIR, never past nine tenths of
+/// its free space: a small file that expands without end fails, and fills no disk.
+#[test]
+fn decompressing_an_archive_never_fills_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_with(dir.path(), &format!("roots = [\"{}\"]\n", fixture("hello")));
+    let archive = build_archive(dir.path(), &spec);
+    run_ok(Command::new("gzip").arg("-k").arg(&archive));
+    let small = dir.path().join("small-tmp");
+    std::fs::create_dir(&small).unwrap();
+    run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&small));
+    let out = strata(&["copy", &format!("docker-archive:{}.gz", archive.display()), &format!("oci:{}:t", dir.path().join("out").display())])
+        .env("TMPDIR", &small)
+        .output()
+        .unwrap();
+    let left = names_in(&small);
+    let _ = Command::new("umount").arg(&small).status();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("decompressed, it is larger than"), "{stderr}");
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!dir.path().join("out").exists());
+    // With room, the same archive copies.
+    run_ok(strata(&["copy", &format!("docker-archive:{}.gz", archive.display()), &format!("oci:{}:t", dir.path().join("out").display())]));
+}
