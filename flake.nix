@@ -13,9 +13,31 @@
     in
     {
       packages = forAllSystems (system: rec {
-        strata = nixpkgs.legacyPackages.${system}.callPackage ./nix/package.nix { src = self; };
+        strata = nixpkgs.legacyPackages.${system}.callPackage ./nix/package.nix { };
         default = strata;
       });
+
+      # `nix flake check`: strata with its library tests (the package's doCheck), and an image
+      # of nixpkgs' hello built by the Nix library with that strata.
+      checks = forAllSystems (system: {
+        strata = self.packages.${system}.strata;
+        hello-image = self.lib.${system}.buildImage {
+          name = "hello";
+          config.Entrypoint = [ "${nixpkgs.legacyPackages.${system}.hello}/bin/hello" ];
+        };
+      });
+
+      # `nix develop`: the Rust toolchain and the clients the tests check images with. (The
+      # Docker engine and a registry, which the tests also need, are services: scripts/setup.)
+      devShells = forAllSystems (system:
+        let pkgs = nixpkgs.legacyPackages.${system}; in {
+          default = pkgs.mkShell {
+            inputsFrom = [ self.packages.${system}.strata ];
+            packages = with pkgs; [ cargo clippy rustfmt rust-analyzer skopeo umoci pigz zstd ];
+          };
+        });
+
+      formatter = forAllSystems (system: nixpkgs.legacyPackages.${system}.nixpkgs-fmt);
 
       apps = forAllSystems (system: {
         default = { type = "app"; program = "${self.packages.${system}.strata}/bin/strata"; };

@@ -40,14 +40,18 @@ struct Inputs {
 }
 
 impl Inputs {
-    /// This checkout's flake (flake.nix, nix/, templates/) as `strata/`, the nixpkgs stand-in as `nixpkgs/` (with the real
-    /// lib when `nixpkgs_lib` names a checkout of it).
+    /// This checkout's flake (flake.nix, nix/, templates/, and the Cargo workspace that nix/package.nix takes as its
+    /// source) as `strata/`, the nixpkgs stand-in as `nixpkgs/` (with the real lib when `nixpkgs_lib` names a checkout
+    /// of it).
     fn new(nixpkgs_lib: Option<&Path>) -> Inputs {
         let dir = tempfile::tempdir().unwrap();
         let strata = dir.path().join("strata");
-        copy_tree(&Path::new(REPO).join("nix"), &strata.join("nix"));
-        copy_tree(&Path::new(REPO).join("templates"), &strata.join("templates"));
-        std::fs::copy(Path::new(REPO).join("flake.nix"), strata.join("flake.nix")).unwrap();
+        for tree in ["nix", "templates", "crates"] {
+            copy_tree(&Path::new(REPO).join(tree), &strata.join(tree));
+        }
+        for file in ["flake.nix", "Cargo.toml", "Cargo.lock", "rustfmt.toml", "README.md"] {
+            std::fs::copy(Path::new(REPO).join(file), strata.join(file)).unwrap();
+        }
         let nixpkgs = dir.path().join("nixpkgs");
         copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nixpkgs"), &nixpkgs);
         std::fs::copy(Path::new(REPO).join("examples/hello/default.nix"), nixpkgs.join("hello.nix")).unwrap();
@@ -93,6 +97,53 @@ fn nix_build(installable: &str) -> String {
 
 fn nix_eval(installable: &str) -> String {
     stdout_of(nix(&["eval", "--raw", installable]))
+}
+
+/// strata's own flake: the package takes its version from Cargo.toml, builds from the Cargo
+/// workspace alone (a README edit leaves its source as it was; a crate edit does not) and runs the
+/// library tests; `checks` builds an image of hello with the Nix library; `devShells.default`
+/// and `formatter` are there. (nixpkgs is the stand-in: `buildRustPackage` keeps its arguments
+/// and packages the strata under test rather than compiling it.)
+#[test]
+fn strata_flake_packages_checks_and_develops_strata() {
+    let inputs = Inputs::new(None);
+    let flake = inputs.dir.path().join("strata");
+    let attr = |path: &str| format!("path:{}#{path}", flake.display());
+    let json =
+        |path: &str, apply: &str| -> serde_json::Value { serde_json::from_str(&stdout_of(nix(&["eval", "--json", &attr(path), "--apply", apply]))).unwrap() };
+
+    let package = "packages.x86_64-linux.strata";
+    assert_eq!(json(package, "p: p.version"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(json(package, "p: [ p.doCheck p.cargoTestFlags ]"), serde_json::json!([true, ["--workspace", "--exclude", "strata-cli"]]));
+    let source_files = "p: builtins.attrNames (builtins.readDir p.src)";
+    assert_eq!(json(package, source_files), serde_json::json!(["Cargo.lock", "Cargo.toml", "crates", "rustfmt.toml"]));
+    let source = |flake: &Path| -> String {
+        let installable = format!("path:{}#{package}", flake.display());
+        stdout_of(nix(&["eval", "--raw", &installable, "--apply", "p: toString p.src"]))
+    };
+    let before = source(&flake);
+    std::fs::write(flake.join("README.md"), "edited\n").unwrap();
+    assert_eq!(source(&flake), before, "a README edit changed the package's source");
+    std::fs::write(flake.join("crates/strata-oci/src/lib.rs"), "// edited\n").unwrap();
+    assert_ne!(source(&flake), before, "a crate edit left the package's source as it was");
+
+    // `nix flake check` builds the checks (Nix 2.8 would also evaluate the systems the stand-in lacks: build them by name).
+    let strata_check = nix_build(&attr("checks.x86_64-linux.strata"));
+    assert!(Path::new(&strata_check).join("bin/strata").is_file());
+    let image = nix_build(&attr("checks.x86_64-linux.hello-image"));
+    // Debian 12's skopeo reads no gzipped docker-archive: gunzip it first.
+    let archive = inputs.dir.path().join("hello.tar");
+    std::io::copy(&mut flate2::read::GzDecoder::new(std::fs::File::open(&image).unwrap()), &mut std::fs::File::create(&archive).unwrap()).unwrap();
+    let inspect = stdout_of(Command::new("skopeo").args(["inspect", "--config", &format!("docker-archive:{}", archive.display())]));
+    let config: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let entrypoint = config["config"]["Entrypoint"][0].as_str().unwrap().to_owned();
+    assert!(entrypoint.ends_with("-hello-2.12/bin/hello"), "{entrypoint}");
+
+    let shell = json("devShells.x86_64-linux.default", "s: s.names");
+    for name in ["cargo", "clippy", "rustfmt", "skopeo", "umoci", &format!("strata-{}", env!("CARGO_PKG_VERSION"))] {
+        assert!(shell.as_array().unwrap().iter().any(|n| n == name), "{name} is not in the dev shell: {shell}");
+    }
+    assert_eq!(json("formatter.x86_64-linux", "f: f.name"), "nixpkgs-fmt");
 }
 
 #[test]
