@@ -59,12 +59,31 @@ pub enum EntryKind {
     File {
         source: PathBuf,
         size: u64,
+        /// The file's inode and change time when it was scanned: see [`LayerRecipe::fingerprint`].
+        stamp: FileStamp,
     },
     Symlink {
         target: Vec<u8>,
     },
     /// A file whose contents strata makes (`/etc/passwd` of an environment, say).
     Contents(Vec<u8>),
+}
+
+/// What changes whenever a file does: its inode number (a file replaced is a new inode) and
+/// its change time (which the kernel sets on every write, chmod or link, and nobody can set
+/// back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileStamp {
+    pub device: u64,
+    pub inode: u64,
+    pub ctime: i64,
+    pub ctime_nsec: i64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp { device: meta.dev(), inode: meta.ino(), ctime: meta.ctime(), ctime_nsec: meta.ctime_nsec() }
+    }
 }
 
 /// One tar entry.
@@ -225,7 +244,7 @@ pub fn scan_tree(source: &Path, prefix: &[u8]) -> Result<(Vec<Entry>, u64), Laye
             EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() }
         } else if file_type.is_file() {
             total += meta.len();
-            EntryKind::File { source: item.path().to_owned(), size: meta.len() }
+            EntryKind::File { source: item.path().to_owned(), size: meta.len(), stamp: FileStamp::of(&meta) }
         } else {
             tracing::warn!("skipping {}: fifos, sockets and devices are not put in images", item.path().display());
             continue;
@@ -277,24 +296,29 @@ impl LayerRecipe {
 
     /// A digest of everything the tar's bytes depend on, without reading file contents:
     /// entries, modes, owners, the mtime, and where each file's bytes come from. Files come
-    /// from Nix store paths, which never change once built, so equal fingerprints mean equal
-    /// tars; the registry sink keys its memory of compressed digests on this.
+    /// from Nix store paths, which never change once built; and each file's [`FileStamp`] is
+    /// in it too, so that a store path deleted and built again (with other bytes, if its build
+    /// is not reproducible), or a file changed by hand, gives another fingerprint. So equal
+    /// fingerprints mean equal tars, and the layer cache keys what it remembers on this.
     pub fn fingerprint(&self) -> Digest {
         let mut h = HashingWriter::new(io::sink());
         let mut put = |bytes: &[u8]| {
             h.write_all(&(bytes.len() as u64).to_le_bytes()).and_then(|()| h.write_all(bytes)).expect("a sink takes everything");
         };
-        put(b"strata layer v1");
+        // The version of the tar format: change it with anything that changes a tar's bytes.
+        put(b"strata layer v2");
         put(&self.mtime.to_le_bytes());
         for e in &self.entries {
             put(&e.path);
             put(&[e.mode.to_le_bytes(), e.uid.to_le_bytes(), e.gid.to_le_bytes()].concat());
             match &e.kind {
                 EntryKind::Directory => put(b"d"),
-                EntryKind::File { source, size } => {
+                EntryKind::File { source, size, stamp } => {
                     put(b"f");
                     put(source.as_os_str().as_bytes());
                     put(&size.to_le_bytes());
+                    put(&[stamp.device.to_le_bytes(), stamp.inode.to_le_bytes()].concat());
+                    put(&[stamp.ctime.to_le_bytes(), stamp.ctime_nsec.to_le_bytes()].concat());
                 }
                 EntryKind::Symlink { target } => {
                     put(b"l");
@@ -350,7 +374,7 @@ impl LayerRecipe {
         let header = header(&entry.path, entry_type, entry.mode, entry.uid, entry.gid, entry.data_len(), self.mtime, link);
         out.write_all(header.as_bytes()).map_err(LayerError::Write)?;
         match &entry.kind {
-            EntryKind::File { source, size } => {
+            EntryKind::File { source, size, .. } => {
                 copy_exactly(source, *size, out, buf, copy)?;
                 write_padding(out, *size)?;
             }

@@ -59,6 +59,22 @@ pub enum Command {
         after_help = "Sources: docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO[:TAG|@DIGEST]. Every blob read is checked against its digest and size.\n\nLayers are copied as they are, except to docker:// (uncompressed layers are gzipped, as skopeo does) and with --compress (every layer re-encoded into that codec; the config, and so the image ID, stays the same).\n\nDestinations: as for `strata build`."
     )]
     Copy(CopyArgs),
+    /// Show or clear the layer cache (what strata knows of layers it made: their digests)
+    #[command(
+        after_help = "The cache is in $STRATA_CACHE_DIR, else $XDG_CACHE_HOME/strata, else ~/.cache/strata; every sink uses it to skip hashing and compressing layers made before. It holds digests, not blobs, and keeps within its bound by dropping the least recently used entries. A lost or damaged entry only costs time."
+    )]
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheAction>,
+    },
+}
+
+#[derive(clap::Subcommand, Clone, Copy)]
+pub enum CacheAction {
+    /// Where the cache is, how many entries it holds and its size (the default)
+    Show,
+    /// Remove every entry
+    Clear,
 }
 
 #[derive(clap::Args)]

@@ -15,7 +15,7 @@ use strata_oci::image::Image;
 use strata_oci::platform::Platform;
 use strata_oci::reference::{ImageRef, TRANSPORTS};
 use strata_transport::registry::RegistryOptions;
-use strata_transport::{default_compression, open_image, write_image, Written};
+use strata_transport::{default_compression, open_image, write_image, Transport, Written};
 
 use crate::nix_builder;
 
@@ -100,11 +100,11 @@ impl Loaded {
     /// Writes the image to `dest`. A described image is written as described (uncompressed
     /// layers unless `compression` says otherwise), and the sink checks its recorded digests
     /// before it commits anything.
-    pub fn write(&self, dest: &ImageRef, compression: Option<Compression>, registry: &RegistryOptions) -> Result<Written> {
+    pub fn write(&self, dest: &ImageRef, compression: Option<Compression>, cx: &Transport) -> Result<Written> {
         let image = &self.0;
         let compression = compression.or(image.recorded.as_ref().map(|_| Compression::None)).unwrap_or_else(|| default_compression(dest));
         tracing::info!("{} layers planned", image.layers.len());
-        let written = write_image(image, dest, compression, registry).with_context(|| format!("writing {dest}"))?;
+        let written = write_image(image, dest, compression, cx).with_context(|| format!("writing {dest}"))?;
         let digest = written.manifest_digest.unwrap_or(written.config_digest);
         eprintln!("strata: wrote {} to {dest} ({} layers, {digest})", written.reference, image.layer_sources().len());
         Ok(written)

@@ -19,9 +19,11 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use clap::Parser;
+use strata_transport::cache::LayerCache;
 use strata_transport::registry::RegistryOptions;
+use strata_transport::Transport;
 
-use cli::{Cli, Command};
+use cli::{CacheAction, Cli, Command};
 use exit::Status;
 
 fn main() -> ExitCode {
@@ -79,16 +81,36 @@ fn handle_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// `strata cache [show|clear]`.
+fn cache(cache: &LayerCache, action: CacheAction) -> Result<()> {
+    let Some(stats) = cache.stats() else {
+        anyhow::bail!("no layer cache: none of STRATA_CACHE_DIR, XDG_CACHE_HOME and HOME is set");
+    };
+    match action {
+        CacheAction::Show => {
+            let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+            println!("{}", stats.dir.display());
+            println!("{} entries, {:.1} MiB of {:.0} MiB", stats.entries, mib(stats.bytes), mib(stats.max_bytes));
+        }
+        CacheAction::Clear => {
+            let removed = cache.clear()?;
+            println!("{removed} entries removed from {}", stats.dir.display());
+        }
+    }
+    Ok(())
+}
+
 /// Runs the subcommand; its exit code on success.
 fn run(cli: Cli) -> Result<Status> {
-    let registry = RegistryOptions::new(cli.creds, cli.tls_verify);
+    let cx = Transport { registry: RegistryOptions::new(cli.creds, cli.tls_verify), cache: LayerCache::from_env() };
     match cli.command {
-        Command::Run(args) => return run::run_container(args, &registry),
+        Command::Run(args) => return run::run_container(args, &cx),
         Command::NixBuilder => nix_builder::build()?,
-        Command::Stream(args) => write::stream(args, &registry)?,
-        Command::Build(args) => write::build(args, &registry)?,
-        Command::Copy(args) => write::copy(args, &registry)?,
-        Command::Containerize(args) => write::containerize(args, &registry)?,
+        Command::Stream(args) => write::stream(args, &cx)?,
+        Command::Build(args) => write::build(args, &cx)?,
+        Command::Copy(args) => write::copy(args, &cx)?,
+        Command::Containerize(args) => write::containerize(args, &cx)?,
+        Command::Cache { action } => cache(&cx.cache, action.unwrap_or(CacheAction::Show))?,
     }
     Ok(Status::Success)
 }

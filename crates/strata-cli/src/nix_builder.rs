@@ -29,6 +29,7 @@ use strata_build::layer::LayerRecipe;
 use strata_build::spec::{Spec, ValidSpec};
 use strata_oci::compress::Compression;
 use strata_oci::image::Image;
+use strata_transport::cache::LayerCache;
 use strata_transport::registry::RegistryOptions;
 use strata_transport::write_docker_archive;
 
@@ -87,7 +88,8 @@ fn tarball(out: &Path) -> Result<()> {
     let image = plan(spec_with_tag()?, &graph_file(), &env("strataSpec")?)?;
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut encoder = compression.encoder(std::io::BufWriter::new(file))?;
-    write_docker_archive(&image, &mut encoder, Compression::None, None)?;
+    // No layer cache in a Nix build: it writes nothing but its output.
+    write_docker_archive(&image, &mut encoder, Compression::None, None, &LayerCache::disabled())?;
     encoder.finish()?.flush()?;
     Ok(())
 }

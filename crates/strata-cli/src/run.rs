@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context, Result};
 use strata_oci::reference::{Engine, ImageRef};
-use strata_transport::registry::RegistryOptions;
+use strata_transport::Transport;
 
 use crate::cli::RunArgs;
 use crate::exit::Status;
@@ -19,7 +19,7 @@ pub static CHILD: AtomicI32 = AtomicI32::new(0);
 
 /// Builds or copies the image into an engine and runs it there; returns the container's
 /// exit status.
-pub fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<Status> {
+pub fn run_container(args: RunArgs, cx: &Transport) -> Result<Status> {
     let engine = match args.engine {
         Some(runtime) => runtime.into(),
         None => {
@@ -36,7 +36,7 @@ pub fn run_container(args: RunArgs, registry: &RegistryOptions) -> Result<Status
         (None, Some(image)) => Input::resolve(image)?,
         (None, None) => unreachable!("clap requires IMAGE or --flake"),
     };
-    let written = input.open(registry)?.write(&dest, None, registry)?;
+    let written = input.open(&cx.registry)?.write(&dest, None, cx)?;
 
     let mut run = std::process::Command::new(engine.command());
     run.arg("run");

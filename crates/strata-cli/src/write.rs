@@ -10,13 +10,13 @@ use strata_oci::image::{Image, Recode};
 use strata_oci::platform::Platform;
 use strata_oci::reference::{ImageRef, TRANSPORTS};
 use strata_transport::open_image;
-use strata_transport::registry::RegistryOptions;
+use strata_transport::Transport;
 
 use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, StreamArgs};
 use crate::input::{Input, Loaded};
 
 /// `strata build`: a spec (or a flake's image) to a destination.
-pub fn build(args: BuildArgs, registry: &RegistryOptions) -> Result<()> {
+pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
     let (input, what) = match (args.flake, args.spec) {
         (Some(flake), _) => (Input::flake(&flake)?, format!("--flake {flake}")),
         (None, Some(path)) => {
@@ -27,21 +27,21 @@ pub fn build(args: BuildArgs, registry: &RegistryOptions) -> Result<()> {
         (None, None) => unreachable!("clap requires SPEC or --flake"),
     };
     let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
-    input.open(registry)?.write(&dest, args.compress.map(Into::into), registry)?;
+    input.open(&cx.registry)?.write(&dest, args.compress.map(Into::into), cx)?;
     Ok(())
 }
 
 /// `strata stream`: the image a stream script or description describes.
-pub fn stream(args: StreamArgs, registry: &RegistryOptions) -> Result<()> {
+pub fn stream(args: StreamArgs, cx: &Transport) -> Result<()> {
     let dest = destination(args.output.as_deref(), &args.script.display().to_string())?;
-    Input::Script(args.script).open(registry)?.write(&dest, args.compress.map(Into::into), registry)?;
+    Input::Script(args.script).open(&cx.registry)?.write(&dest, args.compress.map(Into::into), cx)?;
     Ok(())
 }
 
 /// `strata copy`: an image from a source to a destination, layers verified, the config kept.
-pub fn copy(args: CopyArgs, registry: &RegistryOptions) -> Result<()> {
+pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
     let dest: ImageRef = args.destination.parse()?;
-    let source = open_image(&args.source.parse()?, &Platform::host(), registry).with_context(|| format!("reading {}", args.source))?;
+    let source = open_image(&args.source.parse()?, &Platform::host(), &cx.registry).with_context(|| format!("reading {}", args.source))?;
     let name = match &dest {
         ImageRef::Engine { name: Some(name), .. } => Some(name),
         _ => None,
@@ -53,18 +53,18 @@ pub fn copy(args: CopyArgs, registry: &RegistryOptions) -> Result<()> {
         (None, ImageRef::Registry(_)) => Some(Recode { from: Some(Compression::None), to: Compression::Gzip }),
         (None, _) => None,
     };
-    Loaded(image).write(&dest, Some(Compression::None), registry)?;
+    Loaded(image).write(&dest, Some(Compression::None), cx)?;
     Ok(())
 }
 
 /// `strata containerize`: an environment manifest made into an image.
-pub fn containerize(args: ContainerizeArgs, registry: &RegistryOptions) -> Result<()> {
+pub fn containerize(args: ContainerizeArgs, cx: &Transport) -> Result<()> {
     let dest = match args.runtime {
         Some(runtime) => ImageRef::Engine { engine: runtime.into(), name: None },
         None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
     };
     let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
-    Loaded(environment.plan(&ClosureSource::Nix)?).write(&dest, args.compress.map(Into::into), registry)?;
+    Loaded(environment.plan(&ClosureSource::Nix)?).write(&dest, args.compress.map(Into::into), cx)?;
     Ok(())
 }
 

@@ -1,10 +1,14 @@
-//! Layer compression. Every codec here is deterministic: the same tar gives the same bytes
-//! (gzip with a zero mtime and no file name, zstd single-threaded at a fixed level), so a
+//! Layer compression, on every core. Every codec here is deterministic: the same tar gives
+//! the same bytes on any machine with any number of cores (gzip in fixed-size blocks with a
+//! zero mtime and no file name, see [`crate::pgzip`]; zstd at a fixed level in its
+//! multi-threaded mode, whose output does not depend on the number of workers), so a
 //! compressed digest can be recorded once and trusted later.
 
 use std::io::{self, Write};
 
 use oci_spec::image::MediaType;
+
+use crate::pgzip::ParallelGzip;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -24,6 +28,17 @@ impl Compression {
             Compression::None => MediaType::ImageLayer,
             Compression::Gzip => MediaType::ImageLayerGzip,
             Compression::Zstd => MediaType::ImageLayerZstd,
+        }
+    }
+
+    /// Names the exact bytes this codec makes of a tar: the codec, its level, and the version
+    /// of how strata runs it. Change it with anything that changes a compressed blob's bytes:
+    /// the layer cache keys compressed digests on it.
+    pub fn id(self) -> &'static str {
+        match self {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip6-blocks1m-v1",
+            Compression::Zstd => "zstd3-mt-v1",
         }
     }
 
@@ -64,16 +79,25 @@ impl Compression {
     pub fn encoder<W: Write>(self, out: W) -> io::Result<Encoder<W>> {
         Ok(match self {
             Compression::None => Encoder::Plain(out),
-            Compression::Gzip => Encoder::Gzip(flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::new(GZIP_LEVEL))),
-            Compression::Zstd => Encoder::Zstd(zstd::Encoder::new(out, ZSTD_LEVEL)?),
+            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(out, GZIP_LEVEL)?),
+            Compression::Zstd => {
+                let mut encoder = zstd::Encoder::new(out, ZSTD_LEVEL)?;
+                // At least one worker: zstd's single-threaded mode (0 workers) gives other bytes.
+                encoder.multithread(zstd_workers())?;
+                Encoder::Zstd(encoder)
+            }
         })
     }
+}
+
+fn zstd_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 /// A writer that compresses into `W`; [`Encoder::finish`] ends the stream.
 pub enum Encoder<W: Write> {
     Plain(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParallelGzip<W>),
     Zstd(zstd::Encoder<'static, W>),
 }
 
@@ -125,6 +149,22 @@ mod tests {
             let mut back = Vec::new();
             c.decoder(&a[..]).unwrap().read_to_end(&mut back).unwrap();
             assert_eq!(back, data, "{c:?} does not round-trip");
+        }
+    }
+
+    #[test]
+    fn zstd_gives_the_same_bytes_with_any_number_of_workers() {
+        // Several of zstd's jobs (a few MiB each at level 3), not all alike.
+        let data: Vec<u8> = (0..6_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 & 0x1f).collect();
+        let with = |workers: u32| {
+            let mut e = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
+            e.multithread(workers).unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        };
+        let one = with(1);
+        for workers in [2, 3, 8] {
+            assert_eq!(one, with(workers), "zstd with {workers} workers");
         }
     }
 }

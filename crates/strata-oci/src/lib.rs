@@ -6,7 +6,7 @@
 //!   transport (`docker-archive:`, `oci:`, `oci-archive:`, `docker://`, `docker-daemon:`,
 //!   `podman:`), names and tags checked with oci-spec's `Reference`;
 //! - [`platform`]: OS, architecture and variant, as OCI indexes name them;
-//! - [`compress`]: the layer codecs and their media types;
+//! - [`compress`]: the layer codecs and their media types; [`pgzip`]: gzip on every core;
 //! - [`manifest`]: the one record of a layer blob, and the manifest that lists them;
 //! - [`canonical`]: JSON written canonically, so equal images have equal digests;
 //! - [`image`]: an image, its config and its layers, built or copied;
@@ -19,6 +19,7 @@ pub mod compress;
 pub mod digest;
 pub mod image;
 pub mod manifest;
+pub mod pgzip;
 pub mod platform;
 pub mod reference;
 pub mod time;

@@ -5,8 +5,10 @@
 //! header goes out before its bytes; digests are computed in flight; the config (which
 //! lists the layers' digests) and the manifest go last. Hashing is the bottleneck, so while
 //! this thread writes layer after layer from the front (hashing as it goes), helper
-//! threads hash layers from the back without writing them; when the writer reaches a layer
-//! a helper has finished, it only copies bytes. Each byte is hashed once; memory stays flat.
+//! threads hash the biggest layers still ahead of it without writing them; when the writer
+//! reaches a layer a helper has finished, it only copies bytes. Each byte is hashed at most
+//! once; memory stays flat. A layer the layer cache knows is not hashed at all: a second
+//! build of an image only copies bytes.
 //!
 //! Compressed layers have no size known in advance: they are compressed in parallel into a
 //! temporary directory first, then streamed.
@@ -26,19 +28,26 @@ use strata_oci::manifest::LayerBlob;
 use strata_scratch::ScratchDir;
 
 use crate::blobs::{archive_member, invalid, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
+use crate::cache::{CachedBlob, LayerCache};
 use crate::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, SourceError, Written};
 
 /// Writes `image` as a docker-archive to `out`, tagged `reference` if given, else with the
 /// image's own name and tag.
-pub fn write_docker_archive<W: Write, L: LayerTar>(image: &Image<L>, out: W, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
+pub fn write_docker_archive<W: Write, L: LayerTar>(
+    image: &Image<L>,
+    out: W,
+    compression: Compression,
+    reference: Option<&str>,
+    cache: &LayerCache,
+) -> Result<Written, SinkError> {
     let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
     let layers = image.layer_sources();
     let names: Vec<String> = (0..layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
     let diff_ids = if compression == Compression::None && layers.iter().all(|l| image.recode_into(l).is_none()) {
-        stream_layers(&layers, &names, &mut tar)?
+        stream_layers(&layers, &names, &mut tar, cache)?
     } else {
         let staging = ScratchDir::temporary().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;
-        let blobs = write_layer_blobs(image, compression, staging.path(), staging.path())?;
+        let blobs = write_layer_blobs(image, compression, staging.path(), staging.path(), cache)?;
         for (name, blob) in names.iter().zip(&blobs) {
             tar.file(name, &staging.path().join(blob.digest.hex()))?;
         }
@@ -58,21 +67,47 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(image: &Image<L>, out: W, com
 
 /// Streams every layer into `tar` under `names` (built layers as tars, base layers as they
 /// are), returning their diff IDs.
-fn stream_layers<W: Write, L: LayerTar>(layers: &[LayerSource<L>], names: &[String], tar: &mut OuterTar<W>) -> Result<Vec<Digest>, SinkError> {
+fn stream_layers<W: Write, L: LayerTar>(
+    layers: &[LayerSource<L>],
+    names: &[String],
+    tar: &mut OuterTar<W>,
+    cache: &LayerCache,
+) -> Result<Vec<Digest>, SinkError> {
     let n = layers.len();
     let hashed_ahead: Vec<OnceLock<Digest>> = (0..n).map(|_| OnceLock::new()).collect();
+    let fingerprints: Vec<Option<Digest>> = layers
+        .iter()
+        .map(|l| match l {
+            LayerSource::Built(recipe) => Some(recipe.fingerprint()),
+            LayerSource::Base(..) => None,
+        })
+        .collect();
+    let tar_len = |k: usize| match layers[k] {
+        LayerSource::Built(recipe) => recipe.tar_len(),
+        LayerSource::Base(..) => 0,
+    };
+    let mut known = vec![false; n];
+    for (k, fingerprint) in fingerprints.iter().enumerate() {
+        // The size check is only a guard: a fingerprint names one tar.
+        if let Some(hit) = fingerprint.and_then(|f| cache.get(&f, Compression::None)).filter(|hit| hit.size == tar_len(k)) {
+            let _ = hashed_ahead[k].set(hit.diff_id);
+            known[k] = true;
+        }
+    }
+    tracing::info!("{} of {} layers known to the layer cache: copied without hashing", known.iter().filter(|k| **k).count(), n);
+    // Helpers hash the biggest built layers not known yet; the writer goes front to back.
+    let mut ahead: Vec<usize> = (0..n).filter(|k| !known[*k] && fingerprints[*k].is_some()).collect();
+    ahead.sort_by_key(|k| std::cmp::Reverse(tar_len(*k)));
     // The layer the writer is on; helpers never touch it or anything before it.
     let writer_at = AtomicUsize::new(0);
-    let next_from_back = AtomicUsize::new(n);
+    let next_ahead = AtomicUsize::new(0);
     let helpers = std::thread::available_parallelism().map_or(1, |p| p.get()).saturating_sub(1);
-
-    std::thread::scope(|s| {
+    let result = std::thread::scope(|s| {
         for _ in 0..helpers {
             s.spawn(|| {
-                while let Ok(prev) = next_from_back.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1)) {
-                    let k = prev - 1;
+                while let Some(&k) = ahead.get(next_ahead.fetch_add(1, Ordering::SeqCst)) {
                     if k <= writer_at.load(Ordering::SeqCst) {
-                        break;
+                        continue;
                     }
                     let LayerSource::Built(recipe) = layers[k] else {
                         continue;
@@ -122,7 +157,13 @@ fn stream_layers<W: Write, L: LayerTar>(layers: &[LayerSource<L>], names: &[Stri
             SinkError::Tar(TarError::Write(source)) => tar.write_err(source),
             other => other,
         })
-    })
+    })?;
+    for (k, layer) in layers.iter().enumerate() {
+        if let (false, LayerSource::Built(recipe), Some(fingerprint)) = (known[k], layer, &fingerprints[k]) {
+            cache.put(fingerprint, Compression::None, &CachedBlob { diff_id: result[k], digest: result[k], size: recipe.tar_len() });
+        }
+    }
+    Ok(result)
 }
 
 /// A sink for a helper's bytes that fails once the writer has reached the helper's layer.

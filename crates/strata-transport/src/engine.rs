@@ -9,11 +9,18 @@ use strata_oci::compress::Compression;
 use strata_oci::image::{Image, LayerTar, Recode};
 use strata_oci::reference::Engine;
 
+use crate::cache::LayerCache;
 use crate::docker_archive::write_docker_archive;
 use crate::{SinkError, Written};
 
 /// Streams the image as a docker-archive into `ENGINE load`.
-pub(crate) fn load_into<L: LayerTar>(engine: Engine, image: &Image<L>, compression: Compression, reference: Option<&str>) -> Result<Written, SinkError> {
+pub(crate) fn load_into<L: LayerTar>(
+    engine: Engine,
+    image: &Image<L>,
+    compression: Compression,
+    reference: Option<&str>,
+    cache: &LayerCache,
+) -> Result<Written, SinkError> {
     let mut image = std::borrow::Cow::Borrowed(image);
     if engine == Engine::Docker {
         if compression == Compression::Zstd || image.recode.is_some_and(|r| r.to == Compression::Zstd) {
@@ -31,7 +38,7 @@ pub(crate) fn load_into<L: LayerTar>(engine: Engine, image: &Image<L>, compressi
         .spawn()
         .map_err(|source| SinkError::EngineMissing { engine, source })?;
     let stdin = child.stdin.take().expect("stdin is piped");
-    let written = write_docker_archive(&image, BufWriter::with_capacity(1 << 20, stdin), compression, reference);
+    let written = write_docker_archive(&image, BufWriter::with_capacity(1 << 20, stdin), compression, reference, cache);
     let output = child.wait_with_output().map_err(|source| SinkError::EngineMissing { engine, source })?;
     // Our own error first: the engine only saw a stream that ended early.
     let written = written?;

@@ -16,9 +16,14 @@
 //! copied as they are, verified, or re-encoded when the image asks ([`Image::recode_into`]),
 //! their diff IDs checked on the way.
 //!
+//! What a command's reads and writes share is its [`Transport`]: the registry settings (and
+//! the one async runtime behind them) and the [`cache::LayerCache`], which every sink asks
+//! before it hashes or compresses a layer.
+//!
 //! This crate depends on strata-oci (and strata-scratch) only: it knows images, not Nix.
 
 pub mod blobs;
+pub mod cache;
 pub mod docker_archive;
 pub mod engine;
 pub mod oci_layout;
@@ -39,8 +44,16 @@ use strata_oci::ustar::header;
 use strata_scratch::ScratchFile;
 
 use blobs::BlobStore;
+use cache::{CachedBlob, LayerCache};
 pub use docker_archive::write_docker_archive;
 use registry::{RegistryError, RegistryOptions};
+
+/// What one command's reads and writes share.
+#[derive(Debug)]
+pub struct Transport {
+    pub registry: RegistryOptions,
+    pub cache: LayerCache,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -125,11 +138,18 @@ pub struct Written {
     pub manifest_digest: Option<Digest>,
 }
 
-/// Writes `image` to `dest`.
-pub fn write_image<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: Compression, registry: &RegistryOptions) -> Result<Written, SinkError> {
+/// Writes `image` to `dest`; then keeps the layer cache within its bound.
+pub fn write_image<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: Compression, cx: &Transport) -> Result<Written, SinkError> {
+    let written = write_image_to(image, dest, compression, cx);
+    cx.cache.prune();
+    written
+}
+
+fn write_image_to<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: Compression, cx: &Transport) -> Result<Written, SinkError> {
+    let cache = &cx.cache;
     match dest {
         ImageRef::Registry(r) => {
-            let pushed = crate::registry::push(image, r, compression, registry)?;
+            let pushed = crate::registry::push(image, r, compression, cx)?;
             tracing::info!("{} layers uploaded, {} mounted, {} already there", pushed.uploaded, pushed.mounted, pushed.present);
             Ok(Written { reference: r.image_name(), config_digest: pushed.config_digest, manifest_digest: Some(pushed.manifest_digest) })
         }
@@ -137,14 +157,14 @@ pub fn write_image<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: 
             let stdout = io::stdout().lock();
             // Small enough that file chunks (mostly larger) go straight through, uncopied.
             let mut out = BufWriter::with_capacity(64 << 10, stdout);
-            let written = write_docker_archive(image, &mut out, compression, None)?;
+            let written = write_docker_archive(image, &mut out, compression, None, cache)?;
             out.flush().map_err(|source| SinkError::Write { path: "standard output".into(), source })?;
             Ok(written)
         }
-        ImageRef::DockerArchive(Some(path)) => write_file_atomically(path, |out| write_docker_archive(image, out, compression, None)),
-        ImageRef::Engine { engine, name } => engine::load_into(*engine, image, compression, name.as_ref().map(ToString::to_string).as_deref()),
-        ImageRef::Oci { dir, reference } => oci_layout::write_layout(image, dir, reference.as_ref(), compression),
-        ImageRef::OciArchive { path, reference } => oci_layout::write_archive(image, path, reference.as_ref(), compression),
+        ImageRef::DockerArchive(Some(path)) => write_file_atomically(path, |out| write_docker_archive(image, out, compression, None, cache)),
+        ImageRef::Engine { engine, name } => engine::load_into(*engine, image, compression, name.as_ref().map(ToString::to_string).as_deref(), cache),
+        ImageRef::Oci { dir, reference } => oci_layout::write_layout(image, dir, reference.as_ref(), compression, cache),
+        ImageRef::OciArchive { path, reference } => oci_layout::write_archive(image, path, reference.as_ref(), compression, cache),
     }
 }
 
@@ -211,24 +231,56 @@ pub(crate) fn for_each_biggest_first<T: Send, E: Send>(
     results.into_iter().map(|(_, r)| r).collect()
 }
 
+/// The layer cache's key for `layer` written with `compression`, and the codec its blob will
+/// be in: a built layer's fingerprint; a base layer re-encoded, its digest; `None` for a
+/// base layer copied as it is (its blob is known already).
+pub(crate) fn cache_key<L: LayerTar>(image: &Image<L>, layer: LayerSource<L>, compression: Compression) -> Option<(Digest, Compression)> {
+    match (layer, image.recode_into(&layer)) {
+        (LayerSource::Built(recipe), _) => Some((recipe.fingerprint(), compression)),
+        (LayerSource::Base(base, j), Some(codec)) => Some((Digest::of(format!("recode {}", base.layers[j].digest).as_bytes()), codec)),
+        (LayerSource::Base(..), None) => None,
+    }
+}
+
 /// Writes every layer of `image` as a blob file named by its digest into `blobs`, through
 /// scratch files in `scratch`: built layers compressed and hashed, base layers copied as
-/// they are or re-encoded (and verified either way), in parallel.
-pub(crate) fn write_layer_blobs<L: LayerTar>(image: &Image<L>, compression: Compression, scratch: &Path, blobs: &Path) -> Result<Vec<LayerBlob>, SinkError> {
+/// they are or re-encoded (and verified either way), in parallel. A layer whose blob the
+/// cache knows and `blobs` holds already (of the size the cache says) is not made again.
+pub(crate) fn write_layer_blobs<L: LayerTar>(
+    image: &Image<L>,
+    compression: Compression,
+    scratch: &Path,
+    blobs: &Path,
+    cache: &LayerCache,
+) -> Result<Vec<LayerBlob>, SinkError> {
     let write_err = |source| SinkError::Write { path: blobs.to_owned(), source };
     let layers = image.layer_sources();
     let weight = |i: usize| match layers[i] {
         LayerSource::Built(recipe) => recipe.tar_len(),
         LayerSource::Base(base, j) => base.layers[j].size,
     };
-    for_each_biggest_first(layers.len(), weight, |i| {
+    let reused = AtomicUsize::new(0);
+    let written = for_each_biggest_first(layers.len(), weight, |i| -> Result<LayerBlob, SinkError> {
+        let key = cache_key(image, layers[i], compression);
+        if let Some(hit) = key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))) {
+            let there = std::fs::symlink_metadata(blobs.join(hit.digest.hex()));
+            if there.is_ok_and(|m| m.is_file() && m.len() == hit.size) {
+                reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit);
+            }
+        }
         let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
         let (blob, mut file) = write_layer_blob(image, layers[i], compression, BufWriter::with_capacity(1 << 20, temp.as_file()), temp.path())?;
         file.flush().map_err(write_err)?;
         drop(file);
         temp.persist_new(&blobs.join(blob.digest.hex())).map_err(write_err)?;
+        if let Some((fingerprint, codec)) = key {
+            cache.put(&fingerprint, codec, &CachedBlob::of(&blob));
+        }
         Ok(blob)
-    })
+    })?;
+    tracing::info!("{} of {} layer blobs were there already (known to the layer cache): not made again", reused.into_inner(), layers.len());
+    Ok(written)
 }
 
 /// Writes one layer's blob to `out`: a built layer's tar through `compression`, hashed on

@@ -28,6 +28,7 @@ use strata_oci::reference::{ImageName, OciRef};
 use strata_scratch::{is_scratch_name, ScratchDir, ScratchFile};
 
 use crate::blobs::{archive_member, invalid, layers_of, open_inside, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
+use crate::cache::LayerCache;
 use crate::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, SourceError, Written};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -37,18 +38,24 @@ const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 const MAX_INDEX_SIZE: u64 = 4 << 20;
 
 /// Writes `image` into the OCI layout `dir`, creating it or adding to an existing one.
-pub fn write_layout<L: LayerTar>(image: &Image<L>, dir: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<Written, SinkError> {
+pub fn write_layout<L: LayerTar>(
+    image: &Image<L>,
+    dir: &Path,
+    reference: Option<&OciRef>,
+    compression: Compression,
+    cache: &LayerCache,
+) -> Result<Written, SinkError> {
     let write_err = |source| SinkError::Write { path: dir.to_owned(), source };
     if fs::symlink_metadata(dir).is_ok() {
         check_layout(dir)?;
         write_oci_layout_file(dir)?;
-        let (entry, written) = write_blobs(image, dir, dir, reference, compression)?;
+        let (entry, written) = write_blobs(image, dir, dir, reference, compression, cache)?;
         add_to_index(dir, entry, Layout::Shared)?;
         return Ok(written);
     }
     let mut staging = ScratchDir::beside(dir).map_err(write_err)?;
     write_oci_layout_file(staging.path())?;
-    let (entry, written) = write_blobs(image, staging.path(), staging.path(), reference, compression)?;
+    let (entry, written) = write_blobs(image, staging.path(), staging.path(), reference, compression, cache)?;
     add_to_index(staging.path(), entry.clone(), Layout::Ours)?;
     if let Err(e) = staging.persist(dir) {
         if !matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists) {
@@ -71,10 +78,16 @@ pub fn write_layout<L: LayerTar>(image: &Image<L>, dir: &Path, reference: Option
 }
 
 /// Writes `image` as an OCI archive at `path`.
-pub fn write_archive<L: LayerTar>(image: &Image<L>, path: &Path, reference: Option<&OciRef>, compression: Compression) -> Result<Written, SinkError> {
+pub fn write_archive<L: LayerTar>(
+    image: &Image<L>,
+    path: &Path,
+    reference: Option<&OciRef>,
+    compression: Compression,
+    cache: &LayerCache,
+) -> Result<Written, SinkError> {
     let staging = ScratchDir::beside(path).map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
     let layout = staging.path();
-    let (entry, written) = write_blobs(image, layout, layout, reference, compression)?;
+    let (entry, written) = write_blobs(image, layout, layout, reference, compression, cache)?;
     add_to_index(layout, entry, Layout::Ours)?;
     write_file_atomically(path, |out| {
         let mut tar = OuterTar { out, mtime: image.mtime, path: path.to_owned() };
@@ -127,10 +140,11 @@ fn write_blobs<L: LayerTar>(
     scratch: &Path,
     reference: Option<&OciRef>,
     compression: Compression,
+    cache: &LayerCache,
 ) -> Result<(Descriptor, Written), SinkError> {
     let blobs_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs_dir).map_err(|source| SinkError::Write { path: blobs_dir.clone(), source })?;
-    let layers = write_layer_blobs(image, compression, scratch, &blobs_dir)?;
+    let layers = write_layer_blobs(image, compression, scratch, &blobs_dir, cache)?;
 
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
     let config = image.config_checked(&diff_ids)?;

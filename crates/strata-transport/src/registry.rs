@@ -2,22 +2,19 @@
 //! `oci-client` crate, with what it lacks added here: retries with backoff, credentials
 //! from the usual files, and a memory of layer digests.
 //!
-//! Pushing costs what changed. Each built layer has a fingerprint (see
-//! `LayerTar::fingerprint`); the `DigestCache` remembers, per fingerprint and codec, the
-//! compressed digest and size it had, and in which repositories strata pushed it. So for a
-//! layer pushed before, strata asks the registry (HEAD) before compressing anything; a blob
+//! Pushing costs what changed. The layer cache (`crate::cache`) knows, per layer and
+//! codec, the blob's digest and size, and in which repositories strata pushed it. So for a
+//! layer made before, strata asks the registry (HEAD) before compressing anything; a blob
 //! the repository lacks but another repository of the same registry has is mounted from
 //! there; only the rest is compressed (into a temporary file, as the registry wants its size
 //! up front) and uploaded. Layers go in parallel; the config, then the manifest, last.
-//! Compression is deterministic, so a cache lost or stale only costs time, never a wrong
-//! digest.
 //!
 //! Secrets never reach an error, a log line or a `Debug` output: [`Credentials`] redacts.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -27,7 +24,7 @@ use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
@@ -38,6 +35,7 @@ pub use strata_oci::reference::RegistryRef;
 use strata_scratch::ScratchFile;
 
 use crate::blobs::{layers_of, parse_json, BlobStore};
+use crate::cache::{CachedBlob, LayerCache};
 use crate::SourceError;
 
 /// How many times a request is tried before giving up, and the first pause between tries.
@@ -309,60 +307,6 @@ fn stored_credentials(host: &str) -> Result<Option<Credentials>, RegistryError> 
     }
 }
 
-/// What strata remembers of built layers, in `$STRATA_CACHE_DIR` (default
-/// `$XDG_CACHE_HOME/strata` or `~/.cache/strata`), `layers.json`.
-#[derive(Default, Serialize, Deserialize)]
-struct DigestCache {
-    /// Fingerprint -> codec -> the blob.
-    #[serde(default)]
-    layers: BTreeMap<String, BTreeMap<String, CachedBlob>>,
-    /// Blob digest -> `HOST/REPOSITORY`s strata pushed it to.
-    #[serde(default)]
-    pushed: BTreeMap<String, Vec<String>>,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-struct CachedBlob {
-    diff_id: Digest,
-    digest: Digest,
-    size: u64,
-}
-
-impl DigestCache {
-    fn path() -> Option<PathBuf> {
-        let dir = std::env::var_os("STRATA_CACHE_DIR")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("strata")))
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strata")))?;
-        Some(dir.join("layers.json"))
-    }
-
-    /// The cache, or an empty one if there is none or it cannot be read (it is only a cache).
-    fn load() -> DigestCache {
-        Self::path().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
-    }
-
-    fn save(&self) {
-        let Some(path) = Self::path() else { return };
-        let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
-            let temp = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(std::path::Path::new(".")))?;
-            serde_json::to_writer(&temp, self)?;
-            temp.persist(&path).map(|_| ()).map_err(|e| e.error)
-        });
-        if let Err(e) = written {
-            tracing::warn!("cannot save the layer cache {}: {e}", path.display());
-        }
-    }
-}
-
-fn codec_name(c: Compression) -> &'static str {
-    match c {
-        Compression::None => "none",
-        Compression::Gzip => "gzip",
-        Compression::Zstd => "zstd",
-    }
-}
-
 /// What a push did, for the caller's report.
 #[derive(Debug, Clone)]
 pub struct Pushed {
@@ -375,10 +319,10 @@ pub struct Pushed {
 }
 
 /// Pushes `image` to `dest`.
-pub fn push<L: LayerTar>(image: &Image<L>, dest: &RegistryRef, compression: Compression, options: &RegistryOptions) -> Result<Pushed, RegistryError> {
-    let session = Session::new(&dest.host, options)?;
+pub fn push<L: LayerTar>(image: &Image<L>, dest: &RegistryRef, compression: Compression, cx: &crate::Transport) -> Result<Pushed, RegistryError> {
+    let session = Session::new(&dest.host, &cx.registry)?;
     let runtime = session.runtime.clone();
-    runtime.block_on(push_async(&session, image, dest, compression))
+    runtime.block_on(push_async(&session, image, dest, compression, &cx.cache))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -388,14 +332,19 @@ enum Outcome {
     Present,
 }
 
-async fn push_async<L: LayerTar>(session: &Session, image: &Image<L>, dest: &RegistryRef, compression: Compression) -> Result<Pushed, RegistryError> {
+async fn push_async<L: LayerTar>(
+    session: &Session,
+    image: &Image<L>,
+    dest: &RegistryRef,
+    compression: Compression,
+    cache: &LayerCache,
+) -> Result<Pushed, RegistryError> {
     let reference = client_ref(dest);
     session.authenticate(&reference, RegistryOperation::Push).await?;
-    let cache = Mutex::new(DigestCache::load());
     let here = format!("{}/{}", dest.host, dest.repository);
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let push = Push { session, reference: &reference, here: &here, cache: &cache, image, compression };
+    let push = Push { session, reference: &reference, here: &here, cache, image, compression };
 
     let results: Vec<(LayerBlob, Outcome)> =
         futures_util::stream::iter(layers.iter().enumerate()).map(|(i, layer)| push_layer(&push, *layer, i)).buffered(cores.max(2)).try_collect().await?;
@@ -416,14 +365,7 @@ async fn push_async<L: LayerTar>(session: &Session, image: &Image<L>, dest: &Reg
     let content_type = reqwest_header(MediaType::ImageManifest.to_string());
     session.retry("uploading the manifest", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
 
-    let mut cache = cache.into_inner().expect("no task panicked holding the cache");
-    for (layer, _) in &results {
-        let repos = cache.pushed.entry(layer.digest.to_string()).or_default();
-        if !repos.contains(&here) {
-            repos.push(here.clone());
-        }
-    }
-    cache.save();
+    cache.remember_pushed(results.iter().map(|(layer, _)| &layer.digest), &here);
     let count = |o: Outcome| results.iter().filter(|(_, r)| *r == o).count();
     Ok(Pushed { config_digest, manifest_digest, uploaded: count(Outcome::Uploaded), mounted: count(Outcome::Mounted), present: count(Outcome::Present) })
 }
@@ -439,7 +381,7 @@ struct Push<'a, L> {
     reference: &'a Reference,
     /// `HOST/REPOSITORY` pushed to.
     here: &'a str,
-    cache: &'a Mutex<DigestCache>,
+    cache: &'a LayerCache,
     image: &'a Image<L>,
     compression: Compression,
 }
@@ -447,21 +389,11 @@ struct Push<'a, L> {
 async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
     let Push { session, reference, here, cache, image, compression } = *push;
     let recode = image.recode_into(&layer);
-    // What names the blob before it is made: a built layer's recipe, a base layer and the
-    // codec it is re-encoded into; a base layer copied as it is has its digest already.
-    let fingerprint = match (layer, recode) {
-        (LayerSource::Built(recipe), _) => Some(recipe.fingerprint().to_string()),
-        (LayerSource::Base(base, j), Some(codec)) => Some(Digest::of(format!("recode {} {}", base.layers[j].digest, codec_name(codec)).as_bytes()).to_string()),
-        (LayerSource::Base(..), None) => None,
-    };
-    let codec = recode.unwrap_or(compression);
-    let known = match (layer, &fingerprint) {
+    // What names the blob before it is made; a base layer copied as it is has its digest already.
+    let key = crate::cache_key(image, layer, compression);
+    let known = match (layer, key) {
         (LayerSource::Base(base, j), None) => Some(base.layers[j].clone()),
-        (_, fingerprint) => {
-            let cache = cache.lock().expect("cache lock");
-            let cached = fingerprint.as_ref().and_then(|f| cache.layers.get(f)).and_then(|c| c.get(codec_name(codec)));
-            cached.map(|c| LayerBlob { diff_id: c.diff_id, digest: c.digest, size: c.size, media_type: codec.layer_media_type() })
-        }
+        (_, key) => key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))),
     };
     let origin = match (layer, recode) {
         (LayerSource::Base(base, _), None) => base.origin.clone(),
@@ -498,9 +430,8 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         Ok(blob)
     })
     .map_err(layer_err)?;
-    if let Some(f) = &fingerprint {
-        let blob = CachedBlob { diff_id: made.diff_id, digest: made.digest, size: made.size };
-        cache.lock().expect("cache lock").layers.entry(f.clone()).or_default().insert(codec_name(codec).to_owned(), blob);
+    if let Some((fingerprint, codec)) = key {
+        cache.put(&fingerprint, codec, &CachedBlob::of(&made));
     }
     if known.is_none() {
         if let Some(outcome) = find_or_mount(session, reference, here, cache, &made.digest, None).await? {
@@ -526,7 +457,7 @@ async fn find_or_mount(
     session: &Session,
     reference: &Reference,
     here: &str,
-    cache: &Mutex<DigestCache>,
+    cache: &LayerCache,
     digest: &Digest,
     origin: Option<String>,
 ) -> Result<Option<Outcome>, RegistryError> {
@@ -535,11 +466,7 @@ async fn find_or_mount(
         return Ok(Some(Outcome::Present));
     }
     let host_prefix = format!("{}/", session.host);
-    let others: Vec<String> = {
-        let cache = cache.lock().expect("cache lock");
-        let pushed = cache.pushed.get(&d).into_iter().flatten().cloned();
-        origin.into_iter().chain(pushed).filter(|r| r.starts_with(&host_prefix) && r.as_str() != here).collect()
-    };
+    let others: Vec<String> = origin.into_iter().chain(cache.pushed_to(digest)).filter(|r| r.starts_with(&host_prefix) && r.as_str() != here).collect();
     for other in others {
         let from = Reference::with_tag(session.host.clone(), other[host_prefix.len()..].to_owned(), "latest".to_owned());
         let from_pull = session.client.auth(&from, &session.auth, RegistryOperation::Pull).await;

@@ -4,19 +4,29 @@
 use std::io::Write;
 
 use oci_spec::image::ImageConfiguration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
 use strata_oci::image::{ConfigRecipe, Image, LayerTar, Recode, TarError};
 use strata_oci::platform::Platform;
 use strata_oci::reference::ImageRef;
-use strata_transport::registry::RegistryOptions;
-use strata_transport::{open_image, write_image};
 
-/// A built layer whose tar is given whole.
+use strata_transport::cache::{CachedBlob, LayerCache};
+use strata_transport::registry::RegistryOptions;
+use strata_transport::{open_image, write_docker_archive, write_image, Transport};
+
+/// No registry, no cache: what every test that is not about the cache uses.
+fn transport() -> Transport {
+    Transport { registry: RegistryOptions::default(), cache: LayerCache::disabled() }
+}
+
+/// A built layer whose tar is given whole; it counts how often its tar is read.
 #[derive(Clone)]
 struct TarBytes {
     tar: Vec<u8>,
     comment: String,
+    reads: Arc<AtomicUsize>,
 }
 
 impl TarBytes {
@@ -27,7 +37,7 @@ impl TarBytes {
         tar.extend_from_slice(header.as_bytes());
         tar.extend_from_slice(data);
         tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
-        TarBytes { tar, comment: format!("file {name}") }
+        TarBytes { tar, comment: format!("file {name}"), reads: Arc::default() }
     }
 }
 
@@ -36,6 +46,7 @@ impl LayerTar for TarBytes {
         self.tar.len() as u64
     }
     fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), TarError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         out.write_all(&self.tar).map_err(TarError::Write)
     }
     fn fingerprint(&self) -> Digest {
@@ -70,7 +81,7 @@ fn every_writer_is_read_back_with_the_same_digests() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let original = image(vec![TarBytes::file("a", b"first"), TarBytes::file("b", &[7u8; 5000])]);
-    let registry = RegistryOptions::default();
+    let cx = transport();
     let expected = original.uncompressed_digests().unwrap();
     for (dest, codec) in [
         (format!("docker-archive:{d}/a.tar"), Compression::None),
@@ -79,8 +90,8 @@ fn every_writer_is_read_back_with_the_same_digests() {
         (format!("oci:{d}/zstd:t"), Compression::Zstd),
         (format!("oci-archive:{d}/b.tar:t"), Compression::None),
     ] {
-        let written = write_image(&original, &reference(&dest), codec, &registry).unwrap();
-        let source = open_image(&reference(&dest), &Platform::host(), &registry).unwrap();
+        let written = write_image(&original, &reference(&dest), codec, &cx).unwrap();
+        let source = open_image(&reference(&dest), &Platform::host(), &cx.registry).unwrap();
         let diff_ids: Vec<Digest> = source.layers.iter().map(|l| l.diff_id).collect();
         assert_eq!(diff_ids, expected.diff_ids, "{dest}");
         assert_eq!(Digest::of(&source.config_bytes), written.config_digest, "{dest}");
@@ -92,9 +103,9 @@ fn every_writer_is_read_back_with_the_same_digests() {
         let mut copy: Image<TarBytes> = Image::copy_of(source, None);
         copy.recode = Some(Recode { from: None, to: Compression::Zstd });
         let again = format!("oci:{d}/copies:{}", dest.len());
-        let copied = write_image(&copy, &reference(&again), Compression::None, &registry).unwrap();
+        let copied = write_image(&copy, &reference(&again), Compression::None, &cx).unwrap();
         assert_eq!(copied.config_digest, written.config_digest, "{dest}");
-        let reread = open_image(&reference(&again), &Platform::host(), &registry).unwrap();
+        let reread = open_image(&reference(&again), &Platform::host(), &cx.registry).unwrap();
         assert!(reread.layers.iter().all(|l| Compression::of_media_type(&l.media_type) == Some(Compression::Zstd)));
         assert_eq!(reread.layers.iter().map(|l| l.diff_id).collect::<Vec<_>>(), expected.diff_ids);
     }
@@ -104,16 +115,16 @@ fn every_writer_is_read_back_with_the_same_digests() {
 fn a_corrupt_blob_fails_the_copy_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let registry = RegistryOptions::default();
+    let cx = transport();
     let layout = reference(&format!("oci:{d}/layout:t"));
-    write_image(&image(vec![TarBytes::file("a", b"first")]), &layout, Compression::None, &registry).unwrap();
-    let source = open_image(&layout, &Platform::host(), &registry).unwrap();
+    write_image(&image(vec![TarBytes::file("a", b"first")]), &layout, Compression::None, &cx).unwrap();
+    let source = open_image(&layout, &Platform::host(), &cx.registry).unwrap();
     let blob = dir.path().join("layout/blobs/sha256").join(source.layers[0].digest.hex());
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[600] ^= 1;
     std::fs::write(&blob, bytes).unwrap();
     let copy: Image<TarBytes> = Image::copy_of(source, None);
-    let err = write_image(&copy, &reference(&format!("docker-archive:{d}/out.tar")), Compression::None, &registry).unwrap_err();
+    let err = write_image(&copy, &reference(&format!("docker-archive:{d}/out.tar")), Compression::None, &cx).unwrap_err();
     assert!(format!("{err:?}").contains("corrupt"), "{err:?}");
     assert!(!dir.path().join("out.tar").exists());
 }
@@ -122,15 +133,83 @@ fn a_corrupt_blob_fails_the_copy_and_writes_nothing() {
 fn recorded_digests_are_checked_before_anything_is_committed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let registry = RegistryOptions::default();
+    let cx = transport();
     let mut original = image(vec![TarBytes::file("a", b"first")]);
     let mut recorded = original.uncompressed_digests().unwrap();
     recorded.config = Digest::of(b"something else");
     original.recorded = Some(recorded);
     for dest in [format!("docker-archive:{d}/x.tar"), format!("oci:{d}/layout:t"), format!("oci-archive:{d}/y.tar")] {
-        let err = write_image(&original, &reference(&dest), Compression::None, &registry).unwrap_err();
+        let err = write_image(&original, &reference(&dest), Compression::None, &cx).unwrap_err();
         assert!(err.to_string().contains("was recorded"), "{dest}: {err}");
     }
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The layer cache, on every sink that uses it: a rebuild into an OCI layout that holds the
+/// blobs reads no layer; a docker-archive stream takes a known diff ID from the cache rather
+/// than hashing; a corrupt entry, a missing blob or another codec only cost the work again.
+#[test]
+fn the_layer_cache_spares_work_and_never_gives_a_wrong_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cx = Transport { registry: RegistryOptions::default(), cache: LayerCache::new(dir.path().join("cache"), 1 << 20) };
+    let small = TarBytes::file("a", b"first");
+    let big = TarBytes::file("b", &[7u8; 3_000_000]);
+    let original = image(vec![small.clone(), big.clone()]);
+    let reads = || (small.reads.load(Ordering::SeqCst), big.reads.load(Ordering::SeqCst));
+    let layout = reference(&format!("oci:{d}/layout:t"));
+
+    let cold = write_image(&original, &layout, Compression::Gzip, &cx).unwrap();
+    assert_eq!(reads(), (1, 1));
+    let warm = write_image(&original, &layout, Compression::Gzip, &cx).unwrap();
+    assert_eq!(reads(), (1, 1), "a rebuild into a layout holding the blobs read a layer");
+    assert_eq!((warm.config_digest, warm.manifest_digest), (cold.config_digest, cold.manifest_digest));
+
+    // Another codec is another entry; a layout without the blob gets it made.
+    write_image(&original, &reference(&format!("oci:{d}/zstd:t")), Compression::Zstd, &cx).unwrap();
+    assert_eq!(reads(), (2, 2));
+    let elsewhere = write_image(&original, &reference(&format!("oci:{d}/other:t")), Compression::Gzip, &cx).unwrap();
+    assert_eq!(reads(), (3, 3));
+    assert_eq!(elsewhere.manifest_digest, cold.manifest_digest);
+
+    // A corrupt entry is a miss: the layer is made again, with the right digest.
+    let entries: Vec<_> = walk(&dir.path().join("cache/layers-v1"));
+    assert_eq!(entries.len(), 4, "{entries:?}");
+    for entry in &entries {
+        let text = std::fs::read_to_string(entry).unwrap();
+        std::fs::write(entry, text.replace("sha256:", "sha256:0")).unwrap();
+    }
+    let again = write_image(&original, &layout, Compression::Gzip, &cx).unwrap();
+    assert_eq!(reads(), (4, 4));
+    assert_eq!(again.manifest_digest, cold.manifest_digest);
+
+    // The stream: the first time the layers are hashed, and remembered; the second time the
+    // diff IDs come from the cache. (An entry planted with another diff ID shows it was not
+    // re-hashed: a real entry can only hold the right one, the fingerprint names the tar.)
+    let stream = |cache: &LayerCache| {
+        let mut out = Vec::new();
+        write_docker_archive(&original, &mut out, Compression::None, None, cache).unwrap();
+        out
+    };
+    let first = stream(&cx.cache);
+    assert_eq!(first, stream(&cx.cache));
+    let planted = Digest::of(b"planted");
+    cx.cache.put(&small.fingerprint(), Compression::None, &CachedBlob { diff_id: planted, digest: planted, size: small.tar_len() });
+    let trusted = stream(&cx.cache);
+    assert!(String::from_utf8_lossy(&trusted).contains(&planted.to_string()), "the stream hashed a layer the cache knows");
+    assert_eq!(first, stream(&LayerCache::disabled()), "without a cache the stream is the same");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -3,6 +3,7 @@
 //! tool is required: a missing one fails the test (run `scripts/setup`), none is skipped.
 //! Shared helpers are in `common`; fixtures (Nix expressions, builtins only) in `../fixtures`.
 
+mod cache;
 mod common;
 mod containerize;
 mod engines;
