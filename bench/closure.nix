@@ -1,6 +1,8 @@
-# The benchmark closure: about 1.3 GB of real binaries and libraries from the host, split
-# into 22 store paths, plus a root that references them all. Built with `builtins` only.
-{ system ? builtins.currentSystem }:
+# The benchmark closure: about 1.3 GB of real binaries and libraries from the host in 12
+# store paths, one of them (the libraries) about half the bytes, as real closures have one
+# big path; a small leaf whose contents are `leaf` (a new release of the application); and a
+# root that references them all. Built with `builtins` only.
+{ system ? builtins.currentSystem, leaf ? "1" }:
 let
   mk = name: script: derivation {
     inherit name system;
@@ -15,7 +17,11 @@ let
       | tar -cf - --files-from=- 2>/dev/null | tar -xf - -C $out
   '';
   parts = src: n: builtins.genList (part src n) n;
-  all = parts "/usr/lib/x86_64-linux-gnu" 12 ++ parts "/usr/bin" 8 ++ parts "/usr/lib/gcc" 2;
+  app = mk "bench-app-${leaf}" ''
+    mkdir -p $out/bin
+    printf '#!/bin/sh\necho release ${leaf}\n' > $out/bin/app
+  '';
+  all = [ (part "/usr/lib/x86_64-linux-gnu" 1 0) app ] ++ parts "/usr/bin" 8 ++ parts "/usr/lib/gcc" 2;
 in
 mk "bench-root" ''
   mkdir -p $out

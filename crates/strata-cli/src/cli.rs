@@ -31,6 +31,9 @@ pub struct Cli {
     /// Verify registries' TLS certificates; false also allows plain HTTP
     #[arg(long, global = true, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub tls_verify: bool,
+    /// Neither read nor write the layer cache: every layer is hashed and compressed anew
+    #[arg(long, global = true, env = "STRATA_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_cache: bool,
     #[command(subcommand)]
     pub command: Command,
 }

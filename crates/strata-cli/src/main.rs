@@ -102,7 +102,10 @@ fn cache(cache: &LayerCache, action: CacheAction) -> Result<()> {
 
 /// Runs the subcommand; its exit code on success.
 fn run(cli: Cli) -> Result<Status> {
-    let cx = Transport { registry: RegistryOptions::new(cli.creds, cli.tls_verify), cache: LayerCache::from_env() };
+    let cx = Transport {
+        registry: RegistryOptions::new(cli.creds, cli.tls_verify),
+        cache: if cli.no_cache { LayerCache::disabled() } else { LayerCache::from_env() },
+    };
     match cli.command {
         Command::Run(args) => return run::run_container(args, &cx),
         Command::NixBuilder => nix_builder::build()?,
