@@ -20,6 +20,7 @@ pub enum Compression {
 /// gzip -6, zstd -3: the usual defaults of the command-line tools.
 const GZIP_LEVEL: u32 = 6;
 const ZSTD_LEVEL: i32 = 3;
+const ZSTD_JOB: u32 = 1 << 20;
 
 impl Compression {
     /// The OCI media type of a layer compressed this way.
@@ -38,7 +39,7 @@ impl Compression {
         match self {
             Compression::None => "tar",
             Compression::Gzip => "gzip6-blocks1m-v1",
-            Compression::Zstd => "zstd3-mt-v1",
+            Compression::Zstd => "zstd3-mt-job1m-v1",
         }
     }
 
@@ -84,14 +85,19 @@ impl Compression {
                 let mut encoder = zstd::Encoder::new(out, ZSTD_LEVEL)?;
                 // At least one worker: zstd's single-threaded mode (0 workers) gives other bytes.
                 encoder.multithread(zstd_workers())?;
+                // Smaller jobs than zstd's default (8 MiB at level 3) keep memory flat, for
+                // 0.7% in size. Part of the output's definition: see `Compression::id`.
+                encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
                 Encoder::Zstd(encoder)
             }
         })
     }
 }
 
+/// zstd's workers for one layer: every core, up to four (layers are compressed several at
+/// once, and each worker holds a few jobs in memory). The output is the same for any number.
 fn zstd_workers() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32).min(4)
 }
 
 /// A writer that compresses into `W`; [`Encoder::finish`] ends the stream.
@@ -159,6 +165,7 @@ mod tests {
         let with = |workers: u32| {
             let mut e = zstd::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
             e.multithread(workers).unwrap();
+            e.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB)).unwrap();
             e.write_all(&data).unwrap();
             e.finish().unwrap()
         };

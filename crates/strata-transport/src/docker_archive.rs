@@ -15,7 +15,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 
@@ -67,6 +67,11 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
 
 /// Streams every layer into `tar` under `names` (built layers as tars, base layers as they
 /// are), returning their diff IDs.
+///
+/// The names hold no digest, so a layer's bytes can go out before its diff ID is known. Each
+/// built layer is hashed by whoever claims it first: helper threads claim the biggest layers
+/// first; the writer, going front to back, claims and hashes in flight a layer nobody has,
+/// and only copies one a helper claimed (whose diff ID it collects once the helpers are done).
 fn stream_layers<W: Write, L: LayerTar>(
     layers: &[LayerSource<L>],
     names: &[String],
@@ -74,115 +79,88 @@ fn stream_layers<W: Write, L: LayerTar>(
     cache: &LayerCache,
 ) -> Result<Vec<Digest>, SinkError> {
     let n = layers.len();
-    let hashed_ahead: Vec<OnceLock<Digest>> = (0..n).map(|_| OnceLock::new()).collect();
-    let fingerprints: Vec<Option<Digest>> = layers
+    let recipes: Vec<Option<&L>> = layers
         .iter()
         .map(|l| match l {
-            LayerSource::Built(recipe) => Some(recipe.fingerprint()),
+            LayerSource::Built(recipe) => Some(*recipe),
             LayerSource::Base(..) => None,
         })
         .collect();
-    let tar_len = |k: usize| match layers[k] {
-        LayerSource::Built(recipe) => recipe.tar_len(),
-        LayerSource::Base(..) => 0,
-    };
-    let mut known = vec![false; n];
-    for (k, fingerprint) in fingerprints.iter().enumerate() {
-        // The size check is only a guard: a fingerprint names one tar.
-        if let Some(hit) = fingerprint.and_then(|f| cache.get(&f, Compression::None)).filter(|hit| hit.size == tar_len(k)) {
-            let _ = hashed_ahead[k].set(hit.diff_id);
-            known[k] = true;
-        }
-    }
-    tracing::info!("{} of {} layers known to the layer cache: copied without hashing", known.iter().filter(|k| **k).count(), n);
-    // Helpers hash the biggest built layers not known yet; the writer goes front to back.
-    let mut ahead: Vec<usize> = (0..n).filter(|k| !known[*k] && fingerprints[*k].is_some()).collect();
-    ahead.sort_by_key(|k| std::cmp::Reverse(tar_len(*k)));
-    // The layer the writer is on; helpers never touch it or anything before it.
-    let writer_at = AtomicUsize::new(0);
-    let next_ahead = AtomicUsize::new(0);
+    let fingerprints: Vec<Option<Digest>> = recipes.iter().map(|r| r.map(|r| r.fingerprint())).collect();
+    let known: Vec<Option<Digest>> = (0..n)
+        .map(|k| {
+            let (recipe, fingerprint) = (recipes[k]?, fingerprints[k]?);
+            // The size check is only a guard: a fingerprint names one tar.
+            cache.get(&fingerprint, Compression::None).filter(|hit| hit.size == recipe.tar_len()).map(|hit| hit.diff_id)
+        })
+        .collect();
+    tracing::info!("{} of {} layers known to the layer cache: copied without hashing", known.iter().flatten().count(), n);
+    let claimed: Vec<AtomicBool> = known.iter().map(|k| AtomicBool::new(k.is_some())).collect();
+    let mut hashed_by_helper: Vec<OnceLock<Result<Digest, TarError>>> = (0..n).map(|_| OnceLock::new()).collect();
+    let mut biggest_first: Vec<usize> = (0..n).filter(|k| recipes[*k].is_some() && known[*k].is_none()).collect();
+    biggest_first.sort_by_key(|k| std::cmp::Reverse(recipes[*k].map_or(0, |r| r.tar_len())));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
     let helpers = std::thread::available_parallelism().map_or(1, |p| p.get()).saturating_sub(1);
-    let result = std::thread::scope(|s| {
+    let written = std::thread::scope(|s| {
         for _ in 0..helpers {
             s.spawn(|| {
-                while let Some(&k) = ahead.get(next_ahead.fetch_add(1, Ordering::SeqCst)) {
-                    if k <= writer_at.load(Ordering::SeqCst) {
+                while let Some(&k) = biggest_first.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Some(recipe) = recipes[k] else { continue };
+                    if claimed[k].swap(true, Ordering::SeqCst) {
                         continue;
                     }
-                    let LayerSource::Built(recipe) = layers[k] else {
-                        continue;
-                    };
-                    let mut sink = HashingWriter::new(StopWhenWriterArrives { writer_at: &writer_at, layer: k });
-                    // A failure here (the writer arrived, a file is unreadable) only means
-                    // the writer hashes this layer itself, and reports any real error.
-                    if recipe.write_tar(&mut sink).is_ok() {
-                        let _ = hashed_ahead[k].set(sink.finish().0);
-                    }
+                    let mut sink = HashingWriter::new(io::sink());
+                    let _ = hashed_by_helper[k].set(recipe.write_tar(&mut sink).map(|()| sink.finish().0));
                 }
             });
         }
-        let result = (|| {
-            let mut digests = Vec::with_capacity(n);
+        let written = (|| {
+            let mut in_flight = vec![None; n];
             for (k, layer) in layers.iter().enumerate() {
-                writer_at.store(k, Ordering::SeqCst);
                 let recipe = match *layer {
                     LayerSource::Built(recipe) => recipe,
                     LayerSource::Base(base, j) => {
                         tar.header(&names[k], base.layers[j].size)?;
                         copy_base_layer(base, j, &mut tar.out)?;
                         tar.pad(base.layers[j].size)?;
-                        digests.push(base.layers[j].diff_id);
+                        in_flight[k] = Some(base.layers[j].diff_id);
                         continue;
                     }
                 };
                 tar.header(&names[k], recipe.tar_len())?;
-                let digest = match hashed_ahead[k].get() {
-                    Some(digest) => {
-                        recipe.write_tar_direct(&mut tar.out)?;
-                        *digest
-                    }
-                    None => {
-                        let mut hashing = HashingWriter::new(&mut tar.out);
-                        recipe.write_tar(&mut hashing)?;
-                        hashing.finish().0
-                    }
-                };
+                if claimed[k].swap(true, Ordering::SeqCst) {
+                    recipe.write_tar_direct(&mut tar.out)?;
+                } else {
+                    let mut hashing = HashingWriter::new(&mut tar.out);
+                    recipe.write_tar(&mut hashing)?;
+                    in_flight[k] = Some(hashing.finish().0);
+                }
                 tar.pad(recipe.tar_len())?;
-                digests.push(digest);
             }
-            Ok(digests)
+            Ok(in_flight)
         })();
-        writer_at.store(n, Ordering::SeqCst); // stops the helpers, also after an error
-        result.map_err(|e: SinkError| match e {
+        stop.store(true, Ordering::SeqCst); // after an error, the helpers start nothing more
+        written.map_err(|e: SinkError| match e {
             SinkError::Tar(TarError::Write(source)) => tar.write_err(source),
             other => other,
         })
     })?;
-    for (k, layer) in layers.iter().enumerate() {
-        if let (false, LayerSource::Built(recipe), Some(fingerprint)) = (known[k], layer, &fingerprints[k]) {
-            cache.put(fingerprint, Compression::None, &CachedBlob { diff_id: result[k], digest: result[k], size: recipe.tar_len() });
+    let mut diff_ids = Vec::with_capacity(n);
+    for (k, digest) in written.into_iter().enumerate() {
+        let digest = match (digest, known[k]) {
+            (Some(digest), _) | (None, Some(digest)) => digest,
+            (None, None) => hashed_by_helper[k].take().expect("a layer the writer did not hash was hashed by a helper")?,
+        };
+        if let (None, Some(recipe), Some(fingerprint)) = (known[k], recipes[k], &fingerprints[k]) {
+            cache.put(fingerprint, Compression::None, &CachedBlob { diff_id: digest, digest, size: recipe.tar_len() });
         }
+        diff_ids.push(digest);
     }
-    Ok(result)
-}
-
-/// A sink for a helper's bytes that fails once the writer has reached the helper's layer.
-struct StopWhenWriterArrives<'a> {
-    writer_at: &'a AtomicUsize,
-    layer: usize,
-}
-
-impl Write for StopWhenWriterArrives<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.writer_at.load(Ordering::Relaxed) >= self.layer {
-            return Err(io::Error::other("the writer took over this layer"));
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    Ok(diff_ids)
 }
 
 /// Reads a docker-archive: its one image, each layer hashed once here and checked against

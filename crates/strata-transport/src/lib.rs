@@ -150,7 +150,8 @@ fn write_image_to<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: C
     match dest {
         ImageRef::Registry(r) => {
             let pushed = crate::registry::push(image, r, compression, cx)?;
-            tracing::info!("{} layers uploaded, {} mounted, {} already there", pushed.uploaded, pushed.mounted, pushed.present);
+            let (uploaded, mounted, present, made) = (pushed.uploaded, pushed.mounted, pushed.present, pushed.made);
+            tracing::info!("{uploaded} layers uploaded, {mounted} mounted, {present} already there; {made} layers read");
             Ok(Written { reference: r.image_name(), config_digest: pushed.config_digest, manifest_digest: Some(pushed.manifest_digest) })
         }
         ImageRef::DockerArchive(None) => {

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -316,6 +317,9 @@ pub struct Pushed {
     pub uploaded: usize,
     pub mounted: usize,
     pub present: usize,
+    /// Built layers read (their tars made, hashed, compressed): the rest were known from the
+    /// layer cache or Nix's record and found in the registry.
+    pub made: usize,
 }
 
 /// Pushes `image` to `dest`.
@@ -344,7 +348,7 @@ async fn push_async<L: LayerTar>(
     let here = format!("{}/{}", dest.host, dest.repository);
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let push = Push { session, reference: &reference, here: &here, cache, image, compression };
+    let push = Push { session, reference: &reference, here: &here, cache, image, compression, made: AtomicUsize::new(0) };
 
     let results: Vec<(LayerBlob, Outcome)> =
         futures_util::stream::iter(layers.iter().enumerate()).map(|(i, layer)| push_layer(&push, *layer, i)).buffered(cores.max(2)).try_collect().await?;
@@ -367,7 +371,14 @@ async fn push_async<L: LayerTar>(
 
     cache.remember_pushed(results.iter().map(|(layer, _)| &layer.digest), &here);
     let count = |o: Outcome| results.iter().filter(|(_, r)| *r == o).count();
-    Ok(Pushed { config_digest, manifest_digest, uploaded: count(Outcome::Uploaded), mounted: count(Outcome::Mounted), present: count(Outcome::Present) })
+    Ok(Pushed {
+        config_digest,
+        manifest_digest,
+        uploaded: count(Outcome::Uploaded),
+        mounted: count(Outcome::Mounted),
+        present: count(Outcome::Present),
+        made: push.made.into_inner(),
+    })
 }
 
 fn reqwest_header(value: String) -> http::HeaderValue {
@@ -384,16 +395,19 @@ struct Push<'a, L> {
     cache: &'a LayerCache,
     image: &'a Image<L>,
     compression: Compression,
+    made: AtomicUsize,
 }
 
 async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
-    let Push { session, reference, here, cache, image, compression } = *push;
+    let Push { session, reference, here, cache, image, compression, .. } = *push;
     let recode = image.recode_into(&layer);
     // What names the blob before it is made; a base layer copied as it is has its digest already.
     let key = crate::cache_key(image, layer, compression);
     let known = match (layer, key) {
         (LayerSource::Base(base, j), None) => Some(base.layers[j].clone()),
-        (_, key) => key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))),
+        (_, key) => {
+            key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))).or_else(|| recorded_tar(image, layer, index, compression))
+        }
     };
     let origin = match (layer, recode) {
         (LayerSource::Base(base, _), None) => base.origin.clone(),
@@ -423,6 +437,7 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
     let layer_err = |source: crate::SinkError| RegistryError::Layer { index, source: Box::new(source) };
     let io_err = |source| layer_err(crate::SinkError::Write { path: std::env::temp_dir(), source });
     let staging = ScratchFile::temporary().map_err(io_err)?;
+    push.made.fetch_add(matches!(layer, LayerSource::Built(_)) as usize, Ordering::Relaxed);
     let made = tokio::task::block_in_place(|| -> Result<LayerBlob, crate::SinkError> {
         let file = staging.reopen().map_err(|source| crate::SinkError::Write { path: staging.path().to_owned(), source })?;
         let (blob, mut out) = crate::write_layer_blob(image, layer, compression, std::io::BufWriter::with_capacity(1 << 20, file), staging.path())?;
@@ -448,6 +463,16 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         })
         .await?;
     Ok((made, Outcome::Uploaded))
+}
+
+/// An uncompressed built layer whose diff ID (so its blob's digest) was recorded when the
+/// image was described in Nix: known without reading it. If the repository has that blob, it
+/// is the layer as recorded, and the image pushed is the recorded one; if not, the layer is
+/// made, and the image checked against the record before its manifest goes up.
+fn recorded_tar<L: LayerTar>(image: &Image<L>, layer: LayerSource<'_, L>, index: usize, compression: Compression) -> Option<LayerBlob> {
+    let (LayerSource::Built(recipe), Compression::None) = (layer, compression) else { return None };
+    let diff_id = *image.recorded.as_ref()?.diff_ids.get(index)?;
+    Some(LayerBlob { diff_id, digest: diff_id, size: recipe.tar_len(), media_type: Compression::None.layer_media_type() })
 }
 
 /// `Present` if the repository has the blob, `Mounted` if another repository of the same

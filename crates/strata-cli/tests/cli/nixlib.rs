@@ -222,3 +222,29 @@ fn a_description_that_does_not_match_writes_nothing() {
     assert_eq!(digest(&target), pushed, "the tag did not move");
     assert!(!names_in(dir.path()).iter().any(|n| n.ends_with(".partial")), "{:?}", names_in(dir.path()));
 }
+
+/// #12: a described image pushed from a machine that never pushed it (an empty layer cache):
+/// Nix recorded its layers' digests and the registry has them, so no layer is read, hashed
+/// or uploaded, and the manifest is the recorded one.
+#[test]
+fn a_described_image_pushes_from_an_empty_cache_without_reading_its_layers() {
+    let description = build("n2c");
+    let manifest = recorded(&description)["manifest"].as_str().unwrap().to_owned();
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("{}:v1", registry.reference("strata-test/n2c"));
+    let push = |cache: &str| {
+        let mut cmd = strata(&["stream", &description, "-o", &target, "--compress", "none", "-v", "--creds", CREDS, "--tls-verify=false"]);
+        cmd.env("STRATA_CACHE_DIR", dir.path().join(cache));
+        String::from_utf8(run_ok(cmd).stderr).unwrap()
+    };
+    let first = push("first-machine");
+    assert!(first.contains("2 layers uploaded, 0 mounted, 0 already there; 2 layers read"), "{first}");
+    let uploads = registry.uploads();
+    let second = push("second-machine");
+    assert!(second.contains("0 layers uploaded, 0 mounted, 2 already there; 0 layers read"), "{second}");
+    assert_eq!(registry.uploads(), uploads, "a blob was uploaded again");
+    let inspect = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--creds", CREDS, &target]));
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["Digest"], manifest.as_str());
+}
