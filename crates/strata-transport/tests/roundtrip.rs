@@ -2,6 +2,7 @@
 //! reader reads back with the same digests; re-encoding keeps diff IDs; corrupt blobs fail.
 
 use std::io::Write;
+use std::path::Path;
 
 use oci_spec::image::ImageConfiguration;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -201,15 +202,7 @@ fn the_layer_cache_spares_work_and_never_gives_a_wrong_digest() {
     assert_eq!(first, stream(&LayerCache::disabled()), "without a cache the stream is the same");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
+/// The files below `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(dir).into_iter().map(|e| e.unwrap()).filter(|e| e.file_type().is_file()).map(|e| e.into_path()).collect()
 }
