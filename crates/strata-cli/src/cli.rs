@@ -70,6 +70,18 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<CacheAction>,
     },
+    /// Print a completion script for a shell: `strata completions bash > /etc/bash_completion.d/strata`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: strata(1) and one per subcommand (strata-build(1), …)
+    #[command(after_help = "With no -o, strata(1) goes to standard output: `strata man | man -l -`.")]
+    Man {
+        /// The directory to write strata.1 and strata-SUBCOMMAND.1 into (made if missing)
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand, Clone, Copy)]

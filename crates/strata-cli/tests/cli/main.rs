@@ -9,6 +9,7 @@ mod containerize;
 mod engines;
 mod errors;
 mod flake;
+mod help;
 mod layers;
 mod nixlib;
 mod oci;
