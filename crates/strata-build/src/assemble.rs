@@ -13,7 +13,7 @@ use crate::closure::{Closure, ClosureError};
 use crate::layer::{scan_tree, LayerError, LayerRecipe};
 use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
 use crate::spec::{ImageConfigSpec, ValidSpec};
-use crate::store::StorePath;
+use crate::store::{StorePath, STORE_DIR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
@@ -42,7 +42,10 @@ pub enum ClosureSource {
 
 /// Computes the closure, plans the layers, scans the store for their entries and makes the
 /// config: the image `spec` describes, over `base` (its `from_image`, opened by the caller).
-pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImage>) -> Result<Image<LayerRecipe>, AssembleError> {
+///
+/// `previous` is an earlier build's layers of store paths ([`previous_layers`]): those that
+/// still hold are kept (see `plan`); empty for none.
+pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImage>, previous: &[Vec<String>]) -> Result<Image<LayerRecipe>, AssembleError> {
     let base_layers = base.as_ref().map_or(0, |b| b.layers.len());
     if base_layers + spec.layers.len() + usize::from(!spec.copy_to_root.is_empty()) > spec.max_layers {
         return Err(AssembleError::BaseTooBig { max_layers: spec.max_layers, base: base_layers });
@@ -76,7 +79,7 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
     let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).map(|(_, p)| p.clone()).collect();
     let copy_to_root: Vec<StorePath> = spec.copy_to_root.iter().map(|(_, p)| p.clone()).collect();
     let max_layers = spec.max_layers.saturating_sub(base_layers + usize::from(spec.initialize_nix_database));
-    let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers };
+    let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers, previous };
 
     // Scan every store path once; the plan needs their sizes, the recipes their entries.
     let mut scanned = BTreeMap::new();
@@ -156,22 +159,39 @@ fn merge_lists<T: Clone>(base: Option<Vec<T>>, over: Option<Vec<T>>, key: impl F
     Some(merged)
 }
 
-/// A history comment naming what a layer holds.
+/// The history comment of a built layer: every store path it holds by base name (so a later
+/// build can keep the layer, see [`previous_layers`]), and the trees laid over `/`.
 fn describe(store_paths: &[StorePath], root_trees: &[StorePath]) -> String {
-    const SHOWN: usize = 8;
-    let mut parts: Vec<String> = store_paths.iter().take(SHOWN).map(|p| p.name().to_owned()).collect();
-    if store_paths.len() > SHOWN {
-        parts.push(format!("and {} more", store_paths.len() - SHOWN));
+    let mut parts = Vec::new();
+    if !store_paths.is_empty() {
+        parts.push(format!("{STORE_PATHS}{}", store_paths.iter().map(StorePath::base_name).collect::<Vec<_>>().join(", ")));
     }
-    let mut comment = if parts.is_empty() { String::new() } else { format!("store paths: {}", parts.join(", ")) };
     if !root_trees.is_empty() {
-        let trees: Vec<&str> = root_trees.iter().map(StorePath::name).collect();
-        if !comment.is_empty() {
-            comment.push_str("; ");
-        }
-        comment.push_str(&format!("laid over /: {}", trees.join(", ")));
+        parts.push(format!("laid over /: {}", root_trees.iter().map(StorePath::name).collect::<Vec<_>>().join(", ")));
     }
-    comment
+    parts.join("; ")
+}
+
+const STORE_PATHS: &str = "store paths: ";
+
+/// The layers of store paths of an image strata built, read from its config's history (what
+/// [`describe`] wrote): what `strata build --previous IMAGE` keeps. Entries of other tools,
+/// and names that are not store path base names, are passed over.
+pub fn previous_layers(config: &oci_spec::image::ImageConfiguration) -> Vec<Vec<String>> {
+    let history = config.history().as_deref().unwrap_or_default();
+    history
+        .iter()
+        .filter_map(|entry| entry.comment().as_deref()?.strip_prefix(STORE_PATHS))
+        .map(|listed| {
+            let listed = listed.split_once("; ").map_or(listed, |(paths, _)| paths);
+            listed
+                .split(", ")
+                .filter(|name| StorePath::containing(&format!("{STORE_DIR}/{name}")).is_ok_and(|p| p.base_name() == *name))
+                .map(str::to_owned)
+                .collect()
+        })
+        .filter(|layer: &Vec<String>| !layer.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -187,6 +207,27 @@ mod tests {
     }
 
     /// The spec's config merged into a base image's, key by key.
+    #[test]
+    fn history_comments_name_each_layers_store_paths_and_are_read_back() {
+        let path = |name: &str| StorePath::containing(&format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap();
+        let (hello, glibc, etc) = (path("hello-2.12"), path("glibc-2.36"), path("etc"));
+        let both = describe(&[hello.clone(), glibc.clone()], &[etc.clone()]);
+        assert_eq!(both, format!("store paths: {}, {}; laid over /: etc", hello.base_name(), glibc.base_name()));
+        let history = serde_json::json!([
+            { "created_by": "another tool", "comment": "store paths: not-a-store-path" },
+            { "comment": both },
+            { "comment": describe(&[], &[etc]) },
+            { "comment": describe(&[glibc.clone()], &[]) },
+            { "empty_layer": true },
+        ]);
+        let config: oci_spec::image::ImageConfiguration = serde_json::from_value(serde_json::json!({
+            "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": [] }, "history": history
+        }))
+        .unwrap();
+        let expected = vec![vec![hello.base_name().to_owned(), glibc.base_name().to_owned()], vec![glibc.base_name().to_owned()]];
+        assert_eq!(previous_layers(&config), expected);
+    }
+
     #[test]
     fn the_specs_config_is_merged_into_the_base_images() {
         let base_config: ImageConfiguration = serde_json::from_value(serde_json::json!({

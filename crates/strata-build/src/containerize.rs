@@ -160,7 +160,7 @@ impl Environment {
     /// Plans the image: the packages' closures, then the environment layer on top.
     pub fn plan(self, source: &ClosureSource) -> Result<Image<LayerRecipe>, AssembleError> {
         let mtime = self.spec.mtime;
-        let mut image = assemble(self.spec, source, None)?;
+        let mut image = assemble(self.spec, source, None, &[])?;
         image.layers.push(LayerRecipe::new(vec![], self.entries, &[], mtime, format!("environment: profile at {PROFILE}, /etc, /tmp")));
         Ok(image)
     }

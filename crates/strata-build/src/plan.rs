@@ -7,16 +7,23 @@
 //!    config, and of the references of the `copy_to_root` trees, minus the explicit layers'
 //!    paths) share the budget left: `max_layers`, less the explicit layers, less one for the
 //!    `copy_to_root` layer if there is one.
-//! 3. If they fit, every path gets a layer of its own. Otherwise `budget - 1` paths get their
-//!    own layer and the rest share the last one. Half of those places go to the most popular
-//!    paths (popularity: how many paths of the closure need a path, itself included; ties go
-//!    to the bigger one), the other half to the biggest of the paths left. Popular paths
-//!    (libc, runtimes) rarely change and are shared by many images, so a layer of their own
-//!    is reused across rebuilds and images; big paths would make a shared layer expensive to
-//!    rebuild and push when any small path beside them changes. The least popular paths,
-//!    the application itself and its private files, change most often: they share the last
-//!    layer, which changes with them anyway.
-//! 4. The `copy_to_root` trees come last, in one layer.
+//! 3. If a previous build's layers are given (see `--previous`), each of its layers whose
+//!    store paths are all still here is kept as it was (so its digest is too), in its old
+//!    order. If they leave no room for the paths that are new, the kept layers with the
+//!    fewest bytes are merged (those are the cheapest to push again).
+//! 4. The other paths share what is left of the budget. If they fit, every path gets a layer
+//!    of its own. Otherwise the roots (the application: what changes most often) get their
+//!    own layers, and of the places left a fifth go to groups, the rest to paths of their
+//!    own: half to the most popular paths (popularity: how many paths of the closure need a
+//!    path, itself included; ties go to the bigger one), half to the biggest of the paths
+//!    left. Popular paths rarely change and are shared by many images; big paths would make a
+//!    group expensive to push again when a small path beside them changes. The remaining
+//!    (small) paths are grouped: paths that reference no other path (data, fonts, static
+//!    binaries: nothing they depend on can change them) apart from the rest, each kind in
+//!    runs of equal bytes, in order of popularity. So a new release of the application
+//!    changes its own layers only, and a rebuild of everything (a new glibc changes every
+//!    path above it) leaves the groups of self-contained paths as they were.
+//! 5. The `copy_to_root` trees come last, in one layer.
 //!
 //! Stability: a layer's bytes depend only on the paths in it (see `layer`), so a changed
 //! path changes its own layer (or the shared one) and leaves every other layer's digest as
@@ -54,6 +61,9 @@ pub struct PlanInput<'a> {
     pub roots: Vec<StorePath>,
     pub copy_to_root: Vec<StorePath>,
     pub max_layers: usize,
+    /// A previous build's layers of store paths, by base name (`<hash>-<name>`), to keep
+    /// where they still hold; empty for none.
+    pub previous: &'a [Vec<String>],
 }
 
 /// Makes the plan; `size_of` gives the bytes of a store path.
@@ -76,7 +86,8 @@ pub fn plan_layers(input: &PlanInput, size_of: impl Fn(&StorePath) -> u64) -> Re
         if budget == 0 {
             return Err(NoRoomForStorePaths { max_layers: input.max_layers, left: rest.len() });
         }
-        layers.extend(split(closure, rest, budget, size_of).into_iter().map(|store_paths| PlannedLayer { store_paths, root_trees: vec![] }));
+        let grouped = split(closure, rest, &input.roots, input.previous, budget, size_of);
+        layers.extend(grouped.into_iter().map(|store_paths| PlannedLayer { store_paths, root_trees: vec![] }));
     }
     if !input.copy_to_root.is_empty() {
         layers.push(PlannedLayer { store_paths: vec![], root_trees: input.copy_to_root.clone() });
@@ -84,31 +95,103 @@ pub fn plan_layers(input: &PlanInput, size_of: impl Fn(&StorePath) -> u64) -> Re
     Ok(layers)
 }
 
-/// Splits `paths` into at most `budget` layers (step 3 of the module doc).
-fn split(closure: &Closure, paths: BTreeSet<StorePath>, budget: usize, size_of: impl Fn(&StorePath) -> u64) -> Vec<Vec<StorePath>> {
+/// Splits `paths` into at most `budget` layers (steps 3 and 4 of the module doc).
+fn split(
+    closure: &Closure,
+    mut paths: BTreeSet<StorePath>,
+    roots: &[StorePath],
+    previous: &[Vec<String>],
+    budget: usize,
+    size_of: impl Fn(&StorePath) -> u64,
+) -> Vec<Vec<StorePath>> {
+    let by_name: BTreeMap<&str, &StorePath> = paths.iter().map(|p| (p.base_name(), p)).collect();
+    let mut kept: Vec<Vec<StorePath>> = previous
+        .iter()
+        .filter(|layer| !layer.is_empty())
+        .filter_map(|layer| layer.iter().map(|name| by_name.get(name.as_str()).map(|p| (*p).clone())).collect::<Option<Vec<_>>>())
+        .collect();
+    for path in kept.iter().flatten() {
+        paths.remove(path);
+    }
+    let room_for_new = usize::from(!paths.is_empty());
+    while kept.len() + room_for_new > budget && kept.len() > 1 {
+        // Merge the two kept layers with the fewest bytes.
+        let bytes = |layer: &Vec<StorePath>| layer.iter().map(&size_of).sum::<u64>();
+        let mut order: Vec<usize> = (0..kept.len()).collect();
+        order.sort_by_key(|i| (bytes(&kept[*i]), *i));
+        let (a, b) = (order[0].min(order[1]), order[0].max(order[1]));
+        let merged = kept.remove(b);
+        kept[a].extend(merged);
+        kept[a].sort();
+    }
+    if kept.len() + room_for_new > budget {
+        // One layer for everything: nothing to keep.
+        paths.extend(kept.drain(..).flatten());
+    }
+    let fresh = if paths.is_empty() { vec![] } else { split_fresh(closure, paths, roots, budget.saturating_sub(kept.len()).max(1), size_of) };
+    kept.into_iter().chain(fresh).collect()
+}
+
+/// Step 4: paths no previous layer keeps, into at most `budget` (at least 1) layers.
+fn split_fresh(closure: &Closure, paths: BTreeSet<StorePath>, roots: &[StorePath], budget: usize, size_of: impl Fn(&StorePath) -> u64) -> Vec<Vec<StorePath>> {
     let popularity = closure.popularity(&paths);
     let sizes: BTreeMap<&StorePath, u64> = paths.iter().map(|p| (p, size_of(p))).collect();
     let mut by_popularity: Vec<&StorePath> = paths.iter().collect();
     by_popularity.sort_by_key(|p| (Reverse(popularity[*p]), Reverse(sizes[*p]), *p));
+    if paths.len() <= budget {
+        return by_popularity.into_iter().map(|p| vec![p.clone()]).collect();
+    }
+    // Places for paths of their own, and for groups (at least one: what does not fit).
+    let groups = (budget / 5).max(1);
+    let places = budget - groups;
+    let mut own: Vec<&StorePath> = roots.iter().filter(|r| paths.contains(*r)).collect::<BTreeSet<_>>().into_iter().take(places).collect();
+    let mut rest: Vec<&StorePath> = by_popularity.into_iter().filter(|p| !own.contains(p)).collect();
+    let popular = (places - own.len()).div_ceil(2);
+    own.extend(rest.drain(..popular.min(rest.len())));
+    rest.sort_by_key(|p| (Reverse(sizes[*p]), *p));
+    own.extend(rest.drain(..(places - own.len()).min(rest.len())));
+    own.sort_by_key(|p| (Reverse(popularity[*p]), *p));
 
-    let (own, shared): (Vec<&StorePath>, Vec<&StorePath>) = if paths.len() <= budget {
-        (by_popularity, vec![])
+    // The small rest, in groups: self-contained paths apart, each kind in runs of about equal
+    // bytes, in popularity order; a kind gets groups in proportion to its bytes (one at least).
+    rest.sort_by_key(|p| (Reverse(popularity[*p]), *p));
+    let kinds: Vec<Vec<&StorePath>> = if groups < 2 {
+        vec![rest]
     } else {
-        let places = budget - 1;
-        let popular = places.div_ceil(2);
-        let mut own: Vec<&StorePath> = by_popularity[..popular].to_vec();
-        let mut rest: Vec<&StorePath> = by_popularity[popular..].to_vec();
-        rest.sort_by_key(|p| (Reverse(sizes[*p]), *p));
-        own.extend(rest.drain(..places - popular));
-        own.sort_by_key(|p| (Reverse(popularity[*p]), *p));
-        rest.sort();
-        (own, rest)
+        let (alone, dependent): (Vec<&StorePath>, Vec<&StorePath>) = rest.into_iter().partition(|p| closure.references(p).iter().all(|r| r == *p));
+        [alone, dependent].into_iter().filter(|k| !k.is_empty()).collect()
     };
+    let bytes = |kind: &[&StorePath]| kind.iter().map(|p| sizes[*p]).sum::<u64>().max(1);
+    let total: u64 = kinds.iter().map(|k| bytes(k)).sum();
+    let mut left = groups;
     let mut layers: Vec<Vec<StorePath>> = own.into_iter().map(|p| vec![p.clone()]).collect();
-    if !shared.is_empty() {
-        layers.push(shared.into_iter().cloned().collect());
+    for (i, kind) in kinds.iter().enumerate() {
+        let later = kinds.len() - i - 1;
+        let share = if later == 0 { left } else { ((groups as u128 * bytes(kind) as u128 / total as u128) as usize).clamp(1, left - later) };
+        left -= share;
+        layers.extend(runs_of_equal_bytes(kind, share, |p| sizes[p]));
     }
     layers
+}
+
+/// `paths` cut, in order, into at most `n` runs of about equal bytes.
+fn runs_of_equal_bytes(paths: &[&StorePath], n: usize, size_of: impl Fn(&StorePath) -> u64) -> Vec<Vec<StorePath>> {
+    let total: u64 = paths.iter().map(|p| size_of(p)).sum();
+    let per_run = total.div_ceil(n.max(1) as u64).max(1);
+    let mut runs: Vec<Vec<StorePath>> = vec![];
+    let mut filled = 0;
+    for path in paths {
+        if runs.is_empty() || (filled >= per_run && runs.len() < n) {
+            runs.push(vec![]);
+            filled = 0;
+        }
+        filled += size_of(path);
+        runs.last_mut().expect("a run").push((*path).clone());
+    }
+    for run in &mut runs {
+        run.sort();
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -138,23 +221,93 @@ mod tests {
     }
 
     #[test]
-    fn popular_and_big_paths_get_own_layers() {
-        // p0 is needed by everyone; p1..p9 form a chain; p5 is huge.
+    fn roots_popular_and_big_paths_get_own_layers_small_ones_groups() {
+        // p0 is needed by everyone; p1..p9 form a chain; p5 is huge; p9 is the root.
         let (closure, _dir) = graph(10, |i, j| j == 0 || j + 1 == i);
-        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(9)], copy_to_root: vec![], max_layers: 4 };
+        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(9)], copy_to_root: vec![], max_layers: 5, previous: &[] };
         let layers = plan_layers(&input, |p| if *p == sp(5) { 1 << 30 } else { 10 }).unwrap();
-        assert_eq!(layers.len(), 4);
-        assert_eq!(layers[0].store_paths, [sp(0)]);
-        assert_eq!(layers[1].store_paths, [sp(1)]);
-        assert!(layers[..3].iter().any(|l| l.store_paths == [sp(5)]), "{layers:?}");
-        assert_eq!(layers[3].store_paths.len(), 7);
+        // Four places of their own (the root, popular p0 and p1, big p5) and one group.
+        assert_eq!(layers.len(), 5, "{layers:?}");
+        for own in [sp(0), sp(1), sp(5), sp(9)] {
+            assert!(layers.iter().any(|l| l.store_paths == [own.clone()]), "{own} has no layer of its own: {layers:?}");
+        }
+        assert_eq!(layers[4].store_paths, [sp(2), sp(3), sp(4), sp(6), sp(7), sp(8)]);
+    }
+
+    #[test]
+    fn self_contained_paths_are_grouped_apart() {
+        // p0..p9 reference nothing (data); p10..p28 reference p10 (a libc) and the one before;
+        // the root p29 references all of them.
+        let (closure, _dir) = graph(30, |i, j| i == 29 || (i > 10 && (j == 10 || j + 1 == i)));
+        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(29)], copy_to_root: vec![], max_layers: 10, previous: &[] };
+        let layers = plan_layers(&input, |_| 10).unwrap();
+        assert_eq!(layers.len(), 10);
+        let groups: Vec<&PlannedLayer> = layers.iter().filter(|l| l.store_paths.len() > 1).collect();
+        assert_eq!(groups.len(), 2, "{layers:?}");
+        let self_contained = |p: &StorePath| closure.references(p).iter().all(|r| r == p);
+        assert!(groups.iter().any(|g| g.store_paths.iter().all(self_contained)), "{groups:?}");
+        assert!(groups.iter().any(|g| !g.store_paths.iter().any(self_contained)), "{groups:?}");
+    }
+
+    /// The base names of a plan's layers: what a build records and a later build is given.
+    fn names(layers: &[PlannedLayer]) -> Vec<Vec<String>> {
+        layers.iter().map(|l| l.store_paths.iter().map(|p| p.base_name().to_owned()).collect()).collect()
+    }
+
+    #[test]
+    fn previous_layers_that_still_hold_are_kept() {
+        // 40 paths over a libc (p0), the root p39 needs them all; 8 layers at most.
+        let (closure, _dir) = graph(40, |i, j| j == 0 || i == 39);
+        let plan = |previous: &[Vec<String>], closure: &Closure, root: StorePath| {
+            let input = PlanInput { closure, explicit: &[], roots: vec![root], copy_to_root: vec![], max_layers: 8, previous };
+            plan_layers(&input, |p| p.as_str().len() as u64 * 1000).unwrap()
+        };
+        let first = plan(&[], &closure, sp(39));
+        assert_eq!(first.len(), 8);
+        // The same closure again: the same layers.
+        assert_eq!(plan(&names(&first), &closure, sp(39)), first);
+
+        // A new release of the application: another root path, the rest as it was. Every layer
+        // but the root's is kept as it was.
+        let dir = tempfile::tempdir().unwrap();
+        let graph_text = std::fs::read_to_string(_dir.path().join("graph")).unwrap();
+        let release = StorePath::containing(&format!("/nix/store/{}-app-2", "z".repeat(32))).unwrap();
+        std::fs::write(dir.path().join("graph"), graph_text.replace(sp(39).as_str(), release.as_str())).unwrap();
+        let closure2 = Closure::from_graph_file(&dir.path().join("graph")).unwrap();
+        let second = plan(&names(&first), &closure2, release.clone());
+        assert!(second.len() <= 8);
+        let kept = second.iter().filter(|l| first.contains(l)).count();
+        assert_eq!(kept, 7, "{second:?}");
+        assert!(second.iter().any(|l| l.store_paths == [release.clone()]));
+
+        // A previous layer with a path that is gone is not kept; names that are no store path
+        // of this closure are passed over.
+        let mut previous = names(&first);
+        previous.push(vec!["not-a-store-path".to_owned()]);
+        let third = plan(&previous, &closure2, release);
+        assert_eq!(third, second);
+    }
+
+    #[test]
+    fn too_many_kept_layers_are_merged_smallest_first() {
+        let (closure, _dir) = graph(12, |_, _| false);
+        let roots: Vec<StorePath> = (0..12).map(sp).collect();
+        // A previous build that had a layer a path; now only 6 layers are allowed.
+        let previous: Vec<Vec<String>> = roots.iter().map(|p| vec![p.base_name().to_owned()]).collect();
+        let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers: 6, previous: &previous };
+        let layers = plan_layers(&input, |p| if *p == sp(11) { 1 << 30 } else { 10 }).unwrap();
+        assert_eq!(layers.len(), 6);
+        assert!(layers.iter().any(|l| l.store_paths == [sp(11)]), "the biggest was merged: {layers:?}");
+        let mut all = all_paths(&layers);
+        all.sort();
+        assert_eq!(all, roots);
     }
 
     #[test]
     fn explicit_layers_come_first_and_nothing_repeats() {
         let (closure, _dir) = graph(6, |i, j| j + 1 == i);
         let explicit = [ExplicitLayer { roots: vec![sp(2)], copy_to_root: vec![] }, ExplicitLayer { roots: vec![sp(3)], copy_to_root: vec![] }];
-        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(5)], copy_to_root: vec![], max_layers: 10 };
+        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(5)], copy_to_root: vec![], max_layers: 10, previous: &[] };
         let layers = plan_layers(&input, |_| 1).unwrap();
         assert_eq!(layers[0].store_paths, [sp(0), sp(1), sp(2)]);
         assert_eq!(layers[1].store_paths, [sp(3)]);
@@ -165,17 +318,20 @@ mod tests {
     fn too_small_a_budget_is_an_error() {
         let (closure, _dir) = graph(3, |_, _| false);
         let explicit = [ExplicitLayer { roots: vec![sp(0)], copy_to_root: vec![] }];
-        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(1)], copy_to_root: vec![sp(2)], max_layers: 2 };
+        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(1)], copy_to_root: vec![sp(2)], max_layers: 2, previous: &[] };
         assert_eq!(plan_layers(&input, |_| 1), Err(NoRoomForStorePaths { max_layers: 2, left: 1 }));
     }
 
     proptest! {
-        /// Any graph, any budget: every requisite exactly once, never more layers than allowed.
+        /// Any graph, any budget, any previous plan: every requisite exactly once, never more
+        /// layers than allowed.
         #[test]
-        fn plans_respect_budget_and_cover_the_closure(n in 1usize..40, max_layers in 1usize..12, seed in any::<u64>()) {
+        fn plans_respect_budget_and_cover_the_closure(n in 1usize..40, max_layers in 1usize..12, seed in any::<u64>(), cut in 1usize..6) {
             let (closure, _dir) = graph(n, |i, j| (seed >> ((i * 7 + j) % 64)) & 1 == 1);
             let roots: Vec<StorePath> = (0..n).filter(|i| i % 3 == 0).map(sp).collect();
-            let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers };
+            // A previous plan of runs of `cut` paths, some of them not in this closure.
+            let previous: Vec<Vec<String>> = (0..n + 5).map(sp).collect::<Vec<_>>().chunks(cut).map(|c| c.iter().map(|p| p.base_name().to_owned()).collect()).collect();
+            let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers, previous: &previous };
             let layers = plan_layers(&input, |p| p.as_str().len() as u64).unwrap();
             prop_assert!(layers.len() <= max_layers);
             let mut paths = all_paths(&layers);

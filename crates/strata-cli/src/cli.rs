@@ -190,6 +190,10 @@ pub struct BuildArgs {
     /// format, or `nix path-info --json` output) instead of asking Nix
     #[arg(long, value_name = "FILE")]
     pub closure_graph: Option<PathBuf>,
+    /// An earlier release of this image (any source: docker://…, oci:…, docker-archive:…):
+    /// its layers whose store paths are all still in the image are kept as they were
+    #[arg(long, value_name = "IMAGE", conflicts_with = "flake")]
+    pub previous: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use strata_build::assemble::{assemble, ClosureSource};
+use strata_build::assemble::{assemble, previous_layers, ClosureSource};
 use strata_build::layer::LayerRecipe;
 use strata_build::spec::ValidSpec;
 use strata_oci::compress::Compression;
@@ -23,6 +23,8 @@ pub enum Input {
     Spec {
         path: PathBuf,
         closure: ClosureSource,
+        /// An earlier release of the image, whose layers are kept where they still hold.
+        previous: Option<ImageRef>,
     },
     /// A stream script (`#!… strata stream`) or a description (its JSON with `digests`).
     Script(PathBuf),
@@ -33,14 +35,25 @@ pub enum Input {
 pub struct Loaded(pub Image<LayerRecipe>);
 
 /// The image `spec` describes: its base image (`from_image`) read for the spec's own
-/// platform, then assembled over it. Where build and transport meet.
-pub fn plan(spec: ValidSpec, closure: &ClosureSource, registry: &RegistryOptions) -> Result<Image<LayerRecipe>> {
+/// platform, then assembled over it, keeping the layers of `previous` that still hold.
+/// Where build and transport meet.
+pub fn plan(spec: ValidSpec, closure: &ClosureSource, registry: &RegistryOptions, previous: Option<&ImageRef>) -> Result<Image<LayerRecipe>> {
     let platform = Platform::linux(&spec.architecture);
     let base = match &spec.from_image {
         Some(reference) => Some(open_image(reference, &platform, registry).with_context(|| format!("from_image {reference}"))?),
         None => None,
     };
-    Ok(assemble(spec, closure, base)?)
+    // As `docker build --cache-from`: an earlier image that cannot be read (the first
+    // release has none) only means a plan from scratch.
+    let previous = match previous.map(|p| (p, open_image(p, &platform, registry))) {
+        Some((_, Ok(image))) => previous_layers(&image.config),
+        Some((reference, Err(e))) => {
+            tracing::warn!("--previous {reference}: {:#}; planning the layers from scratch", anyhow::Error::from(e));
+            vec![]
+        }
+        None => vec![],
+    };
+    Ok(assemble(spec, closure, base, &previous)?)
 }
 
 impl Input {
@@ -67,7 +80,7 @@ impl Input {
             return Ok(Input::Script(path.to_owned()));
         }
         if arg.ends_with(".toml") || arg.ends_with(".json") {
-            return Ok(Input::Spec { path: path.to_owned(), closure: ClosureSource::Nix });
+            return Ok(Input::Spec { path: path.to_owned(), closure: ClosureSource::Nix, previous: None });
         }
         // A tar has "ustar" at offset 257; compressed files are read through their codec.
         if Compression::sniff(head) != Compression::None || head.get(257..262) == Some(b"ustar") {
@@ -83,9 +96,9 @@ impl Input {
 
     pub fn open(self, registry: &RegistryOptions) -> Result<Loaded> {
         Ok(Loaded(match self {
-            Input::Spec { path, closure } => {
+            Input::Spec { path, closure, previous } => {
                 let spec = ValidSpec::load(&path)?;
-                plan(spec, &closure, registry).with_context(|| format!("spec {}", path.display()))?
+                plan(spec, &closure, registry, previous.as_ref()).with_context(|| format!("spec {}", path.display()))?
             }
             Input::Script(path) => nix_builder::read_stream_script(&path)?,
             Input::Source(reference) => {

@@ -70,7 +70,7 @@ fn spec_with_tag() -> Result<Value> {
 fn plan(spec: Value, closure: &ClosureSource, spec_name: &str) -> Result<Image<LayerRecipe>> {
     let spec: Spec = serde_json::from_value(spec).with_context(|| format!("spec {spec_name}"))?;
     let spec: ValidSpec = spec.validate().with_context(|| format!("spec {spec_name}"))?;
-    plan_image(spec, closure, &RegistryOptions::default())
+    plan_image(spec, closure, &RegistryOptions::default(), None)
 }
 
 /// The closure graph `exportReferencesGraph` writes into the build directory.
@@ -117,7 +117,7 @@ pub fn read_stream_script(script: &Path) -> Result<Image<LayerRecipe>> {
     let text = std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
     let description = Description::parse(&text, script)?;
     let closure = ClosureSource::Graph(description.closure);
-    let mut image = plan_image(description.spec, &closure, &RegistryOptions::default()).with_context(|| format!("{}", script.display()))?;
+    let mut image = plan_image(description.spec, &closure, &RegistryOptions::default(), None).with_context(|| format!("{}", script.display()))?;
     image.recorded = description.recorded;
     Ok(image)
 }

@@ -22,7 +22,8 @@ pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
         (None, Some(path)) => {
             let closure = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
             let what = path.display().to_string();
-            (Input::Spec { path, closure }, what)
+            let previous = args.previous.as_deref().map(str::parse).transpose()?;
+            (Input::Spec { path, closure, previous }, what)
         }
         (None, None) => unreachable!("clap requires SPEC or --flake"),
     };

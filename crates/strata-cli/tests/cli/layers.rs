@@ -152,8 +152,9 @@ fn a_changed_path_leaves_other_layers_unchanged() {
 
 /// The same specs give the same bytes, release after release: the digests of images made of
 /// toy store paths (which depend on nothing of the host) are pinned here. A change to any of
-/// them changes every image users have built: it must be on purpose. (The gzip ones changed
-/// once, on purpose, with gzip on every core in fixed blocks: #12.)
+/// them changes every image users have built: it must be on purpose. (They changed on
+/// purpose in #12: gzip on every core in fixed blocks, and history comments that name every
+/// store path of a layer in full, which `--previous` reads.)
 #[test]
 fn digests_of_toy_images_are_pinned() {
     let (app, etc) = (fixture("toyApp"), fixture("toyEtc"));
@@ -185,14 +186,59 @@ fn digests_of_toy_images_are_pinned() {
         }
     }
     let expected = [
-        "plain.toml docker-archive config sha256:5b041b298001f3c3cebdcc7194f924e2c3495598f8ce893459ec5799a3476aa7",
-        "plain.toml oci none manifest sha256:ab4f3e8fcc856f2f6453b127706e06d6606e5725610b4aa6aae32345e1176b62",
-        "plain.toml oci gzip manifest sha256:2c4757d5a806c35cf53b290f158ebc7c2f27ceedefbabff5c9111c379d10156b",
-        "plain.toml oci zstd manifest sha256:e514dbdc39d02c979a64831d2afc35d394d7a19bf471b6696410c9623904369a",
-        "rich.toml docker-archive config sha256:353a0395ffcb5461e1c8323b59668b0266053a59258ec6e1328607ac88ab1e8f",
-        "rich.toml oci none manifest sha256:165ef94b79ac1dd90e720dc15882c71720dd33eea4eda3d47cac63b86538629d",
-        "rich.toml oci gzip manifest sha256:2200159f91bc03ab1584a3208af462c54e58c09fb469d46b11050f09b63ca2a3",
-        "rich.toml oci zstd manifest sha256:0fedc099023ee732fb6e51d18bec76ca1f001c817b14c65cb6c00f85e90d45b7",
+        "plain.toml docker-archive config sha256:a7c2b9ccb665fa8873c773f871b34c21fe5a7447064518d3744bf0d95d3d4abc",
+        "plain.toml oci none manifest sha256:cf382a7090d881a35ca301bc889f23b4ab2c113a9d489a581b0fd567b01f200f",
+        "plain.toml oci gzip manifest sha256:2d85941e4a43f9222519969a112901d52890eba43a359eba9472935b64bbd138",
+        "plain.toml oci zstd manifest sha256:f37225050065e53001a28be96de0fe66b53141227864474bcebd433cc2eb4e4b",
+        "rich.toml docker-archive config sha256:110257078c5d6e6c9d83d4cd02a3569cf6299fcddf54ebf865dc55ec8a837809",
+        "rich.toml oci none manifest sha256:9c80c42636bc91cbdaec55991e82f0940ba897e07d0fec35661a6aa52956d9de",
+        "rich.toml oci gzip manifest sha256:682a81c9442fbbf808a3eae09807ad417a9cdd269d9219a8b5f1c297cbabb662",
+        "rich.toml oci zstd manifest sha256:f7e960262e75df5fd0f9e64ab82dbde811803fd14123e77573eb1bdaffdbbc16",
     ];
     assert_eq!(digests, expected);
+}
+
+/// #12: `--previous IMAGE` keeps the layers of an earlier release whose store paths are all
+/// still in the image; a release that adds paths changes only what it must, where planning
+/// from scratch moves paths between layers. The history names every store path of a layer
+/// (that is what `--previous` reads).
+#[test]
+fn layers_of_the_previous_release_are_kept() {
+    let (hello, chain, busybox) = (fixture("hello"), fixture("chain"), fixture("busybox"));
+    let (app, etc, working) = (fixture("toyApp"), fixture("toyEtc"), fixture("workingDir"));
+    let dir = tempfile::tempdir().unwrap();
+    let layout = |tag: &str| format!("oci:{}:{tag}", dir.path().join("layout").display());
+    let spec = |name: &str, roots: &[&str]| {
+        let roots = roots.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
+        write_spec(dir.path(), name, &format!("name = \"release\"\nroots = [{roots}]\nmax_layers = 8\n"))
+    };
+    let v1 = spec("v1.toml", &[&hello, &chain]);
+    // Four new roots (five paths): planned from scratch, the roots' own layers crowd others out.
+    let v2 = spec("v2.toml", &[&hello, &chain, &busybox, &app, &etc, &working]);
+    let build = |spec: &Path, tag: &str, extra: &[&str]| run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &layout(tag)]).args(extra));
+    let layers = |tag: &str| -> Vec<String> {
+        let inspect: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &layout(tag)]))).unwrap();
+        inspect["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_owned()).collect()
+    };
+    build(&v1, "v1", &[]);
+    build(&v2, "v2", &["--previous", &layout("v1")]);
+    build(&v2, "fresh", &[]);
+    let (first, kept, fresh) = (layers("v1"), layers("v2"), layers("fresh"));
+    assert_eq!(first.len(), 8);
+    assert!(kept.len() <= 8 && fresh.len() <= 8);
+    let shared = |a: &[String], b: &[String]| a.iter().filter(|l| b.contains(l)).count();
+    // Room for the new paths (one layer): the two smallest layers merged; six kept as they were.
+    assert_eq!(shared(&first, &kept), 6, "v1 {first:?}\nv2 {kept:?}");
+    assert!(shared(&first, &fresh) < 6, "planning from scratch kept as much: {fresh:?}");
+
+    // The history names each layer's store paths in full (hash and name).
+    let config = stdout_of(Command::new("skopeo").args(["inspect", "--config", &layout("v1")]));
+    let base_name = |path: &str| path.trim_start_matches("/nix/store/").to_owned();
+    assert!(config.contains(&base_name(&hello)) && config.contains(&base_name(&chain)), "{config}");
+
+    // An earlier image that cannot be read is a warning: the first release has none.
+    let missing = layout("nothing-here");
+    let out = run_ok(strata(&["build", v1.to_str().unwrap(), "-o", &layout("again"), "--previous", &missing]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("planning the layers from scratch"));
+    assert_eq!(layers("again"), first);
 }
