@@ -211,13 +211,13 @@ mod tests {
     fn history_comments_name_each_layers_store_paths_and_are_read_back() {
         let path = |name: &str| StorePath::containing(&format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap();
         let (hello, glibc, etc) = (path("hello-2.12"), path("glibc-2.36"), path("etc"));
-        let both = describe(&[hello.clone(), glibc.clone()], &[etc.clone()]);
+        let both = describe(&[hello.clone(), glibc.clone()], std::slice::from_ref(&etc));
         assert_eq!(both, format!("store paths: {}, {}; laid over /: etc", hello.base_name(), glibc.base_name()));
         let history = serde_json::json!([
             { "created_by": "another tool", "comment": "store paths: not-a-store-path" },
             { "comment": both },
             { "comment": describe(&[], &[etc]) },
-            { "comment": describe(&[glibc.clone()], &[]) },
+            { "comment": describe(std::slice::from_ref(&glibc), &[]) },
             { "empty_layer": true },
         ]);
         let config: oci_spec::image::ImageConfiguration = serde_json::from_value(serde_json::json!({
