@@ -9,8 +9,9 @@
 //!    `copy_to_root` layer if there is one.
 //! 3. If a previous build's layers are given (see `--previous`), each of its layers whose
 //!    store paths are all still here is kept as it was (so its digest is too), in its old
-//!    order. If they leave no room for the paths that are new, the kept layers with the
-//!    fewest bytes are merged (those are the cheapest to push again).
+//!    order. If they leave no room for the paths that are new (a layer for each root, one
+//!    for the rest), the kept layers with the fewest bytes are merged (those are the
+//!    cheapest to push again).
 //! 4. The other paths share what is left of the budget. If they fit, every path gets a layer
 //!    of its own. Otherwise the roots (the application: what changes most often) get their
 //!    own layers, and of the places left a fifth go to groups, the rest to paths of their
@@ -113,7 +114,10 @@ fn split(
     for path in kept.iter().flatten() {
         paths.remove(path);
     }
-    let room_for_new = usize::from(!paths.is_empty());
+    // Room for what is new: a layer for each root (the application gets its own layer, so
+    // its next release changes nothing else) and one for the other paths.
+    let new_roots = roots.iter().filter(|r| paths.contains(*r)).collect::<BTreeSet<_>>().len();
+    let room_for_new = new_roots + usize::from(paths.len() > new_roots);
     while kept.len() + room_for_new > budget && kept.len() > 1 {
         // Merge the two kept layers with the fewest bytes.
         let bytes = |layer: &Vec<StorePath>| layer.iter().map(&size_of).sum::<u64>();
