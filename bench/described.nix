@@ -1,0 +1,19 @@
+# The benchmark closure (closure.nix, release `leaf`) as a nix2container-style description,
+# built with the Nix library by the strata under test (`strataBin`, copied into the store).
+{ strataBin, leaf ? "1", system ? builtins.currentSystem }:
+let
+  strata = derivation {
+    name = "strata";
+    inherit system;
+    builder = "/bin/sh";
+    PATH = "/usr/bin:/bin";
+    args = [ "-c" "mkdir -p $out/bin && cp ${strataBin} $out/bin/strata" ];
+  };
+  library = import ../nix { inherit strata; };
+  root = import ./closure.nix { inherit system leaf; };
+in
+library.nix2container.buildImage {
+  name = "bench-described";
+  tag = "latest";
+  config.entrypoint = [ "${root}/references" ];
+}
