@@ -105,13 +105,21 @@ fn split(
     budget: usize,
     size_of: impl Fn(&StorePath) -> u64,
 ) -> Vec<Vec<StorePath>> {
+    // A previous layer is kept if every path it names is here and in no layer kept before it
+    // (what it lists comes from an image's history: anyone may have written it).
     let by_name: BTreeMap<&str, &StorePath> = paths.iter().map(|p| (p.base_name(), p)).collect();
-    let mut kept: Vec<Vec<StorePath>> = previous
-        .iter()
-        .filter(|layer| !layer.is_empty())
-        .filter_map(|layer| layer.iter().map(|name| by_name.get(name.as_str()).map(|p| (*p).clone())).collect::<Option<Vec<_>>>())
-        .collect();
-    for path in kept.iter().flatten() {
+    let mut claimed: BTreeSet<StorePath> = BTreeSet::new();
+    let mut kept: Vec<Vec<StorePath>> = Vec::new();
+    for layer in previous.iter().filter(|layer| !layer.is_empty()) {
+        let Some(found) = layer.iter().map(|name| by_name.get(name.as_str()).map(|p| (*p).clone())).collect::<Option<BTreeSet<_>>>() else {
+            continue;
+        };
+        if found.len() == layer.len() && found.is_disjoint(&claimed) {
+            claimed.extend(found.iter().cloned());
+            kept.push(found.into_iter().collect());
+        }
+    }
+    for path in &claimed {
         paths.remove(path);
     }
     // Room for what is new: a layer for each root (the application gets its own layer, so
@@ -333,8 +341,11 @@ mod tests {
         fn plans_respect_budget_and_cover_the_closure(n in 1usize..40, max_layers in 1usize..12, seed in any::<u64>(), cut in 1usize..6) {
             let (closure, _dir) = graph(n, |i, j| (seed >> ((i * 7 + j) % 64)) & 1 == 1);
             let roots: Vec<StorePath> = (0..n).filter(|i| i % 3 == 0).map(sp).collect();
-            // A previous plan of runs of `cut` paths, some of them not in this closure.
-            let previous: Vec<Vec<String>> = (0..n + 5).map(sp).collect::<Vec<_>>().chunks(cut).map(|c| c.iter().map(|p| p.base_name().to_owned()).collect()).collect();
+            // A previous plan of runs of `cut` paths, some of them not in this closure, and
+            // layers that overlap them or repeat a path (a history anyone may have written).
+            let mut previous: Vec<Vec<String>> = (0..n + 5).map(sp).collect::<Vec<_>>().chunks(cut).map(|c| c.iter().map(|p| p.base_name().to_owned()).collect()).collect();
+            previous.insert(0, vec![sp(0).base_name().to_owned(), sp(0).base_name().to_owned()]);
+            previous.push((0..n).step_by(2).map(|i| sp(i).base_name().to_owned()).collect());
             let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers, previous: &previous };
             let layers = plan_layers(&input, |p| p.as_str().len() as u64).unwrap();
             prop_assert!(layers.len() <= max_layers);
