@@ -144,6 +144,9 @@ pub struct CopyArgs {
     /// Re-encode layers into this codec [default: gzip for docker://, else as they are]
     #[arg(long, value_enum, value_name = "CODEC")]
     pub compress: Option<Codec>,
+    /// Print what was written as one JSON object on standard output
+    #[arg(long)]
+    pub json: bool,
 }
 
 const DESTINATIONS: &str = "Destinations:\n  docker-archive:PATH        a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:REF]              an OCI image layout directory (created or added to)\n  oci-archive:PATH[:REF]     a tar of an OCI image layout\n  docker://HOST/REPO[:TAG]   pushed to a registry (gzip layers unless --compress says otherwise)\n  docker-daemon:[NAME:TAG]   loaded into the Docker engine (docker load; Docker reads zstd from version 23)\n  podman:[NAME:TAG]          loaded into podman (podman load)\nREF is a TAG, or NAME:TAG, the name engines give the image when they load the layout\n(NAME may hold a registry host: oci-archive:app.tar:registry.example/app:1.4).\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal.";
@@ -194,6 +197,10 @@ pub struct BuildArgs {
     /// its layers whose store paths are all still in the image are kept as they were
     #[arg(long, value_name = "IMAGE", conflicts_with = "flake")]
     pub previous: Option<String>,
+    /// Print what was written as one JSON object on standard output (reference, digests,
+    /// layers); the image must then go elsewhere (-o)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -10,7 +10,7 @@ use strata_oci::image::{Image, Recode};
 use strata_oci::platform::Platform;
 use strata_oci::reference::{ImageRef, TRANSPORTS};
 use strata_transport::open_image;
-use strata_transport::Transport;
+use strata_transport::{Transport, Written};
 
 use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, StreamArgs};
 use crate::input::{Input, Loaded};
@@ -28,8 +28,9 @@ pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
         (None, None) => unreachable!("clap requires SPEC or --flake"),
     };
     let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
-    input.open(&cx.registry)?.write(&dest, args.compress.map(Into::into), cx)?;
-    Ok(())
+    check_json_destination(args.json, &dest)?;
+    let written = input.open(&cx.registry)?.write(&dest, args.compress.map(Into::into), cx)?;
+    print_json(args.json, &dest, &written)
 }
 
 /// `strata stream`: the image a stream script or description describes.
@@ -42,6 +43,7 @@ pub fn stream(args: StreamArgs, cx: &Transport) -> Result<()> {
 /// `strata copy`: an image from a source to a destination, layers verified, the config kept.
 pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
     let dest: ImageRef = args.destination.parse()?;
+    check_json_destination(args.json, &dest)?;
     let source = open_image(&args.source.parse()?, &Platform::host(), &cx.registry).with_context(|| format!("reading {}", args.source))?;
     let name = match &dest {
         ImageRef::Engine { name: Some(name), .. } => Some(name),
@@ -54,7 +56,38 @@ pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
         (None, ImageRef::Registry(_)) => Some(Recode { from: Some(Compression::None), to: Compression::Gzip }),
         (None, _) => None,
     };
-    Loaded(image).write(&dest, Some(Compression::None), cx)?;
+    let written = Loaded(image).write(&dest, Some(Compression::None), cx)?;
+    print_json(args.json, &dest, &written)
+}
+
+/// `--json` prints to standard output: the image cannot go there too.
+fn check_json_destination(json: bool, dest: &ImageRef) -> Result<()> {
+    if json && matches!(dest, ImageRef::DockerArchive(None)) {
+        bail!("--json prints to standard output, where the image would go: name a destination with -o");
+    }
+    Ok(())
+}
+
+/// With `--json`, what was written: one object on standard output.
+fn print_json(json: bool, dest: &ImageRef, written: &Written) -> Result<()> {
+    if !json {
+        return Ok(());
+    }
+    let layers: Vec<serde_json::Value> = written
+        .layers
+        .iter()
+        .map(
+            |l| serde_json::json!({ "digest": l.digest.to_string(), "diff_id": l.diff_id.to_string(), "size": l.size, "media_type": l.media_type.to_string() }),
+        )
+        .collect();
+    let object = serde_json::json!({
+        "destination": dest.to_string(),
+        "reference": written.reference,
+        "config_digest": written.config_digest.to_string(),
+        "manifest_digest": written.manifest_digest.map(|d| d.to_string()),
+        "layers": layers,
+    });
+    println!("{object}");
     Ok(())
 }
 

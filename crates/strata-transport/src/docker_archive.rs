@@ -43,16 +43,22 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
     let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
     let layers = image.layer_sources();
     let names: Vec<String> = (0..layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
-    let diff_ids = if compression == Compression::None && layers.iter().all(|l| image.recode_into(l).is_none()) {
-        stream_layers(&layers, &names, &mut tar, cache)?
+    let blobs = if compression == Compression::None && layers.iter().all(|l| image.recode_into(l).is_none()) {
+        let diff_ids = stream_layers(&layers, &names, &mut tar, cache)?;
+        let blob = |(layer, diff_id): (&LayerSource<L>, Digest)| match *layer {
+            LayerSource::Built(recipe) => LayerBlob { diff_id, digest: diff_id, size: recipe.tar_len(), media_type: Compression::None.layer_media_type() },
+            LayerSource::Base(base, j) => base.layers[j].clone(),
+        };
+        layers.iter().zip(diff_ids).map(blob).collect()
     } else {
         let staging = ScratchDir::temporary().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;
         let blobs = write_layer_blobs(image, compression, staging.path(), staging.path(), cache)?;
         for (name, blob) in names.iter().zip(&blobs) {
             tar.file(name, &staging.path().join(blob.digest.hex()))?;
         }
-        blobs.iter().map(|b| b.diff_id).collect()
+        blobs
     };
+    let diff_ids: Vec<Digest> = blobs.iter().map(|b| b.diff_id).collect();
     // Checked before the config and manifest go out: without them the stream loads nowhere.
     let config = image.config_checked(&diff_ids)?;
     let config_digest = Digest::of(&config);
@@ -62,7 +68,7 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
     let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": [reference], "Layers": names }]);
     tar.bytes("manifest.json", &canonical_json(&manifest))?;
     tar.finish()?;
-    Ok(Written { reference, config_digest, manifest_digest: None })
+    Ok(Written { reference, config_digest, manifest_digest: None, layers: blobs })
 }
 
 /// Streams every layer into `tar` under `names` (built layers as tars, base layers as they

@@ -136,6 +136,8 @@ pub struct Written {
     pub config_digest: Digest,
     /// The manifest's digest, for OCI destinations.
     pub manifest_digest: Option<Digest>,
+    /// The layer blobs as written there, in order.
+    pub layers: Vec<LayerBlob>,
 }
 
 /// Writes `image` to `dest`; then keeps the layer cache within its bound.
@@ -152,7 +154,7 @@ fn write_image_to<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: C
             let pushed = crate::registry::push(image, r, compression, cx)?;
             let (uploaded, mounted, present, made) = (pushed.uploaded, pushed.mounted, pushed.present, pushed.made);
             tracing::info!("{uploaded} layers uploaded, {mounted} mounted, {present} already there; {made} layers read");
-            Ok(Written { reference: r.image_name(), config_digest: pushed.config_digest, manifest_digest: Some(pushed.manifest_digest) })
+            Ok(Written { reference: r.image_name(), config_digest: pushed.config_digest, manifest_digest: Some(pushed.manifest_digest), layers: pushed.layers })
         }
         ImageRef::DockerArchive(None) => {
             let stdout = io::stdout().lock();

@@ -162,7 +162,7 @@ fn write_blobs<L: LayerTar>(
     };
     let mut entry = descriptor(MediaType::ImageManifest, manifest.len() as u64, &manifest_digest);
     entry.set_annotations(Some([(ANNOTATION_REF_NAME.to_owned(), ref_name), (ANNOTATION_CONTAINERD_NAME.to_owned(), name.full())].into()));
-    Ok((entry, Written { reference: name.to_string(), config_digest, manifest_digest: Some(manifest_digest) }))
+    Ok((entry, Written { reference: name.to_string(), config_digest, manifest_digest: Some(manifest_digest), layers }))
 }
 
 /// Whether a layout directory is a scratch directory of this process (which holds its lock

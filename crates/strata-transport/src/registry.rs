@@ -320,6 +320,8 @@ pub struct Pushed {
     /// Built layers read (their tars made, hashed, compressed): the rest were known from the
     /// layer cache or Nix's record and found in the registry.
     pub made: usize,
+    /// The layer blobs the manifest lists.
+    pub layers: Vec<LayerBlob>,
 }
 
 /// Pushes `image` to `dest`.
@@ -378,6 +380,7 @@ async fn push_async<L: LayerTar>(
         mounted: count(Outcome::Mounted),
         present: count(Outcome::Present),
         made: push.made.into_inner(),
+        layers: blobs,
     })
 }
 

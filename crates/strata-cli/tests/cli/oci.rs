@@ -91,3 +91,44 @@ fn oci_archives_are_read_by_skopeo_and_run_by_podman() {
         let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
     }
 }
+
+/// `--json` on build and copy: one object on standard output, agreeing with what skopeo
+/// reads at the destination; refused when the image itself would go to standard output.
+#[test]
+fn json_reports_what_was_written() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_for(dir.path(), &[&hello], &format!("{hello}/bin/hello"));
+    let layout = format!("oci:{}:json", dir.path().join("layout").display());
+    let built: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["build", spec.to_str().unwrap(), "-o", &layout, "--json"]))).unwrap();
+    let inspect: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &layout]))).unwrap();
+    assert_eq!(built["destination"], layout.as_str());
+    assert_eq!(built["manifest_digest"], inspect["Digest"]);
+    let digests =
+        |layers: &serde_json::Value, key: &str| -> Vec<String> { layers.as_array().unwrap().iter().map(|l| l[key].as_str().unwrap().to_owned()).collect() };
+    // The manifest as skopeo reads it lists the same blobs, sizes and media types.
+    let manifest: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", "--raw", &layout]))).unwrap();
+    assert_eq!(digests(&built["layers"], "digest"), digests(&manifest["layers"], "digest"));
+    assert_eq!(digests(&built["layers"], "media_type"), digests(&manifest["layers"], "mediaType"));
+    let sizes = |layers: &serde_json::Value| -> Vec<u64> { layers.as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).collect() };
+    assert_eq!(sizes(&built["layers"]), sizes(&manifest["layers"]));
+    let config = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--config", &layout]));
+    assert_eq!(built["config_digest"], format!("sha256:{}", sha256_hex(config.trim_end().as_bytes())).as_str());
+
+    // A copy keeps the config: the same config digest; a docker-archive has no manifest digest.
+    let archive = format!("docker-archive:{}", dir.path().join("copy.tar").display());
+    let copied: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["copy", &layout, &archive, "--json"]))).unwrap();
+    assert_eq!(copied["config_digest"], built["config_digest"]);
+    assert!(copied["manifest_digest"].is_null());
+    assert_eq!(digests(&copied["layers"], "diff_id"), digests(&built["layers"], "diff_id"));
+
+    let err = fails(strata(&["build", spec.to_str().unwrap(), "--json"]).stdout(std::process::Stdio::piped()));
+    assert!(err.contains("--json prints to standard output"), "{err}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, bytes).unwrap();
+    stdout_of(Command::new("sha256sum").arg(&file)).split_whitespace().next().unwrap().to_owned()
+}
