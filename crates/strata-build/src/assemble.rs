@@ -174,24 +174,20 @@ fn describe(store_paths: &[StorePath], root_trees: &[StorePath]) -> String {
 
 const STORE_PATHS: &str = "store paths: ";
 
+/// The store paths (base names) a history comment of strata's names ([`describe`]); empty for
+/// a comment of another tool, and names that are not store path base names are passed over.
+pub fn store_paths_of_comment(comment: &str) -> Vec<String> {
+    let Some(listed) = comment.strip_prefix(STORE_PATHS) else { return vec![] };
+    let listed = listed.split_once("; ").map_or(listed, |(paths, _)| paths);
+    listed.split(", ").filter(|name| StorePath::containing(&format!("{STORE_DIR}/{name}")).is_ok_and(|p| p.base_name() == *name)).map(str::to_owned).collect()
+}
+
 /// The layers of store paths of an image strata built, read from its config's history (what
-/// [`describe`] wrote): what `strata build --previous IMAGE` keeps. Entries of other tools,
-/// and names that are not store path base names, are passed over.
+/// [`describe`] wrote): what `strata build --previous IMAGE` keeps. Entries of other tools
+/// are passed over.
 pub fn previous_layers(config: &oci_spec::image::ImageConfiguration) -> Vec<Vec<String>> {
     let history = config.history().as_deref().unwrap_or_default();
-    history
-        .iter()
-        .filter_map(|entry| entry.comment().as_deref()?.strip_prefix(STORE_PATHS))
-        .map(|listed| {
-            let listed = listed.split_once("; ").map_or(listed, |(paths, _)| paths);
-            listed
-                .split(", ")
-                .filter(|name| StorePath::containing(&format!("{STORE_DIR}/{name}")).is_ok_and(|p| p.base_name() == *name))
-                .map(str::to_owned)
-                .collect()
-        })
-        .filter(|layer: &Vec<String>| !layer.is_empty())
-        .collect()
+    history.iter().filter_map(|entry| entry.comment().as_deref()).map(store_paths_of_comment).filter(|layer| !layer.is_empty()).collect()
 }
 
 #[cfg(test)]
@@ -237,8 +233,15 @@ mod tests {
                        "WorkingDir": "/tmp", "ExposedPorts": {"80/tcp": {}}, "Entrypoint": ["/base"]}
         }))
         .unwrap();
-        let base =
-            SourceImage { config_bytes: vec![], config: base_config, layers: vec![], reference: None, origin: None, blobs: std::sync::Arc::new(NoBlobs) };
+        let base = SourceImage {
+            config_bytes: vec![],
+            config: base_config,
+            manifest_bytes: None,
+            layers: vec![],
+            reference: None,
+            origin: None,
+            blobs: std::sync::Arc::new(NoBlobs),
+        };
         let spec: ImageConfigSpec = serde_json::from_value(serde_json::json!({
             "Env": ["A=top"], "Labels": {"x": "2"}, "Entrypoint": ["/top"], "ExposedPorts": ["8080/tcp"]
         }))

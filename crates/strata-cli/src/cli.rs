@@ -62,6 +62,11 @@ pub enum Command {
         after_help = "Sources: docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO[:TAG|@DIGEST]. Every blob read is checked against its digest and size.\n\nLayers are copied as they are, except to docker:// (uncompressed layers are gzipped, as skopeo does) and with --compress (every layer re-encoded into that codec; the config, and so the image ID, stays the same).\n\nDestinations: as for `strata build`."
     )]
     Copy(CopyArgs),
+    /// Show what is inside an image: platform, config, and each layer with its store paths
+    #[command(
+        after_help = "IMAGE is a spec (.toml or .json), what the Nix library built (./result), an OCI layout directory, or a source reference (docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO[:TAG|@DIGEST]).\nA source is shown as it is there; a spec or a Nix result as the OCI image with uncompressed layers it makes (nothing is written)."
+    )]
+    Inspect(InspectArgs),
     /// Show or clear the layer cache (what strata knows of layers it made: their digests)
     #[command(
         after_help = "The cache is in $STRATA_CACHE_DIR, else $XDG_CACHE_HOME/strata, else ~/.cache/strata; every sink uses it to skip hashing and compressing layers made before. It holds digests, not blobs, and keeps within its bound by dropping the least recently used entries. A lost or damaged entry only costs time."
@@ -82,6 +87,19 @@ pub enum Command {
         #[arg(short, long, value_name = "DIR")]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// The image: a spec, ./result, a layout directory or a source reference
+    pub image: String,
+    /// One JSON object: reference, platform, manifest and config digests, config, and layers
+    /// (digest, diff_id, size, media_type, store_paths)
+    #[arg(long, conflicts_with = "raw")]
+    pub json: bool,
+    /// The manifest's bytes, as they are (its digest is the image's)
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(clap::Subcommand, Clone, Copy)]

@@ -10,6 +10,7 @@ mod cli;
 mod exit;
 mod flake;
 mod input;
+mod inspect;
 mod nix_builder;
 mod run;
 mod write;
@@ -95,6 +96,7 @@ fn run(cli: Cli) -> Result<Status> {
         Command::Build(args) => write::build(args, &cx)?,
         Command::Copy(args) => write::copy(args, &cx)?,
         Command::Containerize(args) => write::containerize(args, &cx)?,
+        Command::Inspect(args) => inspect::inspect(args, &cx)?,
         Command::Cache { action } => about::cache(&cx.cache, action.unwrap_or(CacheAction::Show))?,
         Command::Completions { shell } => about::completions(shell),
         Command::Man { output } => about::man_pages(output.as_deref())?,

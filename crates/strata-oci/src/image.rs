@@ -61,6 +61,8 @@ pub trait BlobSource: Send + Sync {
 pub struct SourceImage {
     pub config_bytes: Vec<u8>,
     pub config: ImageConfiguration,
+    /// The manifest as the source holds it (OCI layouts, registries); docker-archives have none.
+    pub manifest_bytes: Option<Vec<u8>>,
     pub layers: Vec<LayerBlob>,
     /// `name:tag` if the source says (docker-archive `RepoTags`, a registry reference), or a
     /// tag alone (OCI).

@@ -215,7 +215,7 @@ pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceErro
         layers.push(LayerBlob { digest, diff_id: expected, size, media_type: codec.layer_media_type() });
     }
     let reference = entry.repo_tags.as_ref().and_then(|t| t.first().cloned());
-    Ok(SourceImage { config_bytes, config, layers, reference, origin: None, blobs: Arc::new(store) })
+    Ok(SourceImage { config_bytes, config, manifest_bytes: None, layers, reference, origin: None, blobs: Arc::new(store) })
 }
 
 /// Reads from `inner`, writing what it reads to `copy`.

@@ -274,5 +274,5 @@ pub(crate) fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>, platfor
     let config_bytes = store.read(manifest.config(), "config", path)?;
     let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
     let layers = layers_of(&manifest, &config, path)?;
-    Ok(SourceImage { config_bytes, config, layers, reference, origin: None, blobs: Arc::new(store) })
+    Ok(SourceImage { config_bytes, config, manifest_bytes: Some(manifest_bytes), layers, reference, origin: None, blobs: Arc::new(store) })
 }

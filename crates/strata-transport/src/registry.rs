@@ -508,9 +508,17 @@ async fn find_or_mount(
     Ok(None)
 }
 
+/// What [`pull`] reads: the config and manifest (bytes and parsed), and where blobs come from.
+pub struct Pulled {
+    pub config: Vec<u8>,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest: ImageManifest,
+    pub blobs: RegistryBlobs,
+}
+
 /// Reads a manifest (choosing this platform's from an index), its config, and its layer
 /// list from a registry; blobs are fetched later through [`RegistryBlobs`].
-pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<(Vec<u8>, ImageManifest, RegistryBlobs), RegistryError> {
+pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<Pulled, RegistryError> {
     let session = Session::new(&source.host, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
@@ -565,7 +573,7 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
         if Digest::of(&config) != config_digest {
             return Err(RegistryError::DigestMismatch { what: format!("{source}: config"), expected: config_digest, actual: Digest::of(&config) });
         }
-        Ok((config, manifest, RegistryBlobs { session: Arc::new(session), reference: reference.clone() }))
+        Ok(Pulled { config, manifest_bytes: bytes.to_vec(), manifest, blobs: RegistryBlobs { session: Arc::new(session), reference: reference.clone() } })
     })
 }
 
@@ -599,7 +607,7 @@ impl RegistryBlobs {
 }
 
 pub(crate) fn open_registry(reference: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<SourceImage, SourceError> {
-    let (config_bytes, manifest, blobs) = crate::registry::pull(reference, platform, options)?;
+    let Pulled { config: config_bytes, manifest_bytes, manifest, blobs } = crate::registry::pull(reference, platform, options)?;
     let path = PathBuf::from(reference.to_string());
     let config: ImageConfiguration = parse_json(&config_bytes, &path, "config")?;
     let layers = layers_of(&manifest, &config, &path)?;
@@ -607,6 +615,7 @@ pub(crate) fn open_registry(reference: &RegistryRef, platform: &Platform, option
     Ok(SourceImage {
         config_bytes,
         config,
+        manifest_bytes: Some(manifest_bytes),
         layers,
         reference: Some(reference.image_name()),
         origin: Some(origin.clone()),

@@ -10,6 +10,7 @@ mod engines;
 mod errors;
 mod flake;
 mod help;
+mod inspect;
 mod layers;
 mod nixlib;
 mod oci;

@@ -1,0 +1,115 @@
+//! `strata inspect`: a spec, an OCI layout and a docker-archive of the same image agree with
+//! each other and with Nix on what each layer holds; `--raw` is the manifest skopeo reads; an
+//! image without strata's history is read from its tars.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::*;
+
+fn inspect_json(image: &str) -> serde_json::Value {
+    serde_json::from_str(&stdout_of(strata(&["inspect", image, "--json"]))).unwrap()
+}
+
+/// Each layer's store paths and diff ID.
+fn contents(view: &serde_json::Value) -> Vec<(Vec<String>, String)> {
+    view["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["store_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect(), l["diff_id"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn inspect_agrees_across_formats_and_with_nix() {
+    let (hello, busybox) = (fixture("hello"), fixture("busybox"));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "s.toml",
+        &format!("name = \"inspected\"\ntag = \"1\"\nroots = [\"{hello}\", \"{busybox}\"]\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"),
+    );
+    let spec = spec.to_str().unwrap();
+    let layout = format!("oci:{}:1", dir.path().join("layout").display());
+    let archive_path = dir.path().join("image.tar");
+    let archive = format!("docker-archive:{}", archive_path.display());
+    run_ok(strata(&["build", spec, "-o", &layout]));
+    run_ok(strata(&["build", spec, "-o", &archive]));
+
+    let (of_spec, of_layout, of_archive) = (inspect_json(spec), inspect_json(&layout), inspect_json(&archive));
+    assert_eq!(contents(&of_spec), contents(&of_layout));
+    assert_eq!(contents(&of_spec), contents(&of_archive));
+    assert_eq!(of_spec["config_digest"], of_layout["config_digest"]);
+    assert_eq!(of_spec["platform"], "linux/amd64");
+    assert!(of_archive["manifest_digest"].is_null());
+
+    // Every store path of the closure, each in one layer, and nothing else.
+    let listed: Vec<String> = contents(&of_layout).into_iter().flat_map(|(paths, _)| paths).collect();
+    let closure = stdout_of(Command::new("nix-store").args(["-qR", &hello, &busybox]));
+    let closure: BTreeSet<String> = closure.lines().map(|p| p.trim_start_matches("/nix/store/").to_owned()).collect();
+    assert_eq!(listed.len(), closure.len(), "{listed:?}");
+    assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), closure);
+
+    // --raw: the manifest, whose digest is the one skopeo reports.
+    let raw = run_ok(strata(&["inspect", &layout, "--raw"])).stdout;
+    let skopeo: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &layout]))).unwrap();
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), skopeo["Digest"].as_str().unwrap());
+    assert_eq!(of_layout["manifest_digest"], skopeo["Digest"]);
+    let err = fails(&mut strata(&["inspect", &archive, "--raw"]));
+    assert!(err.contains("has no manifest"), "{err}");
+
+    // The same archive without history: the store paths come from the layers' tars.
+    let bare = dir.path().join("bare.tar");
+    without_history(&archive_path, &bare);
+    let of_bare = inspect_json(&format!("docker-archive:{}", bare.display()));
+    assert_eq!(contents(&of_bare), contents(&of_archive));
+    assert!(of_bare["config"]["history"].is_null());
+
+    // The text form names each layer's store paths.
+    let text = stdout_of(strata(&["inspect", &layout]));
+    assert!(text.contains("platform  linux/amd64") && text.contains(hello.trim_start_matches("/nix/store/")), "{text}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, bytes).unwrap();
+    stdout_of(Command::new("sha256sum").arg(&file)).split_whitespace().next().unwrap().to_owned()
+}
+
+/// Copies the docker-archive `from` to `to` with its config's history removed (as images of
+/// other tools may have none), the config renamed after its new digest.
+fn without_history(from: &Path, to: &Path) {
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in tar::Archive::new(std::fs::File::open(from).unwrap()).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        members.push((name, data));
+    }
+    let mut manifest: serde_json::Value = serde_json::from_slice(&members.iter().find(|(n, _)| n == "manifest.json").unwrap().1).unwrap();
+    let old_config = manifest[0]["Config"].as_str().unwrap().to_owned();
+    let mut config: serde_json::Value = serde_json::from_slice(&members.iter().find(|(n, _)| *n == old_config).unwrap().1).unwrap();
+    config.as_object_mut().unwrap().remove("history");
+    let config = serde_json::to_vec(&config).unwrap();
+    let new_config = format!("{}.json", sha256_hex(&config));
+    manifest[0]["Config"] = new_config.clone().into();
+    let mut out = tar::Builder::new(std::fs::File::create(to).unwrap());
+    for (name, data) in members {
+        let (name, data) = match name.as_str() {
+            "manifest.json" => (name, serde_json::to_vec(&manifest).unwrap()),
+            n if n == old_config => (new_config.clone(), config.clone()),
+            _ => (name, data),
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        out.append_data(&mut header, &name, &data[..]).unwrap();
+    }
+    out.finish().unwrap();
+}
