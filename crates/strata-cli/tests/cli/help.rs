@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::common::*;
 
-const SUBCOMMANDS: [&str; 8] = ["build", "containerize", "run", "stream", "copy", "cache", "completions", "man"];
+const SUBCOMMANDS: [&str; 9] = ["build", "containerize", "run", "stream", "copy", "inspect", "cache", "completions", "man"];
 
 #[test]
 fn completions_parse_and_name_every_subcommand() {
