@@ -53,6 +53,14 @@ pub fn strata(args: &[&str]) -> Command {
     cmd
 }
 
+/// The SHA-256 of `bytes` in hex, as `sha256sum` computes it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, bytes).unwrap();
+    stdout_of(Command::new("sha256sum").arg(&file)).split_whitespace().next().unwrap().to_owned()
+}
+
 /// Runs strata expecting failure; returns stderr.
 pub fn fails(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

@@ -73,13 +73,6 @@ fn inspect_agrees_across_formats_and_with_nix() {
     assert!(text.contains("platform  linux/amd64") && text.contains(hello.trim_start_matches("/nix/store/")), "{text}");
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("blob");
-    std::fs::write(&file, bytes).unwrap();
-    stdout_of(Command::new("sha256sum").arg(&file)).split_whitespace().next().unwrap().to_owned()
-}
-
 /// Copies the docker-archive `from` to `to` with its config's history removed (as images of
 /// other tools may have none), the config renamed after its new digest.
 fn without_history(from: &Path, to: &Path) {

@@ -125,10 +125,3 @@ fn json_reports_what_was_written() {
     let err = fails(strata(&["build", spec.to_str().unwrap(), "--json"]).stdout(std::process::Stdio::piped()));
     assert!(err.contains("--json prints to standard output"), "{err}");
 }
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("blob");
-    std::fs::write(&file, bytes).unwrap();
-    stdout_of(Command::new("sha256sum").arg(&file)).split_whitespace().next().unwrap().to_owned()
-}
