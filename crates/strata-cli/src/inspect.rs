@@ -53,18 +53,18 @@ pub fn inspect(args: InspectArgs, cx: &Transport) -> Result<()> {
     };
     let manifest_digest = view.manifest.as_deref().map(Digest::of);
     if args.json {
-        let layers: Vec<serde_json::Value> = view
-            .layers
-            .iter()
-            .map(|(l, paths)| {
-                serde_json::json!({ "digest": l.digest.to_string(), "diff_id": l.diff_id.to_string(), "size": l.size, "media_type": l.media_type.to_string(), "store_paths": paths })
-            })
-            .collect();
+        // Each layer blob's record, with the store paths it holds.
+        let mut layers = Vec::new();
+        for (blob, paths) in &view.layers {
+            let mut layer = serde_json::to_value(blob)?;
+            layer["store_paths"] = serde_json::json!(paths);
+            layers.push(layer);
+        }
         let object = serde_json::json!({
             "reference": view.reference,
             "platform": platform,
-            "manifest_digest": manifest_digest.map(|d| d.to_string()),
-            "config_digest": Digest::of(&view.config).to_string(),
+            "manifest_digest": manifest_digest,
+            "config_digest": Digest::of(&view.config),
             "config": config,
             "layers": layers,
         });

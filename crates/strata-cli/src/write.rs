@@ -73,19 +73,12 @@ fn print_json(json: bool, dest: &ImageRef, written: &Written) -> Result<()> {
     if !json {
         return Ok(());
     }
-    let layers: Vec<serde_json::Value> = written
-        .layers
-        .iter()
-        .map(
-            |l| serde_json::json!({ "digest": l.digest.to_string(), "diff_id": l.diff_id.to_string(), "size": l.size, "media_type": l.media_type.to_string() }),
-        )
-        .collect();
     let object = serde_json::json!({
         "destination": dest.to_string(),
         "reference": written.reference,
-        "config_digest": written.config_digest.to_string(),
-        "manifest_digest": written.manifest_digest.map(|d| d.to_string()),
-        "layers": layers,
+        "config_digest": written.config_digest,
+        "manifest_digest": written.manifest_digest,
+        "layers": written.layers,
     });
     println!("{object}");
     Ok(())
