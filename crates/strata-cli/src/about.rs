@@ -48,9 +48,7 @@ pub fn man_pages(dir: Option<&Path>) -> Result<()> {
     }
     for (file, page) in pages {
         let path = dir.join(&file);
-        let scratch = strata_scratch::ScratchFile::new_in(dir, &file).with_context(|| format!("cannot write {}", path.display()))?;
-        std::io::Write::write_all(&mut scratch.as_file(), &render(page)?).with_context(|| format!("cannot write {}", path.display()))?;
-        scratch.persist(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        strata_scratch::ScratchFile::write_whole(dir, &file, &path, &render(page)?).with_context(|| format!("cannot write {}", path.display()))?;
         println!("{}", path.display());
     }
     Ok(())

@@ -192,6 +192,14 @@ impl ScratchFile {
         }
     }
 
+    /// Writes `bytes` to `dest` whole: into a scratch file `stem` in `dir` (where the scratch
+    /// files of `dest` belong), flushed, then renamed over `dest`.
+    pub fn write_whole(dir: &Path, stem: &str, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+        let scratch = ScratchFile::new_in(dir, stem)?;
+        io::Write::write_all(&mut scratch.as_file(), bytes)?;
+        scratch.persist(dest)
+    }
+
     /// Like [`persist`](Self::persist), but leaves an existing `dest` as it is (for blobs
     /// named by their digest, where what is there is the same).
     pub fn persist_new(self, dest: &Path) -> io::Result<()> {

@@ -277,9 +277,7 @@ fn open_no_follow(path: &Path) -> io::Result<File> {
 fn write_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().expect("an entry is in a directory");
     std::fs::create_dir_all(dir)?;
-    let scratch = ScratchFile::new_in(dir, "entry")?;
-    io::Write::write_all(&mut scratch.as_file(), bytes)?;
-    scratch.persist(path)
+    ScratchFile::write_whole(dir, "entry", path, bytes)
 }
 
 /// The regular files below `dir` (two levels: `XX/KEY`, or one), links not followed.

@@ -13,7 +13,7 @@
 //!   creating the same new layout: the second finds the first's in place and adds to it.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -229,10 +229,7 @@ fn write_blob(scratch: &Path, blobs_dir: &Path, bytes: &[u8]) -> Result<Digest, 
 
 /// Writes `path` whole through a scratch file in `scratch`.
 fn write_small_file(scratch: &Path, path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-    let write_err = |source| SinkError::Write { path: path.to_owned(), source };
-    let file = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
-    file.as_file().write_all(bytes).map_err(write_err)?;
-    file.persist(path).map_err(write_err)
+    ScratchFile::write_whole(scratch, "strata-blob", path, bytes).map_err(|source| SinkError::Write { path: path.to_owned(), source })
 }
 
 /// Reads the image tagged `tag` (or the only one) of an OCI layout or archive.
