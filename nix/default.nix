@@ -78,6 +78,10 @@ let
                 exposedPorts = "ExposedPorts"; volumes = "Volumes"; labels = "Labels"; stopSignal = "StopSignal"; };
   dockerConfig = config: builtins.listToAttrs (map (k: { name = dockerKey.${k} or k; value = config.${k}; }) (builtins.attrNames config));
 
+  # A layer made with buildLayer, else an evaluation error naming the argument.
+  layerOf = fn: l: if builtins.isAttrs l && l._strataLayer or false then l
+    else throw "strata.${fn}: `layers` must hold layers made with buildLayer, not a ${builtins.typeOf l}";
+
   escapeRegex = builtins.replaceStrings [ "." "+" "?" ] [ "\\." "\\+" "\\?" ];
 
   # A runnable derivation: `$out/bin/<name>` runs `strata <command> "$@"`.
@@ -128,23 +132,34 @@ rec {
     tarball "buildLayeredImage" { } (mkSpec "buildLayeredImage" { inherit name tag config maxLayers created mtime fromImage; copyToRoot = contents; });
 
   # nix2container-style images: the result is the image's description (spec, closure graph,
-  # and the digests the image has with uncompressed layers, computed at build time), no
-  # tarball; runners copy it where it goes, and strata checks it matches what was recorded.
+  # and the digests the image has, uncompressed and in `compressor`'s codec, computed at build
+  # time), no tarball; runners copy it where it goes, naming blobs by the recorded digests
+  # before reading anything, and strata checks it matches what was recorded.
   nix2container = rec {
-    # An isolated layer: the closure of `deps` (minus earlier layers) and `copyToRoot` trees.
-    buildLayer = { deps ? [ ], copyToRoot ? [ ] }: {
-      _strataLayer = true;
-      roots = storePaths "nix2container.buildLayer" "deps" deps;
-      copy_to_root = storePaths "nix2container.buildLayer" "copyToRoot" copyToRoot;
-    };
+    # An isolated layer, and its own derivation: the record of the layer's digests
+    # (uncompressed and in `compressor`'s codec), made once and substitutable like any store
+    # path; an image with this layer takes them from it. The layer holds the closure of
+    # `deps` and the `copyToRoot` trees, minus what `layers` (earlier buildLayer layers) hold.
+    buildLayer = { deps ? [ ], copyToRoot ? [ ], layers ? [ ], compressor ? "gz" }:
+      let
+        fn = "nix2container.buildLayer";
+        own = { roots = storePaths fn "deps" deps; copy_to_root = storePaths fn "copyToRoot" copyToRoot; };
+        below = builtins.concatLists (map (l: (layerOf fn l).strataChain) layers);
+        chain = below ++ [ own ];
+        record = image {
+          drvName = "strata-layer.json";
+          mode = "layer";
+          spec = mkSpec fn { name = "layer"; layers = chain; maxLayers = builtins.length chain; };
+          extra.strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
+        };
+      in
+      record // { _strataLayer = true; strataChain = chain; inherit (own) roots copy_to_root; };
 
     buildImage =
       { name, tag ? null, config ? { }, copyToRoot ? [ ], fromImage ? null, maxLayers ? 100, layers ? [ ]
-      , perms ? [ ], created ? defaultCreated, initializeNixDatabase ? false, arch ? null }:
+      , perms ? [ ], created ? defaultCreated, initializeNixDatabase ? false, arch ? null, compressor ? "gz" }:
       let
         fn = "nix2container.buildImage";
-        layer = l: if builtins.isAttrs l && l._strataLayer or false then { inherit (l) roots copy_to_root; }
-          else throw "strata.${fn}: `layers` must hold layers made with buildLayer, not a ${builtins.typeOf l}";
         perm = p: {
           regex = "${escapeRegex (toString p.path)}${if p ? regex then "/${p.regex}" else "(/.*)?"}";
           mode = p.mode or null;
@@ -154,11 +169,15 @@ rec {
         described = image {
           drvName = "image-${name}.json";
           mode = "description";
+          extra = {
+            strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
+            strataLayerRecords = map (l: layerOf fn l) layers;
+          };
           spec = mkSpec fn {
             inherit name tag copyToRoot fromImage maxLayers created initializeNixDatabase;
             architecture = arch;
             config = dockerConfig config;
-            layers = map layer layers;
+            layers = map (l: { inherit (layerOf fn l) roots copy_to_root; }) layers;
             perms = map perm perms;
           };
         };

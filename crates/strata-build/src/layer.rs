@@ -301,12 +301,24 @@ impl LayerRecipe {
     /// is not reproducible), or a file changed by hand, gives another fingerprint. So equal
     /// fingerprints mean equal tars, and the layer cache keys what it remembers on this.
     pub fn fingerprint(&self) -> Digest {
+        self.digest_of_entries(true)
+    }
+
+    /// The fingerprint without the files' stamps: the same on every machine that has these
+    /// store paths, so a layer's own Nix build can record its digests under this key, and an
+    /// image built elsewhere (its store paths substituted from a binary cache) find them. It
+    /// relies on what Nix relies on: a store path's contents are the same wherever it is.
+    pub fn content_key(&self) -> Digest {
+        self.digest_of_entries(false)
+    }
+
+    fn digest_of_entries(&self, stamps: bool) -> Digest {
         let mut h = HashingWriter::new(io::sink());
         let mut put = |bytes: &[u8]| {
             h.write_all(&(bytes.len() as u64).to_le_bytes()).and_then(|()| h.write_all(bytes)).expect("a sink takes everything");
         };
         // The version of the tar format: change it with anything that changes a tar's bytes.
-        put(b"strata layer v2");
+        put(if stamps { b"strata layer v2" } else { b"strata layer content v2" });
         put(&self.mtime.to_le_bytes());
         for e in &self.entries {
             put(&e.path);
@@ -317,8 +329,10 @@ impl LayerRecipe {
                     put(b"f");
                     put(source.as_os_str().as_bytes());
                     put(&size.to_le_bytes());
-                    put(&[stamp.device.to_le_bytes(), stamp.inode.to_le_bytes()].concat());
-                    put(&[stamp.ctime.to_le_bytes(), stamp.ctime_nsec.to_le_bytes()].concat());
+                    if stamps {
+                        put(&[stamp.device.to_le_bytes(), stamp.inode.to_le_bytes()].concat());
+                        put(&[stamp.ctime.to_le_bytes(), stamp.ctime_nsec.to_le_bytes()].concat());
+                    }
                 }
                 EntryKind::Symlink { target } => {
                     put(b"l");

@@ -110,12 +110,17 @@ impl Input {
 }
 
 impl Loaded {
-    /// Writes the image to `dest`. A described image is written as described (uncompressed
-    /// layers unless `compression` says otherwise), and the sink checks its recorded digests
-    /// before it commits anything.
+    /// Writes the image to `dest`. A described image is written as described (in the codec
+    /// it recorded where the destination compresses layers, uncompressed elsewhere) unless
+    /// `compression` says otherwise, and the sink checks its recorded digests before it
+    /// commits anything.
     pub fn write(&self, dest: &ImageRef, compression: Option<Compression>, cx: &Transport) -> Result<Written> {
         let image = &self.0;
-        let compression = compression.or(image.recorded.as_ref().map(|_| Compression::None)).unwrap_or_else(|| default_compression(dest));
+        let compression = compression.unwrap_or_else(|| match (default_compression(dest), &image.recorded) {
+            (Compression::None, _) => Compression::None,
+            (_, Some(recorded)) => recorded.codec(),
+            (default, None) => default,
+        });
         tracing::info!("{} layers planned", image.layers.len());
         let written = write_image(image, dest, compression, cx).with_context(|| format!("writing {dest}"))?;
         let digest = written.manifest_digest.unwrap_or(written.config_digest);

@@ -14,8 +14,13 @@
 //! - `stream`: writes `$out` as an executable whose interpreter is `strata stream`: the spec
 //!   and the closure graph, no image bytes. Running it writes the image to stdout.
 //! - `description` (nix2container-style): the same as plain JSON (no interpreter line),
-//!   plus the digests the image has with uncompressed layers, computed now; `strata stream`
-//!   reads it too, and checks those digests when it writes.
+//!   plus the digests the image has with uncompressed layers and in `strataCompressor`'s
+//!   codec (gz, zstd, none), computed now; `strata stream` reads it too, names blobs with
+//!   them before reading anything, and checks them when it writes. The layer records in
+//!   `strataLayerRecords` give the blobs of layers they match without compressing them again.
+//! - `layer` (`buildLayer`): the record of one layer, the last explicit layer of the spec
+//!   (the ones before it are what it leaves out): its content key, store paths, and blobs
+//!   uncompressed and in `strataCompressor`'s codec.
 //! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
 use std::io::Write;
@@ -24,11 +29,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use strata_build::assemble::ClosureSource;
-use strata_build::description::Description;
+use strata_build::description::{Description, LayerRecord};
 use strata_build::layer::LayerRecipe;
 use strata_build::spec::{Spec, ValidSpec};
 use strata_oci::compress::Compression;
-use strata_oci::image::Image;
+use strata_oci::image::{record_blobs, Image};
 use strata_transport::cache::LayerCache;
 use strata_transport::registry::RegistryOptions;
 use strata_transport::write_docker_archive;
@@ -46,6 +51,7 @@ pub fn build() -> Result<()> {
         "tarball" => tarball(&out),
         "stream" => stream_script(&out, false),
         "description" => stream_script(&out, true),
+        "layer" => layer_record(&out),
         "executable" => {
             let path = out.join(env("strataPath")?);
             std::fs::create_dir_all(path.parent().unwrap_or(&out))?;
@@ -53,7 +59,7 @@ pub fn build() -> Result<()> {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
             Ok(())
         }
-        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description or executable)"),
+        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer or executable)"),
     }
 }
 
@@ -68,9 +74,12 @@ fn spec_with_tag() -> Result<Value> {
 }
 
 fn plan(spec: Value, closure: &ClosureSource, spec_name: &str) -> Result<Image<LayerRecipe>> {
+    plan_image(valid_spec(spec, spec_name)?, closure, &RegistryOptions::default(), None)
+}
+
+fn valid_spec(spec: Value, spec_name: &str) -> Result<ValidSpec> {
     let spec: Spec = serde_json::from_value(spec).with_context(|| format!("spec {spec_name}"))?;
-    let spec: ValidSpec = spec.validate().with_context(|| format!("spec {spec_name}"))?;
-    plan_image(spec, closure, &RegistryOptions::default(), None)
+    spec.validate().with_context(|| format!("spec {spec_name}"))
 }
 
 /// The closure graph `exportReferencesGraph` writes into the build directory.
@@ -78,13 +87,26 @@ fn graph_file() -> ClosureSource {
     ClosureSource::GraphFile(PathBuf::from("closure"))
 }
 
-fn tarball(out: &Path) -> Result<()> {
-    let compression = match env("strataCompressor")?.as_str() {
+/// `strataCompressor`, as the library's `compressor` argument names codecs.
+fn compressor() -> Result<Compression> {
+    Ok(match env("strataCompressor")?.as_str() {
         "gz" => Compression::Gzip,
         "zstd" => Compression::Zstd,
         "none" => Compression::None,
         other => bail!("compressor: {other:?} is not one of gz, zstd, none"),
-    };
+    })
+}
+
+/// The codecs recorded besides the tar.
+fn codecs_recorded() -> Result<Vec<Compression>> {
+    Ok(match compressor()? {
+        Compression::None => vec![],
+        codec => vec![codec],
+    })
+}
+
+fn tarball(out: &Path) -> Result<()> {
+    let compression = compressor()?;
     let image = plan(spec_with_tag()?, &graph_file(), &env("strataSpec")?)?;
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut encoder = compression.encoder(std::io::BufWriter::new(file))?;
@@ -103,12 +125,36 @@ fn stream_script(out: &Path, describe: bool) -> Result<()> {
     let mut body = serde_json::json!({ "spec": spec, "closure": closure });
     if describe {
         let image = plan(spec_with_tag()?, &graph_file(), &env("strataSpec")?)?;
-        body["digests"] = serde_json::to_value(image.uncompressed_digests()?)?;
+        let records = layer_records()?;
+        let known = |recipe: &LayerRecipe| {
+            let record = records.iter().find(|(_, r)| r.content_key == recipe.content_key())?;
+            eprintln!("strata: the digests of the layer with {} are from the layer record {}", recipe.comment, record.0.display());
+            Some(record.1.blobs.clone())
+        };
+        body["digests"] = serde_json::to_value(image.record(&codecs_recorded()?, known)?)?;
     }
     let (text, mode) = if describe { (format!("{body}\n"), 0o444) } else { (format!("#!{} stream\n{body}\n", strata.display()), 0o555) };
     std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
     std::fs::set_permissions(out, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     Ok(())
+}
+
+/// The layer records the description may take blobs from (`strataLayerRecords`, store paths
+/// separated by spaces, as Nix passes a list).
+fn layer_records() -> Result<Vec<(PathBuf, LayerRecord)>> {
+    let list = std::env::var("strataLayerRecords").unwrap_or_default();
+    list.split_whitespace().map(|path| Ok((PathBuf::from(path), LayerRecord::read(Path::new(path))?))).collect()
+}
+
+/// A layer's record: its spec's explicit layers are the layers it leaves out, then itself.
+fn layer_record(out: &Path) -> Result<()> {
+    let spec = valid_spec(spec_with_tag()?, &env("strataSpec")?)?;
+    let own = spec.layers.last().context("the layer's spec has no layer")?;
+    let roots = own.roots.iter().chain(&own.copy_to_root).map(|p| p.as_str().to_owned()).collect();
+    let image = plan_image(spec, &graph_file(), &RegistryOptions::default(), None)?;
+    let recipe = image.layers.last().context("the layer's spec has no layer")?;
+    let record = LayerRecord { content_key: recipe.content_key(), roots, blobs: record_blobs(recipe, &codecs_recorded()?)? };
+    std::fs::write(out, serde_json::to_string_pretty(&record)? + "\n").with_context(|| format!("writing {}", out.display()))
 }
 
 /// `strata stream SCRIPT`: the interpreter of stream executables; plans the image described

@@ -43,6 +43,11 @@ impl Compression {
         }
     }
 
+    /// The codec whose [`id`](Self::id) this is; `None` for an id of another strata version.
+    pub fn from_id(id: &str) -> Option<Compression> {
+        [Compression::None, Compression::Gzip, Compression::Zstd].into_iter().find(|c| c.id() == id)
+    }
+
     /// The codec of a layer with this media type (OCI's or Docker's); `None` for one strata
     /// does not know (such a layer is only ever copied as it is).
     pub fn of_media_type(media_type: &MediaType) -> Option<Compression> {

@@ -107,14 +107,45 @@ pub struct Recode {
     pub to: Compression,
 }
 
-/// The digests an image has with uncompressed layers: recorded when the Nix library
-/// describes an image, checked whenever it is written.
+/// The digests an image has, recorded when the Nix library describes it and checked whenever
+/// it is written: with uncompressed layers (`manifest`, `diff_ids`), and in each codec the
+/// description was asked for (`compressed`), where they also name blobs before anything is
+/// read (a registry or layout that has them needs nothing else).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordedDigests {
     pub config: Digest,
     pub manifest: Digest,
     pub diff_ids: Vec<Digest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compressed: Vec<RecordedCodec>,
 }
+
+/// An image's layers as blobs of one codec, and the manifest they give.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedCodec {
+    /// [`Compression::id`]: the exact bytes the codec makes (a record of another strata
+    /// version's codec is never matched).
+    pub codec: String,
+    pub manifest: Digest,
+    /// Every layer, bottom first (base layers as they are stored).
+    pub layers: Vec<LayerBlob>,
+}
+
+impl RecordedDigests {
+    /// The codec the image was described in, the one it is written in where the destination
+    /// compresses layers; uncompressed if it recorded none this strata knows.
+    pub fn codec(&self) -> Compression {
+        self.compressed.iter().find_map(|c| Compression::from_id(&c.codec)).unwrap_or(Compression::None)
+    }
+
+    fn in_codec(&self, compression: Compression) -> Option<&RecordedCodec> {
+        self.compressed.iter().find(|c| c.codec == compression.id())
+    }
+}
+
+/// A built layer's blobs as a Nix build recorded them: its tar (codec `tar`) and the codecs
+/// asked for, by [`Compression::id`].
+pub type RecordedBlobs = std::collections::BTreeMap<String, LayerBlob>;
 
 /// An image whose digests differ from those recorded when it was described.
 #[derive(Debug, thiserror::Error)]
@@ -241,22 +272,44 @@ impl<L: LayerTar> Image<L> {
         Ok(config)
     }
 
-    /// [`manifest_blob`], checked against the recorded manifest digest when the layers are
-    /// stored as they were when it was recorded (built ones uncompressed, base ones as they are).
+    /// [`manifest_blob`], checked against the manifest digest recorded for the codec the
+    /// built layers are in (uncompressed, or one the description recorded), base layers
+    /// stored as they are.
     pub fn manifest_checked(&self, config: &[u8], layers: &[LayerBlob]) -> Result<Vec<u8>, NotAsRecorded> {
         let manifest = manifest_blob(config, layers);
-        let as_recorded = self.recode.is_none()
-            && layers.iter().zip(self.layer_sources()).all(|(blob, source)| match source {
-                LayerSource::Built(_) => blob.digest == blob.diff_id,
-                LayerSource::Base(..) => true,
-            });
-        if let (Some(recorded), true) = (&self.recorded, as_recorded) {
+        let Some(recorded) = &self.recorded else { return Ok(manifest) };
+        let built: Vec<&LayerBlob> = layers.iter().zip(self.layer_sources()).filter(|(_, s)| matches!(s, LayerSource::Built(_))).map(|(b, _)| b).collect();
+        let codec = if built.iter().all(|b| b.digest == b.diff_id) {
+            Some(Compression::None)
+        } else {
+            built.first().and_then(|b| Compression::of_media_type(&b.media_type)).filter(|c| built.iter().all(|b| b.media_type == c.layer_media_type()))
+        };
+        let expected = match codec {
+            Some(Compression::None) => Some(recorded.manifest),
+            Some(codec) => recorded.in_codec(codec).map(|c| c.manifest),
+            None => None,
+        };
+        if let (Some(expected), None) = (expected, self.recode) {
             let actual = Digest::of(&manifest);
-            if actual != recorded.manifest {
-                return Err(NotAsRecorded { what: "manifest digest", recorded: recorded.manifest, actual });
+            if actual != expected {
+                return Err(NotAsRecorded { what: "manifest digest", recorded: expected, actual });
             }
         }
         Ok(manifest)
+    }
+
+    /// The blob of layer `index` in `compression` as recorded when the image was described,
+    /// known without reading the layer: what names it in a registry or layout that may have it.
+    pub fn recorded_blob(&self, index: usize, compression: Compression) -> Option<LayerBlob> {
+        let recorded = self.recorded.as_ref()?;
+        let LayerSource::Built(recipe) = *self.layer_sources().get(index)? else { return None };
+        match compression {
+            Compression::None => {
+                let diff_id = *recorded.diff_ids.get(index)?;
+                Some(LayerBlob { diff_id, digest: diff_id, size: recipe.tar_len(), media_type: compression.layer_media_type() })
+            }
+            codec => recorded.in_codec(codec)?.layers.get(index).cloned(),
+        }
     }
 
     /// The image's tag, or else the first 32 hex digits of the config digest (which covers
@@ -270,24 +323,63 @@ impl<L: LayerTar> Image<L> {
         format!("{}:{}", self.name, self.tag(config_digest))
     }
 
-    /// The digests this image has with uncompressed layers (base layers as they are), from
-    /// hashing every built layer's tar: what the Nix library records at build time, and what
-    /// any later copy with uncompressed layers must reproduce.
-    pub fn uncompressed_digests(&self) -> Result<RecordedDigests, TarError> {
-        let mut layers = Vec::new();
+    /// The digests this image has uncompressed and in each of `codecs` (base layers as they
+    /// are): what the Nix library records at build time, and what later copies reproduce.
+    /// A built layer's blobs come from `known` where it has them all (a layer's own Nix
+    /// build recorded them), else from writing its tar once per codec.
+    pub fn record(&self, codecs: &[Compression], known: impl Fn(&L) -> Option<RecordedBlobs>) -> Result<RecordedDigests, TarError> {
+        let ids: Vec<&str> = std::iter::once(Compression::None).chain(codecs.iter().copied()).map(Compression::id).collect();
+        let mut per_layer: Vec<RecordedBlobs> = Vec::new();
         for layer in self.layer_sources() {
-            layers.push(match layer {
-                LayerSource::Built(built) => {
-                    let mut hashing = HashingWriter::new(io::sink());
-                    built.write_tar(&mut hashing)?;
-                    let (diff_id, size, _) = hashing.finish();
-                    LayerBlob { diff_id, digest: diff_id, size, media_type: MediaType::ImageLayer }
-                }
-                LayerSource::Base(base, j) => base.layers[j].clone(),
+            per_layer.push(match layer {
+                LayerSource::Built(built) => match known(built).filter(|k| ids.iter().all(|id| k.contains_key(*id))) {
+                    Some(blobs) => blobs,
+                    None => record_blobs(built, codecs)?,
+                },
+                LayerSource::Base(base, j) => ids.iter().map(|id| (id.to_string(), base.layers[j].clone())).collect(),
             });
         }
-        let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
+        let in_codec = |id: &str| -> Vec<LayerBlob> { per_layer.iter().map(|blobs| blobs[id].clone()).collect() };
+        let tars = in_codec(Compression::None.id());
+        let diff_ids: Vec<Digest> = tars.iter().map(|l| l.diff_id).collect();
         let config = self.config_blob(&diff_ids);
-        Ok(RecordedDigests { config: Digest::of(&config), manifest: Digest::of(&manifest_blob(&config, &layers)), diff_ids })
+        let compressed = codecs
+            .iter()
+            .map(|codec| {
+                let layers = in_codec(codec.id());
+                RecordedCodec { codec: codec.id().to_owned(), manifest: Digest::of(&manifest_blob(&config, &layers)), layers }
+            })
+            .collect();
+        Ok(RecordedDigests { config: Digest::of(&config), manifest: Digest::of(&manifest_blob(&config, &tars)), diff_ids, compressed })
     }
+}
+
+/// A built layer's blobs: its tar, and the tar in each of `codecs` (one pass each, hashing
+/// the tar and the compressed bytes together).
+pub fn record_blobs<L: LayerTar>(layer: &L, codecs: &[Compression]) -> Result<RecordedBlobs, TarError> {
+    let mut blobs = RecordedBlobs::new();
+    let mut put = |codec: Compression| -> Result<(), TarError> {
+        let compressed = HashingWriter::new(io::sink());
+        let mut tar = HashingWriter::new(codec.encoder(compressed).map_err(TarError::Write)?);
+        layer.write_tar(&mut tar)?;
+        let (diff_id, _, encoder) = tar.finish();
+        let (digest, size, _) = encoder.finish().map_err(TarError::Write)?.finish();
+        blobs.insert(codec.id().to_owned(), LayerBlob { diff_id, digest, size, media_type: codec.layer_media_type() });
+        Ok(())
+    };
+    if codecs.is_empty() {
+        put(Compression::None)?;
+    }
+    for codec in codecs {
+        put(*codec)?;
+    }
+    if let Some(first) = codecs.first().and_then(|c| blobs.get(c.id())).cloned() {
+        blobs.entry(Compression::None.id().to_owned()).or_insert(LayerBlob {
+            digest: first.diff_id,
+            size: layer.tar_len(),
+            media_type: MediaType::ImageLayer,
+            ..first
+        });
+    }
+    Ok(blobs)
 }

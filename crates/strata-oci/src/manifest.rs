@@ -7,9 +7,9 @@ use crate::canonical::canonical_json;
 use crate::digest::Digest;
 
 /// A layer as stored: the digest of its tar (`diff_id`) and of its blob (the same when the
-/// blob is uncompressed), the blob's size and media type. Serialised (for `--json` output) as
-/// an object with those four fields.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// blob is uncompressed), the blob's size and media type. Serialised (for `--json` output, and
+/// in the digests the Nix library records) as an object with those four fields.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerBlob {
     pub diff_id: Digest,
     pub digest: Digest,

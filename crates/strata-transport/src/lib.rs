@@ -245,10 +245,24 @@ pub(crate) fn cache_key<L: LayerTar>(image: &Image<L>, layer: LayerSource<L>, co
     }
 }
 
+/// The blob a built or re-encoded layer will have, known before it is made: from the layer
+/// cache (`key`, see [`cache_key`]), else from the digests recorded when the image was
+/// described in Nix. Only ever used to find a blob that is there already (in a layout, in a
+/// registry); a blob that is made is hashed as it is made.
+pub(crate) fn known_blob<L: LayerTar>(
+    image: &Image<L>,
+    index: usize,
+    compression: Compression,
+    key: Option<(Digest, Compression)>,
+    cache: &LayerCache,
+) -> Option<LayerBlob> {
+    key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))).or_else(|| image.recorded_blob(index, compression))
+}
+
 /// Writes every layer of `image` as a blob file named by its digest into `blobs`, through
 /// scratch files in `scratch`: built layers compressed and hashed, base layers copied as
-/// they are or re-encoded (and verified either way), in parallel. A layer whose blob the
-/// cache knows and `blobs` holds already (of the size the cache says) is not made again.
+/// they are or re-encoded (and verified either way), in parallel. A layer whose blob is known
+/// ([`known_blob`]) and which `blobs` holds already (of the size known) is not made again.
 pub(crate) fn write_layer_blobs<L: LayerTar>(
     image: &Image<L>,
     compression: Compression,
@@ -265,7 +279,7 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
     let reused = AtomicUsize::new(0);
     let written = for_each_biggest_first(layers.len(), weight, |i| -> Result<LayerBlob, SinkError> {
         let key = cache_key(image, layers[i], compression);
-        if let Some(hit) = key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))) {
+        if let Some(hit) = known_blob(image, i, compression, key, cache) {
             let there = std::fs::symlink_metadata(blobs.join(hit.digest.hex()));
             if there.is_ok_and(|m| m.is_file() && m.len() == hit.size) {
                 reused.fetch_add(1, Ordering::Relaxed);

@@ -408,9 +408,7 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
     let key = crate::cache_key(image, layer, compression);
     let known = match (layer, key) {
         (LayerSource::Base(base, j), None) => Some(base.layers[j].clone()),
-        (_, key) => {
-            key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))).or_else(|| recorded_tar(image, layer, index, compression))
-        }
+        (_, key) => crate::known_blob(image, index, compression, key, cache),
     };
     let origin = match (layer, recode) {
         (LayerSource::Base(base, _), None) => base.origin.clone(),
@@ -466,16 +464,6 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         })
         .await?;
     Ok((made, Outcome::Uploaded))
-}
-
-/// An uncompressed built layer whose diff ID (so its blob's digest) was recorded when the
-/// image was described in Nix: known without reading it. If the repository has that blob, it
-/// is the layer as recorded, and the image pushed is the recorded one; if not, the layer is
-/// made, and the image checked against the record before its manifest goes up.
-fn recorded_tar<L: LayerTar>(image: &Image<L>, layer: LayerSource<'_, L>, index: usize, compression: Compression) -> Option<LayerBlob> {
-    let (LayerSource::Built(recipe), Compression::None) = (layer, compression) else { return None };
-    let diff_id = *image.recorded.as_ref()?.diff_ids.get(index)?;
-    Some(LayerBlob { diff_id, digest: diff_id, size: recipe.tar_len(), media_type: Compression::None.layer_media_type() })
 }
 
 /// `Present` if the repository has the blob, `Mounted` if another repository of the same

@@ -83,7 +83,7 @@ fn every_writer_is_read_back_with_the_same_digests() {
     let d = dir.path().display();
     let original = image(vec![TarBytes::file("a", b"first"), TarBytes::file("b", &[7u8; 5000])]);
     let cx = transport();
-    let expected = original.uncompressed_digests().unwrap();
+    let expected = original.record(&[], |_| None).unwrap();
     for (dest, codec) in [
         (format!("docker-archive:{d}/a.tar"), Compression::None),
         (format!("docker-archive:{d}/gz.tar"), Compression::Gzip),
@@ -136,7 +136,7 @@ fn recorded_digests_are_checked_before_anything_is_committed() {
     let d = dir.path().display();
     let cx = transport();
     let mut original = image(vec![TarBytes::file("a", b"first")]);
-    let mut recorded = original.uncompressed_digests().unwrap();
+    let mut recorded = original.record(&[], |_| None).unwrap();
     recorded.config = Digest::of(b"something else");
     original.recorded = Some(recorded);
     for dest in [format!("docker-archive:{d}/x.tar"), format!("oci:{d}/layout:t"), format!("oci-archive:{d}/y.tar")] {
@@ -205,4 +205,44 @@ fn the_layer_cache_spares_work_and_never_gives_a_wrong_digest() {
 /// The files below `dir`.
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     walkdir::WalkDir::new(dir).into_iter().map(|e| e.unwrap()).filter(|e| e.file_type().is_file()).map(|e| e.into_path()).collect()
+}
+
+/// Digests recorded in a codec (as the Nix library records them): a layout that holds the
+/// recorded blobs gets none of them made again, with no layer cache at all; the manifest is the
+/// one recorded for the codec; a layout without them gets them made, to the same digests.
+#[test]
+fn recorded_blobs_name_what_a_destination_has_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cx = transport();
+    let layer = TarBytes::file("b", &[7u8; 3_000_000]);
+    let mut original = image(vec![layer.clone()]);
+    original.recorded = Some(original.record(&[Compression::Gzip], |_| None).unwrap());
+    let recorded = original.recorded.clone().unwrap();
+    assert_eq!((recorded.codec(), recorded.compressed.len()), (Compression::Gzip, 1));
+    assert_eq!(layer.reads.load(Ordering::SeqCst), 1, "one pass gives the tar's digest and the gzip blob's");
+    let gzip = &recorded.compressed[0];
+    assert_eq!(original.recorded_blob(0, Compression::Gzip).as_ref(), Some(&gzip.layers[0]));
+    assert_eq!(original.recorded_blob(0, Compression::Zstd), None, "no zstd was recorded");
+
+    let layout = reference(&format!("oci:{d}/layout:t"));
+    let first = write_image(&original, &layout, Compression::Gzip, &cx).unwrap();
+    assert_eq!(first.manifest_digest, Some(gzip.manifest));
+    assert_eq!(first.layers, gzip.layers);
+    assert_eq!(layer.reads.load(Ordering::SeqCst), 2);
+    let again = write_image(&original, &layout, Compression::Gzip, &cx).unwrap();
+    assert_eq!(layer.reads.load(Ordering::SeqCst), 2, "a layout holding a recorded blob had it made again");
+    assert_eq!(again.manifest_digest, first.manifest_digest);
+
+    // Blobs recorded by another layer's build (the layer records of `buildLayer`) are taken
+    // as they are, without reading the layer.
+    let from_record = original.record(&[Compression::Gzip], |_| Some(strata_oci::image::record_blobs(&layer, &[Compression::Gzip]).unwrap())).unwrap();
+    assert_eq!(from_record, recorded);
+    assert_eq!(layer.reads.load(Ordering::SeqCst), 3, "only record_blobs read the layer");
+
+    // A recorded manifest the image no longer gives is refused in that codec too.
+    let mut stale = original.clone();
+    stale.recorded.as_mut().unwrap().compressed[0].manifest = Digest::of(b"another manifest");
+    let err = write_image(&stale, &reference(&format!("oci:{d}/stale:t")), Compression::Gzip, &cx).unwrap_err();
+    assert!(err.to_string().contains("manifest digest"), "{err}");
 }

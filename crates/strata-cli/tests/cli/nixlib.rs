@@ -142,10 +142,15 @@ fn nix2container_style_images_match_their_recorded_digests() {
     assert_eq!(run_in("docker", "n2c-hello:v1", &[]), "Hello, world!\n");
     let _ = Command::new("docker").args(["rmi", "-f", "n2c-hello:v1"]).output();
 
-    // copyTo any destination; into an OCI layout the manifest is the recorded one too.
+    // copyTo any destination; into an OCI layout the manifest is the recorded one too: with
+    // gzip layers (the codec described), and uncompressed when asked.
     let dir = tempfile::tempdir().unwrap();
     let layout = format!("oci:{}:v1", dir.path().join("layout").display());
     run_ok(Command::new(runner("copyTo", "copy-to")).arg(&layout));
+    let inspect: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &layout]))).unwrap();
+    assert_eq!(digests["compressed"][0]["codec"], "gzip6-blocks1m-v1");
+    assert_eq!(inspect["Digest"], digests["compressed"][0]["manifest"]);
+    run_ok(Command::new(runner("copyTo", "copy-to")).args([&layout, "--compress", "none"]));
     let inspect: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &layout]))).unwrap();
     assert_eq!(inspect["Digest"], digests["manifest"]);
 
@@ -223,28 +228,65 @@ fn a_description_that_does_not_match_writes_nothing() {
     assert!(!names_in(dir.path()).iter().any(|n| n.ends_with(".partial")), "{:?}", names_in(dir.path()));
 }
 
-/// #12: a described image pushed from a machine that never pushed it (an empty layer cache):
-/// Nix recorded its layers' digests and the registry has them, so no layer is read, hashed
-/// or uploaded, and the manifest is the recorded one.
+/// #12: a described image pushed from a machine that never pushed it (an empty layer cache),
+/// in the codec it was described in (gzip) and uncompressed: Nix recorded its layers' digests
+/// and the registry has them, so no layer is read, hashed, compressed or uploaded, and the
+/// manifest is the recorded one.
 #[test]
 fn a_described_image_pushes_from_an_empty_cache_without_reading_its_layers() {
     let description = build("n2c");
-    let manifest = recorded(&description)["manifest"].as_str().unwrap().to_owned();
+    let recorded = recorded(&description);
     let registry = Registry::start();
     let dir = tempfile::tempdir().unwrap();
-    let target = format!("{}:v1", registry.reference("strata-test/n2c"));
-    let push = |cache: &str| {
-        let mut cmd = strata(&["stream", &description, "-o", &target, "--compress", "none", "-v", "--creds", CREDS, "--tls-verify=false"]);
-        cmd.env("STRATA_CACHE_DIR", dir.path().join(cache));
-        String::from_utf8(run_ok(cmd).stderr).unwrap()
-    };
-    let first = push("first-machine");
-    assert!(first.contains("2 layers uploaded, 0 mounted, 0 already there; 2 layers read"), "{first}");
-    let uploads = registry.uploads();
-    let second = push("second-machine");
-    assert!(second.contains("0 layers uploaded, 0 mounted, 2 already there; 0 layers read"), "{second}");
-    assert_eq!(registry.uploads(), uploads, "a blob was uploaded again");
-    let inspect = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--creds", CREDS, &target]));
-    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
-    assert_eq!(inspect["Digest"], manifest.as_str());
+    for (compress, manifest, tag) in [(&[][..], &recorded["compressed"][0]["manifest"], "gzip"), (&["--compress", "none"][..], &recorded["manifest"], "tar")] {
+        let target = format!("{}:{tag}", registry.reference("strata-test/n2c"));
+        let push = |cache: &str| {
+            let mut cmd = strata(&["stream", &description, "-o", &target, "-v", "--creds", CREDS, "--tls-verify=false"]);
+            cmd.args(compress).env("STRATA_CACHE_DIR", dir.path().join(tag).join(cache));
+            String::from_utf8(run_ok(cmd).stderr).unwrap()
+        };
+        let first = push("first-machine");
+        assert!(first.contains("2 layers uploaded, 0 mounted, 0 already there; 2 layers read"), "{tag}: {first}");
+        let uploads = registry.uploads();
+        let second = push("second-machine");
+        assert!(second.contains("0 layers uploaded, 0 mounted, 2 already there; 0 layers read"), "{tag}: {second}");
+        assert_eq!(registry.uploads(), uploads, "{tag}: a blob was uploaded again");
+        let inspect = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--creds", CREDS, &target]));
+        let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+        assert_eq!(&inspect["Digest"], manifest, "{tag}");
+    }
+}
+
+/// #12: a buildLayer layer is its own derivation, whose record (the layer's digests,
+/// uncompressed and gzip) is made once: every image with the layer takes its digests from
+/// there instead of compressing it again, and they are the digests the layer really has.
+#[test]
+fn a_layer_record_is_made_once_and_every_image_with_the_layer_uses_it() {
+    let record_path = build("n2cGlibc");
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
+    assert_eq!(record["roots"], serde_json::json!([fixture("glibc")]));
+    let references = stdout_of(Command::new("nix-store").args(["--query", "--references", &record_path]));
+    assert_eq!(references.trim(), fixture("glibc"), "the record keeps the layer's store paths alive");
+    let (tar, gzip) = (&record["blobs"]["tar"], &record["blobs"]["gzip6-blocks1m-v1"]);
+    assert_eq!(tar["digest"], tar["diff_id"]);
+    assert_eq!(gzip["diff_id"], tar["diff_id"]);
+    for image in ["n2c", "n2cOther"] {
+        // Built again (Nix's --check), the description's build says where the layer's digests came from.
+        let description = build(image);
+        let out = nixlib(image).arg("--check").output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert!(log.contains(&format!("are from the layer record {record_path}")), "{image}: {log}");
+        let recorded = recorded(&description);
+        assert_eq!(recorded["compressed"][0]["layers"][0], *gzip, "{image}");
+        assert_eq!(recorded["diff_ids"][0], tar["diff_id"], "{image}");
+    }
+    // The digests are the layer's: an OCI layout written from the description, with no
+    // record and no cache, has the same blob.
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let mut write = strata(&["stream", &build("n2cOther"), "-o", &format!("oci:{}:t", layout.display()), "--no-cache"]);
+    run_ok(&mut write);
+    let blob = layout.join("blobs/sha256").join(gzip["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+    assert_eq!(format!("sha256:{}", sha256_hex(&std::fs::read(&blob).unwrap())), gzip["digest"].as_str().unwrap());
 }
