@@ -1,6 +1,7 @@
 # The benchmark closure (closure.nix, release `leaf`) as a nix2container-style description,
-# built with the Nix library by the strata under test (`strataBin`, copied into the store).
-{ strataBin, leaf ? "1", system ? builtins.currentSystem }:
+# built with the Nix library by the strata under test (`strataBin`, copied into the store),
+# its digests recorded uncompressed and in `compressor`'s codec.
+{ strataBin, leaf ? "1", compressor ? "gz", system ? builtins.currentSystem }:
 let
   strata = derivation {
     name = "strata";
@@ -15,5 +16,6 @@ in
 library.nix2container.buildImage {
   name = "bench-described";
   tag = "latest";
+  inherit compressor;
   config.entrypoint = [ "${root}/references" ];
 }
