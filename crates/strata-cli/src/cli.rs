@@ -67,6 +67,12 @@ pub enum Command {
         after_help = "IMAGE is a spec (.toml or .json), what the Nix library built (./result), an OCI layout directory, or a source reference (docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO[:TAG|@DIGEST]).\nA source is shown as it is there; a spec or a Nix result as the OCI image with uncompressed layers it makes (nothing is written)."
     )]
     Inspect(InspectArgs),
+    /// Compare two images: layers shared and changed, store paths added, removed and changed,
+    /// and what a push of B after A uploads
+    #[command(
+        after_help = "A and B are images as `strata inspect` takes them: specs, ./result, layout directories or source references. Layers are the same when their diff IDs are; a store path changed when one of the same package name (Nix's name without its version) has another hash or version. The bytes a push of B uploads are those of B's blobs A does not have (as inspected: a spec's layers uncompressed).\nThis answers \"why did this digest change?\": the store paths named are the ones whose change made new layers."
+    )]
+    Diff(DiffArgs),
     /// Show or clear the layer cache (what strata knows of layers it made: their digests)
     #[command(
         after_help = "The cache is in $STRATA_CACHE_DIR, else $XDG_CACHE_HOME/strata, else ~/.cache/strata; every sink uses it to skip hashing and compressing layers made before. It holds digests, not blobs, and keeps within its bound by dropping the least recently used entries. A lost or damaged entry only costs time."
@@ -100,6 +106,17 @@ pub struct InspectArgs {
     /// The manifest's bytes, as they are (its digest is the image's)
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    /// The image before
+    pub a: String,
+    /// The image after
+    pub b: String,
+    /// One JSON object: both images, shared and changed layers, store paths, push bytes
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Subcommand, Clone, Copy)]

@@ -1,4 +1,6 @@
-//! `strata inspect`: what is inside an image, and which store paths each layer holds.
+//! `strata inspect`: what is inside an image, and which store paths each layer holds;
+//! `strata diff`: what changed between two images, layer by layer and store path by store
+//! path, and what a push of the second after the first uploads.
 //!
 //! An image read from a source (`oci:`, `oci-archive:`, `docker://`, `docker-archive:`) is
 //! shown as the source holds it: its manifest (a docker-archive has none), its config and
@@ -11,7 +13,7 @@
 //! (every store path of the layer, by base name); for other images, from the layer's tar
 //! (the entries under `nix/store/`), read and verified against its digest.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 
 use anyhow::{bail, Context, Result};
@@ -24,7 +26,7 @@ use strata_oci::manifest::LayerBlob;
 use strata_transport::cache::LayerCache;
 use strata_transport::{write_docker_archive, Transport};
 
-use crate::cli::InspectArgs;
+use crate::cli::{DiffArgs, InspectArgs};
 use crate::input::{Input, Loaded};
 
 /// What inspect shows of an image.
@@ -36,9 +38,14 @@ struct View {
     layers: Vec<(LayerBlob, Vec<String>)>,
 }
 
+/// Opens `image` (anything `inspect` takes) and views it.
+fn open_view(image: &str, cx: &Transport) -> Result<View> {
+    let Loaded(opened) = Input::resolve(image)?.open(&cx.registry)?;
+    view_of(&opened, &cx.cache).with_context(|| format!("inspecting {image}"))
+}
+
 pub fn inspect(args: InspectArgs, cx: &Transport) -> Result<()> {
-    let Loaded(image) = Input::resolve(&args.image)?.open(&cx.registry)?;
-    let view = view_of(&image, &cx.cache).with_context(|| format!("inspecting {}", args.image))?;
+    let view = open_view(&args.image, cx)?;
     let mut out = io::stdout().lock();
     if args.raw {
         let Some(manifest) = &view.manifest else { bail!("{}: a docker-archive has no manifest (--json shows its config and layers)", args.image) };
@@ -171,4 +178,147 @@ fn layer_store_paths(base: &SourceImage, j: usize, names: &[Option<Vec<String>>]
     io::copy(&mut reader, &mut io::sink()).with_context(what)?;
     reader.finish().with_context(what)?;
     Ok(paths.into_iter().collect())
+}
+
+/// A store path's package name: its name without the version, as Nix's `parseDrvName` splits
+/// it (the version starts at the first `-` followed by something other than a letter).
+fn package_name(base_name: &str) -> &str {
+    let name = base_name.split_once('-').map_or(base_name, |(_, name)| name);
+    let bytes = name.as_bytes();
+    (0..bytes.len()).find(|&i| bytes[i] == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic())).map_or(name, |i| &name[..i])
+}
+
+/// B's store paths against A's: added, removed, and changed (same package name, another path).
+struct PathChanges {
+    added: BTreeSet<String>,
+    removed: BTreeSet<String>,
+    /// From A's path to B's.
+    changed: BTreeMap<String, String>,
+}
+
+fn path_changes(a: &BTreeSet<&String>, b: &BTreeSet<&String>) -> PathChanges {
+    let only = |x: &BTreeSet<&String>, y: &BTreeSet<&String>| -> Vec<String> { x.difference(y).map(|p| (*p).clone()).collect() };
+    let (gone, new) = (only(a, b), only(b, a));
+    let by_name = |paths: &[String]| -> BTreeMap<String, Vec<String>> {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in paths {
+            map.entry(package_name(p).to_owned()).or_default().push(p.clone());
+        }
+        map
+    };
+    let (gone_by_name, new_by_name) = (by_name(&gone), by_name(&new));
+    let mut changes = PathChanges { added: BTreeSet::new(), removed: BTreeSet::new(), changed: BTreeMap::new() };
+    // One path of a name on each side is a change; anything else is added and removed.
+    for (name, paths) in &new_by_name {
+        match (paths.as_slice(), gone_by_name.get(name).map(Vec::as_slice)) {
+            ([to], Some([from])) => {
+                changes.changed.insert(from.clone(), to.clone());
+            }
+            _ => changes.added.extend(paths.iter().cloned()),
+        }
+    }
+    changes.removed = gone.into_iter().filter(|p| !changes.changed.contains_key(p)).collect();
+    changes
+}
+
+pub fn diff(args: DiffArgs, cx: &Transport) -> Result<()> {
+    let (a, b) = (open_view(&args.a, cx)?, open_view(&args.b, cx)?);
+    let a_diff_ids: BTreeSet<Digest> = a.layers.iter().map(|(l, _)| l.diff_id).collect();
+    let b_diff_ids: BTreeSet<Digest> = b.layers.iter().map(|(l, _)| l.diff_id).collect();
+    let a_blobs: BTreeSet<Digest> = a.layers.iter().map(|(l, _)| l.digest).collect();
+    let paths_of = |v: &View| -> BTreeSet<String> { v.layers.iter().flat_map(|(_, p)| p.iter().cloned()).collect() };
+    let (a_paths, b_paths) = (paths_of(&a), paths_of(&b));
+    let changes = path_changes(&a_paths.iter().collect(), &b_paths.iter().collect());
+    let changed_to: BTreeMap<&String, &String> = changes.changed.iter().map(|(from, to)| (to, from)).collect();
+
+    // B's layers A has not, each with what is new in it; A's layers B has not.
+    let new_layers: Vec<(usize, &(LayerBlob, Vec<String>))> = b.layers.iter().enumerate().filter(|(_, (l, _))| !a_diff_ids.contains(&l.diff_id)).collect();
+    let gone_layers: Vec<(usize, &(LayerBlob, Vec<String>))> = a.layers.iter().enumerate().filter(|(_, (l, _))| !b_diff_ids.contains(&l.diff_id)).collect();
+    let upload: Vec<&LayerBlob> = b.layers.iter().map(|(l, _)| l).filter(|l| !a_blobs.contains(&l.digest)).collect();
+    let upload_bytes: u64 = upload.iter().map(|l| l.size).sum();
+    let shared = b.layers.len() - new_layers.len();
+
+    let mut out = io::stdout().lock();
+    let summary = |v: &View| serde_json::json!({ "reference": v.reference, "manifest_digest": v.manifest.as_deref().map(Digest::of), "config_digest": Digest::of(&v.config), "layers": v.layers.len() });
+    if args.json {
+        let layer = |(i, (blob, paths)): &(usize, &(LayerBlob, Vec<String>))| {
+            let mut layer = serde_json::to_value(blob).expect("a layer blob serialises");
+            layer["index"] = serde_json::json!(i + 1);
+            layer["store_paths"] = serde_json::json!(paths);
+            layer
+        };
+        let changed_in = |(_, (_, paths)): &(usize, &(LayerBlob, Vec<String>))| {
+            serde_json::json!({
+                "added": paths.iter().filter(|p| changes.added.contains(*p)).collect::<Vec<_>>(),
+                "changed": paths.iter().filter_map(|p| changed_to.get(p).map(|from| serde_json::json!({ "from": from, "to": p }))).collect::<Vec<_>>(),
+            })
+        };
+        let object = serde_json::json!({
+            "a": summary(&a),
+            "b": summary(&b),
+            "shared_layers": shared,
+            "new_layers": new_layers.iter().map(|l| { let mut v = layer(l); v["paths"] = changed_in(l); v }).collect::<Vec<_>>(),
+            "gone_layers": gone_layers.iter().map(layer).collect::<Vec<_>>(),
+            "store_paths": {
+                "added": changes.added,
+                "removed": changes.removed,
+                "changed": changes.changed.iter().map(|(from, to)| serde_json::json!({ "from": from, "to": to })).collect::<Vec<_>>(),
+            },
+            "push": { "layers": upload.len(), "bytes": upload_bytes },
+        });
+        writeln!(out, "{object}")?;
+        return Ok(());
+    }
+    for (label, v) in [("A", &a), ("B", &b)] {
+        let digest = v.manifest.as_deref().map(Digest::of).unwrap_or_else(|| Digest::of(&v.config));
+        writeln!(out, "{label}  {}  {} layers  {digest}", v.reference, v.layers.len())?;
+    }
+    writeln!(out, "layers: {shared} of B's {} shared with A, {} new, {} of A's gone", b.layers.len(), new_layers.len(), gone_layers.len())?;
+    for (i, (blob, paths)) in &new_layers {
+        writeln!(out, "  new  {:>3}  {}  {:>10}", i + 1, blob.diff_id, human(blob.size))?;
+        for p in paths {
+            match (changes.added.contains(p), changed_to.get(p)) {
+                (true, _) => writeln!(out, "         + {p}")?,
+                (_, Some(from)) => writeln!(out, "         ~ {from} -> {p}")?,
+                _ => writeln!(out, "           {p}")?,
+            }
+        }
+    }
+    for (i, (blob, _)) in &gone_layers {
+        writeln!(out, "  gone {:>3}  {}  {:>10}", i + 1, blob.diff_id, human(blob.size))?;
+    }
+    writeln!(out, "store paths: {} added, {} removed, {} changed", changes.added.len(), changes.removed.len(), changes.changed.len())?;
+    for p in &changes.removed {
+        writeln!(out, "  - {p}")?;
+    }
+    writeln!(out, "a push of B after A uploads {} layers, {}", upload.len(), human(upload_bytes))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names_drop_versions_as_nix_does() {
+        for (path, name) in [
+            ("6r0dim9icvw8g9x4s9iapn93slynzzlm-hello-2.12", "hello"),
+            ("6r0dim9icvw8g9x4s9iapn93slynzzlm-glibc-2.36-bin", "glibc"),
+            ("6r0dim9icvw8g9x4s9iapn93slynzzlm-bench-app-1", "bench-app"),
+            ("6r0dim9icvw8g9x4s9iapn93slynzzlm-source", "source"),
+            ("6r0dim9icvw8g9x4s9iapn93slynzzlm-xz-utils-5.4", "xz-utils"),
+        ] {
+            assert_eq!(package_name(path), name, "{path}");
+        }
+    }
+
+    #[test]
+    fn one_path_of_a_name_on_each_side_is_a_change() {
+        let s = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let (a, b) = (s(&["h1-app-1", "h2-lib-1", "h3-old-1", "h4-twin-1", "h5-twin-2"]), s(&["h6-app-2", "h2-lib-1", "h7-new-1", "h8-twin-3"]));
+        let changes = path_changes(&a.iter().collect(), &b.iter().collect());
+        assert_eq!(changes.changed, [("h1-app-1".to_owned(), "h6-app-2".to_owned())].into());
+        assert_eq!(changes.added, ["h7-new-1".to_owned(), "h8-twin-3".to_owned()].into());
+        assert_eq!(changes.removed, ["h3-old-1".to_owned(), "h4-twin-1".to_owned(), "h5-twin-2".to_owned()].into());
+    }
 }

@@ -106,3 +106,60 @@ fn without_history(from: &Path, to: &Path) {
     }
     out.finish().unwrap();
 }
+
+/// `strata diff` of two builds of one closure where one store path changed: it names exactly
+/// that path, as a change (same package, another hash), keeps the other layer shared, and a
+/// push of the second after the first uploads only the changed layer; specs and OCI layouts
+/// of the same two images agree.
+#[test]
+fn diff_names_the_one_changed_path_and_keeps_the_rest_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let glibc = fixture("glibc").trim_start_matches("/nix/store/").to_owned();
+    let mut specs = Vec::new();
+    let mut hellos = Vec::new();
+    for (i, greeting) in ["Hello, world!", "Hello, diff!"].into_iter().enumerate() {
+        let hello = fixture_with("hello", &[("greeting", greeting)]);
+        hellos.push(hello.trim_start_matches("/nix/store/").to_owned());
+        let spec = write_spec(dir.path(), &format!("{i}.toml"), &format!("name = \"diffed\"\ntag = \"{i}\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"));
+        specs.push(spec.to_str().unwrap().to_owned());
+    }
+    assert_ne!(hellos[0], hellos[1]);
+    let layouts: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let layout = format!("oci:{}:{i}", dir.path().join("layout").display());
+            run_ok(strata(&["build", spec, "-o", &layout]));
+            layout
+        })
+        .collect();
+    for (a, b) in [(&specs[0], &specs[1]), (&layouts[0], &layouts[1])] {
+        let diff: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["diff", a, b, "--json"]))).unwrap();
+        assert_eq!(diff["shared_layers"], 1, "{diff}");
+        let new = diff["new_layers"].as_array().unwrap();
+        assert_eq!(new.len(), 1, "{diff}");
+        assert_eq!(new[0]["store_paths"], serde_json::json!([hellos[1]]));
+        assert_eq!(new[0]["paths"]["changed"], serde_json::json!([{ "from": hellos[0], "to": hellos[1] }]));
+        assert_eq!(diff["store_paths"]["changed"], serde_json::json!([{ "from": hellos[0], "to": hellos[1] }]));
+        assert_eq!((diff["store_paths"]["added"].as_array().unwrap().len(), diff["store_paths"]["removed"].as_array().unwrap().len()), (0, 0));
+        assert_eq!(diff["gone_layers"][0]["store_paths"], serde_json::json!([hellos[0]]));
+        assert_eq!(diff["push"]["layers"], 1);
+        assert_eq!(diff["push"]["bytes"], new[0]["size"]);
+        let kept: Vec<&str> =
+            diff["new_layers"].as_array().unwrap().iter().flat_map(|l| l["store_paths"].as_array().unwrap()).map(|p| p.as_str().unwrap()).collect();
+        assert!(!kept.contains(&glibc.as_str()), "glibc's layer is shared: {diff}");
+
+        let text = String::from_utf8(run_ok(strata(&["diff", a, b])).stdout).unwrap();
+        assert!(text.contains(&format!("~ {} -> {}", hellos[0], hellos[1])), "{text}");
+        assert!(text.contains("layers: 1 of B's 2 shared with A, 1 new, 1 of A's gone"), "{text}");
+        assert!(text.contains("store paths: 0 added, 0 removed, 1 changed"), "{text}");
+    }
+    // In the layouts, the bytes a push uploads are the gzip blob's, as the manifest skopeo
+    // reads lists it.
+    let manifest: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", "--raw", &layouts[1]]))).unwrap();
+    let diff: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["diff", &layouts[0], &layouts[1], "--json"]))).unwrap();
+    let changed = &diff["new_layers"][0]["digest"];
+    let listed = manifest["layers"].as_array().unwrap().iter().find(|l| &l["digest"] == changed).expect("the changed layer is listed");
+    assert_eq!(listed["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+    assert_eq!(listed["size"], diff["push"]["bytes"]);
+}
