@@ -24,6 +24,9 @@ pub struct Cli {
     /// More log output on standard error (-v: info, -vv: debug)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// No progress bars (there are none either when standard error is not a terminal)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     /// Registry credentials, USER:PASSWORD [default: from $REGISTRY_AUTH_FILE, containers'
     /// auth.json, or ~/.docker/config.json and its credential helpers]
     #[arg(long, global = true, value_name = "USER:PASSWORD")]

@@ -23,7 +23,6 @@ use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
 use strata_oci::image::{ConfigRecipe, Image, LayerSource, LayerTar, SourceImage};
 use strata_oci::manifest::LayerBlob;
-use strata_transport::cache::LayerCache;
 use strata_transport::{write_docker_archive, Transport};
 
 use crate::cli::{DiffArgs, InspectArgs};
@@ -41,7 +40,7 @@ struct View {
 /// Opens `image` (anything `inspect` takes) and views it.
 fn open_view(image: &str, cx: &Transport) -> Result<View> {
     let Loaded(opened) = Input::resolve(image)?.open(&cx.registry)?;
-    view_of(&opened, &cx.cache).with_context(|| format!("inspecting {image}"))
+    view_of(&opened, cx).with_context(|| format!("inspecting {image}"))
 }
 
 pub fn inspect(args: InspectArgs, cx: &Transport) -> Result<()> {
@@ -109,7 +108,7 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn view_of(image: &Image<LayerRecipe>, cache: &LayerCache) -> Result<View> {
+fn view_of(image: &Image<LayerRecipe>, cx: &Transport) -> Result<View> {
     // Read from a source and shown as it is there.
     if let (true, None, ConfigRecipe::Verbatim, Some(base)) = (image.layers.is_empty(), image.recode, &image.config, &image.base) {
         let names = history_store_paths(base);
@@ -118,7 +117,7 @@ fn view_of(image: &Image<LayerRecipe>, cache: &LayerCache) -> Result<View> {
         return Ok(View { reference, manifest: base.manifest_bytes.clone(), config: base.config_bytes.clone(), layers });
     }
     // Built: as an OCI image with uncompressed layers, hashed (or known to the cache), not written.
-    let written = write_docker_archive(image, io::sink(), Compression::None, None, cache)?;
+    let written = write_docker_archive(image, io::sink(), Compression::None, None, cx)?;
     let diff_ids: Vec<Digest> = written.layers.iter().map(|l| l.diff_id).collect();
     let config = image.config_checked(&diff_ids)?;
     let manifest = image.manifest_checked(&config, &written.layers)?;

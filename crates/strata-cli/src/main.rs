@@ -6,6 +6,7 @@
 //! Exit statuses are defined once, in `exit`.
 
 mod about;
+mod bars;
 mod cli;
 mod exit;
 mod flake;
@@ -88,6 +89,7 @@ fn run(cli: Cli) -> Result<Status> {
     let cx = Transport {
         registry: RegistryOptions::new(cli.creds, cli.tls_verify),
         cache: if cli.no_cache { LayerCache::disabled() } else { LayerCache::from_env() },
+        progress: bars::progress(cli.quiet),
     };
     match cli.command {
         Command::Run(args) => return run::run_container(args, &cx),

@@ -34,9 +34,8 @@ use strata_build::layer::LayerRecipe;
 use strata_build::spec::{Spec, ValidSpec};
 use strata_oci::compress::Compression;
 use strata_oci::image::{record_blobs, Image};
-use strata_transport::cache::LayerCache;
 use strata_transport::registry::RegistryOptions;
-use strata_transport::write_docker_archive;
+use strata_transport::{write_docker_archive, Transport};
 
 use crate::input::plan as plan_image;
 
@@ -111,7 +110,7 @@ fn tarball(out: &Path) -> Result<()> {
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut encoder = compression.encoder(std::io::BufWriter::new(file))?;
     // No layer cache in a Nix build: it writes nothing but its output.
-    write_docker_archive(&image, &mut encoder, Compression::None, None, &LayerCache::disabled())?;
+    write_docker_archive(&image, &mut encoder, Compression::None, None, &Transport::isolated())?;
     encoder.finish()?.flush()?;
     Ok(())
 }

@@ -28,8 +28,9 @@ use strata_oci::manifest::LayerBlob;
 use strata_scratch::ScratchDir;
 
 use crate::blobs::{archive_member, invalid, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
-use crate::cache::{CachedBlob, LayerCache};
-use crate::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, SourceError, Written};
+use crate::cache::CachedBlob;
+use crate::progress::{Counted, Stage};
+use crate::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, SourceError, Transport, Written};
 
 /// Writes `image` as a docker-archive to `out`, tagged `reference` if given, else with the
 /// image's own name and tag.
@@ -38,13 +39,13 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
     out: W,
     compression: Compression,
     reference: Option<&str>,
-    cache: &LayerCache,
+    cx: &Transport,
 ) -> Result<Written, SinkError> {
     let mut tar = OuterTar { out, mtime: image.mtime, path: PathBuf::from("the docker-archive") };
     let layers = image.layer_sources();
     let names: Vec<String> = (0..layers.len()).map(|i| format!("{i:03}/layer.tar")).collect();
     let blobs = if compression == Compression::None && layers.iter().all(|l| image.recode_into(l).is_none()) {
-        let diff_ids = stream_layers(&layers, &names, &mut tar, cache)?;
+        let diff_ids = stream_layers(&layers, &names, &mut tar, cx)?;
         let blob = |(layer, diff_id): (&LayerSource<L>, Digest)| match *layer {
             LayerSource::Built(recipe) => LayerBlob { diff_id, digest: diff_id, size: recipe.tar_len(), media_type: Compression::None.layer_media_type() },
             LayerSource::Base(base, j) => base.layers[j].clone(),
@@ -52,7 +53,7 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
         layers.iter().zip(diff_ids).map(blob).collect()
     } else {
         let staging = ScratchDir::temporary().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;
-        let blobs = write_layer_blobs(image, compression, staging.path(), staging.path(), cache)?;
+        let blobs = write_layer_blobs(image, compression, staging.path(), staging.path(), cx)?;
         for (name, blob) in names.iter().zip(&blobs) {
             tar.file(name, &staging.path().join(blob.digest.hex()))?;
         }
@@ -78,12 +79,8 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
 /// built layer is hashed by whoever claims it first: helper threads claim the biggest layers
 /// first; the writer, going front to back, claims and hashes in flight a layer nobody has,
 /// and only copies one a helper claimed (whose diff ID it collects once the helpers are done).
-fn stream_layers<W: Write, L: LayerTar>(
-    layers: &[LayerSource<L>],
-    names: &[String],
-    tar: &mut OuterTar<W>,
-    cache: &LayerCache,
-) -> Result<Vec<Digest>, SinkError> {
+fn stream_layers<W: Write, L: LayerTar>(layers: &[LayerSource<L>], names: &[String], tar: &mut OuterTar<W>, cx: &Transport) -> Result<Vec<Digest>, SinkError> {
+    let (cache, progress) = (&cx.cache, &*cx.progress);
     let n = layers.len();
     let recipes: Vec<Option<&L>> = layers
         .iter()
@@ -119,8 +116,10 @@ fn stream_layers<W: Write, L: LayerTar>(
                     if claimed[k].swap(true, Ordering::SeqCst) {
                         continue;
                     }
-                    let mut sink = HashingWriter::new(io::sink());
+                    progress.start(k, Stage::Hashing, recipe.tar_len());
+                    let mut sink = HashingWriter::new(Counted { inner: io::sink(), layer: k, progress });
                     let _ = hashed_by_helper[k].set(recipe.write_tar(&mut sink).map(|()| sink.finish().0));
+                    progress.finish(k);
                 }
             });
         }
@@ -139,11 +138,14 @@ fn stream_layers<W: Write, L: LayerTar>(
                 };
                 tar.header(&names[k], recipe.tar_len())?;
                 if claimed[k].swap(true, Ordering::SeqCst) {
+                    // Copied by the kernel where it can: not counted on the way.
                     recipe.write_tar_direct(&mut tar.out)?;
                 } else {
-                    let mut hashing = HashingWriter::new(&mut tar.out);
+                    progress.start(k, Stage::Hashing, recipe.tar_len());
+                    let mut hashing = HashingWriter::new(Counted { inner: &mut tar.out, layer: k, progress });
                     recipe.write_tar(&mut hashing)?;
                     in_flight[k] = Some(hashing.finish().0);
+                    progress.finish(k);
                 }
                 tar.pad(recipe.tar_len())?;
             }

@@ -9,9 +9,8 @@ use strata_oci::compress::Compression;
 use strata_oci::image::{Image, LayerTar, Recode};
 use strata_oci::reference::Engine;
 
-use crate::cache::LayerCache;
 use crate::docker_archive::write_docker_archive;
-use crate::{SinkError, Written};
+use crate::{SinkError, Transport, Written};
 
 /// Streams the image as a docker-archive into `ENGINE load`.
 pub(crate) fn load_into<L: LayerTar>(
@@ -19,7 +18,7 @@ pub(crate) fn load_into<L: LayerTar>(
     image: &Image<L>,
     compression: Compression,
     reference: Option<&str>,
-    cache: &LayerCache,
+    cx: &Transport,
 ) -> Result<Written, SinkError> {
     let mut image = std::borrow::Cow::Borrowed(image);
     if engine == Engine::Docker {
@@ -38,7 +37,7 @@ pub(crate) fn load_into<L: LayerTar>(
         .spawn()
         .map_err(|source| SinkError::EngineMissing { engine, source })?;
     let stdin = child.stdin.take().expect("stdin is piped");
-    let written = write_docker_archive(&image, BufWriter::with_capacity(1 << 20, stdin), compression, reference, cache);
+    let written = write_docker_archive(&image, BufWriter::with_capacity(1 << 20, stdin), compression, reference, cx);
     let output = child.wait_with_output().map_err(|source| SinkError::EngineMissing { engine, source })?;
     // Our own error first: the engine only saw a stream that ended early.
     let written = written?;

@@ -17,8 +17,8 @@
 //! their diff IDs checked on the way.
 //!
 //! What a command's reads and writes share is its [`Transport`]: the registry settings (and
-//! the one async runtime behind them) and the [`cache::LayerCache`], which every sink asks
-//! before it hashes or compresses a layer.
+//! the one async runtime behind them), the [`cache::LayerCache`], which every sink asks
+//! before it hashes or compresses a layer, and where [`progress`] is reported.
 //!
 //! This crate depends on strata-oci (and strata-scratch) only: it knows images, not Nix.
 
@@ -27,12 +27,14 @@ pub mod cache;
 pub mod docker_archive;
 pub mod engine;
 pub mod oci_layout;
+pub mod progress;
 pub mod registry;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use strata_oci::compress::Compression;
 use strata_oci::digest::{Digest, HashingWriter};
@@ -46,13 +48,22 @@ use strata_scratch::ScratchFile;
 use blobs::BlobStore;
 use cache::{CachedBlob, LayerCache};
 pub use docker_archive::write_docker_archive;
+use progress::{Counted, Progress, Silent, Stage};
 use registry::{RegistryError, RegistryOptions};
 
 /// What one command's reads and writes share.
-#[derive(Debug)]
 pub struct Transport {
     pub registry: RegistryOptions,
     pub cache: LayerCache,
+    pub progress: Arc<dyn Progress>,
+}
+
+impl Transport {
+    /// Default registry settings, no layer cache, no progress: for work that must not touch
+    /// anything but its output (a Nix build) and for tests.
+    pub fn isolated() -> Transport {
+        Transport { registry: RegistryOptions::default(), cache: LayerCache::disabled(), progress: Arc::new(Silent) }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,12 +154,12 @@ pub struct Written {
 /// Writes `image` to `dest`; then keeps the layer cache within its bound.
 pub fn write_image<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: Compression, cx: &Transport) -> Result<Written, SinkError> {
     let written = write_image_to(image, dest, compression, cx);
+    cx.progress.done();
     cx.cache.prune();
     written
 }
 
 fn write_image_to<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: Compression, cx: &Transport) -> Result<Written, SinkError> {
-    let cache = &cx.cache;
     match dest {
         ImageRef::Registry(r) => {
             let pushed = crate::registry::push(image, r, compression, cx)?;
@@ -160,14 +171,14 @@ fn write_image_to<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: C
             let stdout = io::stdout().lock();
             // Small enough that file chunks (mostly larger) go straight through, uncopied.
             let mut out = BufWriter::with_capacity(64 << 10, stdout);
-            let written = write_docker_archive(image, &mut out, compression, None, cache)?;
+            let written = write_docker_archive(image, &mut out, compression, None, cx)?;
             out.flush().map_err(|source| SinkError::Write { path: "standard output".into(), source })?;
             Ok(written)
         }
-        ImageRef::DockerArchive(Some(path)) => write_file_atomically(path, |out| write_docker_archive(image, out, compression, None, cache)),
-        ImageRef::Engine { engine, name } => engine::load_into(*engine, image, compression, name.as_ref().map(ToString::to_string).as_deref(), cache),
-        ImageRef::Oci { dir, reference } => oci_layout::write_layout(image, dir, reference.as_ref(), compression, cache),
-        ImageRef::OciArchive { path, reference } => oci_layout::write_archive(image, path, reference.as_ref(), compression, cache),
+        ImageRef::DockerArchive(Some(path)) => write_file_atomically(path, |out| write_docker_archive(image, out, compression, None, cx)),
+        ImageRef::Engine { engine, name } => engine::load_into(*engine, image, compression, name.as_ref().map(ToString::to_string).as_deref(), cx),
+        ImageRef::Oci { dir, reference } => oci_layout::write_layout(image, dir, reference.as_ref(), compression, cx),
+        ImageRef::OciArchive { path, reference } => oci_layout::write_archive(image, path, reference.as_ref(), compression, cx),
     }
 }
 
@@ -268,8 +279,9 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
     compression: Compression,
     scratch: &Path,
     blobs: &Path,
-    cache: &LayerCache,
+    cx: &Transport,
 ) -> Result<Vec<LayerBlob>, SinkError> {
+    let cache = &cx.cache;
     let write_err = |source| SinkError::Write { path: blobs.to_owned(), source };
     let layers = image.layer_sources();
     let weight = |i: usize| match layers[i] {
@@ -287,7 +299,7 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
             }
         }
         let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
-        let (blob, mut file) = write_layer_blob(image, layers[i], compression, BufWriter::with_capacity(1 << 20, temp.as_file()), temp.path())?;
+        let (blob, mut file) = write_layer_blob(image, i, compression, BufWriter::with_capacity(1 << 20, temp.as_file()), temp.path(), &*cx.progress)?;
         file.flush().map_err(write_err)?;
         drop(file);
         temp.persist_new(&blobs.join(blob.digest.hex())).map_err(write_err)?;
@@ -300,37 +312,47 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
     Ok(written)
 }
 
-/// Writes one layer's blob to `out`: a built layer's tar through `compression`, hashed on
-/// the way; a base layer copied as it is or re-encoded (see [`Image::recode_into`]), verified
-/// either way. Returns the blob's record and `out`; `path` names `out` in errors.
+/// Writes layer `index`'s blob to `out`: a built layer's tar through `compression`, hashed
+/// on the way; a base layer copied as it is or re-encoded (see [`Image::recode_into`]),
+/// verified either way; reported to `progress`. Returns the blob's record and `out`; `path`
+/// names `out` in errors.
 pub(crate) fn write_layer_blob<L: LayerTar, W: Write>(
     image: &Image<L>,
-    layer: LayerSource<L>,
+    index: usize,
     compression: Compression,
     out: W,
     path: &Path,
+    progress: &dyn Progress,
 ) -> Result<(LayerBlob, W), SinkError> {
     let write_err = |source| SinkError::Write { path: path.to_owned(), source };
+    let layer = image.layer_sources()[index];
     let out = HashingWriter::new(out);
     let (diff_id, media_type, out) = match layer {
         LayerSource::Built(recipe) => {
-            let mut tar = HashingWriter::new(compression.encoder(out).map_err(write_err)?);
+            let stage = if compression == Compression::None { Stage::Hashing } else { Stage::Compressing };
+            progress.start(index, stage, recipe.tar_len());
+            let mut tar = HashingWriter::new(Counted { inner: compression.encoder(out).map_err(write_err)?, layer: index, progress });
             recipe.write_tar(&mut tar)?;
             let (diff_id, _, encoder) = tar.finish();
-            (diff_id, compression.layer_media_type(), encoder.finish().map_err(write_err)?)
+            (diff_id, compression.layer_media_type(), encoder.inner.finish().map_err(write_err)?)
         }
         LayerSource::Base(base, j) => match image.recode_into(&layer) {
             Some(codec) => {
-                let encoder = recode_base_layer(base, j, codec, codec.encoder(out).map_err(write_err)?)?;
-                (base.layers[j].diff_id, codec.layer_media_type(), encoder.finish().map_err(write_err)?)
+                // The tar's size is not known before it is decompressed.
+                progress.start(index, Stage::Compressing, 0);
+                let counted = Counted { inner: codec.encoder(out).map_err(write_err)?, layer: index, progress };
+                let encoder = recode_base_layer(base, j, codec, counted)?;
+                (base.layers[j].diff_id, codec.layer_media_type(), encoder.inner.finish().map_err(write_err)?)
             }
             None => {
-                let mut out = out;
-                copy_base_layer(base, j, &mut out)?;
-                (base.layers[j].diff_id, base.layers[j].media_type.clone(), out)
+                progress.start(index, Stage::Copying, base.layers[j].size);
+                let mut counted = Counted { inner: out, layer: index, progress };
+                copy_base_layer(base, j, &mut counted)?;
+                (base.layers[j].diff_id, base.layers[j].media_type.clone(), counted.inner)
             }
         },
     };
+    progress.finish(index);
     let (digest, size, out) = out.finish();
     Ok((LayerBlob { diff_id, digest, size, media_type }, out))
 }

@@ -28,8 +28,7 @@ use strata_oci::reference::{ImageName, OciRef};
 use strata_scratch::{is_scratch_name, ScratchDir, ScratchFile};
 
 use crate::blobs::{archive_member, invalid, layers_of, open_inside, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
-use crate::cache::LayerCache;
-use crate::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, SourceError, Written};
+use crate::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, SourceError, Transport, Written};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// containerd's annotation for the image's full name.
@@ -43,19 +42,19 @@ pub fn write_layout<L: LayerTar>(
     dir: &Path,
     reference: Option<&OciRef>,
     compression: Compression,
-    cache: &LayerCache,
+    cx: &Transport,
 ) -> Result<Written, SinkError> {
     let write_err = |source| SinkError::Write { path: dir.to_owned(), source };
     if fs::symlink_metadata(dir).is_ok() {
         check_layout(dir)?;
         write_oci_layout_file(dir)?;
-        let (entry, written) = write_blobs(image, dir, dir, reference, compression, cache)?;
+        let (entry, written) = write_blobs(image, dir, dir, reference, compression, cx)?;
         add_to_index(dir, entry, Layout::Shared)?;
         return Ok(written);
     }
     let mut staging = ScratchDir::beside(dir).map_err(write_err)?;
     write_oci_layout_file(staging.path())?;
-    let (entry, written) = write_blobs(image, staging.path(), staging.path(), reference, compression, cache)?;
+    let (entry, written) = write_blobs(image, staging.path(), staging.path(), reference, compression, cx)?;
     add_to_index(staging.path(), entry.clone(), Layout::Ours)?;
     if let Err(e) = staging.persist(dir) {
         if !matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists) {
@@ -83,11 +82,11 @@ pub fn write_archive<L: LayerTar>(
     path: &Path,
     reference: Option<&OciRef>,
     compression: Compression,
-    cache: &LayerCache,
+    cx: &Transport,
 ) -> Result<Written, SinkError> {
     let staging = ScratchDir::beside(path).map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
     let layout = staging.path();
-    let (entry, written) = write_blobs(image, layout, layout, reference, compression, cache)?;
+    let (entry, written) = write_blobs(image, layout, layout, reference, compression, cx)?;
     add_to_index(layout, entry, Layout::Ours)?;
     write_file_atomically(path, |out| {
         let mut tar = OuterTar { out, mtime: image.mtime, path: path.to_owned() };
@@ -140,11 +139,11 @@ fn write_blobs<L: LayerTar>(
     scratch: &Path,
     reference: Option<&OciRef>,
     compression: Compression,
-    cache: &LayerCache,
+    cx: &Transport,
 ) -> Result<(Descriptor, Written), SinkError> {
     let blobs_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs_dir).map_err(|source| SinkError::Write { path: blobs_dir.clone(), source })?;
-    let layers = write_layer_blobs(image, compression, scratch, &blobs_dir, cache)?;
+    let layers = write_layer_blobs(image, compression, scratch, &blobs_dir, cx)?;
 
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
     let config = image.config_checked(&diff_ids)?;

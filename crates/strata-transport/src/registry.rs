@@ -37,6 +37,7 @@ use strata_scratch::ScratchFile;
 
 use crate::blobs::{layers_of, parse_json, BlobStore};
 use crate::cache::{CachedBlob, LayerCache};
+use crate::progress::{Progress, Stage};
 use crate::SourceError;
 
 /// How many times a request is tried before giving up, and the first pause between tries.
@@ -328,7 +329,7 @@ pub struct Pushed {
 pub fn push<L: LayerTar>(image: &Image<L>, dest: &RegistryRef, compression: Compression, cx: &crate::Transport) -> Result<Pushed, RegistryError> {
     let session = Session::new(&dest.host, &cx.registry)?;
     let runtime = session.runtime.clone();
-    runtime.block_on(push_async(&session, image, dest, compression, &cx.cache))
+    runtime.block_on(push_async(&session, image, dest, compression, &cx.cache, &cx.progress))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -344,13 +345,14 @@ async fn push_async<L: LayerTar>(
     dest: &RegistryRef,
     compression: Compression,
     cache: &LayerCache,
+    progress: &Arc<dyn Progress>,
 ) -> Result<Pushed, RegistryError> {
     let reference = client_ref(dest);
     session.authenticate(&reference, RegistryOperation::Push).await?;
     let here = format!("{}/{}", dest.host, dest.repository);
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let push = Push { session, reference: &reference, here: &here, cache, image, compression, made: AtomicUsize::new(0) };
+    let push = Push { session, reference: &reference, here: &here, cache, progress, image, compression, made: AtomicUsize::new(0) };
 
     let results: Vec<(LayerBlob, Outcome)> =
         futures_util::stream::iter(layers.iter().enumerate()).map(|(i, layer)| push_layer(&push, *layer, i)).buffered(cores.max(2)).try_collect().await?;
@@ -396,13 +398,14 @@ struct Push<'a, L> {
     /// `HOST/REPOSITORY` pushed to.
     here: &'a str,
     cache: &'a LayerCache,
+    progress: &'a Arc<dyn Progress>,
     image: &'a Image<L>,
     compression: Compression,
     made: AtomicUsize,
 }
 
 async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
-    let Push { session, reference, here, cache, image, compression, .. } = *push;
+    let Push { session, reference, here, cache, progress, image, compression, .. } = *push;
     let recode = image.recode_into(&layer);
     // What names the blob before it is made; a base layer copied as it is has its digest already.
     let key = crate::cache_key(image, layer, compression);
@@ -426,7 +429,7 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         let digest = blob.digest.to_string();
         session
             .retry(&format!("uploading layer {index}"), || async {
-                let stream = blob_stream(base.clone(), j);
+                let stream = counted(blob_stream(base.clone(), j), index, blob.size, progress);
                 session.client.push_blob_stream(reference, stream, &digest, Some(blob.size)).await
             })
             .await?;
@@ -441,7 +444,8 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
     push.made.fetch_add(matches!(layer, LayerSource::Built(_)) as usize, Ordering::Relaxed);
     let made = tokio::task::block_in_place(|| -> Result<LayerBlob, crate::SinkError> {
         let file = staging.reopen().map_err(|source| crate::SinkError::Write { path: staging.path().to_owned(), source })?;
-        let (blob, mut out) = crate::write_layer_blob(image, layer, compression, std::io::BufWriter::with_capacity(1 << 20, file), staging.path())?;
+        let (blob, mut out) =
+            crate::write_layer_blob(image, index, compression, std::io::BufWriter::with_capacity(1 << 20, file), staging.path(), &**progress)?;
         std::io::Write::flush(&mut out).map_err(|source| crate::SinkError::Write { path: staging.path().to_owned(), source })?;
         Ok(blob)
     })
@@ -460,7 +464,7 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         .retry(&format!("uploading {what}"), || async {
             let file = tokio::fs::File::open(&path).await?;
             let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map_err(OciDistributionError::IoError);
-            session.client.push_blob_stream(reference, stream, &digest, Some(made.size)).await
+            session.client.push_blob_stream(reference, counted(stream, index, made.size, progress), &digest, Some(made.size)).await
         })
         .await?;
     Ok((made, Outcome::Uploaded))
@@ -613,6 +617,29 @@ pub(crate) fn open_registry(reference: &RegistryRef, platform: &Platform, option
 
 /// Layer `index` of `base` as a stream of chunks, read (and verified: a corrupt blob ends
 /// the stream with an error) on a blocking thread.
+/// `stream`, reported to `progress` as layer `index`'s upload of `size` bytes (from the
+/// start again when a failed upload is retried).
+fn counted<S>(
+    stream: S,
+    index: usize,
+    size: u64,
+    progress: &Arc<dyn Progress>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static,
+{
+    progress.start(index, Stage::Uploading, size);
+    let progress = progress.clone();
+    let mut sent = 0;
+    stream.inspect_ok(move |chunk| {
+        progress.advance(index, chunk.len() as u64);
+        sent += chunk.len() as u64;
+        if sent >= size {
+            progress.finish(index);
+        }
+    })
+}
+
 fn blob_stream(base: SourceImage, index: usize) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {

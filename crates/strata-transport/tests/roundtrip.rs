@@ -14,12 +14,11 @@ use strata_oci::platform::Platform;
 use strata_oci::reference::ImageRef;
 
 use strata_transport::cache::{CachedBlob, LayerCache};
-use strata_transport::registry::RegistryOptions;
 use strata_transport::{open_image, write_docker_archive, write_image, Transport};
 
 /// No registry, no cache: what every test that is not about the cache uses.
 fn transport() -> Transport {
-    Transport { registry: RegistryOptions::default(), cache: LayerCache::disabled() }
+    Transport::isolated()
 }
 
 /// A built layer whose tar is given whole; it counts how often its tar is read.
@@ -154,7 +153,7 @@ fn recorded_digests_are_checked_before_anything_is_committed() {
 fn the_layer_cache_spares_work_and_never_gives_a_wrong_digest() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let cx = Transport { registry: RegistryOptions::default(), cache: LayerCache::new(dir.path().join("cache"), 1 << 20) };
+    let cx = Transport { cache: LayerCache::new(dir.path().join("cache"), 1 << 20), ..Transport::isolated() };
     let small = TarBytes::file("a", b"first");
     let big = TarBytes::file("b", &[7u8; 3_000_000]);
     let original = image(vec![small.clone(), big.clone()]);
@@ -188,18 +187,18 @@ fn the_layer_cache_spares_work_and_never_gives_a_wrong_digest() {
     // The stream: the first time the layers are hashed, and remembered; the second time the
     // diff IDs come from the cache. (An entry planted with another diff ID shows it was not
     // re-hashed: a real entry can only hold the right one, the fingerprint names the tar.)
-    let stream = |cache: &LayerCache| {
+    let stream = |cx: &Transport| {
         let mut out = Vec::new();
-        write_docker_archive(&original, &mut out, Compression::None, None, cache).unwrap();
+        write_docker_archive(&original, &mut out, Compression::None, None, cx).unwrap();
         out
     };
-    let first = stream(&cx.cache);
-    assert_eq!(first, stream(&cx.cache));
+    let first = stream(&cx);
+    assert_eq!(first, stream(&cx));
     let planted = Digest::of(b"planted");
     cx.cache.put(&small.fingerprint(), Compression::None, &CachedBlob { diff_id: planted, digest: planted, size: small.tar_len() });
-    let trusted = stream(&cx.cache);
+    let trusted = stream(&cx);
     assert!(String::from_utf8_lossy(&trusted).contains(&planted.to_string()), "the stream hashed a layer the cache knows");
-    assert_eq!(first, stream(&LayerCache::disabled()), "without a cache the stream is the same");
+    assert_eq!(first, stream(&Transport::isolated()), "without a cache the stream is the same");
 }
 
 /// The files below `dir`.

@@ -1,12 +1,12 @@
 //! What strata says of itself: shell completions (checked by the shells' own parsers where
-//! they are installed: bash), man pages (rendered by man), and help texts that name every
-//! transport.
+//! they are installed: bash), man pages (rendered by man), help texts that name every
+//! transport, and progress bars where someone watches (a pseudo-terminal), never elsewhere.
 
 use std::process::Command;
 
 use crate::common::*;
 
-const SUBCOMMANDS: [&str; 9] = ["build", "containerize", "run", "stream", "copy", "inspect", "cache", "completions", "man"];
+const SUBCOMMANDS: [&str; 10] = ["build", "containerize", "run", "stream", "copy", "inspect", "diff", "cache", "completions", "man"];
 
 #[test]
 fn completions_parse_and_name_every_subcommand() {
@@ -61,4 +61,32 @@ fn help_texts_name_every_transport() {
     for transport in ["docker-archive:", "oci:", "oci-archive:", "docker://", "docker-daemon:", "podman:"] {
         assert!(err.contains(transport), "the invalid-transport error does not name {transport}: {err}");
     }
+}
+
+/// Progress bars: on a pseudo-terminal (`script`), a bar per layer being compressed and one
+/// for all layers, with bytes and rate; none with `--quiet`, and none when standard error is
+/// not a terminal, where the plain lines stand alone.
+#[test]
+fn progress_shows_on_a_terminal_and_nowhere_else() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "s.toml", &format!("name = \"bars\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"));
+    let build = |layout: &str, extra: &str| {
+        format!("{STRATA} build {} -o oci:{}:t --compress zstd --no-cache {extra}", spec.display(), dir.path().join(layout).display())
+    };
+    // `script -qfc CMD FILE` runs CMD on a pseudo-terminal and copies what it shows to FILE.
+    let on_terminal = |command: String, file: &str| {
+        let typescript = dir.path().join(file);
+        run_ok(Command::new("script").arg("-qfc").arg(&command).arg(&typescript).stdout(std::process::Stdio::null()));
+        String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).replace('\r', "\n")
+    };
+    let shown = on_terminal(build("a", ""), "bars");
+    assert!(shown.contains("compressing") && shown.contains("all layers") && shown.contains("/s"), "{shown}");
+    assert!(shown.contains("strata: wrote bars:"), "{shown}");
+    let quiet = on_terminal(build("b", "--quiet"), "quiet");
+    assert!(quiet.contains("strata: wrote bars:") && !quiet.contains("compressing") && !quiet.contains("all layers"), "{quiet}");
+    let out =
+        run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &format!("oci:{}:t", dir.path().join("c").display()), "--compress", "zstd", "--no-cache"]));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("strata: wrote bars:") && !stderr.contains("compressing") && !stderr.contains('\u{1b}'), "{stderr}");
 }
