@@ -58,6 +58,17 @@ impl StorePath {
     }
 }
 
+/// A store path's name (`hello-2.12`, without the hash) as Nix's `parseDrvName` splits it:
+/// the package name, and the version, which starts at the first `-` followed by something
+/// other than a letter (`glibc-2.36-bin`: `glibc`, `2.36-bin`).
+pub fn package_and_version(name: &str) -> (&str, Option<&str>) {
+    let bytes = name.as_bytes();
+    match (0..bytes.len()).find(|&i| bytes[i] == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic())) {
+        Some(i) => (&name[..i], Some(&name[i + 1..])),
+        None => (name, None),
+    }
+}
+
 impl fmt::Display for StorePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -83,6 +94,19 @@ mod tests {
         assert_eq!(inner.as_str(), HELLO);
         assert_eq!(inner.name(), "hello-2.12");
         assert_eq!(inner.base_name(), "r7815vi79spcjkiidy1ypiwdj6xynisz-hello-2.12");
+    }
+
+    #[test]
+    fn names_split_into_package_and_version_as_nix_does() {
+        for (name, package, version) in [
+            ("hello-2.12", "hello", Some("2.12")),
+            ("glibc-2.36-bin", "glibc", Some("2.36-bin")),
+            ("bench-app-1", "bench-app", Some("1")),
+            ("source", "source", None),
+            ("xz-utils-5.4", "xz-utils", Some("5.4")),
+        ] {
+            assert_eq!(package_and_version(name), (package, version), "{name}");
+        }
     }
 
     #[test]
