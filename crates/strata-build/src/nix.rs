@@ -19,6 +19,12 @@ pub fn run(args: &[&str], dir: Option<&Path>) -> std::io::Result<Output> {
 /// What `nix build --no-link --json INSTALLABLE` (in `dir`) built: its `out` output, or its
 /// first. The outer error: Nix could not be run; the inner: Nix's own error output.
 pub fn build(installable: &str, dir: Option<&Path>) -> std::io::Result<Result<PathBuf, String>> {
+    Ok(build_outputs(installable, dir)?.and_then(|outputs| outputs.into_iter().next().ok_or_else(|| format!("nix build {installable} gave no output path"))))
+}
+
+/// Every output `nix build --no-link --json INSTALLABLE` built (several with `^out,man` or
+/// `^*`), `out` first, then by name.
+pub fn build_outputs(installable: &str, dir: Option<&Path>) -> std::io::Result<Result<Vec<PathBuf>, String>> {
     let output = run(&["build", "--no-link", "--json", installable], dir)?;
     if !output.status.success() {
         return Ok(Err(String::from_utf8_lossy(&output.stderr).into_owned()));
@@ -31,6 +37,10 @@ pub fn build(installable: &str, dir: Option<&Path>) -> std::io::Result<Result<Pa
         Ok(built) => built,
         Err(e) => return Ok(Err(format!("unexpected output of nix build: {e}"))),
     };
-    let out = built.first().and_then(|b| b.outputs.get("out").or_else(|| b.outputs.values().next()));
-    Ok(out.map(PathBuf::from).ok_or_else(|| format!("nix build {installable} gave no output path")))
+    let mut outputs: Vec<(bool, String, String)> = built.into_iter().flat_map(|b| b.outputs).map(|(name, path)| (name != "out", name, path)).collect();
+    outputs.sort();
+    if outputs.is_empty() {
+        return Ok(Err(format!("nix build {installable} gave no output path")));
+    }
+    Ok(Ok(outputs.into_iter().map(|(_, _, path)| PathBuf::from(path)).collect()))
 }

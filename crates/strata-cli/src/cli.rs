@@ -46,8 +46,9 @@ pub enum Command {
     /// Build an image from a spec and write it to a destination
     #[command(after_help = DESTINATIONS)]
     Build(BuildArgs),
-    /// Turn an environment (packages, variables, a start hook) into an image
-    #[command(after_help = DESTINATIONS)]
+    /// Turn an environment (packages, variables, a start hook) into an image: a flox
+    /// environment, as `flox containerize` does, or strata's own manifest
+    #[command(after_help = CONTAINERIZE_HELP)]
     Containerize(ContainerizeArgs),
     /// Build (or copy) an image into podman or docker and run it
     #[command(
@@ -187,24 +188,57 @@ pub struct CopyArgs {
     pub json: bool,
 }
 
-const DESTINATIONS: &str = "Destinations:\n  docker-archive:PATH        a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:REF]              an OCI image layout directory (created or added to)\n  oci-archive:PATH[:REF]     a tar of an OCI image layout\n  docker://HOST/REPO[:TAG]   pushed to a registry (gzip layers unless --compress says otherwise)\n  docker-daemon:[NAME:TAG]   loaded into the Docker engine (docker load; Docker reads zstd from version 23)\n  podman:[NAME:TAG]          loaded into podman (podman load)\nREF is a TAG, or NAME:TAG, the name engines give the image when they load the layout\n(NAME may hold a registry host: oci-archive:app.tar:registry.example/app:1.4).\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal.";
+/// The destinations every writing subcommand's help lists.
+macro_rules! destinations {
+    () => {
+        "Destinations:\n  docker-archive:PATH        a `docker load`-able tar; PATH `-` is standard output\n  oci:DIR[:REF]              an OCI image layout directory (created or added to)\n  oci-archive:PATH[:REF]     a tar of an OCI image layout\n  docker://HOST/REPO[:TAG]   pushed to a registry (gzip layers unless --compress says otherwise)\n  docker-daemon:[NAME:TAG]   loaded into the Docker engine (docker load; Docker reads zstd from version 23)\n  podman:[NAME:TAG]          loaded into podman (podman load)\nREF is a TAG, or NAME:TAG, the name engines give the image when they load the layout\n(NAME may hold a registry host: oci-archive:app.tar:registry.example/app:1.4).\n\nWith no -o, a docker-archive goes to standard output when it is not a terminal."
+    };
+}
+const DESTINATIONS: &str = destinations!();
+
+const CONTAINERIZE_HELP: &str = concat!(
+    "A flox manifest's packages are built with Nix: pkg-path from --nixpkgs (nixpkgs#PKG-PATH), flake and store-path as they are. The image is named after the environment (.flox/env.json's name, else the directory holding .flox), tagged latest; running it runs [hook] on-activate, then the command ([containerize.config] cmd, else a shell).\n\nExamples:\n  strata containerize | docker load\n  strata containerize -d ./myenv --runtime podman\n  strata containerize -f myenv.tar --tag v1\n\n",
+    destinations!()
+);
 
 #[derive(clap::Args)]
 pub struct ContainerizeArgs {
-    /// The environment manifest (TOML: [install], [vars], [hook], [container])
-    pub manifest: PathBuf,
+    /// The environment manifest: flox's (.flox/env/manifest.toml) or strata's (TOML:
+    /// [install], [vars], [hook], [container]) [default: DIR/.flox/env/manifest.toml]
+    pub manifest: Option<PathBuf>,
+    /// The directory holding the flox environment (.flox)
+    #[arg(short, long, value_name = "DIR", conflicts_with = "manifest")]
+    pub dir: Option<PathBuf>,
+    /// Write the image to this file as a docker-archive, `-` for standard output (as flox)
+    /// [default: standard output when it is not a terminal, else NAME-container.tar for a
+    /// flox environment]
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["output", "runtime"])]
+    pub file: Option<PathBuf>,
     /// Where to write the image (see Destinations below)
     #[arg(short, long, value_name = "DEST", conflicts_with = "runtime")]
     pub output: Option<String>,
     /// Load the image into this engine instead of writing it
     #[arg(long, value_enum)]
     pub runtime: Option<Runtime>,
-    /// The image tag, instead of the manifest's
+    /// The image tag, instead of the manifest's (a flox environment's: latest)
     #[arg(short, long)]
     pub tag: Option<String>,
+    /// A label on the image, KEY=VALUE (repeatable)
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+    /// The nixpkgs flake a flox manifest's pkg-paths are built from
+    #[arg(long, value_name = "FLAKEREF", default_value = "nixpkgs")]
+    pub nixpkgs: String,
     /// Layer compression [default: none for docker-archive and engines, gzip for OCI]
     #[arg(long, value_enum, value_name = "CODEC")]
     pub compress: Option<Codec>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::{bail, Context, Result};
 use strata_build::assemble::ClosureSource;
-use strata_build::containerize::Environment;
+use strata_build::containerize::{Environment, LoadOptions};
 use strata_oci::compress::Compression;
 use strata_oci::image::{Image, Recode};
 use strata_oci::platform::Platform;
@@ -85,12 +85,23 @@ fn print_json(json: bool, dest: &ImageRef, written: &Written) -> Result<()> {
 }
 
 /// `strata containerize`: an environment manifest made into an image.
+/// `strata containerize`: the manifest named, else the flox environment's in `--dir` (or
+/// here); written where `-f`, `-o` or `--runtime` say, else to standard output when it is not
+/// a terminal, else (a flox environment, as flox does) to `NAME-container.tar`.
 pub fn containerize(args: ContainerizeArgs, cx: &Transport) -> Result<()> {
-    let dest = match args.runtime {
-        Some(runtime) => ImageRef::Engine { engine: runtime.into(), name: None },
-        None => destination(args.output.as_deref(), &format!("strata containerize {}", args.manifest.display()))?,
+    let manifest = args.manifest.clone().unwrap_or_else(|| args.dir.clone().unwrap_or_else(|| ".".into()).join(".flox/env/manifest.toml"));
+    let options = LoadOptions { tag: args.tag.clone(), labels: args.label.iter().cloned().collect(), nixpkgs: Some(args.nixpkgs.clone()) };
+    let environment = Environment::load(&manifest, &options)?;
+    let dest = match (args.runtime, &args.file, &args.output) {
+        (Some(runtime), _, _) => ImageRef::Engine { engine: runtime.into(), name: None },
+        (None, Some(file), _) if file.as_os_str() == "-" => ImageRef::DockerArchive(None),
+        (None, Some(file), _) => ImageRef::DockerArchive(Some(file.clone())),
+        (None, None, Some(_)) => destination(args.output.as_deref(), "")?,
+        (None, None, None) if std::io::stdout().is_terminal() && environment.is_flox() => {
+            ImageRef::DockerArchive(Some(format!("{}-container.tar", environment.spec.name).into()))
+        }
+        (None, None, None) => destination(None, &format!("strata containerize {}", manifest.display()))?,
     };
-    let environment = Environment::load(&args.manifest, args.tag.as_deref())?;
     Loaded(environment.plan(&ClosureSource::Nix)?).write(&dest, args.compress.map(Into::into), cx)?;
     Ok(())
 }

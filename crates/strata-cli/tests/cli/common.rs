@@ -241,3 +241,28 @@ impl Drop for Registry {
         self.stop();
     }
 }
+
+/// Copies the directory tree `from` to `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if std::fs::metadata(entry.path()).unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The nixpkgs stand-in (tests/fixtures/nixpkgs: hello, busybox, callPackage with the strata
+/// under test) as `nixpkgs/` in `dir`, ready to be used as `path:<returned dir>`.
+pub fn nixpkgs_stand_in(dir: &Path) -> PathBuf {
+    let nixpkgs = dir.join("nixpkgs");
+    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nixpkgs"), &nixpkgs);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::copy(repo.join("examples/hello/default.nix"), nixpkgs.join("hello.nix")).unwrap();
+    std::fs::copy(STRATA, nixpkgs.join("strata")).unwrap();
+    nixpkgs
+}

@@ -143,5 +143,103 @@ fn bad_manifests_are_named() {
         &write(&format!("[install]\nhello = \"{hello}\"\n[hook]\non-activate = \"echo hi\"\n[container]\nname = \"x\"\n")),
         &["hook.on-activate", "needs a shell"],
     );
-    fails(&write("[container]\nname = \"x\"\nuser = \"root\"\n"), &["container.user"]);
+    fails(&write("[container]\nname = \"x\"\nuser = \"Bad User\"\n"), &["container.user", "not a valid user name"]);
+}
+
+/// A flox environment as flox writes it (`.flox/env/manifest.toml`, version 1, and
+/// `.flox/env.json`), `pkg-path`s built from a nixpkgs flake (the stand-in), read as it is.
+fn flox_environment(dir: &Path) -> PathBuf {
+    let env = dir.join("My Env");
+    std::fs::create_dir_all(env.join(".flox/env")).unwrap();
+    std::fs::write(env.join(".flox/env.json"), r#"{"name": "my-env", "version": 1}"#).unwrap();
+    std::fs::write(
+        env.join(".flox/env/manifest.toml"),
+        r#"version = 1
+
+[install]
+hello.pkg-path = "hello"
+busybox.pkg-path = "busybox"
+
+[vars]
+GREETING = "from vars"
+
+[hook]
+on-activate = '''
+  echo "hook: $GREETING"
+'''
+
+[profile]
+common = "export FROM_PROFILE=yes"
+
+[options]
+allow.unfree = false
+
+[containerize.config]
+cmd = ["hello"]
+exposed-ports = ["8080"]
+working-dir = "/tmp"
+labels = { team = "web" }
+"#,
+    )
+    .unwrap();
+    env
+}
+
+/// flox users' own files: `strata containerize | podman load` in the environment's
+/// directory, as `flox containerize -f - | podman load`; the image is named after the
+/// environment; running it runs the hook, then the command; interactive shells read the
+/// profile; `-d`, `-f FILE`, `--tag` and `--label` as flox takes them, into Docker.
+#[test]
+fn a_flox_environment_is_containerized_as_flox_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let nixpkgs = format!("path:{}", nixpkgs_stand_in(dir.path()).display());
+    let env = flox_environment(dir.path());
+
+    let mut build = strata(&["containerize", "--nixpkgs", &nixpkgs]).current_dir(&env).stdout(Stdio::piped()).spawn().unwrap();
+    let load = Command::new("podman").arg("load").stdin(build.stdout.take().unwrap()).output().unwrap();
+    assert!(build.wait().unwrap().success());
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let image = "my-env:latest";
+    assert_eq!(run_in("podman", image, &[]), "hook: from vars\nHello, world!\n");
+    assert_eq!(run_in("podman", image, &["hello", "again"]), "hook: from vars\nHello, world!\nagain\n");
+    let profile = run_in("podman", image, &["sh", "-i", "-c", "echo profile: $FROM_PROFILE"]);
+    assert!(profile.ends_with("profile: yes\n"), "{profile}");
+    let config = stdout_of(Command::new("podman").args(["image", "inspect", image, "--format", "{{json .Config}}"]));
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["WorkingDir"], "/tmp");
+    assert_eq!(config["Labels"]["team"], "web");
+    assert!(config["ExposedPorts"].get("8080/tcp").is_some(), "{config}");
+    rmi("podman", image);
+
+    let file = dir.path().join("env.tar");
+    let args = ["containerize", "-d", env.to_str().unwrap(), "-f", file.to_str().unwrap(), "--tag", "v2", "--label", "tier=edge", "--nixpkgs", &nixpkgs];
+    run_ok(strata(&args));
+    let loaded = stdout_of(Command::new("docker").arg("load").stdin(std::fs::File::open(&file).unwrap()));
+    assert_eq!(loaded.trim(), "Loaded image: my-env:v2");
+    assert_eq!(run_in("docker", "my-env:v2", &[]), "hook: from vars\nHello, world!\n");
+    let labels = stdout_of(Command::new("docker").args(["image", "inspect", "my-env:v2", "--format", "{{json .Config.Labels}}"]));
+    assert_eq!(labels.trim(), r#"{"team":"web","tier":"edge"}"#);
+    rmi("docker", "my-env:v2");
+}
+
+/// A flox manifest's mistakes name the file and the key: a package nixpkgs does not have, an
+/// unknown key, no environment where one is looked for.
+#[test]
+fn flox_manifest_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let nixpkgs = format!("path:{}", nixpkgs_stand_in(dir.path()).display());
+    let env = flox_environment(dir.path());
+    let manifest = env.join(".flox/env/manifest.toml");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    for (edit, expected) in [
+        (original.replace("hello.pkg-path = \"hello\"", "hello.pkg-path = \"no-such-package\""), "install.hello: cannot build"),
+        (original.replace("working-dir", "workdir"), "containerize.config"),
+        (original.replace("hello.pkg-path = \"hello\"", "hello = { pkg-path = \"hello\", version = \"3.0\" }"), "install.hello.version"),
+    ] {
+        std::fs::write(&manifest, edit).unwrap();
+        let stderr = fails(&mut strata(&["containerize", "-d", env.to_str().unwrap(), "-f", "-", "--nixpkgs", &nixpkgs]));
+        assert!(stderr.contains(&manifest.display().to_string()) && stderr.contains(expected), "{expected}: {stderr}");
+    }
+    let stderr = fails(strata(&["containerize", "-f", "-"]).current_dir(dir.path()));
+    assert!(stderr.contains(".flox/env/manifest.toml"), "{stderr}");
 }

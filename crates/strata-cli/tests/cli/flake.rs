@@ -14,19 +14,6 @@ use crate::common::*;
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if std::fs::metadata(entry.path()).unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// `nix` with flakes enabled.
 fn nix(args: &[&str]) -> Command {
     let mut cmd = Command::new("nix");
@@ -52,10 +39,7 @@ impl Inputs {
         for file in ["flake.nix", "Cargo.toml", "Cargo.lock", "rustfmt.toml", "README.md"] {
             std::fs::copy(Path::new(REPO).join(file), strata.join(file)).unwrap();
         }
-        let nixpkgs = dir.path().join("nixpkgs");
-        copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nixpkgs"), &nixpkgs);
-        std::fs::copy(Path::new(REPO).join("examples/hello/default.nix"), nixpkgs.join("hello.nix")).unwrap();
-        std::fs::copy(STRATA, nixpkgs.join("strata")).unwrap();
+        let nixpkgs = nixpkgs_stand_in(dir.path());
         if let Some(lib) = nixpkgs_lib {
             copy_tree(&lib.join("lib"), &nixpkgs.join("lib"));
         }
