@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use strata_oci::compress::Compression;
+use strata_oci::platform::Platform;
 use strata_oci::reference::Engine;
 use strata_transport::registry::Credentials;
 
@@ -157,6 +158,10 @@ pub struct RunArgs {
     /// The container's network (as the engine's --network)
     #[arg(long)]
     pub network: Option<String>,
+    /// The platform to run, from a multi-platform image (a foreign one runs under emulation,
+    /// where binfmt_misc has it) [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
     /// Arguments for the image's entrypoint
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -186,6 +191,13 @@ pub struct CopyArgs {
     /// Print what was written as one JSON object on standard output
     #[arg(long)]
     pub json: bool,
+    /// From a multi-platform image, the image of this platform [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "all")]
+    pub platform: Option<Platform>,
+    /// From a multi-platform image, every platform's image and the index itself (its digest
+    /// kept), as skopeo copy --all
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// The destinations every writing subcommand's help lists.
@@ -249,9 +261,10 @@ pub enum Runtime {
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
-    /// The image spec: a .toml or .json file
+    /// The image spec: a .toml or .json file. Several specs, one a platform (their
+    /// `architecture`), make one multi-platform image
     #[arg(required_unless_present = "flake")]
-    pub spec: Option<PathBuf>,
+    pub spec: Vec<PathBuf>,
     /// Build the image of this flake output with Nix instead, DIR#NAME (see `strata run --help`)
     #[arg(long, value_name = "DIR#NAME", conflicts_with_all = ["spec", "closure_graph"])]
     pub flake: Option<String>,
@@ -273,6 +286,10 @@ pub struct BuildArgs {
     /// layers); the image must then go elsewhere (-o)
     #[arg(long)]
     pub json: bool,
+    /// The platform written where one image goes (docker-archive, engines) when several
+    /// specs make a multi-platform image [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

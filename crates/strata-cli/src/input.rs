@@ -94,18 +94,25 @@ impl Input {
         Input::resolve(&crate::flake::build(reference)?.to_string_lossy())
     }
 
-    pub fn open(self, registry: &RegistryOptions) -> Result<Loaded> {
-        Ok(Loaded(match self {
+    /// The image, for `platform` where a source holds several (default: the host's); a spec
+    /// or description is for its own platform, which must then be `platform`.
+    pub fn open(self, registry: &RegistryOptions, platform: Option<&Platform>) -> Result<Loaded> {
+        let (image, what) = match self {
             Input::Spec { path, closure, previous } => {
                 let spec = ValidSpec::load(&path)?;
-                plan(spec, &closure, registry, previous.as_ref()).with_context(|| format!("spec {}", path.display()))?
+                let image = plan(spec, &closure, registry, previous.as_ref()).with_context(|| format!("spec {}", path.display()))?;
+                (image, path.display().to_string())
             }
-            Input::Script(path) => nix_builder::read_stream_script(&path)?,
+            Input::Script(path) => (nix_builder::read_stream_script(&path)?, path.display().to_string()),
             Input::Source(reference) => {
-                let source = open_image(&reference, &Platform::host(), registry).with_context(|| format!("reading {reference}"))?;
-                Image::copy_of(source, None)
+                let source = open_image(&reference, platform.unwrap_or(&Platform::host()), registry).with_context(|| format!("reading {reference}"))?;
+                return Ok(Loaded(Image::copy_of(source, None)));
             }
-        }))
+        };
+        if let Some(platform) = platform.filter(|p| !image.platform().same_as(p)) {
+            bail!("{what} is an image for {}, not {platform}", image.platform());
+        }
+        Ok(Loaded(image))
     }
 }
 

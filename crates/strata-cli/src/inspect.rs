@@ -40,7 +40,7 @@ struct View {
 
 /// Opens `image` (anything `inspect` takes) and views it.
 fn open_view(image: &str, cx: &Transport) -> Result<View> {
-    let Loaded(opened) = Input::resolve(image)?.open(&cx.registry)?;
+    let Loaded(opened) = Input::resolve(image)?.open(&cx.registry, None)?;
     view_of(&opened, cx).with_context(|| format!("inspecting {image}"))
 }
 

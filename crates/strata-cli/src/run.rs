@@ -36,7 +36,7 @@ pub fn run_container(args: RunArgs, cx: &Transport) -> Result<Status> {
         (None, Some(image)) => Input::resolve(image)?,
         (None, None) => unreachable!("clap requires IMAGE or --flake"),
     };
-    let written = input.open(&cx.registry)?.write(&dest, None, cx)?;
+    let written = input.open(&cx.registry, args.platform.as_ref())?.write(&dest, None, cx)?;
 
     let mut run = std::process::Command::new(engine.command());
     run.arg("run");
@@ -48,7 +48,8 @@ pub fn run_container(args: RunArgs, cx: &Transport) -> Result<Status> {
             run.args(["--interactive", "--tty"]);
         }
     }
-    for (flag, value) in [("--name", &args.name), ("--network", &args.network)] {
+    let platform = args.platform.as_ref().map(ToString::to_string);
+    for (flag, value) in [("--name", &args.name), ("--network", &args.network), ("--platform", &platform)] {
         if let Some(value) = value {
             run.args([flag, value]);
         }

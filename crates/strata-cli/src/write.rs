@@ -5,57 +5,125 @@ use std::io::IsTerminal;
 use anyhow::{bail, Context, Result};
 use strata_build::assemble::ClosureSource;
 use strata_build::containerize::{Environment, LoadOptions};
+use strata_build::layer::LayerRecipe;
 use strata_oci::compress::Compression;
+use strata_oci::digest::Digest;
 use strata_oci::image::{Image, Recode};
 use strata_oci::platform::Platform;
 use strata_oci::reference::{ImageRef, TRANSPORTS};
-use strata_transport::open_image;
-use strata_transport::{Transport, Written};
+use strata_transport::{choose_platform, default_compression, open_image, open_index, write_index, Transport, Written};
 
 use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, StreamArgs};
 use crate::input::{Input, Loaded};
 
-/// `strata build`: a spec (or a flake's image) to a destination.
+/// `strata build`: a spec (or a flake's image) to a destination; several specs, one a
+/// platform, to one multi-platform image.
 pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
-    let (input, what) = match (args.flake, args.spec) {
-        (Some(flake), _) => (Input::flake(&flake)?, format!("--flake {flake}")),
-        (None, Some(path)) => {
-            let closure = args.closure_graph.map_or(ClosureSource::Nix, ClosureSource::GraphFile);
-            let what = path.display().to_string();
-            let previous = args.previous.as_deref().map(str::parse).transpose()?;
-            (Input::Spec { path, closure, previous }, what)
+    let closure = || args.closure_graph.clone().map_or(ClosureSource::Nix, ClosureSource::GraphFile);
+    let previous: Option<ImageRef> = args.previous.as_deref().map(str::parse).transpose()?;
+    let (inputs, what) = match (&args.flake, args.spec.as_slice()) {
+        (Some(flake), _) => (vec![Input::flake(flake)?], format!("--flake {flake}")),
+        (None, []) => unreachable!("clap requires SPEC or --flake"),
+        (None, specs) => {
+            let inputs = specs.iter().map(|path| Input::Spec { path: path.clone(), closure: closure(), previous: previous.clone() }).collect();
+            (inputs, specs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "))
         }
-        (None, None) => unreachable!("clap requires SPEC or --flake"),
     };
     let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
     check_json_destination(args.json, &dest)?;
-    let written = input.open(&cx.registry)?.write(&dest, args.compress.map(Into::into), cx)?;
-    print_json(args.json, &dest, &written)
+    let compression = args.compress.map(Into::into);
+    if inputs.len() == 1 {
+        let input = inputs.into_iter().next().expect("one input");
+        let written = input.open(&cx.registry, args.platform.as_ref())?.write(&dest, compression, cx)?;
+        return print_json(args.json, &dest, &written);
+    }
+    let images = inputs.into_iter().map(|input| input.open(&cx.registry, None).map(|Loaded(image)| image)).collect::<Result<Vec<_>>>()?;
+    write_images(images, &dest, compression, args.platform.as_ref(), None, args.json, cx)
+}
+
+/// Writes images of one name, one a platform, to `dest`: as an image index where `dest`
+/// holds one (OCI layouts and archives, registries), else the image of `platform` (default:
+/// the host's). `keep` is a source's index to keep (see `write_index`).
+fn write_images(
+    images: Vec<Image<LayerRecipe>>,
+    dest: &ImageRef,
+    compression: Option<Compression>,
+    platform: Option<&Platform>,
+    keep: Option<&[u8]>,
+    json: bool,
+    cx: &Transport,
+) -> Result<()> {
+    if matches!(dest, ImageRef::DockerArchive(_) | ImageRef::Engine { .. }) {
+        let platform = platform.cloned().unwrap_or_else(Platform::host);
+        let chosen = choose_platform(&images, &platform).with_context(|| format!("writing {dest}, which holds one image: choose it with --platform"))?;
+        let written = Loaded(chosen.clone()).write(dest, compression, cx)?;
+        return print_json(json, dest, &written);
+    }
+    let compression = compression.unwrap_or_else(|| default_compression(dest));
+    let written = write_index(&images, dest, compression, keep, cx).with_context(|| format!("writing {dest}"))?;
+    let platforms: Vec<String> = written.images.iter().map(|(p, _)| p.to_string()).collect();
+    eprintln!("strata: wrote {} to {dest} ({}; index {})", written.reference, platforms.join(", "), written.index_digest);
+    if json {
+        let images: Vec<serde_json::Value> = written
+            .images
+            .iter()
+            .map(|(platform, w)| {
+                serde_json::json!({ "platform": platform.to_string(), "config_digest": w.config_digest, "manifest_digest": w.manifest_digest, "layers": w.layers })
+            })
+            .collect();
+        let object =
+            serde_json::json!({ "destination": dest.to_string(), "reference": written.reference, "index_digest": written.index_digest, "images": images });
+        println!("{object}");
+    }
+    Ok(())
 }
 
 /// `strata stream`: the image a stream script or description describes.
 pub fn stream(args: StreamArgs, cx: &Transport) -> Result<()> {
     let dest = destination(args.output.as_deref(), &args.script.display().to_string())?;
-    Input::Script(args.script).open(&cx.registry)?.write(&dest, args.compress.map(Into::into), cx)?;
+    Input::Script(args.script).open(&cx.registry, None)?.write(&dest, args.compress.map(Into::into), cx)?;
     Ok(())
 }
 
-/// `strata copy`: an image from a source to a destination, layers verified, the config kept.
+/// `strata copy`: an image from a source to a destination, layers verified, the config kept;
+/// from a multi-platform source, the host's (or `--platform`'s) image, or with `--all`
+/// every platform's and the index.
 pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
     let dest: ImageRef = args.destination.parse()?;
     check_json_destination(args.json, &dest)?;
-    let source = open_image(&args.source.parse()?, &Platform::host(), &cx.registry).with_context(|| format!("reading {}", args.source))?;
+    let source: ImageRef = args.source.parse()?;
     let name = match &dest {
         ImageRef::Engine { name: Some(name), .. } => Some(name),
         _ => None,
     };
-    let mut image = Image::copy_of(source, name);
-    image.recode = match (args.compress, &dest) {
+    let recode = match (args.compress, &dest) {
         (Some(codec), _) => Some(Recode { from: None, to: codec.into() }),
         // As skopeo does: what goes to a registry is compressed.
         (None, ImageRef::Registry(_)) => Some(Recode { from: Some(Compression::None), to: Compression::Gzip }),
         (None, _) => None,
     };
+    let copy_of = |platform: &Platform| -> Result<Image<LayerRecipe>> {
+        let opened = open_image(&source, platform, &cx.registry).with_context(|| format!("reading {} for {platform}", args.source))?;
+        let mut image = Image::copy_of(opened, name);
+        image.recode = recode;
+        Ok(image)
+    };
+    if args.all {
+        if let Some(index) = open_index(&source, &cx.registry).with_context(|| format!("reading {}", args.source))? {
+            let mut images = Vec::new();
+            for (platform, digest) in &index.platforms {
+                let image = copy_of(platform)?;
+                // The tag may have moved since the index was read: the image must be the one it lists.
+                let listed = image.base.as_ref().and_then(|b| b.manifest_bytes.as_deref()).map(Digest::of);
+                if listed != Some(*digest) {
+                    bail!("{}: the image for {platform} is not the one its index lists ({digest}): the source changed while it was read", args.source);
+                }
+                images.push(image);
+            }
+            return write_images(images, &dest, Some(Compression::None), None, Some(&index.bytes), args.json, cx);
+        }
+    }
+    let image = copy_of(args.platform.as_ref().unwrap_or(&Platform::host()))?;
     let written = Loaded(image).write(&dest, Some(Compression::None), cx)?;
     print_json(args.json, &dest, &written)
 }

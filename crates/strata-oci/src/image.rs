@@ -20,6 +20,7 @@ use crate::canonical::canonical_json;
 use crate::compress::Compression;
 use crate::digest::{Digest, HashingWriter, VerifiedReader};
 use crate::manifest::{manifest_blob, LayerBlob};
+use crate::platform::Platform;
 use crate::reference::{check_tag, ImageName};
 
 /// Why a built layer's tar could not be written.
@@ -272,10 +273,32 @@ impl<L: LayerTar> Image<L> {
         Ok(config)
     }
 
+    /// The platform the image is for, as its config says.
+    pub fn platform(&self) -> Platform {
+        match (&self.config, &self.base) {
+            (ConfigRecipe::Built(config), _) => Platform::of_config(config),
+            (ConfigRecipe::Verbatim, Some(base)) => Platform::of_config(&base.config),
+            (ConfigRecipe::Verbatim, None) => unreachable!("a verbatim config is a base image's"),
+        }
+    }
+
+    /// The manifest of a copy whose config and blobs are the source's, byte for byte: the
+    /// source's own manifest (an OCI one), so the copy keeps its manifest digest (and an index
+    /// listing it, its own).
+    fn verbatim_manifest(&self, config: &[u8], layers: &[LayerBlob]) -> Option<Vec<u8>> {
+        let base = self.base.as_ref().filter(|_| matches!(self.config, ConfigRecipe::Verbatim) && self.layers.is_empty())?;
+        let bytes = base.manifest_bytes.as_ref().filter(|_| config == base.config_bytes.as_slice() && layers == base.layers.as_slice())?;
+        let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(bytes).ok()?;
+        (manifest.media_type().as_ref() == Some(&MediaType::ImageManifest)).then(|| bytes.clone())
+    }
+
     /// [`manifest_blob`], checked against the manifest digest recorded for the codec the
     /// built layers are in (uncompressed, or one the description recorded), base layers
     /// stored as they are.
     pub fn manifest_checked(&self, config: &[u8], layers: &[LayerBlob]) -> Result<Vec<u8>, NotAsRecorded> {
+        if let Some(manifest) = self.verbatim_manifest(config, layers) {
+            return Ok(manifest);
+        }
         let manifest = manifest_blob(config, layers);
         let Some(recorded) = &self.recorded else { return Ok(manifest) };
         let built: Vec<&LayerBlob> = layers.iter().zip(self.layer_sources()).filter(|(_, s)| matches!(s, LayerSource::Built(_))).map(|(b, _)| b).collect();

@@ -1,10 +1,12 @@
 //! The one record of a layer blob, whatever made it (a built layer, a base image's layer, a
-//! digest cache), and the OCI image manifest that lists such blobs.
+//! digest cache), the OCI image manifest that lists such blobs, and the image index that lists
+//! manifests, one per platform.
 
-use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
+use oci_spec::image::{Descriptor, ImageIndexBuilder, ImageManifestBuilder, MediaType};
 
 use crate::canonical::canonical_json;
 use crate::digest::Digest;
+use crate::platform::Platform;
 
 /// A layer as stored: the digest of its tar (`diff_id`) and of its blob (the same when the
 /// blob is uncompressed), the blob's size and media type. Serialised (for `--json` output, and
@@ -28,4 +30,24 @@ pub fn manifest_blob(config: &[u8], layers: &[LayerBlob]) -> Vec<u8> {
         .build()
         .expect("every required manifest field is set");
     canonical_json(&manifest)
+}
+
+/// The OCI image index listing `manifests` (their bytes), each for its platform: canonical
+/// JSON, in the order given.
+pub fn index_blob(manifests: &[(Platform, &[u8])]) -> Vec<u8> {
+    let entries: Vec<Descriptor> = manifests
+        .iter()
+        .map(|(platform, bytes)| {
+            let mut d = Descriptor::new(MediaType::ImageManifest, bytes.len() as u64, oci_spec::image::Digest::from(Digest::of(bytes)));
+            d.set_platform(Some(platform.to_oci()));
+            d
+        })
+        .collect();
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(entries)
+        .build()
+        .expect("every required index field is set");
+    canonical_json(&index)
 }

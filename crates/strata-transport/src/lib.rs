@@ -98,6 +98,14 @@ pub enum SinkError {
         "Docker {version} cannot read zstd layers (Docker 23 and later can): use --compress gzip or none for docker-daemon:, or podman:, which reads them"
     )]
     DockerZstd { version: String },
+    #[error("{dest} holds one image, not an index: choose the platform to write there ({available})")]
+    OnePlatformOnly { dest: String, available: String },
+    #[error("no image for {platform} among {available}")]
+    NoSuchPlatform { platform: Platform, available: String },
+    #[error("two images for {0}: an index has one image a platform")]
+    SamePlatformTwice(Platform),
+    #[error("the images of one index must have one name, not {0} and {1}")]
+    NamesDiffer(String, String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +139,38 @@ pub fn open_image(reference: &ImageRef, platform: &Platform, registry: &Registry
     }
 }
 
+/// An image index read from a source: its bytes (verified), and the platforms it lists with
+/// their manifests' digests.
+#[derive(Debug, Clone)]
+pub struct SourceIndex {
+    pub bytes: Vec<u8>,
+    pub platforms: Vec<(Platform, Digest)>,
+}
+
+/// The image index `reference` names, if it names one (an OCI layout's or archive's entry, a
+/// registry's manifest list); `None` for a single image. Entries without a platform (such
+/// as attestations) are not listed.
+pub fn open_index(reference: &ImageRef, registry: &RegistryOptions) -> Result<Option<SourceIndex>, SourceError> {
+    let tag = |r: &Option<OciRef>| r.as_ref().map(OciRef::ref_name);
+    let (bytes, path) = match reference {
+        ImageRef::Registry(r) => (registry::index_of(r, registry)?, PathBuf::from(r.to_string())),
+        ImageRef::Oci { dir, reference } => (oci_layout::oci_index(BlobStore::Dir(dir.clone()), dir, tag(reference).as_deref())?, dir.clone()),
+        ImageRef::OciArchive { path, reference } => (oci_layout::oci_index(BlobStore::archive(path)?, path, tag(reference).as_deref())?, path.clone()),
+        ImageRef::DockerArchive(Some(_)) => (None, PathBuf::new()),
+        ImageRef::DockerArchive(None) | ImageRef::Engine { .. } => return Err(SourceError::NotASource(reference.to_string())),
+    };
+    let Some(bytes) = bytes else { return Ok(None) };
+    let index: oci_spec::image::ImageIndex = blobs::parse_json(&bytes, &path, "index")?;
+    let mut platforms = Vec::new();
+    for entry in index.manifests() {
+        if let Some(p) = entry.platform() {
+            let digest = Digest::try_from(entry.digest()).map_err(|e| blobs::invalid(&path, format!("index: {e}")))?;
+            platforms.push((Platform { os: p.os().to_string(), architecture: p.architecture().to_string(), variant: p.variant().clone() }, digest));
+        }
+    }
+    Ok(Some(SourceIndex { bytes, platforms }))
+}
+
 /// docker-archive layers default to uncompressed (fast `docker load`), the rest to gzip.
 pub fn default_compression(dest: &ImageRef) -> Compression {
     match dest {
@@ -149,6 +189,80 @@ pub struct Written {
     pub manifest_digest: Option<Digest>,
     /// The layer blobs as written there, in order.
     pub layers: Vec<LayerBlob>,
+}
+
+/// What was written as a multi-platform image: the index's reference and digest, and each
+/// platform's image.
+#[derive(Debug, Clone)]
+pub struct WrittenIndex {
+    pub reference: String,
+    pub index_digest: Digest,
+    pub images: Vec<(Platform, Written)>,
+}
+
+/// The platforms of `images`, as an error lists them.
+pub fn platforms_of<L: LayerTar>(images: &[Image<L>]) -> String {
+    images.iter().map(|i| i.platform().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Writes `images` (one a platform, one name) as one multi-platform image: an OCI image
+/// index listing each platform's manifest, at an OCI layout or archive, or a registry (the
+/// manifests pushed by digest, the index to the tag). Destinations that hold one image
+/// (docker-archive, engines) are refused: write the platform's image there with
+/// [`write_image`] ([`choose_platform`]).
+///
+/// `keep` is an index to write as it is (a copy of every platform of a source keeps its
+/// index digest): it is, when it lists exactly the manifests written, in order; else a new
+/// index is made, with a warning.
+pub fn write_index<L: LayerTar>(
+    images: &[Image<L>],
+    dest: &ImageRef,
+    compression: Compression,
+    keep: Option<&[u8]>,
+    cx: &Transport,
+) -> Result<WrittenIndex, SinkError> {
+    for (i, image) in images.iter().enumerate() {
+        if image.name != images[0].name {
+            return Err(SinkError::NamesDiffer(images[0].name.clone(), image.name.clone()));
+        }
+        if images[..i].iter().any(|earlier| earlier.platform().same_as(&image.platform())) {
+            return Err(SinkError::SamePlatformTwice(image.platform()));
+        }
+    }
+    let written = match dest {
+        ImageRef::Oci { dir, reference } => oci_layout::write_index_layout(images, dir, reference.as_ref(), compression, keep, cx),
+        ImageRef::OciArchive { path, reference } => oci_layout::write_index_archive(images, path, reference.as_ref(), compression, keep, cx),
+        ImageRef::Registry(r) => registry::push_index(images, r, compression, keep, cx).map_err(SinkError::from),
+        ImageRef::DockerArchive(_) | ImageRef::Engine { .. } => Err(SinkError::OnePlatformOnly { dest: dest.to_string(), available: platforms_of(images) }),
+    };
+    cx.progress.done();
+    cx.cache.prune();
+    written
+}
+
+/// The index listing `manifests` (each platform's bytes): `keep` where it lists exactly
+/// those (see [`write_index`]), else a new one.
+pub(crate) fn index_bytes(manifests: &[(Platform, &[u8])], keep: Option<&[u8]>) -> Vec<u8> {
+    if let Some(keep) = keep {
+        let listed =
+            serde_json::from_slice::<oci_spec::image::ImageIndex>(keep).map(|i| i.manifests().iter().map(|d| d.digest().to_string()).collect::<Vec<_>>());
+        let written: Vec<String> = manifests.iter().map(|(_, bytes)| Digest::of(bytes).to_string()).collect();
+        if listed.is_ok_and(|listed| listed == written) {
+            return keep.to_vec();
+        }
+        tracing::warn!(
+            "the source's index lists other manifests than those copied (entries without a platform, or images changed on the way): a new index is made"
+        );
+    }
+    strata_oci::manifest::index_blob(manifests)
+}
+
+/// The image of `images` for `platform`.
+pub fn choose_platform<'a, L: LayerTar>(images: &'a [Image<L>], platform: &Platform) -> Result<&'a Image<L>, SinkError> {
+    images
+        .iter()
+        .find(|i| i.platform().same_as(platform))
+        .ok_or_else(|| SinkError::NoSuchPlatform { platform: platform.clone(), available: platforms_of(images) })
 }
 
 /// Writes `image` to `dest`; then keeps the layer cache within its bound.

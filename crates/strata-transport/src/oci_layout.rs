@@ -28,7 +28,7 @@ use strata_oci::reference::{ImageName, OciRef};
 use strata_scratch::{is_scratch_name, ScratchDir, ScratchFile};
 
 use crate::blobs::{archive_member, invalid, layers_of, open_inside, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
-use crate::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, SourceError, Transport, Written};
+use crate::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, SourceError, Transport, Written, WrittenIndex};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// containerd's annotation for the image's full name.
@@ -44,17 +44,36 @@ pub fn write_layout<L: LayerTar>(
     compression: Compression,
     cx: &Transport,
 ) -> Result<Written, SinkError> {
+    into_layout(dir, |layout| write_blobs(image, layout, layout, reference, compression, cx))
+}
+
+/// Writes `images` (one a platform) into the OCI layout `dir` as one image: their blobs and
+/// manifests, and an image index listing them, which `index.json` names.
+pub fn write_index_layout<L: LayerTar>(
+    images: &[Image<L>],
+    dir: &Path,
+    reference: Option<&OciRef>,
+    compression: Compression,
+    keep: Option<&[u8]>,
+    cx: &Transport,
+) -> Result<WrittenIndex, SinkError> {
+    into_layout(dir, |layout| write_index_blobs(images, layout, reference, compression, keep, cx))
+}
+
+/// Creates the layout `dir` (or adds to the existing one): `fill` writes blobs into the
+/// layout directory it is given and returns the `index.json` entry to add.
+fn into_layout<T>(dir: &Path, fill: impl FnOnce(&Path) -> Result<(Descriptor, T), SinkError>) -> Result<T, SinkError> {
     let write_err = |source| SinkError::Write { path: dir.to_owned(), source };
     if fs::symlink_metadata(dir).is_ok() {
         check_layout(dir)?;
         write_oci_layout_file(dir)?;
-        let (entry, written) = write_blobs(image, dir, dir, reference, compression, cx)?;
+        let (entry, written) = fill(dir)?;
         add_to_index(dir, entry, Layout::Shared)?;
         return Ok(written);
     }
     let mut staging = ScratchDir::beside(dir).map_err(write_err)?;
     write_oci_layout_file(staging.path())?;
-    let (entry, written) = write_blobs(image, staging.path(), staging.path(), reference, compression, cx)?;
+    let (entry, written) = fill(staging.path())?;
     add_to_index(staging.path(), entry.clone(), Layout::Ours)?;
     if let Err(e) = staging.persist(dir) {
         if !matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists) {
@@ -84,12 +103,31 @@ pub fn write_archive<L: LayerTar>(
     compression: Compression,
     cx: &Transport,
 ) -> Result<Written, SinkError> {
+    into_archive(path, image.mtime, |layout| write_blobs(image, layout, layout, reference, compression, cx))
+}
+
+/// Writes `images` (one a platform) as an OCI archive at `path` whose `index.json` names
+/// their image index.
+pub fn write_index_archive<L: LayerTar>(
+    images: &[Image<L>],
+    path: &Path,
+    reference: Option<&OciRef>,
+    compression: Compression,
+    keep: Option<&[u8]>,
+    cx: &Transport,
+) -> Result<WrittenIndex, SinkError> {
+    let mtime = images.first().map_or(0, |i| i.mtime);
+    into_archive(path, mtime, |layout| write_index_blobs(images, layout, reference, compression, keep, cx))
+}
+
+/// A layout made in a scratch directory by `fill` (as [`into_layout`]), then tarred to `path`.
+fn into_archive<T>(path: &Path, mtime: u64, fill: impl FnOnce(&Path) -> Result<(Descriptor, T), SinkError>) -> Result<T, SinkError> {
     let staging = ScratchDir::beside(path).map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
     let layout = staging.path();
-    let (entry, written) = write_blobs(image, layout, layout, reference, compression, cx)?;
+    let (entry, written) = fill(layout)?;
     add_to_index(layout, entry, Layout::Ours)?;
     write_file_atomically(path, |out| {
-        let mut tar = OuterTar { out, mtime: image.mtime, path: path.to_owned() };
+        let mut tar = OuterTar { out, mtime, path: path.to_owned() };
         tar.bytes("oci-layout", OCI_LAYOUT)?;
         tar.file("index.json", &layout.join("index.json"))?;
         let mut blobs: Vec<PathBuf> = fs::read_dir(layout.join("blobs/sha256"))
@@ -164,6 +202,44 @@ fn write_blobs<L: LayerTar>(
     Ok((entry, Written { reference: name.to_string(), config_digest, manifest_digest: Some(manifest_digest), layers }))
 }
 
+/// Writes every image of `images` into the layout `dir` (blobs and manifest, no `index.json`
+/// entry of its own), then their image index; returns the index's `index.json` entry.
+fn write_index_blobs<L: LayerTar>(
+    images: &[Image<L>],
+    dir: &Path,
+    reference: Option<&OciRef>,
+    compression: Compression,
+    keep: Option<&[u8]>,
+    cx: &Transport,
+) -> Result<(Descriptor, WrittenIndex), SinkError> {
+    let blobs_dir = dir.join("blobs/sha256");
+    let mut written = Vec::new();
+    let mut manifests = Vec::new();
+    for image in images {
+        let (entry, image_written) = write_blobs(image, dir, dir, None, compression, cx)?;
+        let digest = image_written.manifest_digest.expect("an OCI layout has manifests");
+        let bytes = fs::read(blobs_dir.join(digest.hex())).map_err(|source| SinkError::Write { path: blobs_dir.clone(), source })?;
+        debug_assert_eq!(entry.size(), bytes.len() as u64);
+        manifests.push((image.platform(), bytes));
+        written.push((image.platform(), image_written));
+    }
+    let listed: Vec<(Platform, &[u8])> = manifests.iter().map(|(p, b)| (p.clone(), b.as_slice())).collect();
+    let index = crate::index_bytes(&listed, keep);
+    let index_digest = write_blob(dir, &blobs_dir, &index)?;
+    let first = images.first().expect("an index of no images is refused before");
+    let (ref_name, name) = match reference {
+        Some(OciRef::Name(name)) => (name.to_string(), name.clone()),
+        Some(OciRef::Tag(tag)) => (tag.clone(), ImageName { name: first.name.clone(), tag: tag.clone() }),
+        None => {
+            let tag = first.tag.clone().unwrap_or_else(|| index_digest.hex()[..32].to_owned());
+            (tag.clone(), ImageName { name: first.name.clone(), tag })
+        }
+    };
+    let mut entry = descriptor(MediaType::ImageIndex, index.len() as u64, &index_digest);
+    entry.set_annotations(Some([(ANNOTATION_REF_NAME.to_owned(), ref_name), (ANNOTATION_CONTAINERD_NAME.to_owned(), name.full())].into()));
+    Ok((entry, WrittenIndex { reference: name.to_string(), index_digest, images: written }))
+}
+
 /// Whether a layout directory is a scratch directory of this process (which holds its lock
 /// already, and shares it with nobody) or may be shared.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -233,7 +309,29 @@ fn write_small_file(scratch: &Path, path: &Path, bytes: &[u8]) -> Result<(), Sin
 
 /// Reads the image tagged `tag` (or the only one) of an OCI layout or archive.
 pub(crate) fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>, platform: &Platform) -> Result<SourceImage, SourceError> {
-    let index_bytes = match &store {
+    let (descriptor, mut manifest_bytes, reference) = oci_entry(&store, path, tag)?;
+    let mut descriptor = descriptor; // An entry may be an index of images for several platforms: take `platform`'s.
+    if descriptor.media_type() == &MediaType::ImageIndex {
+        let nested: ImageIndex = parse_json(&manifest_bytes, path, "index")?;
+        descriptor = nested
+            .manifests()
+            .iter()
+            .find(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p)))
+            .cloned()
+            .ok_or_else(|| invalid(path, format!("the index has no image for {platform}")))?;
+        manifest_bytes = store.read(&descriptor, "manifest", path)?;
+    }
+    let manifest: ImageManifest = parse_json(&manifest_bytes, path, "manifest")?;
+    let config_bytes = store.read(manifest.config(), "config", path)?;
+    let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
+    let layers = layers_of(&manifest, &config, path)?;
+    Ok(SourceImage { config_bytes, config, manifest_bytes: Some(manifest_bytes), layers, reference, origin: None, blobs: Arc::new(store) })
+}
+
+/// The `index.json` entry `tag` names (the only entry, without a tag), the bytes of the
+/// document it points to (verified), and its reference name.
+fn oci_entry(store: &BlobStore, path: &Path, tag: Option<&str>) -> Result<(Descriptor, Vec<u8>, Option<String>), SourceError> {
+    let index_bytes = match store {
         BlobStore::Dir(dir) => {
             let index_path = dir.join("index.json");
             let read_err = |source| SourceError::Read { path: index_path.clone(), source };
@@ -252,23 +350,12 @@ pub(crate) fn open_oci(store: BlobStore, path: &Path, tag: Option<&str>, platfor
         None if index.manifests().len() == 1 => &index.manifests()[0],
         None => return Err(invalid(path, "holds several images: name one with :TAG")),
     };
-    // An entry may be an index of images for several platforms: take `platform`'s.
-    let reference = ref_name(descriptor);
-    let mut descriptor = descriptor.clone();
-    let mut manifest_bytes = store.read(&descriptor, "manifest", path)?;
-    if descriptor.media_type() == &MediaType::ImageIndex {
-        let nested: ImageIndex = parse_json(&manifest_bytes, path, "index")?;
-        descriptor = nested
-            .manifests()
-            .iter()
-            .find(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p)))
-            .cloned()
-            .ok_or_else(|| invalid(path, format!("the index has no image for {platform}")))?;
-        manifest_bytes = store.read(&descriptor, "manifest", path)?;
-    }
-    let manifest: ImageManifest = parse_json(&manifest_bytes, path, "manifest")?;
-    let config_bytes = store.read(manifest.config(), "config", path)?;
-    let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
-    let layers = layers_of(&manifest, &config, path)?;
-    Ok(SourceImage { config_bytes, config, manifest_bytes: Some(manifest_bytes), layers, reference, origin: None, blobs: Arc::new(store) })
+    let bytes = store.read(descriptor, "manifest", path)?;
+    Ok((descriptor.clone(), bytes, ref_name(descriptor)))
+}
+
+/// The image index the entry `tag` of the layout or archive points to, if it is one.
+pub(crate) fn oci_index(store: BlobStore, path: &Path, tag: Option<&str>) -> Result<Option<Vec<u8>>, SourceError> {
+    let (descriptor, bytes, _) = oci_entry(&store, path, tag)?;
+    Ok((descriptor.media_type() == &MediaType::ImageIndex).then_some(bytes))
 }

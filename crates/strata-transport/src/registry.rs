@@ -323,13 +323,65 @@ pub struct Pushed {
     pub made: usize,
     /// The layer blobs the manifest lists.
     pub layers: Vec<LayerBlob>,
+    /// The manifest's bytes.
+    pub manifest: Vec<u8>,
 }
 
 /// Pushes `image` to `dest`.
 pub fn push<L: LayerTar>(image: &Image<L>, dest: &RegistryRef, compression: Compression, cx: &crate::Transport) -> Result<Pushed, RegistryError> {
     let session = Session::new(&dest.host, &cx.registry)?;
     let runtime = session.runtime.clone();
-    runtime.block_on(push_async(&session, image, dest, compression, &cx.cache, &cx.progress))
+    runtime.block_on(push_async(&session, image, dest, compression, &cx.cache, &cx.progress, Target::Tag))
+}
+
+/// Pushes `images` (one a platform) to `dest` as one image: each manifest by its digest, then
+/// the image index listing them to the tag (which moves only with the index).
+pub fn push_index<L: LayerTar>(
+    images: &[Image<L>],
+    dest: &RegistryRef,
+    compression: Compression,
+    keep: Option<&[u8]>,
+    cx: &crate::Transport,
+) -> Result<crate::WrittenIndex, RegistryError> {
+    let session = Session::new(&dest.host, &cx.registry)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(async {
+        let mut pushed = Vec::new();
+        for image in images {
+            let one = push_async(&session, image, dest, compression, &cx.cache, &cx.progress, Target::Digest).await?;
+            let (uploaded, mounted, present, made) = (one.uploaded, one.mounted, one.present, one.made);
+            tracing::info!("{}: {uploaded} layers uploaded, {mounted} mounted, {present} already there; {made} layers read", image.platform());
+            pushed.push((image.platform(), one));
+        }
+        let listed: Vec<(Platform, &[u8])> = pushed.iter().map(|(p, one)| (p.clone(), one.manifest.as_slice())).collect();
+        let index = crate::index_bytes(&listed, keep);
+        let index_digest = Digest::of(&index);
+        let reference = client_ref(dest);
+        let body = bytes::Bytes::from(index);
+        let content_type = reqwest_header(MediaType::ImageIndex.to_string());
+        session.retry("uploading the index", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
+        let images = pushed
+            .into_iter()
+            .map(|(platform, one)| {
+                let written = crate::Written {
+                    reference: dest.image_name(),
+                    config_digest: one.config_digest,
+                    manifest_digest: Some(one.manifest_digest),
+                    layers: one.layers,
+                };
+                (platform, written)
+            })
+            .collect();
+        Ok(crate::WrittenIndex { reference: dest.image_name(), index_digest, images })
+    })
+}
+
+/// Where an image's manifest goes: to the reference's tag, or by its own digest (an image of
+/// an index, which the index's tag names).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Tag,
+    Digest,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -346,6 +398,7 @@ async fn push_async<L: LayerTar>(
     compression: Compression,
     cache: &LayerCache,
     progress: &Arc<dyn Progress>,
+    target: Target,
 ) -> Result<Pushed, RegistryError> {
     let reference = client_ref(dest);
     session.authenticate(&reference, RegistryOperation::Push).await?;
@@ -369,9 +422,13 @@ async fn push_async<L: LayerTar>(
         session.retry("uploading the config", || session.client.push_blob(&reference, bytes.clone(), &config_name)).await?;
     }
     let manifest_digest = Digest::of(&manifest);
-    let body = bytes::Bytes::from(manifest);
+    let body = bytes::Bytes::from(manifest.clone());
     let content_type = reqwest_header(MediaType::ImageManifest.to_string());
-    session.retry("uploading the manifest", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
+    let manifest_ref = match target {
+        Target::Tag => reference.clone(),
+        Target::Digest => Reference::with_digest(dest.host.clone(), dest.repository.clone(), manifest_digest.to_string()),
+    };
+    session.retry("uploading the manifest", || session.client.push_manifest_raw(&manifest_ref, body.clone(), content_type.clone())).await?;
 
     cache.remember_pushed(results.iter().map(|(layer, _)| &layer.digest), &here);
     let count = |o: Outcome| results.iter().filter(|(_, r)| *r == o).count();
@@ -383,6 +440,7 @@ async fn push_async<L: LayerTar>(
         present: count(Outcome::Present),
         made: push.made.into_inner(),
         layers: blobs,
+        manifest,
     })
 }
 
@@ -516,27 +574,7 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
     runtime.block_on(async {
         let mut reference = client_ref(source);
         session.authenticate(&reference, RegistryOperation::Pull).await?;
-        let accepted = [
-            "application/vnd.oci.image.manifest.v1+json",
-            "application/vnd.oci.image.index.v1+json",
-            "application/vnd.docker.distribution.manifest.v2+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
-        ];
-        // Each document is checked against the digest that named it (the reference's, then
-        // the index entry's) and against the digest the registry says it has.
-        let check = |(bytes, said): (bytes::Bytes, String), expected: Option<Digest>, what: &str| {
-            let actual = Digest::of(&bytes);
-            if let Some(expected) = expected.filter(|e| *e != actual) {
-                return Err(RegistryError::DigestMismatch { what: format!("{source}: {what}"), expected, actual });
-            }
-            if said != actual.to_string() {
-                return Err(RegistryError::DigestMismatch { what: format!("{source}: {what}"), expected: said.parse().unwrap_or(actual), actual });
-            }
-            Ok(bytes)
-        };
-        let found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
-        let mut bytes = check(found, source.digest, "manifest")?;
-        let is_index = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok().is_some_and(|v| v.get("manifests").is_some());
+        let mut bytes = fetch_manifest(&session, source, &reference, source.digest).await?;
         if is_index(&bytes) {
             let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
             let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| bad(format!("index: {e}")))?;
@@ -547,8 +585,7 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
                 .ok_or_else(|| bad(format!("the index has no image for {platform}")))?;
             let chosen_digest = Digest::try_from(chosen.digest()).map_err(|e| bad(format!("index: {e}")))?;
             reference = Reference::with_digest(source.host.clone(), source.repository.clone(), chosen_digest.to_string());
-            let found = session.retry("reading the manifest", || session.client.pull_manifest_raw(&reference, &session.auth, &accepted)).await?;
-            bytes = check(found, Some(chosen_digest), "manifest")?;
+            bytes = fetch_manifest(&session, source, &reference, Some(chosen_digest)).await?;
         }
         let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
         let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
@@ -566,6 +603,44 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
             return Err(RegistryError::DigestMismatch { what: format!("{source}: config"), expected: config_digest, actual: Digest::of(&config) });
         }
         Ok(Pulled { config, manifest_bytes: bytes.to_vec(), manifest, blobs: RegistryBlobs { session: Arc::new(session), reference: reference.clone() } })
+    })
+}
+
+/// Manifests and indexes strata reads.
+const ACCEPTED: [&str; 4] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// The manifest or index `reference` names, checked against the digest that named it
+/// (`expected`: the reference's, or an index entry's) and the one the registry says it has.
+async fn fetch_manifest(session: &Session, source: &RegistryRef, reference: &Reference, expected: Option<Digest>) -> Result<bytes::Bytes, RegistryError> {
+    let (bytes, said) = session.retry("reading the manifest", || session.client.pull_manifest_raw(reference, &session.auth, &ACCEPTED)).await?;
+    let actual = Digest::of(&bytes);
+    if let Some(expected) = expected.filter(|e| *e != actual) {
+        return Err(RegistryError::DigestMismatch { what: format!("{source}: manifest"), expected, actual });
+    }
+    if said != actual.to_string() {
+        return Err(RegistryError::DigestMismatch { what: format!("{source}: manifest"), expected: said.parse().unwrap_or(actual), actual });
+    }
+    Ok(bytes)
+}
+
+fn is_index(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes).ok().is_some_and(|v| v.get("manifests").is_some())
+}
+
+/// The image index `source` names, if it names one (checked as [`pull`] checks it).
+pub(crate) fn index_of(source: &RegistryRef, options: &RegistryOptions) -> Result<Option<Vec<u8>>, RegistryError> {
+    let session = Session::new(&source.host, options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(async {
+        let reference = client_ref(source);
+        session.authenticate(&reference, RegistryOperation::Pull).await?;
+        let bytes = fetch_manifest(&session, source, &reference, source.digest).await?;
+        Ok(is_index(&bytes).then(|| bytes.to_vec()))
     })
 }
 
@@ -615,8 +690,6 @@ pub(crate) fn open_registry(reference: &RegistryRef, platform: &Platform, option
     })
 }
 
-/// Layer `index` of `base` as a stream of chunks, read (and verified: a corrupt blob ends
-/// the stream with an error) on a blocking thread.
 /// `stream`, reported to `progress` as layer `index`'s upload of `size` bytes (from the
 /// start again when a failed upload is retried).
 fn counted<S>(
@@ -640,6 +713,8 @@ where
     })
 }
 
+/// Layer `index` of `base` as a stream of chunks, read (and verified: a corrupt blob ends
+/// the stream with an error) on a blocking thread.
 fn blob_stream(base: SourceImage, index: usize) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {

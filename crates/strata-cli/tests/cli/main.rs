@@ -14,6 +14,7 @@ mod inspect;
 mod layers;
 mod nixlib;
 mod oci;
+mod platforms;
 mod registry;
 mod sources;
 mod trust;
