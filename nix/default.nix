@@ -195,6 +195,36 @@ rec {
   };
   inherit (nix2container) buildLayer;
 
+  # One image for several platforms: `images` are images of this library (descriptions,
+  # stream scripts or tarballs), each for its own architecture (nix2container.buildImage's
+  # `arch`, buildImage's via its spec), named `name` and tagged `tag` (default: the hash of the
+  # index's file) as one. The result is the index's description, with the runners of
+  # nix2container-style images: copyToRegistry and copyTo write an OCI image index;
+  # copyToPodman and copyToDockerDaemon load the host's platform.
+  buildImageIndex = { name, tag ? null, images }:
+    let
+      fn = "buildImageIndex";
+      paths = storePaths fn "images" images;
+      file = derivation {
+        name = "image-index-${name}.json";
+        inherit system;
+        builder = strataBin;
+        args = [ "nix-builder" ];
+        strataMode = "spec";
+        strataSpecJson = builtins.toJSON { strata_index = { inherit name tag; images = if paths == [ ] then throw "strata.${fn}: `images` is empty" else paths; }; };
+      };
+      imageTag = if tag != null then tag else builtins.substring 0 32 (baseNameOf (toString file));
+      ref = "${name}:${imageTag}";
+    in
+    file // {
+      inherit imageTag;
+      imageName = name;
+      copyToDockerDaemon = runner "copy-to-docker-daemon" "stream ${file} -o docker-daemon:${ref}";
+      copyToPodman = runner "copy-to-podman" "stream ${file} -o podman:${ref}";
+      copyToRegistry = runner "copy-to-registry" "stream ${file} -o docker://${ref}";
+      copyTo = runner "copy-to" "stream ${file} -o";
+    };
+
   # The flake integration's images (the flake-parts module, mkImages): image options as plain
   # values to { name, result, do.run.*, do.copy.* }. See images.nix.
   inherit (import ./images.nix { inherit nix2container; }) mkImage imageSystemOf imageOptions imageConfigOptions;

@@ -40,8 +40,12 @@ let
           inherit (config) name tag copyToRoot layers maxLayers perms fromImage initializeNixDatabase;
           imageConfig = removeAttrs config.imageConfig [ "_module" ];
         };
+        # (What config defines may not depend on config's values: the check is in each value.)
+        one = value: if config.systems != null
+          then throw "${namespace}.images.${config.name}: `systems` (a multi-platform image) is made by strata.lib.mkImages and strata.lib.buildImageIndex; the flake-parts module makes one platform's image"
+          else value;
       in
-      { inherit (built) result do; };
+      { result = one built.result; do = one built.do; };
   };
 in
 {

@@ -35,6 +35,7 @@ let
     fromImage = { type = t: t.nullOr (t.either t.str t.package); default = null; description = "A base image: a docker-archive, or a reference (docker://…, oci:…)."; };
     initializeNixDatabase = { type = t: t.bool; default = false; description = "Whether the image holds a Nix database of its store paths."; };
     check = { type = t: t.bool; default = true; description = "Whether `nix flake check` builds this image."; };
+    systems = { type = t: t.nullOr (t.listOf t.str); default = null; description = "Linux systems to make the image for, as one multi-platform image (an OCI image index); default: the host's alone."; };
   };
 
   # The options of `imageConfig`, likewise.
@@ -63,7 +64,7 @@ in
   # system it is built for.
   mkImage = args@{ name, imageSystem, ... }:
     let
-      unknownArgs = filter (k: !(imageOptions ? ${k}) && k != "imageSystem") (attrNames args);
+      unknownArgs = filter (k: !(imageOptions ? ${k}) && k != "imageSystem" && k != "systems") (attrNames args);
       o = if unknownArgs == [ ] then defaultsOf imageOptions // args
         else throw "strata: image `${name}` has no option `${builtins.head unknownArgs}`";
       inherit (o) tag copyToRoot maxLayers perms fromImage initializeNixDatabase;

@@ -28,13 +28,28 @@ let
       lib = library { strata = if strata == null then strataFor system else strata system; inherit system; };
       imageSystem = lib.imageSystemOf system;
       args = name: { inherit name system imageSystem; pkgs = pkgsFor system; imagePkgs = pkgsFor imageSystem; };
+      # An image with `systems` is made for each (its function called with each system's
+      # imageSystem and imagePkgs) and joined in an image index: `result` stays the host's
+      # platform's image, `do.copy.toRegistry`/`to` write the index, `index` is it, and the
+      # check builds every platform.
       image = name: entry:
         let
-          set = if isFunction entry then entry (args name) else entry;
+          setFor = argsOf: if isFunction entry then entry argsOf else entry;
+          set = setFor (args name);
           unknown = filter (k: !(lib.imageOptions ? ${k})) (attrNames set);
+          one = lib.mkImage ({ inherit name imageSystem; } // removeAttrs set [ "systems" ]);
+          forSystem = s: lib.mkImage ({ inherit name; imageSystem = s; } // removeAttrs (setFor (args name // { imageSystem = s; imagePkgs = pkgsFor s; })) [ "systems" ]);
+          multi =
+            let
+              built = map forSystem set.systems;
+              index = lib.buildImageIndex { inherit name; tag = set.tag or null; images = map (b: b.result) built; };
+              host = if builtins.elem imageSystem set.systems then forSystem imageSystem else head built;
+            in
+            host // { inherit index; do = host.do // { copy = host.do.copy // { toRegistry = index.copyToRegistry; to = index.copyTo; }; }; };
         in
         if unknown != [ ] then throw "strata.mkImages: image `${name}` has no option `${head unknown}`"
-        else { check = set.check or true; built = lib.mkImage ({ inherit name imageSystem; } // set); };
+        else if (set.systems or null) == null then { check = set.check or true; built = one; checked = one.result; }
+        else { check = set.check or true; built = multi; checked = multi.index; };
     in
     builtins.mapAttrs image images;
 
@@ -44,6 +59,6 @@ in
   ${namespace} = builtins.mapAttrs (_: imgs: { images = builtins.mapAttrs (_: i: i.built) imgs; }) perSystem;
 } // (if checks then {
   checks = builtins.mapAttrs
-    (_: imgs: listToAttrs (map (n: { name = "${namespace}-image-${n}"; value = imgs.${n}.built.result; }) (filter (n: imgs.${n}.check) (attrNames imgs))))
+    (_: imgs: listToAttrs (map (n: { name = "${namespace}-image-${n}"; value = imgs.${n}.checked; }) (filter (n: imgs.${n}.check) (attrNames imgs))))
     perSystem;
 } else { })

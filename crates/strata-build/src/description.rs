@@ -9,6 +9,10 @@
 //! `digests` also holds, per codec the description was asked for (gzip by default), every
 //! layer's blob and the manifest they give (see [`RecordedDigests`]).
 //!
+//! An index description (the library's `buildImageIndex`) is `{"strata_index": {"name": …,
+//! "tag": …, "images": [<store paths of images the library built>]}}`: one image for several
+//! platforms, its tag by default the first 32 characters of the description's store path hash.
+//!
 //! A layer record is what a layer's own Nix build (the library's `buildLayer`) writes: the
 //! layer's content key ([`crate::layer::LayerRecipe::content_key`]), its roots, and its
 //! blobs. A description build takes the blobs of any of its layers with that content key from
@@ -94,5 +98,43 @@ impl LayerRecord {
             return Err(invalid(format!("more than {MAX_RECORD_BYTES} bytes")));
         }
         serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))
+    }
+}
+
+/// An index description, read and checked (see the module doc).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexDescription {
+    pub name: String,
+    pub tag: Option<String>,
+    /// The images' files: descriptions, stream scripts or docker-archives in the store.
+    pub images: Vec<PathBuf>,
+}
+
+impl IndexDescription {
+    /// The index description in the file `path`, if it is one.
+    pub fn read(path: &Path) -> Result<Option<IndexDescription>, DescriptionError> {
+        let invalid = |why: String| DescriptionError::Invalid { path: path.to_owned(), why };
+        let file = std::fs::File::open(path).map_err(|e| invalid(e.to_string()))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_RECORD_BYTES + 1), &mut text).map_err(|e| invalid(e.to_string()))?;
+        #[derive(Deserialize)]
+        struct Body {
+            strata_index: Option<serde_json::Value>,
+        }
+        let Ok(Body { strata_index: Some(index) }) = serde_json::from_str::<Body>(&text) else { return Ok(None) };
+        let index: IndexDescription = serde_json::from_value(index).map_err(|e| invalid(format!("strata_index: {e}")))?;
+        if index.images.is_empty() {
+            return Err(invalid("strata_index.images: an index of no images".to_owned()));
+        }
+        if let Some(bad) = index.images.iter().find(|p| crate::store::StorePath::containing(&p.to_string_lossy()).is_err()) {
+            return Err(invalid(format!("strata_index.images: {} is not in the Nix store", bad.display())));
+        }
+        Ok(Some(index))
+    }
+
+    /// The index's tag: its own, else the first 32 characters of its file's store hash.
+    pub fn tag_of(&self, path: &Path) -> String {
+        self.tag.clone().unwrap_or_else(|| path.file_name().map(|n| n.to_string_lossy().chars().take(32).collect()).unwrap_or_default())
     }
 }

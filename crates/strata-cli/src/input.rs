@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use strata_build::assemble::{assemble, previous_layers, ClosureSource};
+use strata_build::description::IndexDescription;
 use strata_build::layer::LayerRecipe;
 use strata_build::spec::ValidSpec;
 use strata_oci::compress::Compression;
@@ -15,7 +16,7 @@ use strata_oci::image::Image;
 use strata_oci::platform::Platform;
 use strata_oci::reference::{ImageRef, TRANSPORTS};
 use strata_transport::registry::RegistryOptions;
-use strata_transport::{default_compression, open_image, write_image, Transport, Written};
+use strata_transport::{choose_platform, default_compression, open_image, write_image, Transport, Written};
 
 use crate::nix_builder;
 
@@ -28,6 +29,8 @@ pub enum Input {
     },
     /// A stream script (`#!… strata stream`) or a description (its JSON with `digests`).
     Script(PathBuf),
+    /// An index description (the Nix library's `buildImageIndex`): one image a platform.
+    Index(PathBuf),
     Source(ImageRef),
 }
 
@@ -76,6 +79,9 @@ impl Input {
             .and_then(|mut f| f.read(&mut head))
             .with_context(|| format!("{arg}: not an image reference ({TRANSPORTS}) nor a readable file"))?;
         let head = &head[..read];
+        if head.starts_with(b"{") && String::from_utf8_lossy(head).contains("\"strata_index\"") {
+            return Ok(Input::Index(path.to_owned()));
+        }
         if head.starts_with(b"#!") || (head.starts_with(b"{") && String::from_utf8_lossy(head).contains("\"closure\"")) {
             return Ok(Input::Script(path.to_owned()));
         }
@@ -87,6 +93,27 @@ impl Input {
             return Ok(Input::Source(ImageRef::DockerArchive(Some(path.to_owned()))));
         }
         bail!("{arg}: not a spec (.toml, .json), a strata stream script or description, nor a docker-archive")
+    }
+
+    /// Every image it names: an index description's, named and tagged as the index; else the
+    /// one image (for the host's platform where a source holds several).
+    pub fn open_all(self, registry: &RegistryOptions) -> Result<Vec<Image<LayerRecipe>>> {
+        let Input::Index(path) = self else { return Ok(vec![self.open(registry, None)?.0]) };
+        let index = IndexDescription::read(&path)?.with_context(|| format!("{}: not an index description", path.display()))?;
+        let tag = index.tag_of(&path);
+        let mut images = Vec::new();
+        for file in &index.images {
+            let Loaded(mut image) =
+                Input::resolve(&file.to_string_lossy())?.open(registry, None).with_context(|| format!("{}: image {}", path.display(), file.display()))?;
+            (image.name, image.tag) = (index.name.clone(), Some(tag.clone()));
+            images.push(image);
+        }
+        Ok(images)
+    }
+
+    /// Whether it is an index description.
+    pub fn is_index(&self) -> bool {
+        matches!(self, Input::Index(_))
     }
 
     /// The image flake output `DIR#NAME` builds (see [`crate::flake`]).
@@ -104,6 +131,12 @@ impl Input {
                 (image, path.display().to_string())
             }
             Input::Script(path) => (nix_builder::read_stream_script(&path)?, path.display().to_string()),
+            Input::Index(path) => {
+                let images = Input::Index(path.clone()).open_all(registry)?;
+                let platform = platform.cloned().unwrap_or_else(Platform::host);
+                let chosen = choose_platform(&images, &platform).with_context(|| path.display().to_string())?;
+                return Ok(Loaded(chosen.clone()));
+            }
             Input::Source(reference) => {
                 let source = open_image(&reference, platform.unwrap_or(&Platform::host()), registry).with_context(|| format!("reading {reference}"))?;
                 return Ok(Loaded(Image::copy_of(source, None)));

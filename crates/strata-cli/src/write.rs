@@ -32,12 +32,15 @@ pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
     let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
     check_json_destination(args.json, &dest)?;
     let compression = args.compress.map(Into::into);
-    if inputs.len() == 1 {
+    if inputs.len() == 1 && !inputs[0].is_index() {
         let input = inputs.into_iter().next().expect("one input");
         let written = input.open(&cx.registry, args.platform.as_ref())?.write(&dest, compression, cx)?;
         return print_json(args.json, &dest, &written);
     }
-    let images = inputs.into_iter().map(|input| input.open(&cx.registry, None).map(|Loaded(image)| image)).collect::<Result<Vec<_>>>()?;
+    let mut images = Vec::new();
+    for input in inputs {
+        images.extend(input.open_all(&cx.registry)?);
+    }
     write_images(images, &dest, compression, args.platform.as_ref(), None, args.json, cx)
 }
 
@@ -81,7 +84,12 @@ fn write_images(
 /// `strata stream`: the image a stream script or description describes.
 pub fn stream(args: StreamArgs, cx: &Transport) -> Result<()> {
     let dest = destination(args.output.as_deref(), &args.script.display().to_string())?;
-    Input::Script(args.script).open(&cx.registry, None)?.write(&dest, args.compress.map(Into::into), cx)?;
+    let compression = args.compress.map(Into::into);
+    let input = Input::resolve(&args.script.to_string_lossy())?;
+    if input.is_index() {
+        return write_images(input.open_all(&cx.registry)?, &dest, compression, None, None, false, cx);
+    }
+    Input::Script(args.script).open(&cx.registry, None)?.write(&dest, compression, cx)?;
     Ok(())
 }
 

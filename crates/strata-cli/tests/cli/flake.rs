@@ -325,3 +325,39 @@ fn flake_parts_module_template_and_n2c_namespace() {
     let tag = nix_eval(&format!("path:{}#n2c.x86_64-linux.images.basic.result.imageTag", n2c.display()));
     let _ = Command::new("podman").args(["rmi", "-f", &format!("basic:{tag}")]).output();
 }
+
+/// #13: an image of `lib.mkImages` naming two systems is made for each (its function called
+/// with each system's `imagePkgs`) and joined in an image index: `result` is the host's image,
+/// `do.copy.to` writes the index, and `nix flake check` builds every platform.
+#[test]
+fn mk_images_makes_one_image_for_several_systems() {
+    let inputs = Inputs::new(None);
+    let overrides = [("nixpkgs", inputs.path("nixpkgs")), ("strata", inputs.path("strata"))];
+    let flake = inputs.dir.path().join("multi");
+    std::fs::create_dir_all(&flake).unwrap();
+    std::fs::write(
+        flake.join("flake.nix"),
+        r#"{ inputs.nixpkgs.url = "github:NixOS/nixpkgs"; inputs.strata.url = "github:strata-oci/strata";
+  outputs = { self, nixpkgs, strata }: strata.lib.mkImages {
+    inherit nixpkgs; systems = [ "x86_64-linux" ];
+    images.machine = { imagePkgs, ... }: {
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      tag = "v1";
+      imageConfig.entrypoint = [ "${imagePkgs.busybox}/bin/sh" "-c" "uname -m" ];
+    };
+  }; }"#,
+    )
+    .unwrap();
+    inputs.lock(&flake, &overrides);
+    let attr = |path: &str| format!("path:{}#strata.x86_64-linux.images.machine.{path}", flake.display());
+    let layout = format!("oci:{}:v1", inputs.dir.path().join("layout").display());
+    run_ok(nix(&["run", &attr("do.copy.to"), "--", &layout]));
+    let index: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", "--raw", &layout]))).unwrap();
+    let architectures: Vec<&str> = index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    assert_eq!(architectures, ["amd64", "arm64"]);
+    // `result` is the host's platform's image.
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(nix_build(&attr("result"))).unwrap()).unwrap();
+    assert_eq!(result["spec"]["architecture"], "amd64");
+    run_ok(nix(&["flake", "check", &format!("path:{}", flake.display())]));
+    assert!(Path::new(&nix_eval(&attr("index.outPath"))).exists(), "nix flake check built the index (and so every platform)");
+}
