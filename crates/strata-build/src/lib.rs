@@ -15,8 +15,8 @@
 //!
 //! Second front ends: [`containerize`] (an environment manifest made into a spec plus a
 //! layer holding the merged profile) and [`description`] (the stream scripts and
-//! descriptions the Nix library builds). [`nixdb`] makes the Nix database layer; [`nix`] starts
-//! every `nix` process.
+//! descriptions the Nix library builds). [`nixdb`] makes the Nix database layer; [`sbom`] the
+//! bill of materials of an image's store paths; [`nix`] starts every `nix` process.
 //!
 //! This crate reads the Nix store and runs `nix`; it writes no image anywhere (that is
 //! strata-transport's work) and depends on no strata crate but strata-oci and
@@ -30,5 +30,6 @@ pub mod layer;
 pub mod nix;
 pub mod nixdb;
 pub mod plan;
+pub mod sbom;
 pub mod spec;
 pub mod store;

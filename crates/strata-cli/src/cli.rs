@@ -78,6 +78,12 @@ pub enum Command {
         after_help = "A and B are images as `strata inspect` takes them: specs, ./result, layout directories or source references. Layers are the same when their diff IDs are; a store path changed when one of the same package name (Nix's name without its version) has another hash or version. The bytes a push of B uploads are those of B's blobs A does not have (as inspected: a spec's layers uncompressed).\nThis answers \"why did this digest change?\": the store paths named are the ones whose change made new layers."
     )]
     Diff(DiffArgs),
+    /// Write the image's software bill of materials: every Nix store path a package (name,
+    /// version, NAR hash, dependencies, the layer holding it); SPDX 2.3 or CycloneDX 1.5 JSON
+    #[command(
+        after_help = "IMAGE is anything `strata inspect` takes. Names and versions come from each store path's derivation (pname, version) where the local store has it, else from the path's name; hashes and dependencies from the local store; layers without store paths (a base image's) are named as such, not guessed at. The document's times and identifiers come from the image: the same image gives the same bytes."
+    )]
+    Sbom(SbomArgs),
     /// Show or clear the layer cache (what strata knows of layers it made: their digests)
     #[command(
         after_help = "The cache is in $STRATA_CACHE_DIR, else $XDG_CACHE_HOME/strata, else ~/.cache/strata; every sink uses it to skip hashing and compressing layers made before. It holds digests, not blobs, and keeps within its bound by dropping the least recently used entries. A lost or damaged entry only costs time."
@@ -111,6 +117,28 @@ pub struct InspectArgs {
     /// The manifest's bytes, as they are (its digest is the image's)
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SbomArgs {
+    /// The image: a spec, ./result, a layout directory or a source reference
+    pub image: String,
+    /// The document's format
+    #[arg(long, value_enum, default_value = "spdx")]
+    pub format: SbomFormat,
+    /// Write it to FILE (atomically) instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Licences by store path, a JSON object of base names to SPDX expressions (what the Nix
+    /// library passes from its packages' meta)
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub licenses: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SbomFormat {
+    Spdx,
+    Cyclonedx,
 }
 
 #[derive(clap::Args)]

@@ -1,6 +1,7 @@
 //! `strata inspect`: what is inside an image, and which store paths each layer holds;
 //! `strata diff`: what changed between two images, layer by layer and store path by store
-//! path, and what a push of the second after the first uploads.
+//! path, and what a push of the second after the first uploads; `strata sbom`: the image's
+//! bill of materials (strata-build's `sbom`).
 //!
 //! An image read from a source (`oci:`, `oci-archive:`, `docker://`, `docker-archive:`) is
 //! shown as the source holds it: its manifest (a docker-archive has none), its config and
@@ -19,6 +20,7 @@ use std::io::{self, Write};
 use anyhow::{bail, Context, Result};
 use strata_build::assemble::store_paths_of_comment;
 use strata_build::layer::LayerRecipe;
+use strata_build::sbom::Bom;
 use strata_build::store::package_and_version;
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
@@ -26,7 +28,7 @@ use strata_oci::image::{ConfigRecipe, Image, LayerSource, LayerTar, SourceImage}
 use strata_oci::manifest::LayerBlob;
 use strata_transport::{write_docker_archive, Transport};
 
-use crate::cli::{DiffArgs, InspectArgs};
+use crate::cli::{DiffArgs, InspectArgs, SbomArgs, SbomFormat};
 use crate::input::{Input, Loaded};
 
 /// What inspect shows of an image.
@@ -178,6 +180,33 @@ fn layer_store_paths(base: &SourceImage, j: usize, names: &[Option<Vec<String>>]
     io::copy(&mut reader, &mut io::sink()).with_context(what)?;
     reader.finish().with_context(what)?;
     Ok(paths.into_iter().collect())
+}
+
+pub fn sbom(args: SbomArgs, cx: &Transport) -> Result<()> {
+    let view = open_view(&args.image, cx)?;
+    let config: serde_json::Value = serde_json::from_slice(&view.config).context("the image's config")?;
+    let created = config.get("created").and_then(|c| c.as_str()).unwrap_or("1970-01-01T00:00:00Z").to_owned();
+    let digest = view.manifest.as_deref().map_or_else(|| Digest::of(&view.config), Digest::of);
+    let layers: Vec<(Digest, Vec<String>)> = view.layers.iter().map(|(blob, paths)| (blob.digest, paths.clone())).collect();
+    let mut bom = Bom::of(view.reference.clone(), digest, created, &layers, None)?;
+    if let Some(file) = &args.licenses {
+        let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let licenses: std::collections::BTreeMap<String, String> = serde_json::from_slice(&text).with_context(|| format!("{}: licences", file.display()))?;
+        bom.licenses(&licenses);
+    }
+    let document = match args.format {
+        SbomFormat::Spdx => bom.spdx(),
+        SbomFormat::Cyclonedx => bom.cyclonedx(),
+    };
+    let text = serde_json::to_vec_pretty(&document)?;
+    match &args.output {
+        Some(path) => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            strata_scratch::ScratchFile::write_whole(dir, "strata-sbom", path, &text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => io::stdout().lock().write_all(&text)?,
+    }
+    Ok(())
 }
 
 /// A store path's package name (its name without hash and version), from its base name.

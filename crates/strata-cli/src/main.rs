@@ -100,6 +100,7 @@ fn run(cli: Cli) -> Result<Status> {
         Command::Containerize(args) => write::containerize(args, &cx)?,
         Command::Inspect(args) => inspect::inspect(args, &cx)?,
         Command::Diff(args) => inspect::diff(args, &cx)?,
+        Command::Sbom(args) => inspect::sbom(args, &cx)?,
         Command::Cache { action } => about::cache(&cx.cache, action.unwrap_or(CacheAction::Show))?,
         Command::Completions { shell } => about::completions(shell),
         Command::Man { output } => about::man_pages(output.as_deref())?,

@@ -16,5 +16,6 @@ mod nixlib;
 mod oci;
 mod platforms;
 mod registry;
+mod sbom;
 mod sources;
 mod trust;

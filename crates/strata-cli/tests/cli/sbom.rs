@@ -1,0 +1,110 @@
+//! `strata sbom` (#14): SPDX 2.3 checked by pyspdxtools and CycloneDX 1.5 by
+//! cyclonedx-python-lib's strict validator (both installed by scripts/setup; each is first
+//! shown to refuse a broken document, so a pass means something), agreeing with Nix on the
+//! hello + glibc closure: exactly those two packages, their versions, NAR hashes and the
+//! dependency between them.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::*;
+
+const VENV: &str = "/opt/strata-test/venv/bin";
+
+fn pyspdxtools(file: &Path) -> std::process::Output {
+    Command::new(format!("{VENV}/pyspdxtools")).arg("-i").arg(file).output().expect("pyspdxtools (run scripts/setup)")
+}
+
+fn cyclonedx_validate(file: &Path) -> std::process::Output {
+    Command::new(format!("{VENV}/python"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cyclonedx_validate.py"))
+        .arg(file)
+        .output()
+        .expect("cyclonedx-python-lib (run scripts/setup)")
+}
+
+/// `nix-store --query --hash` as hex.
+fn nar_hash_hex(path: &str) -> String {
+    let hash = stdout_of(Command::new("nix-store").args(["--query", "--hash", path]));
+    let nix32 = hash.trim().trim_start_matches("sha256:");
+    stdout_of(Command::new("nix-hash").args(["--type", "sha256", "--to-base16", nix32])).trim().to_owned()
+}
+
+#[test]
+fn sboms_of_hello_validate_and_agree_with_nix() {
+    let (hello, glibc) = (fixture("hello"), fixture("glibc"));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "hello.toml", &format!("name = \"hello\"\ntag = \"1\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"));
+    let spdx = dir.path().join("hello.spdx.json");
+    run_ok(strata(&["sbom", spec.to_str().unwrap(), "-o", spdx.to_str().unwrap()]));
+    let out = pyspdxtools(&spdx);
+    assert!(out.status.success(), "pyspdxtools: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spdx).unwrap()).unwrap();
+    let broken = dir.path().join("broken.spdx.json");
+    let mut bad = doc.clone();
+    bad["packages"][1]["SPDXID"] = "not an SPDX id".into();
+    std::fs::write(&broken, bad.to_string()).unwrap();
+    assert!(!pyspdxtools(&broken).status.success(), "pyspdxtools accepts a broken document: it proves nothing");
+
+    // Exactly hello and glibc (besides the image itself), with versions and NAR hashes.
+    let packages: Vec<&serde_json::Value> = doc["packages"].as_array().unwrap().iter().filter(|p| p["SPDXID"] != "SPDXRef-Image").collect();
+    let named: Vec<(&str, &str)> = packages.iter().map(|p| (p["name"].as_str().unwrap(), p["versionInfo"].as_str().unwrap())).collect();
+    assert_eq!(named, [("glibc", "2.36"), ("hello", "2.12")]);
+    for (package, path) in packages.iter().zip([&glibc, &hello]) {
+        assert_eq!(package["checksums"][0]["checksumValue"], nar_hash_hex(path), "{path}");
+        assert!(package["comment"].as_str().unwrap().contains(path.as_str()));
+    }
+    let depends: Vec<(String, String)> = doc["relationships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["relationshipType"] == "DEPENDS_ON")
+        .map(|r| (r["spdxElementId"].as_str().unwrap().to_owned(), r["relatedSpdxElement"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(depends, [(packages[1]["SPDXID"].as_str().unwrap().to_owned(), packages[0]["SPDXID"].as_str().unwrap().to_owned())], "hello depends on glibc");
+    // The same image, the same bytes.
+    assert_eq!(run_ok(strata(&["sbom", spec.to_str().unwrap()])).stdout, std::fs::read(&spdx).unwrap());
+
+    let cdx = dir.path().join("hello.cdx.json");
+    run_ok(strata(&["sbom", spec.to_str().unwrap(), "--format", "cyclonedx", "-o", cdx.to_str().unwrap()]));
+    let out = cyclonedx_validate(&cdx);
+    assert!(out.status.success(), "cyclonedx: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cdx).unwrap()).unwrap();
+    let mut bad = doc.clone();
+    bad["components"][0]["type"] = "no such type".into();
+    std::fs::write(&broken, bad.to_string()).unwrap();
+    assert!(!cyclonedx_validate(&broken).status.success(), "the CycloneDX validator accepts a broken document: it proves nothing");
+    let components: Vec<(&str, &str)> =
+        doc["components"].as_array().unwrap().iter().map(|c| (c["name"].as_str().unwrap(), c["version"].as_str().unwrap())).collect();
+    assert_eq!(components, [("glibc", "2.36"), ("hello", "2.12")]);
+    let hello_ref = hello.trim_start_matches("/nix/store/");
+    let hello_deps = doc["dependencies"].as_array().unwrap().iter().find(|d| d["ref"] == hello_ref).unwrap();
+    assert_eq!(hello_deps["dependsOn"], serde_json::json!([glibc.trim_start_matches("/nix/store/")]));
+}
+
+/// Layers of a base image made by another tool (umoci: a file, no Nix store) are named as
+/// holding no store paths; nothing is guessed about them.
+#[test]
+fn a_base_image_without_nix_is_said_so() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("base");
+    let bundle = dir.path().join("bundle");
+    run_ok(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run_ok(Command::new("umoci").args(["new", "--image"]).arg(format!("{}:base", layout.display())));
+    run_ok(Command::new("umoci").args(["unpack", "--rootless", "--image"]).arg(format!("{}:base", layout.display())).arg(&bundle));
+    std::fs::write(bundle.join("rootfs/motd"), "not from Nix\n").unwrap();
+    run_ok(Command::new("umoci").args(["repack", "--image"]).arg(format!("{}:base", layout.display())).arg(&bundle));
+    let spec = write_spec(
+        dir.path(),
+        "over.toml",
+        &format!("name = \"over\"\ntag = \"1\"\nfrom_image = \"oci:{}:base\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n", layout.display()),
+    );
+    let spdx = dir.path().join("over.spdx.json");
+    run_ok(strata(&["sbom", spec.to_str().unwrap(), "-o", spdx.to_str().unwrap()]));
+    assert!(pyspdxtools(&spdx).status.success());
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spdx).unwrap()).unwrap();
+    let comment = doc["comment"].as_str().unwrap();
+    assert!(comment.contains("Layers 1 (sha256:") && comment.contains("hold no Nix store paths"), "{comment}");
+    assert_eq!(doc["packages"].as_array().unwrap().len(), 3, "the image, hello and glibc: nothing made up for the base layer");
+}
