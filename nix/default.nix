@@ -153,7 +153,7 @@ rec {
           extra.strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
         };
       in
-      record // { _strataLayer = true; strataChain = chain; inherit (own) roots copy_to_root; };
+      record // { _strataLayer = true; strataChain = chain; strataPackages = toList deps ++ toList copyToRoot; inherit (own) roots copy_to_root; };
 
     buildImage =
       { name, tag ? null, config ? { }, copyToRoot ? [ ], fromImage ? null, maxLayers ? 100, layers ? [ ]
@@ -182,8 +182,29 @@ rec {
           };
         };
         ref = "${name}:${described.imageTag}";
+        # The licences of the packages given (their meta; the store keeps none), by base name.
+        given = copyToRoot ++ builtins.concatMap (l: (layerOf fn l).strataPackages or [ ]) layers;
+        licenses = builtins.listToAttrs (builtins.concatMap
+          (x:
+            let license = if builtins.isAttrs x then x.meta.license or null else null;
+              ids = map (l: l.spdxId or null) (if builtins.isList license then license else [ license ]);
+            in if license == null || builtins.elem null ids then [ ] else [{ name = builtins.unsafeDiscardStringContext (baseNameOf (toString x)); value = builtins.concatStringsSep " AND " ids; }])
+          (toList given));
+        sbomOf = format: derivation {
+          name = "${name}-sbom.${if format == "spdx" then "spdx" else "cdx"}.json";
+          inherit system;
+          builder = strataBin;
+          args = [ "nix-builder" ];
+          strataMode = "sbom";
+          strataImage = described;
+          strataSbomFormat = format;
+          strataLicenses = builtins.toJSON licenses;
+        };
       in
       described // {
+        # The image's bill of materials, built by Nix: SPDX 2.3 (`sbom`) or CycloneDX 1.5.
+        sbom = sbomOf "spdx";
+        sbomCycloneDX = sbomOf "cyclonedx";
         copyToDockerDaemon = runner "copy-to-docker-daemon" "stream ${described} -o docker-daemon:${ref}";
         copyToPodman = runner "copy-to-podman" "stream ${described} -o podman:${ref}";
         copyToRegistry = runner "copy-to-registry" "stream ${described} -o docker://${ref}";

@@ -105,7 +105,9 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
             root_entries.extend(scan_tree(tree.as_ref(), b"")?.0);
         }
         let comment = describe(&layer.store_paths, &layer.root_trees);
-        layers.push(LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment));
+        let mut recipe = LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment);
+        recipe.root_trees = layer.root_trees.clone();
+        layers.push(recipe);
     }
     if let Some(entries) = database {
         layers.push(LayerRecipe::new(vec![], entries, &[], spec.mtime, "Nix database: /nix/var/nix/db".to_owned()));
@@ -261,4 +263,12 @@ mod tests {
         let alone = serde_json::to_value(config_of(&spec, None, "1970-01-01T00:00:01Z", "amd64")).unwrap();
         assert_eq!(alone["config"]["Env"], serde_json::json!(["A=top"]));
     }
+}
+
+/// The store paths (base names) a built layer holds or lays over `/`: what a bill of
+/// materials lists for it.
+pub fn packages_of(recipe: &LayerRecipe) -> Vec<String> {
+    let mut paths = store_paths_of_comment(&recipe.comment);
+    paths.extend(recipe.root_trees.iter().map(|t| t.base_name().to_owned()));
+    paths
 }

@@ -33,6 +33,7 @@ use strata_oci::ustar::{header, USTAR_MAX_ID, USTAR_MAX_SIZE};
 use tar::EntryType;
 
 use crate::spec::PermRule;
+use crate::store::StorePath;
 use strata_oci::digest::{Digest, HashingWriter};
 use strata_oci::image::{LayerTar, TarError};
 
@@ -261,6 +262,9 @@ pub struct LayerRecipe {
     pub mtime: u64,
     /// What the layer holds, for the image history.
     pub comment: String,
+    /// The store paths whose trees the layer lays over `/` (not in its tar's `nix/store`): what
+    /// a bill of materials lists with the layer's store paths.
+    pub root_trees: Vec<StorePath>,
 }
 
 impl LayerRecipe {
@@ -291,7 +295,7 @@ impl LayerRecipe {
                 }
             }
         }
-        LayerRecipe { entries, mtime, comment }
+        LayerRecipe { entries, mtime, comment, root_trees: vec![] }
     }
 
     /// A digest of everything the tar's bytes depend on, without reading file contents:

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 
 use anyhow::{bail, Context, Result};
-use strata_build::assemble::store_paths_of_comment;
+use strata_build::assemble::{packages_of, store_paths_of_comment};
 use strata_build::layer::LayerRecipe;
 use strata_build::sbom::Bom;
 use strata_build::store::package_and_version;
@@ -38,6 +38,9 @@ struct View {
     manifest: Option<Vec<u8>>,
     config: Vec<u8>,
     layers: Vec<(LayerBlob, Vec<String>)>,
+    /// Per layer, the store paths it holds and those whose trees it lays over `/` (what a bill
+    /// of materials lists).
+    packages: Vec<Vec<String>>,
 }
 
 /// Opens `image` (anything `inspect` takes) and views it.
@@ -117,7 +120,8 @@ fn view_of(image: &Image<LayerRecipe>, cx: &Transport) -> Result<View> {
         let names = history_store_paths(base);
         let layers = base.layers.iter().enumerate().map(|(j, blob)| Ok((blob.clone(), layer_store_paths(base, j, &names)?))).collect::<Result<Vec<_>>>()?;
         let reference = base.reference.clone().unwrap_or_else(|| format!("{}:{}", image.name, image.tag.as_deref().unwrap_or("latest")));
-        return Ok(View { reference, manifest: base.manifest_bytes.clone(), config: base.config_bytes.clone(), layers });
+        let packages = layers.iter().map(|(_, paths)| paths.clone()).collect();
+        return Ok(View { reference, manifest: base.manifest_bytes.clone(), config: base.config_bytes.clone(), layers, packages });
     }
     // Built: as an OCI image with uncompressed layers, hashed (or known to the cache), not written.
     let written = write_docker_archive(image, io::sink(), Compression::None, None, cx)?;
@@ -126,14 +130,19 @@ fn view_of(image: &Image<LayerRecipe>, cx: &Transport) -> Result<View> {
     let manifest = image.manifest_checked(&config, &written.layers)?;
     let base_names = image.base.as_ref().map(history_store_paths).unwrap_or_default();
     let mut layers = Vec::new();
+    let mut packages = Vec::new();
     for (source, blob) in image.layer_sources().into_iter().zip(written.layers) {
-        let paths = match source {
-            LayerSource::Built(recipe) => store_paths_of_comment(recipe.comment()),
-            LayerSource::Base(base, j) => layer_store_paths(base, j, &base_names)?,
+        let (paths, with_trees) = match source {
+            LayerSource::Built(recipe) => (store_paths_of_comment(recipe.comment()), packages_of(recipe)),
+            LayerSource::Base(base, j) => {
+                let paths = layer_store_paths(base, j, &base_names)?;
+                (paths.clone(), paths)
+            }
         };
         layers.push((blob, paths));
+        packages.push(with_trees);
     }
-    Ok(View { reference: written.reference, manifest: Some(manifest), config, layers })
+    Ok(View { reference: written.reference, manifest: Some(manifest), config, layers, packages })
 }
 
 /// The store paths strata's history comments name for each layer of `base` (`None` where a
@@ -187,7 +196,7 @@ pub fn sbom(args: SbomArgs, cx: &Transport) -> Result<()> {
     let config: serde_json::Value = serde_json::from_slice(&view.config).context("the image's config")?;
     let created = config.get("created").and_then(|c| c.as_str()).unwrap_or("1970-01-01T00:00:00Z").to_owned();
     let digest = view.manifest.as_deref().map_or_else(|| Digest::of(&view.config), Digest::of);
-    let layers: Vec<(Digest, Vec<String>)> = view.layers.iter().map(|(blob, paths)| (blob.digest, paths.clone())).collect();
+    let layers: Vec<(Digest, Vec<String>)> = view.layers.iter().zip(&view.packages).map(|((blob, _), packages)| (blob.digest, packages.clone())).collect();
     let mut bom = Bom::of(view.reference.clone(), digest, created, &layers, None)?;
     if let Some(file) = &args.licenses {
         let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;

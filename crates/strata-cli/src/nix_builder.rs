@@ -21,19 +21,27 @@
 //! - `layer` (`buildLayer`): the record of one layer, the last explicit layer of the spec
 //!   (the ones before it are what it leaves out): its content key, store paths, and blobs
 //!   uncompressed and in `strataCompressor`'s codec.
+//! - `sbom`: the bill of materials of the description `strataImage` in `strataSbomFormat`
+//!   (spdx, cyclonedx), with the licences `strataLicenses` (JSON, base name to SPDX
+//!   expression) the library took from its packages' `meta`; layers named by the digests the
+//!   description recorded, nothing hashed but the store paths' NARs.
 //! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use strata_build::assemble::packages_of;
 use strata_build::assemble::ClosureSource;
 use strata_build::description::{Description, LayerRecord};
 use strata_build::layer::LayerRecipe;
+use strata_build::sbom::Bom;
 use strata_build::spec::{Spec, ValidSpec};
 use strata_oci::compress::Compression;
-use strata_oci::image::{record_blobs, Image};
+use strata_oci::digest::Digest;
+use strata_oci::image::{record_blobs, ConfigRecipe, Image, LayerSource};
 use strata_transport::registry::RegistryOptions;
 use strata_transport::{write_docker_archive, Transport};
 
@@ -51,6 +59,7 @@ pub fn build() -> Result<()> {
         "stream" => stream_script(&out, false),
         "description" => stream_script(&out, true),
         "layer" => layer_record(&out),
+        "sbom" => sbom(&out),
         "executable" => {
             let path = out.join(env("strataPath")?);
             std::fs::create_dir_all(path.parent().unwrap_or(&out))?;
@@ -58,7 +67,7 @@ pub fn build() -> Result<()> {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
             Ok(())
         }
-        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer or executable)"),
+        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom or executable)"),
     }
 }
 
@@ -154,6 +163,45 @@ fn layer_record(out: &Path) -> Result<()> {
     let recipe = image.layers.last().context("the layer's spec has no layer")?;
     let record = LayerRecord { content_key: recipe.content_key(), roots, blobs: record_blobs(recipe, &codecs_recorded()?)? };
     std::fs::write(out, serde_json::to_string_pretty(&record)? + "\n").with_context(|| format!("writing {}", out.display()))
+}
+
+/// The bill of materials of a description, from what it recorded (see the module doc).
+fn sbom(out: &Path) -> Result<()> {
+    let path = PathBuf::from(env("strataImage")?);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let description = Description::parse(&text, &path)?;
+    let recorded = description.recorded.clone().with_context(|| format!("{}: a description records its digests", path.display()))?;
+    let closure = description.closure.clone();
+    let mut image = plan_image(description.spec, &ClosureSource::Graph(description.closure), &RegistryOptions::default(), None)?;
+    image.recorded = Some(recorded.clone());
+    let codec = recorded.codec();
+    let layers: Vec<(Digest, Vec<String>)> = image
+        .layer_sources()
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let digest = image.recorded_blob(i, codec).map_or(recorded.diff_ids[i], |b| b.digest);
+            let paths = match source {
+                LayerSource::Built(recipe) => packages_of(recipe),
+                LayerSource::Base(..) => vec![],
+            };
+            (digest, paths)
+        })
+        .collect();
+    let manifest = recorded.compressed.iter().find(|c| c.codec == codec.id()).map_or(recorded.manifest, |c| c.manifest);
+    let created = match &image.config {
+        ConfigRecipe::Built(config) => config.created().clone().unwrap_or_default(),
+        ConfigRecipe::Verbatim => String::new(),
+    };
+    let mut bom = Bom::of(image.reference(&recorded.config), manifest, created, &layers, Some(&closure))?;
+    let licenses: BTreeMap<String, String> = serde_json::from_str(&env("strataLicenses")?).context("strataLicenses")?;
+    bom.licenses(&licenses);
+    let document = match env("strataSbomFormat")?.as_str() {
+        "spdx" => bom.spdx(),
+        "cyclonedx" => bom.cyclonedx(),
+        other => bail!("strataSbomFormat: {other:?} is not one of spdx, cyclonedx"),
+    };
+    std::fs::write(out, serde_json::to_vec_pretty(&document)?).with_context(|| format!("writing {}", out.display()))
 }
 
 /// `strata stream SCRIPT`: the interpreter of stream executables; plans the image described
