@@ -192,6 +192,14 @@ pub fn previous_layers(config: &oci_spec::image::ImageConfiguration) -> Vec<Vec<
     history.iter().filter_map(|entry| entry.comment().as_deref()).map(store_paths_of_comment).filter(|layer| !layer.is_empty()).collect()
 }
 
+/// The store paths (base names) a built layer holds or lays over `/`: what a bill of
+/// materials lists for it.
+pub fn packages_of(recipe: &LayerRecipe) -> Vec<String> {
+    let mut paths = store_paths_of_comment(&recipe.comment);
+    paths.extend(recipe.root_trees.iter().map(|t| t.base_name().to_owned()));
+    paths
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,12 +271,4 @@ mod tests {
         let alone = serde_json::to_value(config_of(&spec, None, "1970-01-01T00:00:01Z", "amd64")).unwrap();
         assert_eq!(alone["config"]["Env"], serde_json::json!(["A=top"]));
     }
-}
-
-/// The store paths (base names) a built layer holds or lays over `/`: what a bill of
-/// materials lists for it.
-pub fn packages_of(recipe: &LayerRecipe) -> Vec<String> {
-    let mut paths = store_paths_of_comment(&recipe.comment);
-    paths.extend(recipe.root_trees.iter().map(|t| t.base_name().to_owned()));
-    paths
 }
