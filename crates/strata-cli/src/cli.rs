@@ -84,6 +84,19 @@ pub enum Command {
         after_help = "IMAGE is anything `strata inspect` takes. Names and versions come from each store path's derivation (pname, version) where the local store has it, else from the path's name; hashes and dependencies from the local store; layers without store paths (a base image's) are named as such, not guessed at. The document's times and identifiers come from the image: the same image gives the same bytes."
     )]
     Sbom(SbomArgs),
+    /// Make a signing key pair in cosign's format: NAME.key (encrypted) and NAME.pub
+    #[command(
+        after_help = "The private key is ECDSA P-256, PKCS#8, encrypted with scrypt and NaCl secretbox under the PEM type ENCRYPTED COSIGN PRIVATE KEY, as cosign writes it (podman reads it too). The password is $COSIGN_PASSWORD (empty allowed), else asked on the terminal."
+    )]
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Check an image's signature in a registry (cosign's storage) with a public key
+    #[command(
+        after_help = "Exit status 0 when a signature stored for the image's manifest digest is valid for the key and names the image's repository; 1, with the reason, otherwise."
+    )]
+    Verify(VerifyArgs),
     /// Show or clear the layer cache (what strata knows of layers it made: their digests)
     #[command(
         after_help = "The cache is in $STRATA_CACHE_DIR, else $XDG_CACHE_HOME/strata, else ~/.cache/strata; every sink uses it to skip hashing and compressing layers made before. It holds digests, not blobs, and keeps within its bound by dropping the least recently used entries. A lost or damaged entry only costs time."
@@ -117,6 +130,24 @@ pub struct InspectArgs {
     /// The manifest's bytes, as they are (its digest is the image's)
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum KeyAction {
+    /// Write NAME.key and NAME.pub
+    Generate {
+        /// The key pair's name (a path without the .key/.pub ending)
+        name: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The image: docker://HOST/REPO[:TAG|@DIGEST]
+    pub image: String,
+    /// The public key (PEM), as `strata key generate` or cosign writes it
+    #[arg(long, value_name = "NAME.pub")]
+    pub key: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -226,6 +257,9 @@ pub struct CopyArgs {
     /// kept), as skopeo copy --all
     #[arg(long)]
     pub all: bool,
+    /// Sign what is pushed (docker:// only) with this key, as cosign does
+    #[arg(long, value_name = "NAME.key")]
+    pub sign_key: Option<PathBuf>,
 }
 
 /// The destinations every writing subcommand's help lists.
@@ -318,6 +352,9 @@ pub struct BuildArgs {
     /// specs make a multi-platform image [default: the host's]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<Platform>,
+    /// Sign what is pushed (docker:// only) with this key, as cosign does
+    #[arg(long, value_name = "NAME.key")]
+    pub sign_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -14,6 +14,7 @@ mod input;
 mod inspect;
 mod nix_builder;
 mod run;
+mod sign;
 mod write;
 
 use std::io::IsTerminal;
@@ -26,7 +27,7 @@ use strata_transport::cache::LayerCache;
 use strata_transport::registry::RegistryOptions;
 use strata_transport::Transport;
 
-use cli::{CacheAction, Cli, Command};
+use cli::{CacheAction, Cli, Command, KeyAction};
 use exit::Status;
 
 fn main() -> ExitCode {
@@ -101,6 +102,8 @@ fn run(cli: Cli) -> Result<Status> {
         Command::Inspect(args) => inspect::inspect(args, &cx)?,
         Command::Diff(args) => inspect::diff(args, &cx)?,
         Command::Sbom(args) => inspect::sbom(args, &cx)?,
+        Command::Key { action: KeyAction::Generate { name } } => sign::generate(&name)?,
+        Command::Verify(args) => sign::verify(args, &cx)?,
         Command::Cache { action } => about::cache(&cx.cache, action.unwrap_or(CacheAction::Show))?,
         Command::Completions { shell } => about::completions(shell),
         Command::Man { output } => about::man_pages(output.as_deref())?,

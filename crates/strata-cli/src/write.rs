@@ -15,6 +15,7 @@ use strata_transport::{choose_platform, default_compression, open_image, open_in
 
 use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, StreamArgs};
 use crate::input::{Input, Loaded};
+use crate::sign::Signer;
 
 /// `strata build`: a spec (or a flake's image) to a destination; several specs, one a
 /// platform, to one multi-platform image.
@@ -31,31 +32,46 @@ pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
     };
     let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
     check_json_destination(args.json, &dest)?;
+    let signer = args.sign_key.as_deref().map(|key| Signer::load(key, &dest)).transpose()?;
     let compression = args.compress.map(Into::into);
     if inputs.len() == 1 && !inputs[0].is_index() {
         let input = inputs.into_iter().next().expect("one input");
         let written = input.open(&cx.registry, args.platform.as_ref())?.write(&dest, compression, cx)?;
+        sign_written(signer.as_ref(), &dest, &written, cx)?;
         return print_json(args.json, &dest, &written);
     }
     let mut images = Vec::new();
     for input in inputs {
         images.extend(input.open_all(&cx.registry)?);
     }
-    write_images(images, &dest, compression, args.platform.as_ref(), None, args.json, cx)
+    let target = Target { dest: &dest, compression, platform: args.platform.as_ref(), signer: signer.as_ref(), json: args.json };
+    write_images(images, &target, None, cx)
 }
 
-/// Writes images of one name, one a platform, to `dest`: as an image index where `dest`
-/// holds one (OCI layouts and archives, registries), else the image of `platform` (default:
-/// the host's). `keep` is a source's index to keep (see `write_index`).
-fn write_images(
-    images: Vec<Image<LayerRecipe>>,
-    dest: &ImageRef,
+/// Signs the manifest written, with `--sign-key`.
+fn sign_written(signer: Option<&Signer>, dest: &ImageRef, written: &Written, cx: &Transport) -> Result<()> {
+    match (signer, written.manifest_digest) {
+        (Some(signer), Some(digest)) => signer.sign(dest, &digest, cx),
+        _ => Ok(()),
+    }
+}
+
+/// Where and how a command writes what it made.
+struct Target<'a> {
+    dest: &'a ImageRef,
+    /// `None`: as the destination wants (see `default_compression`).
     compression: Option<Compression>,
-    platform: Option<&Platform>,
-    keep: Option<&[u8]>,
+    /// The platform written where one image goes.
+    platform: Option<&'a Platform>,
+    signer: Option<&'a Signer>,
     json: bool,
-    cx: &Transport,
-) -> Result<()> {
+}
+
+/// Writes images of one name, one a platform, to the target: as an image index where it
+/// holds one (OCI layouts and archives, registries), else the image of its platform (default:
+/// the host's). `keep` is a source's index to keep (see `write_index`).
+fn write_images(images: Vec<Image<LayerRecipe>>, target: &Target, keep: Option<&[u8]>, cx: &Transport) -> Result<()> {
+    let Target { dest, compression, platform, signer, json } = *target;
     if matches!(dest, ImageRef::DockerArchive(_) | ImageRef::Engine { .. }) {
         let platform = platform.cloned().unwrap_or_else(Platform::host);
         let chosen = choose_platform(&images, &platform).with_context(|| format!("writing {dest}, which holds one image: choose it with --platform"))?;
@@ -64,6 +80,9 @@ fn write_images(
     }
     let compression = compression.unwrap_or_else(|| default_compression(dest));
     let written = write_index(&images, dest, compression, keep, cx).with_context(|| format!("writing {dest}"))?;
+    if let Some(signer) = signer {
+        signer.sign(dest, &written.index_digest, cx)?;
+    }
     let platforms: Vec<String> = written.images.iter().map(|(p, _)| p.to_string()).collect();
     eprintln!("strata: wrote {} to {dest} ({}; index {})", written.reference, platforms.join(", "), written.index_digest);
     if json {
@@ -87,7 +106,8 @@ pub fn stream(args: StreamArgs, cx: &Transport) -> Result<()> {
     let compression = args.compress.map(Into::into);
     let input = Input::resolve(&args.script.to_string_lossy())?;
     if input.is_index() {
-        return write_images(input.open_all(&cx.registry)?, &dest, compression, None, None, false, cx);
+        let target = Target { dest: &dest, compression, platform: None, signer: None, json: false };
+        return write_images(input.open_all(&cx.registry)?, &target, None, cx);
     }
     Input::Script(args.script).open(&cx.registry, None)?.write(&dest, compression, cx)?;
     Ok(())
@@ -99,6 +119,7 @@ pub fn stream(args: StreamArgs, cx: &Transport) -> Result<()> {
 pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
     let dest: ImageRef = args.destination.parse()?;
     check_json_destination(args.json, &dest)?;
+    let signer = args.sign_key.as_deref().map(|key| Signer::load(key, &dest)).transpose()?;
     let source: ImageRef = args.source.parse()?;
     let name = match &dest {
         ImageRef::Engine { name: Some(name), .. } => Some(name),
@@ -128,11 +149,13 @@ pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
                 }
                 images.push(image);
             }
-            return write_images(images, &dest, Some(Compression::None), None, Some(&index.bytes), args.json, cx);
+            let target = Target { dest: &dest, compression: Some(Compression::None), platform: None, signer: signer.as_ref(), json: args.json };
+            return write_images(images, &target, Some(&index.bytes), cx);
         }
     }
     let image = copy_of(args.platform.as_ref().unwrap_or(&Platform::host()))?;
     let written = Loaded(image).write(&dest, Some(Compression::None), cx)?;
+    sign_written(signer.as_ref(), &dest, &written, cx)?;
     print_json(args.json, &dest, &written)
 }
 

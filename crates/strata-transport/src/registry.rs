@@ -780,3 +780,135 @@ mod tests {
         assert!("nocolon".parse::<Credentials>().is_err());
     }
 }
+
+/// The tag cosign stores an image's signatures at: `sha256-<manifest hex>.sig`.
+fn signature_tag(digest: &Digest) -> String {
+    format!("sha256-{}.sig", digest.hex())
+}
+
+/// One signature as cosign stores it: the simple-signing payload and its signature (base64).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSignature {
+    pub payload: Vec<u8>,
+    pub signature: String,
+}
+
+/// The signatures stored for the manifest `digest` in `repository` (cosign's tag), each
+/// payload read and checked against its digest; none if the tag is not there.
+pub fn signatures(repository: &RegistryRef, digest: &Digest, options: &RegistryOptions) -> Result<Vec<StoredSignature>, RegistryError> {
+    let session = Session::new(&repository.host, options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(async { stored_signatures(&session, repository, digest).await })
+}
+
+async fn stored_signatures(session: &Session, repository: &RegistryRef, digest: &Digest) -> Result<Vec<StoredSignature>, RegistryError> {
+    let reference = Reference::with_tag(repository.host.clone(), repository.repository.clone(), signature_tag(digest));
+    session.authenticate(&reference, RegistryOperation::Pull).await?;
+    let bytes = match session.client.pull_manifest_raw(&reference, &session.auth, &ACCEPTED).await {
+        Ok((bytes, _)) => bytes,
+        Err(e) if not_found(&e) => return Ok(vec![]),
+        Err(e) => return Err(session.error("reading the signatures", &e)),
+    };
+    let bad = |why: String| RegistryError::BadManifest { reference: format!("{repository}:{}", signature_tag(digest)), why };
+    let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut found = Vec::new();
+    for layer in manifest.layers() {
+        let Some(signature) = layer.annotations().as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION)).cloned() else { continue };
+        let layer_digest = Digest::try_from(layer.digest()).map_err(|e| bad(e.to_string()))?;
+        let size = layer.size().min(crate::blobs::MAX_METADATA_SIZE);
+        let name = layer_digest.to_string();
+        let payload = session
+            .retry("reading a signature's payload", || async {
+                let mut payload = Bounded { inner: Vec::new(), left: size };
+                session.client.pull_blob(&reference, name.as_str(), &mut payload).await?;
+                Ok(payload.inner)
+            })
+            .await?;
+        if Digest::of(&payload) != layer_digest {
+            return Err(RegistryError::DigestMismatch { what: "a signature's payload".into(), expected: layer_digest, actual: Digest::of(&payload) });
+        }
+        found.push(StoredSignature { payload, signature });
+    }
+    Ok(found)
+}
+
+/// The annotation cosign puts a layer's signature in.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The media type of a signature manifest's layers: the simple-signing payloads.
+pub const PAYLOAD_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+
+/// Stores `signature` for the manifest `digest` in `repository` as cosign does: the payload
+/// a layer of the manifest at tag `sha256-<hex>.sig` (added to the signatures already there,
+/// if any), the signature its annotation.
+pub fn push_signature(repository: &RegistryRef, digest: &Digest, signature: StoredSignature, options: &RegistryOptions) -> Result<(), RegistryError> {
+    let session = Session::new(&repository.host, options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(async {
+        let reference = Reference::with_tag(repository.host.clone(), repository.repository.clone(), signature_tag(digest));
+        session.authenticate(&reference, RegistryOperation::Push).await?;
+        let mut all = stored_signatures(&session, repository, digest).await?;
+        if !all.contains(&signature) {
+            all.push(signature);
+        }
+        let mut layers = Vec::new();
+        for s in &all {
+            let payload_digest = Digest::of(&s.payload);
+            let name = payload_digest.to_string();
+            let body = bytes::Bytes::from(s.payload.clone());
+            if !session.retry("checking a signature's payload", || session.client.blob_exists(&reference, &name)).await? {
+                session.retry("uploading a signature's payload", || session.client.push_blob(&reference, body.clone(), &name)).await?;
+            }
+            let mut layer = oci_spec::image::Descriptor::new(
+                MediaType::Other(PAYLOAD_MEDIA_TYPE.into()),
+                s.payload.len() as u64,
+                oci_spec::image::Digest::from(payload_digest),
+            );
+            layer.set_annotations(Some([(SIGNATURE_ANNOTATION.to_owned(), s.signature.clone())].into()));
+            layers.push(layer);
+        }
+        // cosign's config for a signature manifest: the payloads as its layers' diff IDs.
+        let diff_ids: Vec<String> = all.iter().map(|s| Digest::of(&s.payload).to_string()).collect();
+        let config = strata_oci::canonical::canonical_json(&serde_json::json!({
+            "architecture": "", "config": {}, "created": "0001-01-01T00:00:00Z",
+            "history": [{ "created": "0001-01-01T00:00:00Z" }], "os": "",
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        }));
+        let config_digest = Digest::of(&config);
+        let config_name = config_digest.to_string();
+        let config_body = bytes::Bytes::from(config.clone());
+        session.retry("uploading the signature's config", || session.client.push_blob(&reference, config_body.clone(), &config_name)).await?;
+        let manifest = oci_spec::image::ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(oci_spec::image::Descriptor::new(MediaType::ImageConfig, config.len() as u64, oci_spec::image::Digest::from(config_digest)))
+            .layers(layers)
+            .build()
+            .expect("every required manifest field is set");
+        let body = bytes::Bytes::from(strata_oci::canonical::canonical_json(&manifest));
+        let content_type = reqwest_header(MediaType::ImageManifest.to_string());
+        session.retry("uploading the signature", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
+        Ok(())
+    })
+}
+
+fn not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|e| matches!(e.code, oci_client::errors::OciErrorCode::ManifestUnknown | oci_client::errors::OciErrorCode::NameUnknown))
+        }
+        _ => false,
+    }
+}
+
+/// The manifest digest `reference` names (its own digest, or what its tag points at).
+pub fn manifest_digest(reference: &RegistryRef, options: &RegistryOptions) -> Result<Digest, RegistryError> {
+    let session = Session::new(&reference.host, options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(async {
+        let client_reference = client_ref(reference);
+        session.authenticate(&client_reference, RegistryOperation::Pull).await?;
+        Ok(Digest::of(&fetch_manifest(&session, reference, &client_reference, reference.digest).await?))
+    })
+}

@@ -17,5 +17,6 @@ mod oci;
 mod platforms;
 mod registry;
 mod sbom;
+mod signing;
 mod sources;
 mod trust;

@@ -1,0 +1,109 @@
+//! `strata key generate`, `strata verify`, and `--sign-key` on pushes: signatures as cosign
+//! makes and stores them (strata-sign makes them, strata-transport stores them), which podman
+//! verifies with a `sigstoreSigned` policy.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use strata_oci::digest::Digest;
+use strata_oci::reference::{ImageRef, RegistryRef};
+use strata_transport::registry::{manifest_digest, push_signature, signatures, StoredSignature};
+use strata_transport::Transport;
+
+use crate::cli::VerifyArgs;
+
+/// The key's password: `$COSIGN_PASSWORD` (empty allowed), as cosign reads it; else asked on
+/// the terminal (twice for a new key); with neither, an error rather than a wait.
+fn password(what: &str, confirm: bool) -> Result<Vec<u8>> {
+    if let Some(password) = std::env::var_os("COSIGN_PASSWORD") {
+        return Ok(password.into_encoded_bytes());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{what} needs a password: set COSIGN_PASSWORD (it may be empty), or run strata on a terminal");
+    }
+    let first = rpassword::prompt_password(format!("Password for {what}: ")).context("reading the password")?;
+    if confirm && rpassword::prompt_password("Again: ").context("reading the password")? != first {
+        bail!("the passwords differ");
+    }
+    Ok(first.into_bytes())
+}
+
+/// Writes `NAME.key` (mode 0600) and `NAME.pub`, refusing to replace either.
+pub fn generate(name: &Path) -> Result<()> {
+    let with = |ending: &str| PathBuf::from(format!("{}.{ending}", name.display()));
+    let (private_path, public_path) = (with("key"), with("pub"));
+    for path in [&private_path, &public_path] {
+        if path.exists() {
+            bail!("{} exists already: strata does not replace keys", path.display());
+        }
+    }
+    let (private, public) = strata_sign::generate(&password(&private_path.display().to_string(), true)?)?;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&private_path)
+        .with_context(|| format!("creating {}", private_path.display()))?;
+    file.write_all(private.as_bytes()).with_context(|| format!("writing {}", private_path.display()))?;
+    std::fs::write(&public_path, public).with_context(|| format!("writing {}", public_path.display()))?;
+    eprintln!("strata: wrote {} and {}", private_path.display(), public_path.display());
+    Ok(())
+}
+
+/// A signing key read (its password asked) before any work, for a push to `dest`.
+pub struct Signer {
+    key: strata_sign::SigningKey,
+}
+
+impl Signer {
+    pub fn load(path: &Path, dest: &ImageRef) -> Result<Signer> {
+        if !matches!(dest, ImageRef::Registry(_)) {
+            bail!("--sign-key signs what is pushed to a registry (docker://…), not {dest}");
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let what = path.display().to_string();
+        Ok(Signer { key: strata_sign::private_key(&text, &password(&what, false)?, &what)? })
+    }
+
+    /// Signs the manifest `digest` pushed to `dest` and stores the signature beside it.
+    pub fn sign(&self, dest: &ImageRef, digest: &Digest, cx: &Transport) -> Result<()> {
+        let ImageRef::Registry(reference) = dest else { unreachable!("checked in load") };
+        let payload = strata_sign::payload(&repository(reference), digest);
+        let signature = strata_sign::sign(&self.key, &payload);
+        push_signature(reference, digest, StoredSignature { payload, signature }, &cx.registry)
+            .with_context(|| format!("storing the signature of {digest}"))?;
+        eprintln!("strata: signed {digest} in {}", repository(reference));
+        Ok(())
+    }
+}
+
+/// `HOST/REPOSITORY`: what a signature names (cosign's `docker-reference`).
+fn repository(reference: &RegistryRef) -> String {
+    format!("{}/{}", reference.host, reference.repository)
+}
+
+/// `strata verify`.
+pub fn verify(args: VerifyArgs, cx: &Transport) -> Result<()> {
+    let ImageRef::Registry(reference) = args.image.parse()? else { bail!("{}: signatures are verified in registries (docker://…)", args.image) };
+    let text = std::fs::read_to_string(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
+    let key = strata_sign::public_key(&text, &args.key.display().to_string())?;
+    let digest = manifest_digest(&reference, &cx.registry).with_context(|| format!("reading {}", args.image))?;
+    let stored = signatures(&reference, &digest, &cx.registry).with_context(|| format!("reading the signatures of {}", args.image))?;
+    if stored.is_empty() {
+        bail!("{}: no signature for {digest}", args.image);
+    }
+    let mut reasons = Vec::new();
+    for s in &stored {
+        match strata_sign::verify(&key, &s.payload, &s.signature, &repository(&reference), &digest) {
+            Ok(()) => {
+                println!("{}: {digest} signed by {}", args.image, args.key.display());
+                return Ok(());
+            }
+            Err(e) => reasons.push(e.to_string()),
+        }
+    }
+    bail!("{}: no valid signature for {digest} with {}: {}", args.image, args.key.display(), reasons.join("; "))
+}
