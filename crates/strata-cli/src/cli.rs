@@ -97,6 +97,15 @@ pub enum Command {
         after_help = "Exit status 0 when a signature stored for the image's manifest digest is valid for the key and names the image's repository; 1, with the reason, otherwise."
     )]
     Verify(VerifyArgs),
+    /// List what is attached to an image in a registry (OCI 1.1 referrers: SBOMs, …)
+    #[command(after_help = "The registry's referrers API where it has one, else the referrers tag schema (an index at tag sha256-<manifest hex>).")]
+    Referrers {
+        /// The image: docker://HOST/REPO[:TAG|@DIGEST]
+        image: String,
+        /// One JSON object: the image's manifest digest and its referrers
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or clear the layer cache (what strata knows of layers it made: their digests)
     #[command(
         after_help = "The cache is in $STRATA_CACHE_DIR, else $XDG_CACHE_HOME/strata, else ~/.cache/strata; every sink uses it to skip hashing and compressing layers made before. It holds digests, not blobs, and keeps within its bound by dropping the least recently used entries. A lost or damaged entry only costs time."
@@ -260,6 +269,10 @@ pub struct CopyArgs {
     /// Sign what is pushed (docker:// only) with this key, as cosign does
     #[arg(long, value_name = "NAME.key")]
     pub sign_key: Option<PathBuf>,
+    /// Attach the image's bill of materials to what is pushed (docker:// only), as an OCI 1.1
+    /// artifact whose subject is the image [default format: spdx]
+    #[arg(long, value_enum, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "spdx")]
+    pub sbom: Option<SbomFormat>,
 }
 
 /// The destinations every writing subcommand's help lists.
@@ -355,6 +368,10 @@ pub struct BuildArgs {
     /// Sign what is pushed (docker:// only) with this key, as cosign does
     #[arg(long, value_name = "NAME.key")]
     pub sign_key: Option<PathBuf>,
+    /// Attach the image's bill of materials to what is pushed (docker:// only), as an OCI 1.1
+    /// artifact whose subject is the image [default format: spdx]
+    #[arg(long, value_enum, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "spdx")]
+    pub sbom: Option<SbomFormat>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

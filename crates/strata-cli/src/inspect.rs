@@ -26,7 +26,9 @@ use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
 use strata_oci::image::{ConfigRecipe, Image, LayerSource, LayerTar, SourceImage};
 use strata_oci::manifest::LayerBlob;
-use strata_transport::{write_docker_archive, Transport};
+use strata_oci::reference::{ImageRef, RegistryRef};
+use strata_transport::registry::{attach, manifest_of, referrers as registry_referrers};
+use strata_transport::{write_docker_archive, Transport, Written};
 
 use crate::cli::{DiffArgs, InspectArgs, SbomArgs, SbomFormat};
 use crate::input::{Input, Loaded};
@@ -214,6 +216,61 @@ pub fn sbom(args: SbomArgs, cx: &Transport) -> Result<()> {
             strata_scratch::ScratchFile::write_whole(dir, "strata-sbom", path, &text).with_context(|| format!("writing {}", path.display()))?
         }
         None => io::stdout().lock().write_all(&text)?,
+    }
+    Ok(())
+}
+
+/// The media type of a bill of materials in `format`, as an artifact's type.
+fn sbom_media_type(format: SbomFormat) -> &'static str {
+    match format {
+        SbomFormat::Spdx => "application/spdx+json",
+        SbomFormat::Cyclonedx => "application/vnd.cyclonedx+json",
+    }
+}
+
+/// Attaches the bill of materials of `image`, just written to `dest` as `written`, to it.
+pub fn attach_sbom(image: &Image<LayerRecipe>, written: &Written, dest: &ImageRef, format: SbomFormat, cx: &Transport) -> Result<()> {
+    let ImageRef::Registry(reference) = dest else { bail!("--sbom attaches to what is pushed to a registry (docker://…), not {dest}") };
+    let base_names = image.base.as_ref().map(history_store_paths).unwrap_or_default();
+    let layers: Vec<(Digest, Vec<String>)> = image
+        .layer_sources()
+        .iter()
+        .zip(&written.layers)
+        .map(|(source, blob)| {
+            let packages = match source {
+                LayerSource::Built(recipe) => packages_of(recipe),
+                LayerSource::Base(_, j) => base_names.get(*j).cloned().flatten().unwrap_or_default(),
+            };
+            (blob.digest, packages)
+        })
+        .collect();
+    // The manifest as written (by digest: the tag may name an index of several platforms).
+    let by_digest = RegistryRef { digest: written.manifest_digest, ..reference.clone() };
+    let (digest, size) = manifest_of(&by_digest, &cx.registry).with_context(|| format!("reading {dest}"))?;
+    let config = image.config_blob(&written.layers.iter().map(|l| l.diff_id).collect::<Vec<_>>());
+    let created = serde_json::from_slice::<serde_json::Value>(&config).ok().and_then(|c| c["created"].as_str().map(str::to_owned)).unwrap_or_default();
+    let bom = Bom::of(written.reference.clone(), digest, created, &layers, None)?;
+    let document = match format {
+        SbomFormat::Spdx => bom.spdx(),
+        SbomFormat::Cyclonedx => bom.cyclonedx(),
+    };
+    let attached = attach(reference, (&digest, size), sbom_media_type(format), serde_json::to_vec_pretty(&document)?, &cx.registry)?;
+    eprintln!("strata: attached its bill of materials to {digest} ({})", attached.digest);
+    Ok(())
+}
+
+/// `strata referrers`: what is attached to an image in a registry.
+pub fn referrers(image: &str, json: bool, cx: &Transport) -> Result<()> {
+    let ImageRef::Registry(reference) = image.parse()? else { bail!("{image}: referrers are kept by registries (docker://…)") };
+    let (digest, found) = registry_referrers(&reference, &cx.registry).with_context(|| format!("reading the referrers of {image}"))?;
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::json!({ "manifest_digest": digest, "referrers": found }))?;
+        return Ok(());
+    }
+    writeln!(out, "{image} ({digest}): {} attached", found.len())?;
+    for r in &found {
+        writeln!(out, "  {}  {:>10}  {}", r.digest, human(r.size), r.artifact_type.as_deref().unwrap_or("(no artifact type)"))?;
     }
     Ok(())
 }

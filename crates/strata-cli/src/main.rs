@@ -104,6 +104,7 @@ fn run(cli: Cli) -> Result<Status> {
         Command::Sbom(args) => inspect::sbom(args, &cx)?,
         Command::Key { action: KeyAction::Generate { name } } => sign::generate(&name)?,
         Command::Verify(args) => sign::verify(args, &cx)?,
+        Command::Referrers { image, json } => inspect::referrers(&image, json, &cx)?,
         Command::Cache { action } => about::cache(&cx.cache, action.unwrap_or(CacheAction::Show))?,
         Command::Completions { shell } => about::completions(shell),
         Command::Man { output } => about::man_pages(output.as_deref())?,

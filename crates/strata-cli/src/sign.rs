@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use strata_oci::digest::Digest;
 use strata_oci::reference::{ImageRef, RegistryRef};
-use strata_transport::registry::{manifest_digest, push_signature, signatures, StoredSignature};
+use strata_transport::registry::{manifest_of, push_signature, signatures, StoredSignature};
 use strata_transport::Transport;
 
 use crate::cli::VerifyArgs;
@@ -90,7 +90,7 @@ pub fn verify(args: VerifyArgs, cx: &Transport) -> Result<()> {
     let ImageRef::Registry(reference) = args.image.parse()? else { bail!("{}: signatures are verified in registries (docker://…)", args.image) };
     let text = std::fs::read_to_string(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     let key = strata_sign::public_key(&text, &args.key.display().to_string())?;
-    let digest = manifest_digest(&reference, &cx.registry).with_context(|| format!("reading {}", args.image))?;
+    let (digest, _) = manifest_of(&reference, &cx.registry).with_context(|| format!("reading {}", args.image))?;
     let stored = signatures(&reference, &digest, &cx.registry).with_context(|| format!("reading the signatures of {}", args.image))?;
     if stored.is_empty() {
         bail!("{}: no signature for {digest}", args.image);

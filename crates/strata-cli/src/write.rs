@@ -13,8 +13,9 @@ use strata_oci::platform::Platform;
 use strata_oci::reference::{ImageRef, TRANSPORTS};
 use strata_transport::{choose_platform, default_compression, open_image, open_index, write_index, Transport, Written};
 
-use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, StreamArgs};
+use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, SbomFormat, StreamArgs};
 use crate::input::{Input, Loaded};
+use crate::inspect::attach_sbom;
 use crate::sign::Signer;
 
 /// `strata build`: a spec (or a flake's image) to a destination; several specs, one a
@@ -33,27 +34,46 @@ pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
     let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
     check_json_destination(args.json, &dest)?;
     let signer = args.sign_key.as_deref().map(|key| Signer::load(key, &dest)).transpose()?;
-    let compression = args.compress.map(Into::into);
+    check_attachable(args.sbom, &dest)?;
+    let target = Target {
+        dest: &dest,
+        compression: args.compress.map(Into::into),
+        platform: args.platform.as_ref(),
+        signer: signer.as_ref(),
+        sbom: args.sbom,
+        json: args.json,
+    };
     if inputs.len() == 1 && !inputs[0].is_index() {
         let input = inputs.into_iter().next().expect("one input");
-        let written = input.open(&cx.registry, args.platform.as_ref())?.write(&dest, compression, cx)?;
-        sign_written(signer.as_ref(), &dest, &written, cx)?;
-        return print_json(args.json, &dest, &written);
+        let loaded = input.open(&cx.registry, args.platform.as_ref())?;
+        let written = loaded.write(&dest, target.compression, cx)?;
+        return after_push(&target, &loaded.0, &written, cx);
     }
     let mut images = Vec::new();
     for input in inputs {
         images.extend(input.open_all(&cx.registry)?);
     }
-    let target = Target { dest: &dest, compression, platform: args.platform.as_ref(), signer: signer.as_ref(), json: args.json };
     write_images(images, &target, None, cx)
 }
 
-/// Signs the manifest written, with `--sign-key`.
-fn sign_written(signer: Option<&Signer>, dest: &ImageRef, written: &Written, cx: &Transport) -> Result<()> {
-    match (signer, written.manifest_digest) {
-        (Some(signer), Some(digest)) => signer.sign(dest, &digest, cx),
-        _ => Ok(()),
+/// `--sbom` attaches to what goes to a registry.
+fn check_attachable(sbom: Option<SbomFormat>, dest: &ImageRef) -> Result<()> {
+    if sbom.is_some() && !matches!(dest, ImageRef::Registry(_)) {
+        bail!("--sbom attaches the bill of materials to what is pushed to a registry (docker://…), not {dest}: write it with strata sbom");
     }
+    Ok(())
+}
+
+/// After an image is written: signed (`--sign-key`), its bill of materials attached (`--sbom`),
+/// and what was written printed (`--json`).
+fn after_push(target: &Target, image: &Image<LayerRecipe>, written: &Written, cx: &Transport) -> Result<()> {
+    if let (Some(signer), Some(digest)) = (target.signer, written.manifest_digest) {
+        signer.sign(target.dest, &digest, cx)?;
+    }
+    if let Some(format) = target.sbom {
+        attach_sbom(image, written, target.dest, format, cx)?;
+    }
+    print_json(target.json, target.dest, written)
 }
 
 /// Where and how a command writes what it made.
@@ -64,6 +84,8 @@ struct Target<'a> {
     /// The platform written where one image goes.
     platform: Option<&'a Platform>,
     signer: Option<&'a Signer>,
+    /// Attach each image's bill of materials in this format.
+    sbom: Option<SbomFormat>,
     json: bool,
 }
 
@@ -71,7 +93,7 @@ struct Target<'a> {
 /// holds one (OCI layouts and archives, registries), else the image of its platform (default:
 /// the host's). `keep` is a source's index to keep (see `write_index`).
 fn write_images(images: Vec<Image<LayerRecipe>>, target: &Target, keep: Option<&[u8]>, cx: &Transport) -> Result<()> {
-    let Target { dest, compression, platform, signer, json } = *target;
+    let Target { dest, compression, platform, signer, json, .. } = *target;
     if matches!(dest, ImageRef::DockerArchive(_) | ImageRef::Engine { .. }) {
         let platform = platform.cloned().unwrap_or_else(Platform::host);
         let chosen = choose_platform(&images, &platform).with_context(|| format!("writing {dest}, which holds one image: choose it with --platform"))?;
@@ -82,6 +104,11 @@ fn write_images(images: Vec<Image<LayerRecipe>>, target: &Target, keep: Option<&
     let written = write_index(&images, dest, compression, keep, cx).with_context(|| format!("writing {dest}"))?;
     if let Some(signer) = signer {
         signer.sign(dest, &written.index_digest, cx)?;
+    }
+    if let Some(format) = target.sbom {
+        for (image, (_, one)) in images.iter().zip(&written.images) {
+            attach_sbom(image, one, dest, format, cx)?;
+        }
     }
     let platforms: Vec<String> = written.images.iter().map(|(p, _)| p.to_string()).collect();
     eprintln!("strata: wrote {} to {dest} ({}; index {})", written.reference, platforms.join(", "), written.index_digest);
@@ -106,7 +133,7 @@ pub fn stream(args: StreamArgs, cx: &Transport) -> Result<()> {
     let compression = args.compress.map(Into::into);
     let input = Input::resolve(&args.script.to_string_lossy())?;
     if input.is_index() {
-        let target = Target { dest: &dest, compression, platform: None, signer: None, json: false };
+        let target = Target { dest: &dest, compression, platform: None, signer: None, sbom: None, json: false };
         return write_images(input.open_all(&cx.registry)?, &target, None, cx);
     }
     Input::Script(args.script).open(&cx.registry, None)?.write(&dest, compression, cx)?;
@@ -120,6 +147,7 @@ pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
     let dest: ImageRef = args.destination.parse()?;
     check_json_destination(args.json, &dest)?;
     let signer = args.sign_key.as_deref().map(|key| Signer::load(key, &dest)).transpose()?;
+    check_attachable(args.sbom, &dest)?;
     let source: ImageRef = args.source.parse()?;
     let name = match &dest {
         ImageRef::Engine { name: Some(name), .. } => Some(name),
@@ -149,14 +177,15 @@ pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
                 }
                 images.push(image);
             }
-            let target = Target { dest: &dest, compression: Some(Compression::None), platform: None, signer: signer.as_ref(), json: args.json };
+            let target =
+                Target { dest: &dest, compression: Some(Compression::None), platform: None, signer: signer.as_ref(), sbom: args.sbom, json: args.json };
             return write_images(images, &target, Some(&index.bytes), cx);
         }
     }
-    let image = copy_of(args.platform.as_ref().unwrap_or(&Platform::host()))?;
-    let written = Loaded(image).write(&dest, Some(Compression::None), cx)?;
-    sign_written(signer.as_ref(), &dest, &written, cx)?;
-    print_json(args.json, &dest, &written)
+    let loaded = Loaded(copy_of(args.platform.as_ref().unwrap_or(&Platform::host()))?);
+    let written = loaded.write(&dest, Some(Compression::None), cx)?;
+    let target = Target { dest: &dest, compression: None, platform: None, signer: signer.as_ref(), sbom: args.sbom, json: args.json };
+    after_push(&target, &loaded.0, &written, cx)
 }
 
 /// `--json` prints to standard output: the image cannot go there too.

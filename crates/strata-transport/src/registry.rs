@@ -902,13 +902,123 @@ fn not_found(e: &OciDistributionError) -> bool {
     }
 }
 
-/// The manifest digest `reference` names (its own digest, or what its tag points at).
-pub fn manifest_digest(reference: &RegistryRef, options: &RegistryOptions) -> Result<Digest, RegistryError> {
+/// The digest and size of the manifest (or index) `reference` names.
+pub fn manifest_of(reference: &RegistryRef, options: &RegistryOptions) -> Result<(Digest, u64), RegistryError> {
     let session = Session::new(&reference.host, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
         let client_reference = client_ref(reference);
         session.authenticate(&client_reference, RegistryOperation::Pull).await?;
-        Ok(Digest::of(&fetch_manifest(&session, reference, &client_reference, reference.digest).await?))
+        let bytes = fetch_manifest(&session, reference, &client_reference, reference.digest).await?;
+        Ok((Digest::of(&bytes), bytes.len() as u64))
+    })
+}
+
+/// An artifact attached to an image (OCI 1.1): its manifest's digest and size, and type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+}
+
+/// The empty config of artifacts (`application/vnd.oci.empty.v1+json`).
+const EMPTY_CONFIG: &[u8] = b"{}";
+
+/// Attaches `content` (of media type `artifact_type`) to the manifest `subject` (its digest
+/// and size) in `repository`, as an OCI 1.1 artifact whose `subject` is the image: its
+/// manifest pushed by digest, which a registry with the referrers API indexes; where the
+/// registry has none (its referrers answer does not list the artifact), the referrers tag
+/// schema: the index at tag `sha256-<subject hex>` gains the artifact.
+pub fn attach(
+    repository: &RegistryRef,
+    subject: (&Digest, u64),
+    artifact_type: &str,
+    content: Vec<u8>,
+    options: &RegistryOptions,
+) -> Result<Referrer, RegistryError> {
+    let session = Session::new(&repository.host, options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(async {
+        let (subject_digest, subject_size) = subject;
+        let at = |tag: String| Reference::with_tag(repository.host.clone(), repository.repository.clone(), tag);
+        let reference = at(format!("sha256-{}", subject_digest.hex()));
+        session.authenticate(&reference, RegistryOperation::Push).await?;
+        let descriptor = |media_type: MediaType, bytes: &[u8]| {
+            oci_spec::image::Descriptor::new(media_type, bytes.len() as u64, oci_spec::image::Digest::from(Digest::of(bytes)))
+        };
+        for blob in [EMPTY_CONFIG, content.as_slice()] {
+            let name = Digest::of(blob).to_string();
+            let body = bytes::Bytes::from(blob.to_vec());
+            if !session.retry("checking an artifact blob", || session.client.blob_exists(&reference, &name)).await? {
+                session.retry("uploading an artifact blob", || session.client.push_blob(&reference, body.clone(), &name)).await?;
+            }
+        }
+        let subject_descriptor = oci_spec::image::Descriptor::new(MediaType::ImageManifest, subject_size, oci_spec::image::Digest::from(*subject_digest));
+        let mut manifest = oci_spec::image::ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(descriptor(MediaType::EmptyJSON, EMPTY_CONFIG))
+            .layers(vec![descriptor(MediaType::Other(artifact_type.to_owned()), &content)])
+            .build()
+            .expect("every required manifest field is set");
+        manifest.set_artifact_type(Some(MediaType::Other(artifact_type.to_owned())));
+        manifest.set_subject(Some(subject_descriptor));
+        let bytes = strata_oci::canonical::canonical_json(&manifest);
+        let digest = Digest::of(&bytes);
+        let by_digest = Reference::with_digest(repository.host.clone(), repository.repository.clone(), digest.to_string());
+        let body = bytes::Bytes::from(bytes.clone());
+        let content_type = reqwest_header(MediaType::ImageManifest.to_string());
+        session.retry("uploading the artifact", || session.client.push_manifest_raw(&by_digest, body.clone(), content_type.clone())).await?;
+        let referrer = Referrer { digest, size: bytes.len() as u64, artifact_type: Some(artifact_type.to_owned()) };
+        let listed = referrers_of(&session, repository, subject_digest).await?;
+        if listed.iter().any(|r| r.digest == digest) {
+            return Ok(referrer);
+        }
+        // The referrers tag schema: the index at the subject's tag, with the artifact added.
+        let mut entries: Vec<oci_spec::image::Descriptor> = match session.client.pull_manifest_raw(&reference, &session.auth, &ACCEPTED).await {
+            Ok((bytes, _)) => serde_json::from_slice::<ImageIndex>(&bytes).map(|i| i.manifests().clone()).unwrap_or_default(),
+            Err(e) if not_found(&e) => vec![],
+            Err(e) => return Err(session.error("reading the referrers index", &e)),
+        };
+        let mut entry = oci_spec::image::Descriptor::new(MediaType::ImageManifest, referrer.size, oci_spec::image::Digest::from(digest));
+        entry.set_artifact_type(Some(MediaType::Other(artifact_type.to_owned())));
+        entries.push(entry);
+        let index =
+            oci_spec::image::ImageIndexBuilder::default().schema_version(2u32).media_type(MediaType::ImageIndex).manifests(entries).build().expect("an index");
+        let body = bytes::Bytes::from(strata_oci::canonical::canonical_json(&index));
+        let content_type = reqwest_header(MediaType::ImageIndex.to_string());
+        session.retry("uploading the referrers index", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
+        Ok(referrer)
+    })
+}
+
+/// What is attached to the manifest `digest` in `repository`: the registry's referrers API,
+/// else the referrers tag schema (oci-client falls back to it on a 404).
+async fn referrers_of(session: &Session, repository: &RegistryRef, digest: &Digest) -> Result<Vec<Referrer>, RegistryError> {
+    let subject = Reference::with_digest(repository.host.clone(), repository.repository.clone(), digest.to_string());
+    let index = session.retry("reading the referrers", || session.client.pull_referrers(&subject, None)).await?;
+    index
+        .manifests
+        .iter()
+        .map(|m| {
+            let digest: Digest = m
+                .digest
+                .parse()
+                .map_err(|_| RegistryError::BadManifest { reference: repository.to_string(), why: format!("referrer digest {:?}", m.digest) })?;
+            Ok(Referrer { digest, size: m.size as u64, artifact_type: m.artifact_type.clone() })
+        })
+        .collect()
+}
+
+/// What is attached to the image `reference` names.
+pub fn referrers(reference: &RegistryRef, options: &RegistryOptions) -> Result<(Digest, Vec<Referrer>), RegistryError> {
+    let session = Session::new(&reference.host, options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(async {
+        let client_reference = client_ref(reference);
+        session.authenticate(&client_reference, RegistryOperation::Pull).await?;
+        let digest = Digest::of(&fetch_manifest(&session, reference, &client_reference, reference.digest).await?);
+        Ok((digest, referrers_of(&session, reference, &digest).await?))
     })
 }

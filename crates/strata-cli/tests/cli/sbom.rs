@@ -145,3 +145,51 @@ fn the_nix_library_builds_sboms_with_licences() {
     let built: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cdx).unwrap()).unwrap();
     assert_eq!(names(&cli), names(&built), "the command line and the Nix build list the same packages");
 }
+
+/// `--sbom` on a push attaches the bill of materials as an OCI 1.1 artifact whose subject is
+/// the image; the test registry (distribution 2.8) has no referrers API, so it is reachable
+/// through the referrers tag schema (an index at tag `sha256-<manifest hex>`), as skopeo
+/// reads it; `strata referrers` lists it.
+#[test]
+fn a_pushed_image_carries_its_sbom_as_a_referrer() {
+    let hello = fixture("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "s.toml", &format!("name = \"attached\"\ntag = \"1\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"));
+    let registry = Registry::start();
+    let repo = registry.reference("strata-test/attached");
+    let reg = ["--creds", CREDS, "--tls-verify=false"];
+    let out = run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &format!("{repo}:1"), "--sbom", "--json"]).args(reg));
+    let written: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = written["manifest_digest"].as_str().unwrap().to_owned();
+    let raw = |reference: String| -> serde_json::Value {
+        serde_json::from_slice(&run_ok(Command::new("skopeo").args(["inspect", "--raw"]).args(reg).arg(reference)).stdout).unwrap()
+    };
+    let index = raw(format!("{repo}:sha256-{}", digest.trim_start_matches("sha256:")));
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let entry = &index["manifests"][0];
+    assert_eq!(entry["artifactType"], "application/spdx+json");
+    let artifact = raw(format!("{repo}@{}", entry["digest"].as_str().unwrap()));
+    assert_eq!(artifact["subject"]["digest"], digest.as_str(), "the artifact's subject is the image");
+    assert_eq!(artifact["artifactType"], "application/spdx+json");
+    assert_eq!(artifact["config"]["mediaType"], "application/vnd.oci.empty.v1+json");
+    // The attached document is the image's bill of materials, and valid.
+    let blob = artifact["layers"][0]["digest"].as_str().unwrap();
+    let copied = dir.path().join("artifact");
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false", "--src-creds", CREDS])
+            .arg(format!("{repo}@{}", entry["digest"].as_str().unwrap()))
+            .arg(format!("oci:{}:a", copied.display())),
+    );
+    let sbom = copied.join("blobs/sha256").join(blob.trim_start_matches("sha256:"));
+    let document = dir.path().join("attached.spdx.json");
+    std::fs::copy(&sbom, &document).unwrap();
+    assert!(pyspdxtools(&document).status.success());
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&document).unwrap()).unwrap();
+    assert_eq!(doc["packages"][0]["checksums"][0]["checksumValue"], digest.trim_start_matches("sha256:"));
+
+    let listed: serde_json::Value = serde_json::from_slice(&run_ok(strata(&["referrers", &format!("{repo}:1"), "--json"]).args(reg)).stdout).unwrap();
+    assert_eq!(listed["manifest_digest"], digest.as_str());
+    assert_eq!(listed["referrers"][0]["digest"], entry["digest"]);
+    assert_eq!(listed["referrers"][0]["artifact_type"], "application/spdx+json");
+}
