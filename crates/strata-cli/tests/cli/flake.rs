@@ -297,7 +297,7 @@ fn flake_parts_module_template_and_n2c_namespace() {
         n2c.join("flake.nix"),
         r#"{ inputs = { nixpkgs.url = "github:NixOS/nixpkgs"; flake-parts.url = "github:hercules-ci/flake-parts"; strata.url = "github:strata-oci/strata"; };
   outputs = inputs@{ flake-parts, nixpkgs, strata, ... }: flake-parts.lib.mkFlake { inherit inputs; } {
-    imports = [ strata.flakeModules.n2c ./basic.nix ];
+    imports = [ strata.flakeModules.n2c ./basic.nix ./multi.nix ];
     systems = [ "x86_64-linux" ];
     perSystem = { system, ... }: { _module.args.pkgs = nixpkgs.legacyPackages.${system}; n2c.check.images = false; };
   }; }"#,
@@ -306,6 +306,12 @@ fn flake_parts_module_template_and_n2c_namespace() {
     std::fs::write(
         n2c.join("basic.nix"),
         "{\n  perSystem = {pkgs, ...}: {\n    n2c.images.basic = {imagePkgs, ...}: {\n      imageConfig = {\n        entrypoint = [\"${imagePkgs.hello}/bin/hello\"];\n      };\n    };\n  };\n}\n",
+    )
+    .unwrap();
+    // #13: an image module naming two systems, defined in a file of its own.
+    std::fs::write(
+        n2c.join("multi.nix"),
+        "{\n  perSystem = { ... }: {\n    n2c.images.multi = { imagePkgs, ... }: {\n      systems = [ \"x86_64-linux\" \"aarch64-linux\" ];\n      tag = \"v1\";\n      imageConfig.entrypoint = [ \"${imagePkgs.busybox}/bin/sh\" \"-c\" \"uname -m\" ];\n    };\n  };\n}\n",
     )
     .unwrap();
     inputs.lock(
@@ -324,6 +330,16 @@ fn flake_parts_module_template_and_n2c_namespace() {
     assert_eq!(checks.trim(), "[]");
     let tag = nix_eval(&format!("path:{}#n2c.x86_64-linux.images.basic.result.imageTag", n2c.display()));
     let _ = Command::new("podman").args(["rmi", "-f", &format!("basic:{tag}")]).output();
+
+    // The multi-system image: `result` is the host's, `do.copy.to` writes the index of both.
+    let multi = |path: &str| format!("path:{}#n2c.x86_64-linux.images.multi.{path}", n2c.display());
+    let layout = format!("oci:{}:v1", inputs.dir.path().join("multi-layout").display());
+    run_ok(nix(&["run", &multi("do.copy.to"), "--", &layout]));
+    let index: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", "--raw", &layout]))).unwrap();
+    let architectures: Vec<&str> = index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    assert_eq!(architectures, ["amd64", "arm64"]);
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(nix_build(&multi("result"))).unwrap()).unwrap();
+    assert_eq!(result["spec"]["architecture"], "amd64");
 }
 
 /// #13: an image of `lib.mkImages` naming two systems is made for each (its function called
