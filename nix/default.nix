@@ -29,8 +29,12 @@ let
   # crate has no look-ahead, hence the spelled-out alternatives.)
   outsideNix = "/(?:[^n/][^/]*|n(?:[^i/][^/]*)?|ni(?:[^x/][^/]*)?|nix[^/]+)(?:/.*)?";
 
+  # A derivation name of an image name: its last path component (`ghcr.io/org/app` is
+  # `app`), as dockerTools does: a `/` or `:` cannot be in one.
+  drvNameOf = name: builtins.replaceStrings [ ":" "@" ] [ "-" "-" ] (baseNameOf name);
+
   specFile = name: spec: derivation {
-    name = "${name}-spec.json";
+    name = "${drvNameOf name}-spec.json";
     inherit system;
     builder = strataBin;
     args = [ "nix-builder" ];
@@ -96,8 +100,15 @@ let
 
   suffix = compressor: { gz = ".tar.gz"; zstd = ".tar.zst"; none = ".tar"; }.${compressor};
 
+  # dockerTools' image names are lower case (`lib.toLower name`); with builtins only.
+  toLower = builtins.replaceStrings
+    [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
+    [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
+  # dockerTools' `config` may be null (its default).
+  configOf = config: if config == null then { } else config;
+
   tarball = fn: { compressor ? "gz", ... }@args: spec: image {
-    drvName = "docker-image-${spec.name}${suffix (oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor)}";
+    drvName = "docker-image-${drvNameOf spec.name}${suffix (oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor)}";
     mode = "tarball";
     inherit spec;
     extra.strataCompressor = compressor;
@@ -107,29 +118,36 @@ rec {
   # nixpkgs dockerTools.buildImage: a compressed docker-archive in the store
   # (`docker load < result`), layered by strata within maxLayers.
   buildImage =
-    { name, tag ? null, config ? { }, copyToRoot ? [ ], fromImage ? null, created ? defaultCreated
+    { name, tag ? null, config ? null, copyToRoot ? [ ], fromImage ? null, created ? defaultCreated
     , uid ? 0, gid ? 0, compressor ? "gz", maxLayers ? 100 }@args:
     tarball "buildImage" args (mkSpec "buildImage" {
-      inherit name tag config copyToRoot fromImage created maxLayers;
+      inherit tag copyToRoot fromImage created maxLayers;
+      name = toLower name;
+      config = configOf config;
       perms = if uid == 0 && gid == 0 then [ ] else [{ regex = outsideNix; inherit uid gid; }];
     });
 
   # nixpkgs dockerTools.streamLayeredImage: an executable that writes the image to stdout
   # (`$(nix-build) | docker load`); no image bytes in the store. `contents` are laid over /.
   streamLayeredImage =
-    { name, tag ? null, contents ? [ ], config ? { }, maxLayers ? 100, created ? defaultCreated
+    { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
     , mtime ? null, fromImage ? null }:
     image {
-      drvName = "stream-${name}";
+      drvName = "stream-${drvNameOf name}";
       mode = "stream";
-      spec = mkSpec "streamLayeredImage" { inherit name tag config maxLayers created mtime fromImage; copyToRoot = contents; };
+      spec = mkSpec "streamLayeredImage" { inherit tag maxLayers created mtime fromImage; name = toLower name; config = configOf config; copyToRoot = contents; };
     };
 
   # nixpkgs dockerTools.buildLayeredImage: the same image as a gzipped docker-archive.
   buildLayeredImage =
-    { name, tag ? null, contents ? [ ], config ? { }, maxLayers ? 100, created ? defaultCreated
+    { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
     , mtime ? null, fromImage ? null }@args:
-    tarball "buildLayeredImage" { } (mkSpec "buildLayeredImage" { inherit name tag config maxLayers created mtime fromImage; copyToRoot = contents; });
+    tarball "buildLayeredImage" { } (mkSpec "buildLayeredImage" {
+      inherit tag maxLayers created mtime fromImage;
+      name = toLower name;
+      config = configOf config;
+      copyToRoot = contents;
+    });
 
   # nix2container-style images: the result is the image's description (spec, closure graph,
   # and the digests the image has, uncompressed and in `compressor`'s codec, computed at build
@@ -167,7 +185,7 @@ rec {
           gid = p.gid or null;
         };
         described = image {
-          drvName = "image-${name}.json";
+          drvName = "image-${drvNameOf name}.json";
           mode = "description";
           extra = {
             strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
@@ -191,7 +209,7 @@ rec {
             in if license == null || builtins.elem null ids then [ ] else [{ name = builtins.unsafeDiscardStringContext (baseNameOf (toString x)); value = builtins.concatStringsSep " AND " ids; }])
           (toList given));
         sbomOf = format: derivation {
-          name = "${name}-sbom.${if format == "spdx" then "spdx" else "cdx"}.json";
+          name = "${drvNameOf name}-sbom.${if format == "spdx" then "spdx" else "cdx"}.json";
           inherit system;
           builder = strataBin;
           args = [ "nix-builder" ];
@@ -227,7 +245,7 @@ rec {
       fn = "buildImageIndex";
       paths = storePaths fn "images" images;
       file = derivation {
-        name = "image-index-${name}.json";
+        name = "image-index-${drvNameOf name}.json";
         inherit system;
         builder = strataBin;
         args = [ "nix-builder" ];

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use oci_spec::image::{Arch, ImageConfiguration, Os};
-use strata_oci::image::{ConfigRecipe, Image, SourceImage};
+use strata_oci::image::{ConfigRecipe, DockerKeys, Image, SourceImage};
 
 use crate::closure::{Closure, ClosureError};
 use crate::layer::{scan_tree, LayerError, LayerRecipe};
@@ -113,7 +113,31 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         layers.push(LayerRecipe::new(vec![], entries, &[], spec.mtime, "Nix database: /nix/var/nix/db".to_owned()));
     }
     let config = config_of(&spec.config, base.as_ref(), &spec.created, &spec.architecture);
-    Ok(Image { name: spec.name, tag: spec.tag, mtime: spec.mtime, config: ConfigRecipe::Built(Box::new(config)), base, layers, recode: None, recorded: None })
+    let docker = docker_keys_of(&spec.config, base.as_ref());
+    Ok(Image {
+        name: spec.name,
+        tag: spec.tag,
+        mtime: spec.mtime,
+        config: ConfigRecipe::Built(Box::new(config), docker),
+        base,
+        layers,
+        recode: None,
+        recorded: None,
+    })
+}
+
+/// Docker's config keys beyond OCI's: the base image's (oci-spec's types drop them), then the
+/// spec's, which win.
+fn docker_keys_of(c: &ImageConfigSpec, base: Option<&SourceImage>) -> DockerKeys {
+    const OCI: [&str; 9] = ["User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels", "StopSignal"];
+    let mut keys = DockerKeys::new();
+    if let Some(base) = base {
+        if let Ok(serde_json::Value::Object(config)) = serde_json::from_slice::<serde_json::Value>(&base.config_bytes).map(|v| v["config"].clone()) {
+            keys.extend(config.into_iter().filter(|(k, v)| !OCI.contains(&k.as_str()) && !v.is_null()));
+        }
+    }
+    keys.extend(c.docker_keys());
+    keys
 }
 
 /// The config of an image over `base`, all but its `rootfs` and the built layers' history

@@ -125,6 +125,47 @@ pub struct ImageConfigSpec {
     pub volumes: Option<KeySet>,
     pub labels: Option<BTreeMap<String, String>>,
     pub stop_signal: Option<String>,
+    // Docker's keys beyond OCI's, passed through into the config as they are: the Docker
+    // engine reads them (dockerTools' images set them).
+    pub healthcheck: Option<serde_json::Value>,
+    pub on_build: Option<Vec<String>>,
+    pub shell: Option<Vec<String>>,
+    pub args_escaped: Option<bool>,
+    pub domainname: Option<String>,
+    pub hostname: Option<String>,
+    pub mac_address: Option<String>,
+    pub network_disabled: Option<bool>,
+    pub attach_stdin: Option<bool>,
+    pub attach_stdout: Option<bool>,
+    pub attach_stderr: Option<bool>,
+    pub tty: Option<bool>,
+    pub open_stdin: Option<bool>,
+    pub stdin_once: Option<bool>,
+    pub image: Option<String>,
+}
+
+impl ImageConfigSpec {
+    /// Docker's keys beyond OCI's that are set, by their names in the config.
+    pub fn docker_keys(&self) -> BTreeMap<String, serde_json::Value> {
+        let keys: [(&str, Option<serde_json::Value>); 15] = [
+            ("Healthcheck", self.healthcheck.clone()),
+            ("OnBuild", self.on_build.as_ref().map(|v| serde_json::json!(v))),
+            ("Shell", self.shell.as_ref().map(|v| serde_json::json!(v))),
+            ("ArgsEscaped", self.args_escaped.map(serde_json::Value::Bool)),
+            ("Domainname", self.domainname.as_ref().map(|v| serde_json::json!(v))),
+            ("Hostname", self.hostname.as_ref().map(|v| serde_json::json!(v))),
+            ("MacAddress", self.mac_address.as_ref().map(|v| serde_json::json!(v))),
+            ("NetworkDisabled", self.network_disabled.map(serde_json::Value::Bool)),
+            ("AttachStdin", self.attach_stdin.map(serde_json::Value::Bool)),
+            ("AttachStdout", self.attach_stdout.map(serde_json::Value::Bool)),
+            ("AttachStderr", self.attach_stderr.map(serde_json::Value::Bool)),
+            ("Tty", self.tty.map(serde_json::Value::Bool)),
+            ("OpenStdin", self.open_stdin.map(serde_json::Value::Bool)),
+            ("StdinOnce", self.stdin_once.map(serde_json::Value::Bool)),
+            ("Image", self.image.as_ref().map(|v| serde_json::json!(v))),
+        ];
+        keys.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))).collect()
+    }
 }
 
 /// Docker writes `ExposedPorts`/`Volumes` as `{"80/tcp": {}}`; a plain list is accepted too.

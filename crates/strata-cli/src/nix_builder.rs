@@ -190,7 +190,7 @@ fn sbom(out: &Path) -> Result<()> {
         .collect();
     let manifest = recorded.compressed.iter().find(|c| c.codec == codec.id()).map_or(recorded.manifest, |c| c.manifest);
     let created = match &image.config {
-        ConfigRecipe::Built(config) => config.created().clone().unwrap_or_default(),
+        ConfigRecipe::Built(config, _) => config.created().clone().unwrap_or_default(),
         ConfigRecipe::Verbatim => String::new(),
     };
     let mut bom = Bom::of(image.reference(&recorded.config), manifest, created, &layers, Some(&closure))?;

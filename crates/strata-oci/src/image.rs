@@ -95,9 +95,14 @@ pub enum ConfigRecipe {
     /// The base image's config, byte for byte: a copy keeps its image ID.
     Verbatim,
     /// Everything but `rootfs`, which the layers' diff IDs complete, and the history of the
-    /// built layers, one entry each (`created_by` strata, their comment), after the base's.
-    Built(Box<ImageConfiguration>),
+    /// built layers, one entry each (`created_by` strata, their comment), after the base's;
+    /// with the Docker keys beyond OCI's (`Healthcheck`, `Shell`, …) its `config` holds.
+    Built(Box<ImageConfiguration>, DockerKeys),
 }
+
+/// Keys of a config's `config` object beyond the OCI set (Docker's `Healthcheck`, `OnBuild`,
+/// `Shell`, …), which oci-spec's types do not hold: kept as JSON, written as they are.
+pub type DockerKeys = std::collections::BTreeMap<String, serde_json::Value>;
 
 /// Base layers stored in `from` (in any codec, for `None`) are re-encoded into `to`:
 /// `strata copy --compress` (any into its codec), a copy to a registry (uncompressed into
@@ -241,7 +246,7 @@ impl<L: LayerTar> Image<L> {
         match (&self.config, &self.base) {
             (ConfigRecipe::Verbatim, Some(base)) => base.config_bytes.clone(),
             (ConfigRecipe::Verbatim, None) => unreachable!("a verbatim config is a base image's"),
-            (ConfigRecipe::Built(config), _) => {
+            (ConfigRecipe::Built(config, docker), _) => {
                 let mut rootfs = RootFs::default();
                 rootfs.set_typ("layers".to_owned());
                 rootfs.set_diff_ids(diff_ids.iter().map(Digest::to_string).collect());
@@ -256,7 +261,16 @@ impl<L: LayerTar> Image<L> {
                     h
                 }));
                 config.set_history(Some(history));
-                canonical_json(&config)
+                if docker.is_empty() {
+                    return canonical_json(&config);
+                }
+                let mut value = serde_json::to_value(&config).expect("a config serialises");
+                if let Some(run) = value.get_mut("config").and_then(|c| c.as_object_mut()) {
+                    run.extend(docker.iter().map(|(k, v)| (k.clone(), v.clone())));
+                } else {
+                    value["config"] = serde_json::Value::Object(docker.clone().into_iter().collect());
+                }
+                canonical_json(&value)
             }
         }
     }
@@ -276,7 +290,7 @@ impl<L: LayerTar> Image<L> {
     /// The platform the image is for, as its config says.
     pub fn platform(&self) -> Platform {
         match (&self.config, &self.base) {
-            (ConfigRecipe::Built(config), _) => Platform::of_config(config),
+            (ConfigRecipe::Built(config, _), _) => Platform::of_config(config),
             (ConfigRecipe::Verbatim, Some(base)) => Platform::of_config(&base.config),
             (ConfigRecipe::Verbatim, None) => unreachable!("a verbatim config is a base image's"),
         }

@@ -64,7 +64,7 @@ fn image(layers: Vec<TarBytes>) -> Image<TarBytes> {
         name: "synthetic".to_owned(),
         tag: Some("t".to_owned()),
         mtime: 1,
-        config: ConfigRecipe::Built(Box::new(config)),
+        config: ConfigRecipe::Built(Box::new(config), Default::default()),
         base: None,
         layers,
         recode: None,

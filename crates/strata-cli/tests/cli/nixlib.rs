@@ -290,3 +290,30 @@ fn a_layer_record_is_made_once_and_every_image_with_the_layer_uses_it() {
     let blob = layout.join("blobs/sha256").join(gzip["digest"].as_str().unwrap().trim_start_matches("sha256:"));
     assert_eq!(format!("sha256:{}", sha256_hex(&std::fs::read(&blob).unwrap())), gzip["digest"].as_str().unwrap());
 }
+
+/// #16: dockerTools users' own arguments: an image name with a registry path and capitals
+/// (lower-cased, as dockerTools does; the derivation named after its last component, as
+/// no `/` may be in a derivation name),
+/// Docker's config keys beyond OCI's passed through to the engine, and `config = null`.
+#[test]
+fn docker_tools_names_docker_config_keys_and_null_config() {
+    let result = build("dockerStyle");
+    assert!(result.ends_with("-docker-image-app.tar.gz"), "{result}");
+    let image = docker_load(&result);
+    assert_eq!(image, "ghcr.io/strata-test/app:v1");
+    let config: serde_json::Value =
+        serde_json::from_str(&stdout_of(Command::new("docker").args(["image", "inspect", &image, "--format", "{{json .Config}}"]))).unwrap();
+    assert_eq!(config["Healthcheck"]["Test"][0], "CMD");
+    assert_eq!(config["Healthcheck"]["Interval"], 30000000000u64);
+    assert_eq!(config["OnBuild"], serde_json::json!(["RUN true"]));
+    assert!(config["Shell"][0].as_str().unwrap().ends_with("/bin/sh"), "{config}");
+    assert_eq!(run_in("docker", &image, &[]), "Hello, world!\n");
+    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+
+    let stream = build("dockerNullConfig");
+    let mut streaming = Command::new(&stream).stdout(Stdio::piped()).spawn().unwrap();
+    let load = Command::new("podman").arg("load").stdin(streaming.stdout.take().unwrap()).output().unwrap();
+    assert!(streaming.wait().unwrap().success() && load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "null-config:v1", "/bin/echo", "null config"])), "null config\n");
+    let _ = Command::new("podman").args(["rmi", "-f", "null-config:v1"]).output();
+}
