@@ -86,7 +86,6 @@ let
   layerOf = fn: l: if builtins.isAttrs l && l._strataLayer or false then l
     else throw "strata.${fn}: `layers` must hold layers made with buildLayer, not a ${builtins.typeOf l}";
 
-  escapeRegex = builtins.replaceStrings [ "." "+" "?" ] [ "\\." "\\+" "\\?" ];
 
   # A runnable derivation: `$out/bin/<name>` runs `strata <command> "$@"`.
   runner = name: command: derivation {
@@ -178,11 +177,16 @@ rec {
       , perms ? [ ], created ? defaultCreated, initializeNixDatabase ? false, arch ? null, compressor ? "gz" }:
       let
         fn = "nix2container.buildImage";
+        # nix2container's perms: `path` names a store path (in the image's store, or a tree
+        # laid over /), and `regex` is searched in the store path of each of its files.
         perm = p: {
-          regex = "${escapeRegex (toString p.path)}${if p ? regex then "/${p.regex}" else "(/.*)?"}";
+          store_path = toString p.path;
+          regex = p.regex or "";
           mode = p.mode or null;
           uid = p.uid or null;
           gid = p.gid or null;
+          uname = p.uname or null;
+          gname = p.gname or null;
         };
         described = image {
           drvName = "image-${drvNameOf name}.json";

@@ -31,7 +31,7 @@ let
     copyToRoot = { type = t: t.listOf (t.either t.package t.str); default = [ ]; description = "Trees laid over / (their closures go in the store)."; };
     layers = { type = t: t.listOf t.raw; default = [ ]; description = "Isolated layers: buildLayer results, their arguments ({ deps, copyToRoot }), or derivations."; };
     maxLayers = { type = t: t.ints.between 1 125; default = 100; description = "The layer budget, base and explicit layers included."; };
-    perms = { type = t: t.listOf (t.attrsOf t.anything); default = [ ]; description = "{ path, regex?, mode?, uid?, gid? } as in nix2container."; };
+    perms = { type = t: t.listOf (t.attrsOf t.anything); default = [ ]; description = "{ path, regex?, mode?, uid?, gid?, uname?, gname? } as in nix2container: regex searched in the store paths of the files of path."; };
     fromImage = { type = t: t.nullOr (t.either t.str t.package); default = null; description = "A base image: a docker-archive, or a reference (docker://…, oci:…)."; };
     initializeNixDatabase = { type = t: t.bool; default = false; description = "Whether the image holds a Nix database of its store paths."; };
     check = { type = t: t.bool; default = true; description = "Whether `nix flake check` builds this image."; };

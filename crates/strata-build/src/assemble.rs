@@ -10,9 +10,9 @@ use oci_spec::image::{Arch, ImageConfiguration, Os};
 use strata_oci::image::{ConfigRecipe, DockerKeys, Image, SourceImage};
 
 use crate::closure::{Closure, ClosureError};
-use crate::layer::{scan_tree, LayerError, LayerRecipe};
+use crate::layer::{scan_tree, Entry, LayerError, LayerRecipe};
 use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
-use crate::spec::{ImageConfigSpec, ValidSpec};
+use crate::spec::{ImageConfigSpec, PathMatcher, PermRule, ValidSpec};
 use crate::store::{StorePath, STORE_DIR};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,10 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
     let explicit_roots = spec.layers.iter().flat_map(|l| l.roots.iter().chain(l.copy_to_root.iter().flat_map(|t| closure.references(t))));
     for path in closure.requisites(all_roots.chain(explicit_roots)) {
         let prefix = format!("nix/store/{}", path.base_name());
-        scanned.insert(path.clone(), scan_tree(path.as_ref(), prefix.as_bytes())?);
+        let (mut entries, size) = scan_tree(path.as_ref(), prefix.as_bytes())?;
+        // In the store, a file's path in the image is its store path.
+        apply_source_perms(&spec.perms, &path, &mut entries, |e| format!("/{}", String::from_utf8_lossy(&e.path)));
+        scanned.insert(path.clone(), (entries, size));
     }
     let planned = plan_layers(&input, |p| scanned.get(p).map_or(0, |(_, size)| *size))?;
     let database = if spec.initialize_nix_database {
@@ -102,7 +105,9 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         let store_entries = layer.store_paths.iter().flat_map(|p| scanned[p].0.iter().cloned()).collect();
         let mut root_entries = Vec::new();
         for tree in &layer.root_trees {
-            root_entries.extend(scan_tree(tree.as_ref(), b"")?.0);
+            let mut entries = scan_tree(tree.as_ref(), b"")?.0;
+            apply_source_perms(&spec.perms, tree, &mut entries, |e| format!("{tree}/{}", String::from_utf8_lossy(&e.path)));
+            root_entries.extend(entries);
         }
         let comment = describe(&layer.store_paths, &layer.root_trees);
         let mut recipe = LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment);
@@ -124,6 +129,18 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         recode: None,
         recorded: None,
     })
+}
+
+/// Applies nix2container-style perm rules (`store_path`) to the entries of `store_path`, each
+/// file's own path in the store given by `source`.
+fn apply_source_perms(perms: &[PermRule], store_path: &StorePath, entries: &mut [Entry], source: impl Fn(&Entry) -> String) {
+    for rule in perms.iter().filter(|r| matches!(&r.matcher, PathMatcher::Source { store_path: p, .. } if p == store_path)) {
+        for entry in entries.iter_mut() {
+            if rule.matcher.matches_source(store_path, &source(entry)) {
+                rule.apply(entry);
+            }
+        }
+    }
 }
 
 /// Docker's config keys beyond OCI's: the base image's (oci-spec's types drop them), then the

@@ -96,19 +96,31 @@ pub struct Entry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// The owner's user and group names in the tar header (nix2container's `uname`,
+    /// `gname`); empty by default, as numeric owners need none.
+    pub uname: String,
+    pub gname: String,
 }
 
 impl Entry {
     pub fn directory(path: &[u8], mode: u32) -> Entry {
-        Entry { path: path.to_vec(), kind: EntryKind::Directory, mode, uid: 0, gid: 0 }
+        Entry { path: path.to_vec(), kind: EntryKind::Directory, mode, uid: 0, gid: 0, uname: String::new(), gname: String::new() }
     }
 
     pub fn symlink(path: &[u8], target: &[u8]) -> Entry {
-        Entry { path: path.to_vec(), kind: EntryKind::Symlink { target: target.to_vec() }, mode: 0o777, uid: 0, gid: 0 }
+        Entry {
+            path: path.to_vec(),
+            kind: EntryKind::Symlink { target: target.to_vec() },
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            uname: String::new(),
+            gname: String::new(),
+        }
     }
 
     pub fn contents(path: &[u8], data: Vec<u8>, mode: u32) -> Entry {
-        Entry { path: path.to_vec(), kind: EntryKind::Contents(data), mode, uid: 0, gid: 0 }
+        Entry { path: path.to_vec(), kind: EntryKind::Contents(data), mode, uid: 0, gid: 0, uname: String::new(), gname: String::new() }
     }
 
     fn data_len(&self) -> u64 {
@@ -250,7 +262,7 @@ pub fn scan_tree(source: &Path, prefix: &[u8]) -> Result<(Vec<Entry>, u64), Laye
             tracing::warn!("skipping {}: fifos, sockets and devices are not put in images", item.path().display());
             continue;
         };
-        entries.push(Entry { path: name, kind, mode: meta.mode() & 0o7777, uid: 0, gid: 0 });
+        entries.push(Entry { path: name, kind, mode: meta.mode() & 0o7777, uid: 0, gid: 0, uname: String::new(), gname: String::new() });
     }
     Ok((entries, total))
 }
@@ -287,11 +299,7 @@ impl LayerRecipe {
             for entry in &mut entries {
                 let image_path = format!("/{}", String::from_utf8_lossy(&entry.path));
                 for rule in perms.iter().filter(|r| r.matcher.matches(&image_path)) {
-                    if let Some(mode) = rule.mode {
-                        entry.mode = mode;
-                    }
-                    entry.uid = rule.uid.unwrap_or(entry.uid);
-                    entry.gid = rule.gid.unwrap_or(entry.gid);
+                    rule.apply(entry);
                 }
             }
         }
@@ -327,6 +335,11 @@ impl LayerRecipe {
         for e in &self.entries {
             put(&e.path);
             put(&[e.mode.to_le_bytes(), e.uid.to_le_bytes(), e.gid.to_le_bytes()].concat());
+            if !e.uname.is_empty() || !e.gname.is_empty() {
+                put(b"names");
+                put(e.uname.as_bytes());
+                put(e.gname.as_bytes());
+            }
             match &e.kind {
                 EntryKind::Directory => put(b"d"),
                 EntryKind::File { source, size, stamp } => {
@@ -389,7 +402,13 @@ impl LayerRecipe {
             EntryKind::File { .. } | EntryKind::Contents(_) => (EntryType::Regular, b""),
             EntryKind::Symlink { target } => (EntryType::Symlink, target),
         };
-        let header = header(&entry.path, entry_type, entry.mode, entry.uid, entry.gid, entry.data_len(), self.mtime, link);
+        let mut header = header(&entry.path, entry_type, entry.mode, entry.uid, entry.gid, entry.data_len(), self.mtime, link);
+        if !entry.uname.is_empty() || !entry.gname.is_empty() {
+            // Names that do not fit ustar's 32 bytes are refused when the perms are read.
+            let _ = header.set_username(&entry.uname);
+            let _ = header.set_groupname(&entry.gname);
+            header.set_cksum();
+        }
         out.write_all(header.as_bytes()).map_err(LayerError::Write)?;
         match &entry.kind {
             EntryKind::File { source, size, .. } => {

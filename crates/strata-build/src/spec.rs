@@ -106,10 +106,16 @@ pub struct LayerSpec {
 pub struct PermSpec {
     pub path: Option<String>,
     pub regex: Option<String>,
+    /// nix2container's rules: `regex` is searched (not anchored) in the store path of each
+    /// file of this store path, whether it is in the image's store or its tree is laid over `/`.
+    pub store_path: Option<String>,
     /// Octal, as a string: `"0755"`.
     pub mode: Option<String>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// The owner's names in the tar headers.
+    pub uname: Option<String>,
+    pub gname: Option<String>,
 }
 
 /// The OCI image config, with Docker's key names.
@@ -196,21 +202,54 @@ pub struct PermRule {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub uname: Option<String>,
+    pub gname: Option<String>,
+}
+
+impl PermRule {
+    /// Sets what the rule sets on `entry`.
+    pub fn apply(&self, entry: &mut crate::layer::Entry) {
+        if let Some(mode) = self.mode {
+            entry.mode = mode;
+        }
+        entry.uid = self.uid.unwrap_or(entry.uid);
+        entry.gid = self.gid.unwrap_or(entry.gid);
+        if let Some(uname) = &self.uname {
+            entry.uname = uname.clone();
+        }
+        if let Some(gname) = &self.gname {
+            entry.gname = gname.clone();
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub enum PathMatcher {
     Exact(String),
     Regex(regex::Regex),
+    /// nix2container's: files of `store_path` whose store path (`/nix/store/<it>/…`) the
+    /// regex finds something in.
+    Source {
+        store_path: StorePath,
+        regex: regex::Regex,
+    },
 }
 
 impl PathMatcher {
-    /// `image_path` is absolute, as seen inside the container (`/nix/store/…`).
+    /// `image_path` is absolute, as seen inside the container (`/nix/store/…`). Source rules
+    /// match no image path: they are applied where a file's store path is known, as the
+    /// store paths and trees are scanned ([`PathMatcher::matches_source`]).
     pub fn matches(&self, image_path: &str) -> bool {
         match self {
             PathMatcher::Exact(p) => p == image_path,
             PathMatcher::Regex(r) => r.is_match(image_path),
+            PathMatcher::Source { .. } => false,
         }
+    }
+
+    /// Whether a file of `store_path` whose own path in the store is `source` matches.
+    pub fn matches_source(&self, store_path: &StorePath, source: &str) -> bool {
+        matches!(self, PathMatcher::Source { store_path: p, regex } if p == store_path && regex.is_match(source))
     }
 }
 
@@ -325,14 +364,20 @@ impl Spec {
         let mut perms = Vec::new();
         for (i, p) in self.perms.iter().enumerate() {
             let key = format!("perms[{i}]");
-            let matcher = match (&p.path, &p.regex) {
-                (Some(path), None) => PathMatcher::Exact(path.trim_end_matches('/').to_owned()),
-                (None, Some(re)) => match regex::Regex::new(&format!("^(?:{re})$")) {
-                    Ok(r) => PathMatcher::Regex(r),
-                    // The regex crate's message draws a caret under the pattern; its last line says why.
-                    Err(e) => return err(&format!("{key}.regex"), format!("invalid regex {re:?}: {}", e.to_string().lines().last().unwrap_or_default())),
-                },
-                _ => return err(&key, "needs exactly one of `path` or `regex`".to_owned()),
+            let regex = |re: &str, anchored: bool| {
+                let pattern = if anchored { format!("^(?:{re})$") } else { re.to_owned() };
+                // The regex crate's message draws a caret under the pattern; its last line says why.
+                regex::Regex::new(&pattern)
+                    .map_err(|e| KeyError::new(format!("{key}.regex"), format!("invalid regex {re:?}: {}", e.to_string().lines().last().unwrap_or_default())))
+            };
+            let matcher = match (&p.path, &p.regex, &p.store_path) {
+                (Some(path), None, None) => PathMatcher::Exact(path.trim_end_matches('/').to_owned()),
+                (None, Some(re), None) => PathMatcher::Regex(regex(re, true)?),
+                (None, re, Some(store_path)) => {
+                    let path = StorePath::containing(store_path).map_err(|e| KeyError::new(format!("{key}.store_path"), e.to_string()))?;
+                    PathMatcher::Source { store_path: path, regex: regex(re.as_deref().unwrap_or(""), false)? }
+                }
+                _ => return err(&key, "needs exactly one of `path`, `regex`, or `store_path` (with an optional `regex`)".to_owned()),
             };
             let mode = match &p.mode {
                 None => None,
@@ -341,10 +386,15 @@ impl Spec {
                     _ => return err(&format!("{key}.mode"), format!("{m:?} is not an octal mode such as \"0755\"")),
                 },
             };
-            if mode.is_none() && p.uid.is_none() && p.gid.is_none() {
-                return err(&key, "sets none of `mode`, `uid`, `gid`".to_owned());
+            if mode.is_none() && p.uid.is_none() && p.gid.is_none() && p.uname.is_none() && p.gname.is_none() {
+                return err(&key, "sets none of `mode`, `uid`, `gid`, `uname`, `gname`".to_owned());
             }
-            perms.push(PermRule { matcher, mode, uid: p.uid, gid: p.gid });
+            for (field, name) in [("uname", &p.uname), ("gname", &p.gname)] {
+                if name.as_ref().is_some_and(|n| n.len() > 31 || !n.bytes().all(|b| b.is_ascii_graphic())) {
+                    return err(&format!("{key}.{field}"), "a name of at most 31 printable ASCII characters (a tar header's field)".to_owned());
+                }
+            }
+            perms.push(PermRule { matcher, mode, uid: p.uid, gid: p.gid, uname: p.uname.clone(), gname: p.gname.clone() });
         }
         Ok(ValidSpec {
             name: self.name,

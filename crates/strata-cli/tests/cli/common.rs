@@ -106,6 +106,9 @@ pub struct Archive {
 pub struct EntryInfo {
     pub mode: u32,
     pub uid: u64,
+    pub gid: u64,
+    /// The header's user and group names (empty when none).
+    pub names: (String, String),
     pub mtime: u64,
     pub kind: tar::EntryType,
     pub link: Option<Vec<u8>>,
@@ -137,7 +140,18 @@ pub fn read_archive(path: &Path) -> Archive {
                 let link = e.link_name_bytes().map(|l| l.into_owned());
                 let mut data = Vec::new();
                 e.read_to_end(&mut data).unwrap();
-                let info = EntryInfo { mode: h.mode().unwrap(), uid: h.uid().unwrap(), mtime: h.mtime().unwrap(), kind: h.entry_type(), link, data };
+                let name = |n: Option<&str>| n.unwrap_or_default().to_owned();
+                let names = (name(h.username().ok().flatten()), name(h.groupname().ok().flatten()));
+                let info = EntryInfo {
+                    mode: h.mode().unwrap(),
+                    uid: h.uid().unwrap(),
+                    gid: h.gid().unwrap(),
+                    names,
+                    mtime: h.mtime().unwrap(),
+                    kind: h.entry_type(),
+                    link,
+                    data,
+                };
                 assert!(entries.insert(path.clone(), info).is_none(), "{path} twice in one layer");
             }
             entries

@@ -317,3 +317,28 @@ fn docker_tools_names_docker_config_keys_and_null_config() {
     assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "null-config:v1", "/bin/echo", "null config"])), "null config\n");
     let _ = Command::new("podman").args(["rmi", "-f", "null-config:v1"]).output();
 }
+
+/// #16: nix2container's perms apply where nix2container applies them: `path` names a store
+/// path, whether its tree is laid over `/` (copyToRoot) or it sits in the store, and `regex`
+/// is searched in the store path of each of its files; `uname`/`gname` go in the tar headers.
+#[test]
+fn nix2container_perms_apply_to_trees_laid_over_root() {
+    let description = build("n2cPerms");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("perms.tar");
+    run_ok(strata(&["stream", &description, "-o", &format!("docker-archive:{}", archive.display())]));
+    let layers = read_archive(&archive).layers;
+    let find = |path: &str| layers.iter().find_map(|l| l.get(path)).unwrap_or_else(|| panic!("{path} is in no layer"));
+    let busybox = find("bin/busybox");
+    assert_eq!((busybox.mode, busybox.uid, busybox.gid), (0o750, 1000, 100));
+    assert_eq!(busybox.names, ("app".to_owned(), "users".to_owned()));
+    let sh = find("bin/sh");
+    assert_eq!((sh.mode, sh.uid), (0o777, 0), "the regex matched bin/busybox only");
+    let hello = fixture("hello");
+    let hello_bin = find(&format!("{}/bin/hello", hello.trim_start_matches('/')));
+    assert_eq!(hello_bin.mode, 0o700, "a store path's files too");
+    run_ok(Command::new("podman").arg("load").arg("-i").arg(&archive));
+    let listed = run_in("podman", "n2c-perms:v1", &[]);
+    assert!(listed.starts_with("-rwxr-x---") && listed.contains(" 1000 ") && listed.contains(" 100 "), "{listed}");
+    let _ = Command::new("podman").args(["rmi", "-f", "n2c-perms:v1"]).output();
+}
