@@ -65,7 +65,9 @@ impl Input {
     pub fn resolve(arg: &str) -> Result<Input> {
         let path = Path::new(arg);
         let transport = arg.split_once(':').map(|(t, _)| t);
-        if !path.exists() && matches!(transport, Some("docker-archive" | "oci" | "oci-archive" | "docker" | "docker-daemon" | "podman")) {
+        if !path.exists()
+            && matches!(transport, Some("docker-archive" | "oci" | "oci-archive" | "dir" | "docker" | "docker-daemon" | "podman" | "containers-storage"))
+        {
             return Ok(Input::Source(arg.parse()?));
         }
         if path.is_dir() {

@@ -94,7 +94,7 @@ struct Target<'a> {
 /// the host's). `keep` is a source's index to keep (see `write_index`).
 fn write_images(images: Vec<Image<LayerRecipe>>, target: &Target, keep: Option<&[u8]>, cx: &Transport) -> Result<()> {
     let Target { dest, compression, platform, signer, json, .. } = *target;
-    if matches!(dest, ImageRef::DockerArchive(_) | ImageRef::Engine { .. }) {
+    if matches!(dest, ImageRef::DockerArchive(_) | ImageRef::Engine { .. } | ImageRef::Dir(_)) {
         let platform = platform.cloned().unwrap_or_else(Platform::host);
         let chosen = choose_platform(&images, &platform).with_context(|| format!("writing {dest}, which holds one image: choose it with --platform"))?;
         let written = Loaded(chosen.clone()).write(dest, compression, cx)?;

@@ -24,7 +24,8 @@ use oci_spec::distribution::Reference;
 use crate::digest::Digest;
 
 /// Every transport, for messages that list them.
-pub const TRANSPORTS: &str = "docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], docker://HOST/REPO:TAG, docker-daemon:NAME:TAG or podman:NAME:TAG";
+pub const TRANSPORTS: &str =
+    "docker-archive:PATH, oci:DIR[:REF], oci-archive:PATH[:REF], dir:DIR, docker://HOST/REPO:TAG, docker-daemon:NAME:TAG or podman:NAME:TAG";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid image reference {reference:?}: {why}")]
@@ -46,6 +47,8 @@ pub enum ImageRef {
         path: PathBuf,
         reference: Option<OciRef>,
     },
+    /// skopeo's directory format: `manifest.json`, `version`, and the blobs by digest.
+    Dir(PathBuf),
     Registry(RegistryRef),
     Engine {
         engine: Engine,
@@ -226,7 +229,8 @@ impl std::str::FromStr for ImageRef {
         let (transport, rest) = reference.split_once(':').ok_or_else(|| bad(format!("expected TRANSPORT:…, one of {TRANSPORTS}")))?;
         let engine = match transport {
             "docker-daemon" => Some(Engine::Docker),
-            "podman" => Some(Engine::Podman),
+            // skopeo's name for podman's storage.
+            "podman" | "containers-storage" => Some(Engine::Podman),
             _ => None,
         };
         if let Some(engine) = engine {
@@ -257,6 +261,8 @@ impl std::str::FromStr for ImageRef {
             "docker-archive" => Ok(ImageRef::DockerArchive(Some(PathBuf::from(rest)))),
             "oci" => path_and_ref().map(|(dir, reference)| ImageRef::Oci { dir, reference }),
             "oci-archive" => path_and_ref().map(|(path, reference)| ImageRef::OciArchive { path, reference }),
+            "dir" if rest.is_empty() => Err(bad("the path is empty".to_owned())),
+            "dir" => Ok(ImageRef::Dir(PathBuf::from(rest))),
             other => Err(bad(format!("unknown transport {other:?} (expected {TRANSPORTS})"))),
         }
     }
@@ -274,6 +280,7 @@ impl fmt::Display for ImageRef {
             ImageRef::OciArchive { path, reference } => {
                 write!(f, "oci-archive:{}{}", path.display(), with_ref(reference))
             }
+            ImageRef::Dir(dir) => write!(f, "dir:{}", dir.display()),
             ImageRef::Registry(r) => write!(f, "{r}"),
             ImageRef::Engine { engine, name } => {
                 let transport = match engine {

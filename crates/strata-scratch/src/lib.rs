@@ -253,6 +253,24 @@ impl ScratchDir {
         self.dir.as_ref().expect("only persist takes the directory").path()
     }
 
+    /// Puts the directory at `dest`, replacing what is there in one step: the two are
+    /// exchanged (`renameat2` with `RENAME_EXCHANGE`), and the old content, now here, is
+    /// removed with this scratch directory. Where `dest` does not exist, [`persist`](Self::persist).
+    pub fn replace(&mut self, dest: &Path) -> io::Result<()> {
+        if std::fs::symlink_metadata(dest).is_err() {
+            return self.persist(dest);
+        }
+        let cstr =
+            |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"));
+        let (from, to) = (cstr(self.path())?, cstr(dest)?);
+        // SAFETY: both are NUL-terminated paths that live through the call.
+        let done = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_EXCHANGE) };
+        if done != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Renames the directory to `dest`, which must not exist (or be an empty directory).
     /// On failure the scratch directory is kept, for the caller to use otherwise.
     pub fn persist(&mut self, dest: &Path) -> io::Result<()> {

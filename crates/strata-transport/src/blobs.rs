@@ -30,9 +30,17 @@ pub const MAX_METADATA_SIZE: u64 = 4 << 20;
 
 /// Where a source's blobs are: files in a directory, byte ranges of an archive, a registry.
 pub(crate) enum BlobStore {
+    /// An OCI layout: `blobs/sha256/<hex>`.
     Dir(PathBuf),
+    /// A `dir:` image: `<hex>`.
+    Flat(PathBuf),
     Registry(RegistryBlobs, String),
-    Archive { path: PathBuf, files: BTreeMap<String, (u64, u64)>, by_digest: BTreeMap<Digest, String>, _decompressed: Option<ScratchFile> },
+    Archive {
+        path: PathBuf,
+        files: BTreeMap<String, (u64, u64)>,
+        by_digest: BTreeMap<Digest, String>,
+        _decompressed: Option<ScratchFile>,
+    },
 }
 
 impl BlobStore {
@@ -66,6 +74,12 @@ impl BlobStore {
         Ok(match self {
             BlobStore::Dir(dir) => {
                 let name = format!("blobs/sha256/{}", digest.hex());
+                let path = dir.join(&name);
+                let file = open_inside(dir, &name).map_err(|source| SourceError::Read { path: path.clone(), source })?;
+                (path, Box::new(file))
+            }
+            BlobStore::Flat(dir) => {
+                let name = digest.hex().to_owned();
                 let path = dir.join(&name);
                 let file = open_inside(dir, &name).map_err(|source| SourceError::Read { path: path.clone(), source })?;
                 (path, Box::new(file))

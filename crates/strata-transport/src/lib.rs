@@ -5,7 +5,8 @@
 //! - [`docker_archive`]: `docker-archive:PATH` (`-`: stdout), the tar of `docker save`;
 //! - [`oci_layout`]: `oci:DIR[:REF]` and `oci-archive:PATH[:REF]`;
 //! - [`registry`]: `docker://HOST/REPO[:TAG|@DIGEST]`, the OCI distribution API;
-//! - [`engine`]: `docker-daemon:` and `podman:`, a docker-archive streamed into `load`.
+//! - [`engine`]: `docker-daemon:` and `podman:`, a docker-archive streamed into `load`;
+//! - [`dir`]: `dir:DIR`, skopeo's directory format.
 //!
 //! [`open_image`] reads any of them into a [`SourceImage`], every blob verified (see
 //! [`blobs`]); [`write_image`] writes an [`Image`] to any of them. Nothing half-written is
@@ -24,6 +25,7 @@
 
 pub mod blobs;
 pub mod cache;
+pub mod dir;
 pub mod docker_archive;
 pub mod engine;
 pub mod oci_layout;
@@ -78,6 +80,8 @@ pub enum SinkError {
     Changed { path: PathBuf, expected: u64 },
     #[error("{0} exists and is not an OCI layout (no oci-layout file) nor an empty directory")]
     NotOciLayout(PathBuf),
+    #[error("{0} exists and is not a dir: image (no version file) nor an empty directory")]
+    NotDirImage(PathBuf),
     #[error("cannot read OCI layout {path}: {why}")]
     BadOciLayout { path: PathBuf, why: String },
     #[error("cannot copy layer {digest} of the base image")]
@@ -135,6 +139,7 @@ pub fn open_image(reference: &ImageRef, platform: &Platform, registry: &Registry
         ImageRef::DockerArchive(Some(path)) => docker_archive::open_docker_archive(path),
         ImageRef::Oci { dir, reference } => oci_layout::open_oci(BlobStore::Dir(dir.clone()), dir, tag(reference).as_deref(), platform),
         ImageRef::OciArchive { path, reference } => oci_layout::open_oci(BlobStore::archive(path)?, path, tag(reference).as_deref(), platform),
+        ImageRef::Dir(dir) => dir::open_dir(dir),
         ImageRef::DockerArchive(None) | ImageRef::Engine { .. } => Err(SourceError::NotASource(reference.to_string())),
     }
 }
@@ -156,7 +161,7 @@ pub fn open_index(reference: &ImageRef, registry: &RegistryOptions) -> Result<Op
         ImageRef::Registry(r) => (registry::index_of(r, registry)?, PathBuf::from(r.to_string())),
         ImageRef::Oci { dir, reference } => (oci_layout::oci_index(BlobStore::Dir(dir.clone()), dir, tag(reference).as_deref())?, dir.clone()),
         ImageRef::OciArchive { path, reference } => (oci_layout::oci_index(BlobStore::archive(path)?, path, tag(reference).as_deref())?, path.clone()),
-        ImageRef::DockerArchive(Some(_)) => (None, PathBuf::new()),
+        ImageRef::DockerArchive(Some(_)) | ImageRef::Dir(_) => (None, PathBuf::new()),
         ImageRef::DockerArchive(None) | ImageRef::Engine { .. } => return Err(SourceError::NotASource(reference.to_string())),
     };
     let Some(bytes) = bytes else { return Ok(None) };
@@ -171,10 +176,11 @@ pub fn open_index(reference: &ImageRef, registry: &RegistryOptions) -> Result<Op
     Ok(Some(SourceIndex { bytes, platforms }))
 }
 
-/// docker-archive layers default to uncompressed (fast `docker load`), the rest to gzip.
+/// docker-archive layers default to uncompressed (fast `docker load`), and `dir:` too (as
+/// skopeo leaves them), the rest to gzip.
 pub fn default_compression(dest: &ImageRef) -> Compression {
     match dest {
-        ImageRef::DockerArchive(_) | ImageRef::Engine { .. } => Compression::None,
+        ImageRef::DockerArchive(_) | ImageRef::Engine { .. } | ImageRef::Dir(_) => Compression::None,
         _ => Compression::Gzip,
     }
 }
@@ -233,7 +239,9 @@ pub fn write_index<L: LayerTar>(
         ImageRef::Oci { dir, reference } => oci_layout::write_index_layout(images, dir, reference.as_ref(), compression, keep, cx),
         ImageRef::OciArchive { path, reference } => oci_layout::write_index_archive(images, path, reference.as_ref(), compression, keep, cx),
         ImageRef::Registry(r) => registry::push_index(images, r, compression, keep, cx).map_err(SinkError::from),
-        ImageRef::DockerArchive(_) | ImageRef::Engine { .. } => Err(SinkError::OnePlatformOnly { dest: dest.to_string(), available: platforms_of(images) }),
+        ImageRef::DockerArchive(_) | ImageRef::Engine { .. } | ImageRef::Dir(_) => {
+            Err(SinkError::OnePlatformOnly { dest: dest.to_string(), available: platforms_of(images) })
+        }
     };
     cx.progress.done();
     cx.cache.prune();
@@ -293,6 +301,7 @@ fn write_image_to<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: C
         ImageRef::Engine { engine, name } => engine::load_into(*engine, image, compression, name.as_ref().map(ToString::to_string).as_deref(), cx),
         ImageRef::Oci { dir, reference } => oci_layout::write_layout(image, dir, reference.as_ref(), compression, cx),
         ImageRef::OciArchive { path, reference } => oci_layout::write_archive(image, path, reference.as_ref(), compression, cx),
+        ImageRef::Dir(dir) => dir::write_dir(image, dir, compression, cx),
     }
 }
 

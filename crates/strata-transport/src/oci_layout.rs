@@ -341,7 +341,7 @@ fn oci_entry(store: &BlobStore, path: &Path, tag: Option<&str>) -> Result<(Descr
             let read_err = |source| SourceError::Read { path: path.to_owned(), source };
             read_bounded(archive_member(tar, files, "index.json")?, MAX_METADATA_SIZE).map_err(read_err)?
         }
-        BlobStore::Registry(..) => unreachable!("registries are opened by open_registry"),
+        BlobStore::Registry(..) | BlobStore::Flat(_) => unreachable!("registries and dir: images are opened by their own modules"),
     };
     let index: ImageIndex = parse_json(&index_bytes, path, "index.json")?;
     let ref_name = |d: &Descriptor| d.annotations().as_ref().and_then(|a| a.get(ANNOTATION_REF_NAME)).cloned();

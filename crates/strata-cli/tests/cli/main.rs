@@ -6,6 +6,7 @@
 mod cache;
 mod common;
 mod containerize;
+mod dir;
 mod engines;
 mod errors;
 mod flake;
