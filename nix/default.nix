@@ -63,7 +63,7 @@ let
 
   # The spec strata reads (see the README), from the library's arguments. `fromImage` is a
   # docker-archive (a path or derivation) or any strata source reference ("oci:…", "docker://…").
-  mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], maxLayers ? 100
+  mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], linkToRoot ? [ ], maxLayers ? 100
                , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ]
                , initializeNixDatabase ? false, architecture ? null }: {
     inherit name tag created mtime perms config layers architecture;
@@ -71,6 +71,7 @@ let
     max_layers = maxLayers;
     roots = storePaths fn "contents" roots;
     copy_to_root = storePaths fn "copyToRoot" copyToRoot;
+    link_to_root = storePaths fn "contents" linkToRoot;
     from_image =
       if fromImage == null then null
       else if builtins.isString fromImage && builtins.match "[a-z-]+:.*" fromImage != null then fromImage
@@ -127,14 +128,16 @@ rec {
     });
 
   # nixpkgs dockerTools.streamLayeredImage: an executable that writes the image to stdout
-  # (`$(nix-build) | docker load`); no image bytes in the store. `contents` are laid over /.
+  # (`$(nix-build) | docker load`); no image bytes in the store. `contents` are joined as
+  # dockerTools joins them (symlinkJoin): each in the store with its closure, `/` holding
+  # symlinks into it (/bin/sh -> /nix/store/…-bash/bin/sh).
   streamLayeredImage =
     { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
     , mtime ? null, fromImage ? null }:
     image {
       drvName = "stream-${drvNameOf name}";
       mode = "stream";
-      spec = mkSpec "streamLayeredImage" { inherit tag maxLayers created mtime fromImage; name = toLower name; config = configOf config; copyToRoot = contents; };
+      spec = mkSpec "streamLayeredImage" { inherit tag maxLayers created mtime fromImage; name = toLower name; config = configOf config; linkToRoot = contents; };
     };
 
   # nixpkgs dockerTools.buildLayeredImage: the same image as a gzipped docker-archive.
@@ -145,7 +148,7 @@ rec {
       inherit tag maxLayers created mtime fromImage;
       name = toLower name;
       config = configOf config;
-      copyToRoot = contents;
+      linkToRoot = contents;
     });
 
   # nix2container-style images: the result is the image's description (spec, closure graph,

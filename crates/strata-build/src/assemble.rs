@@ -47,12 +47,14 @@ pub enum ClosureSource {
 /// still hold are kept (see `plan`); empty for none.
 pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImage>, previous: &[Vec<String>]) -> Result<Image<LayerRecipe>, AssembleError> {
     let base_layers = base.as_ref().map_or(0, |b| b.layers.len());
-    if base_layers + spec.layers.len() + usize::from(!spec.copy_to_root.is_empty()) > spec.max_layers {
+    let links = usize::from(!spec.link_to_root.is_empty());
+    if base_layers + spec.layers.len() + usize::from(!spec.copy_to_root.is_empty()) + links > spec.max_layers {
         return Err(AssembleError::BaseTooBig { max_layers: spec.max_layers, base: base_layers });
     }
     let config_roots = spec.config_roots();
     let mut keyed_roots: Vec<(String, StorePath)> = spec.roots.iter().cloned().chain(config_roots.iter().cloned()).collect();
     keyed_roots.extend(spec.copy_to_root.iter().cloned());
+    keyed_roots.extend(spec.link_to_root.iter().cloned());
     for (i, layer) in spec.layers.iter().enumerate() {
         let keyed = |key: &str, paths: &[StorePath]| paths.iter().enumerate().map(|(j, p)| (format!("layers[{i}].{key}[{j}]"), p.clone())).collect::<Vec<_>>();
         keyed_roots.extend(keyed("roots", &layer.roots));
@@ -76,9 +78,10 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         }
     };
 
-    let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).map(|(_, p)| p.clone()).collect();
+    // Trees linked from / are in the store themselves, with their closures.
+    let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).chain(&spec.link_to_root).map(|(_, p)| p.clone()).collect();
     let copy_to_root: Vec<StorePath> = spec.copy_to_root.iter().map(|(_, p)| p.clone()).collect();
-    let max_layers = spec.max_layers.saturating_sub(base_layers + usize::from(spec.initialize_nix_database));
+    let max_layers = spec.max_layers.saturating_sub(base_layers + usize::from(spec.initialize_nix_database) + links);
     let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers, previous };
 
     // Scan every store path once; the plan needs their sizes, the recipes their entries.
@@ -113,6 +116,12 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         let mut recipe = LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment);
         recipe.root_trees = layer.root_trees.clone();
         layers.push(recipe);
+    }
+    if links == 1 {
+        let trees: Vec<StorePath> = spec.link_to_root.iter().map(|(_, p)| p.clone()).collect();
+        let names: Vec<&str> = trees.iter().map(StorePath::name).collect();
+        let comment = format!("linked from /: {}", names.join(", "));
+        layers.push(LayerRecipe::new(vec![], crate::layer::link_trees(&trees)?, &spec.perms, spec.mtime, comment));
     }
     if let Some(entries) = database {
         layers.push(LayerRecipe::new(vec![], entries, &[], spec.mtime, "Nix database: /nix/var/nix/db".to_owned()));

@@ -262,6 +262,7 @@ impl Environment {
             from_image: None,
             roots: packages.iter().map(|(_, _, p)| p.to_string()).collect(),
             copy_to_root: vec![],
+            link_to_root: vec![],
             layers: vec![],
             perms: vec![],
             config,

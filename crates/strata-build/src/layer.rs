@@ -45,7 +45,7 @@ pub enum LayerError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} changed while the image was being written (it was {expected} bytes)")]
     Changed { path: PathBuf, expected: u64 },
-    #[error("{path}: copy_to_root needs a directory")]
+    #[error("{path}: a tree laid over / (copy_to_root, link_to_root) must be a directory")]
     NotADirectory { path: PathBuf },
     #[error("{path}: copy_to_root needs a directory, not a symlink (to {target}): its tree would not be the store path's own")]
     RootIsSymlink { path: PathBuf, target: PathBuf },
@@ -206,6 +206,44 @@ impl LayerTar for LayerRecipe {
     fn comment(&self) -> &str {
         &self.comment
     }
+}
+
+/// The entries that link `trees` from `/`, as nixpkgs' `symlinkJoin` (lndir) joins them, in
+/// order: every directory of a tree made (mode 0755), every other entry a symlink to its
+/// path in the store; on a clash, the earlier tree's entry stays. dockerTools' `contents`.
+pub fn link_trees(trees: &[crate::store::StorePath]) -> Result<Vec<Entry>, LayerError> {
+    let mut by_path: std::collections::BTreeMap<Vec<u8>, Entry> = std::collections::BTreeMap::new();
+    fn walk(dir: &Path, rel: &[u8], by_path: &mut std::collections::BTreeMap<Vec<u8>, Entry>) -> Result<(), LayerError> {
+        let read_err = |source| LayerError::Read { path: dir.to_owned(), source };
+        let mut children: Vec<std::fs::DirEntry> = std::fs::read_dir(dir).map_err(read_err)?.collect::<Result<_, _>>().map_err(read_err)?;
+        children.sort_by_key(|c| c.file_name());
+        for child in children {
+            let name = child.file_name();
+            let path = if rel.is_empty() { name.as_bytes().to_vec() } else { [rel, b"/", name.as_bytes()].concat() };
+            let is_dir = child.file_type().map_err(|source| LayerError::Read { path: child.path(), source })?.is_dir();
+            match (is_dir, by_path.get(&path).map(|e| e.kind == EntryKind::Directory)) {
+                (true, None) => {
+                    by_path.insert(path.clone(), Entry::directory(&path, 0o755));
+                    walk(&child.path(), &path, by_path)?;
+                }
+                (true, Some(true)) => walk(&child.path(), &path, by_path)?,
+                (false, None) => {
+                    by_path.insert(path.clone(), Entry::symlink(&path, child.path().as_os_str().as_bytes()));
+                }
+                // The earlier tree's entry stays.
+                (_, Some(_)) => {}
+            }
+        }
+        Ok(())
+    }
+    for tree in trees {
+        let root = Path::new(tree.as_str());
+        if !std::fs::symlink_metadata(root).map_err(|source| LayerError::Read { path: root.to_owned(), source })?.is_dir() {
+            return Err(LayerError::NotADirectory { path: root.to_owned() });
+        }
+        walk(root, b"", &mut by_path)?;
+    }
+    Ok(by_path.into_values().collect())
 }
 
 /// Depth-first order with siblings sorted bytewise: compare component by component.

@@ -75,6 +75,11 @@ pub struct Spec {
     /// Store paths whose trees are laid over `/` in a final layer.
     #[serde(default)]
     pub copy_to_root: Vec<String>,
+    /// Store paths linked from `/`, as dockerTools' `contents` (symlinkJoin): in the store with
+    /// their closures, and in a final layer their trees' directories made under `/` and every
+    /// other entry a symlink into the store.
+    #[serde(default)]
+    pub link_to_root: Vec<String>,
     /// Explicit layers, first and in order.
     #[serde(default)]
     pub layers: Vec<LayerSpec>,
@@ -274,6 +279,7 @@ pub struct ValidSpec {
     /// Closure roots, each with the key it came from (for error messages).
     pub roots: Vec<(String, StorePath)>,
     pub copy_to_root: Vec<(String, StorePath)>,
+    pub link_to_root: Vec<(String, StorePath)>,
     pub layers: Vec<ExplicitLayer>,
     pub perms: Vec<PermRule>,
     pub config: ImageConfigSpec,
@@ -328,7 +334,10 @@ impl Spec {
         if !(1..=MAX_MAX_LAYERS).contains(&max_layers) {
             return err("max_layers", format!("{max_layers} is out of range (1 to {MAX_MAX_LAYERS})"));
         }
-        let explicit_needed = self.layers.len() + usize::from(!self.copy_to_root.is_empty()) + usize::from(self.initialize_nix_database);
+        let explicit_needed = self.layers.len()
+            + usize::from(!self.copy_to_root.is_empty())
+            + usize::from(!self.link_to_root.is_empty())
+            + usize::from(self.initialize_nix_database);
         if explicit_needed > max_layers {
             return err("max_layers", format!("{max_layers} is less than the {explicit_needed} layers the spec asks for explicitly"));
         }
@@ -348,8 +357,9 @@ impl Spec {
         };
         let roots = store_paths("roots", &self.roots)?;
         let copy_to_root = store_paths("copy_to_root", &self.copy_to_root)?;
-        for (key, path) in &copy_to_root {
-            if !self.copy_to_root.iter().any(|p| p == path.as_str()) {
+        let link_to_root = store_paths("link_to_root", &self.link_to_root)?;
+        for ((key, path), given) in copy_to_root.iter().chain(&link_to_root).zip(self.copy_to_root.iter().chain(&self.link_to_root)) {
+            if given != path.as_str() {
                 return err(key, format!("{path} must be a store path itself, not a path inside one"));
             }
         }
@@ -406,6 +416,7 @@ impl Spec {
             from_image,
             roots,
             copy_to_root,
+            link_to_root,
             layers,
             perms,
             config: self.config,

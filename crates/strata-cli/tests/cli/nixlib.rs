@@ -60,11 +60,17 @@ fn stream_layered_image_streams_into_podman() {
     assert!(stream.wait().unwrap().success());
     assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
     assert_eq!(run_in("podman", "hello-stream:latest", &[]), "Hello, world!\n");
-    // `contents` are laid over /: busybox's bin is at /bin.
+    // `contents` are joined as dockerTools joins them (symlinkJoin): busybox in the store,
+    // and / holding symlinks into it (#16).
     assert_eq!(
         stdout_of(Command::new("podman").args(["run", "--rm", "--entrypoint", "/bin/echo", "hello-stream:latest", "from", "contents"])),
         "from contents\n"
     );
+    let busybox = fixture("busybox");
+    let listed = stdout_of(Command::new("podman").args(["run", "--rm", "--entrypoint", "/bin/ls", "hello-stream:latest", "-l", "/bin/sh"]));
+    assert!(listed.trim_end().ends_with(&format!("/bin/sh -> {busybox}/bin/sh")), "{listed}");
+    let in_store = stdout_of(Command::new("podman").args(["run", "--rm", "--entrypoint", "/bin/ls", "hello-stream:latest", &format!("{busybox}/bin/busybox")]));
+    assert_eq!(in_store.trim(), format!("{busybox}/bin/busybox"));
     let _ = Command::new("podman").args(["rmi", "-f", "hello-stream:latest"]).output();
 }
 
