@@ -141,6 +141,18 @@ pub struct InspectArgs {
     pub raw: bool,
 }
 
+/// What goes with an image pushed to a registry.
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// Sign what is pushed (docker:// only) with this key, as cosign does
+    #[arg(long, value_name = "NAME.key")]
+    pub sign_key: Option<PathBuf>,
+    /// Attach the image's bill of materials to what is pushed (docker:// only), as an OCI 1.1
+    /// artifact whose subject is the image [default format: spdx]
+    #[arg(long, value_enum, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "spdx")]
+    pub sbom: Option<SbomFormat>,
+}
+
 #[derive(clap::Subcommand)]
 pub enum KeyAction {
     /// Write NAME.key and NAME.pub
@@ -266,13 +278,8 @@ pub struct CopyArgs {
     /// kept), as skopeo copy --all
     #[arg(long)]
     pub all: bool,
-    /// Sign what is pushed (docker:// only) with this key, as cosign does
-    #[arg(long, value_name = "NAME.key")]
-    pub sign_key: Option<PathBuf>,
-    /// Attach the image's bill of materials to what is pushed (docker:// only), as an OCI 1.1
-    /// artifact whose subject is the image [default format: spdx]
-    #[arg(long, value_enum, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "spdx")]
-    pub sbom: Option<SbomFormat>,
+    #[command(flatten)]
+    pub push: PushArgs,
 }
 
 /// The destinations every writing subcommand's help lists.
@@ -365,13 +372,8 @@ pub struct BuildArgs {
     /// specs make a multi-platform image [default: the host's]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<Platform>,
-    /// Sign what is pushed (docker:// only) with this key, as cosign does
-    #[arg(long, value_name = "NAME.key")]
-    pub sign_key: Option<PathBuf>,
-    /// Attach the image's bill of materials to what is pushed (docker:// only), as an OCI 1.1
-    /// artifact whose subject is the image [default format: spdx]
-    #[arg(long, value_enum, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "spdx")]
-    pub sbom: Option<SbomFormat>,
+    #[command(flatten)]
+    pub push: PushArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

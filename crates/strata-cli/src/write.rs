@@ -33,14 +33,14 @@ pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
     };
     let dest = destination(args.output.as_deref(), &format!("strata build {what}"))?;
     check_json_destination(args.json, &dest)?;
-    let signer = args.sign_key.as_deref().map(|key| Signer::load(key, &dest)).transpose()?;
-    check_attachable(args.sbom, &dest)?;
+    let signer = args.push.sign_key.as_deref().map(|key| Signer::load(key, &dest)).transpose()?;
+    check_attachable(args.push.sbom, &dest)?;
     let target = Target {
         dest: &dest,
         compression: args.compress.map(Into::into),
         platform: args.platform.as_ref(),
         signer: signer.as_ref(),
-        sbom: args.sbom,
+        sbom: args.push.sbom,
         json: args.json,
     };
     if inputs.len() == 1 && !inputs[0].is_index() {
@@ -146,8 +146,8 @@ pub fn stream(args: StreamArgs, cx: &Transport) -> Result<()> {
 pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
     let dest: ImageRef = args.destination.parse()?;
     check_json_destination(args.json, &dest)?;
-    let signer = args.sign_key.as_deref().map(|key| Signer::load(key, &dest)).transpose()?;
-    check_attachable(args.sbom, &dest)?;
+    let signer = args.push.sign_key.as_deref().map(|key| Signer::load(key, &dest)).transpose()?;
+    check_attachable(args.push.sbom, &dest)?;
     let source: ImageRef = args.source.parse()?;
     let name = match &dest {
         ImageRef::Engine { name: Some(name), .. } => Some(name),
@@ -178,13 +178,13 @@ pub fn copy(args: CopyArgs, cx: &Transport) -> Result<()> {
                 images.push(image);
             }
             let target =
-                Target { dest: &dest, compression: Some(Compression::None), platform: None, signer: signer.as_ref(), sbom: args.sbom, json: args.json };
+                Target { dest: &dest, compression: Some(Compression::None), platform: None, signer: signer.as_ref(), sbom: args.push.sbom, json: args.json };
             return write_images(images, &target, Some(&index.bytes), cx);
         }
     }
     let loaded = Loaded(copy_of(args.platform.as_ref().unwrap_or(&Platform::host()))?);
     let written = loaded.write(&dest, Some(Compression::None), cx)?;
-    let target = Target { dest: &dest, compression: None, platform: None, signer: signer.as_ref(), sbom: args.sbom, json: args.json };
+    let target = Target { dest: &dest, compression: None, platform: None, signer: signer.as_ref(), sbom: args.push.sbom, json: args.json };
     after_push(&target, &loaded.0, &written, cx)
 }
 

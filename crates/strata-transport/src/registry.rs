@@ -416,11 +416,7 @@ async fn push_async<L: LayerTar>(
     let config_digest = Digest::of(&config);
     let blobs: Vec<LayerBlob> = results.iter().map(|(l, _)| l.clone()).collect();
     let manifest = image.manifest_checked(&config, &blobs)?;
-    let config_name = config_digest.to_string();
-    if !session.retry("checking the config", || session.client.blob_exists(&reference, &config_name)).await? {
-        let bytes = bytes::Bytes::from(config.clone());
-        session.retry("uploading the config", || session.client.push_blob(&reference, bytes.clone(), &config_name)).await?;
-    }
+    ensure_blob(session, &reference, &config, "the config").await?;
     let manifest_digest = Digest::of(&manifest);
     let body = bytes::Bytes::from(manifest.clone());
     let content_type = reqwest_header(MediaType::ImageManifest.to_string());
@@ -781,6 +777,16 @@ mod tests {
     }
 }
 
+/// Makes sure the small blob `bytes` is in `reference`'s repository (pushed unless it is).
+async fn ensure_blob(session: &Session, reference: &Reference, bytes: &[u8], what: &str) -> Result<(), RegistryError> {
+    let name = Digest::of(bytes).to_string();
+    if !session.retry(&format!("checking {what}"), || session.client.blob_exists(reference, &name)).await? {
+        let body = bytes::Bytes::from(bytes.to_vec());
+        session.retry(&format!("uploading {what}"), || session.client.push_blob(reference, body.clone(), &name)).await?;
+    }
+    Ok(())
+}
+
 /// The tag cosign stores an image's signatures at: `sha256-<manifest hex>.sig`.
 fn signature_tag(digest: &Digest) -> String {
     format!("sha256-{}.sig", digest.hex())
@@ -853,11 +859,7 @@ pub fn push_signature(repository: &RegistryRef, digest: &Digest, signature: Stor
         let mut layers = Vec::new();
         for s in &all {
             let payload_digest = Digest::of(&s.payload);
-            let name = payload_digest.to_string();
-            let body = bytes::Bytes::from(s.payload.clone());
-            if !session.retry("checking a signature's payload", || session.client.blob_exists(&reference, &name)).await? {
-                session.retry("uploading a signature's payload", || session.client.push_blob(&reference, body.clone(), &name)).await?;
-            }
+            ensure_blob(&session, &reference, &s.payload, "a signature's payload").await?;
             let mut layer = oci_spec::image::Descriptor::new(
                 MediaType::Other(PAYLOAD_MEDIA_TYPE.into()),
                 s.payload.len() as u64,
@@ -874,9 +876,7 @@ pub fn push_signature(repository: &RegistryRef, digest: &Digest, signature: Stor
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
         }));
         let config_digest = Digest::of(&config);
-        let config_name = config_digest.to_string();
-        let config_body = bytes::Bytes::from(config.clone());
-        session.retry("uploading the signature's config", || session.client.push_blob(&reference, config_body.clone(), &config_name)).await?;
+        ensure_blob(&session, &reference, &config, "the signature's config").await?;
         let manifest = oci_spec::image::ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
@@ -948,11 +948,7 @@ pub fn attach(
             oci_spec::image::Descriptor::new(media_type, bytes.len() as u64, oci_spec::image::Digest::from(Digest::of(bytes)))
         };
         for blob in [EMPTY_CONFIG, content.as_slice()] {
-            let name = Digest::of(blob).to_string();
-            let body = bytes::Bytes::from(blob.to_vec());
-            if !session.retry("checking an artifact blob", || session.client.blob_exists(&reference, &name)).await? {
-                session.retry("uploading an artifact blob", || session.client.push_blob(&reference, body.clone(), &name)).await?;
-            }
+            ensure_blob(&session, &reference, blob, "an artifact's blob").await?;
         }
         let subject_descriptor = oci_spec::image::Descriptor::new(MediaType::ImageManifest, subject_size, oci_spec::image::Digest::from(*subject_digest));
         let mut manifest = oci_spec::image::ImageManifestBuilder::default()
