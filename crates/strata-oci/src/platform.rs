@@ -40,6 +40,11 @@ impl Platform {
         other.os().to_string() == self.os && other.architecture().to_string() == self.architecture && (ours.is_none() || theirs.is_none() || ours == theirs)
     }
 
+    /// The platform an index entry names.
+    pub fn from_oci(p: &oci_spec::image::Platform) -> Platform {
+        Platform { os: p.os().to_string(), architecture: p.architecture().to_string(), variant: p.variant().clone() }
+    }
+
     /// The platform an image's config names (`os`, `architecture`, `variant`).
     pub fn of_config(config: &oci_spec::image::ImageConfiguration) -> Platform {
         Platform { os: config.os().to_string(), architecture: config.architecture().to_string(), variant: config.variant().clone() }

@@ -170,7 +170,7 @@ pub fn open_index(reference: &ImageRef, registry: &RegistryOptions) -> Result<Op
     for entry in index.manifests() {
         if let Some(p) = entry.platform() {
             let digest = Digest::try_from(entry.digest()).map_err(|e| blobs::invalid(&path, format!("index: {e}")))?;
-            platforms.push((Platform { os: p.os().to_string(), architecture: p.architecture().to_string(), variant: p.variant().clone() }, digest));
+            platforms.push((Platform::from_oci(p), digest));
         }
     }
     Ok(Some(SourceIndex { bytes, platforms }))
