@@ -98,6 +98,9 @@ let
     strataText = "#!/bin/sh\nexec ${strataBin} ${command} \"$@\"\n";
   } // { meta.mainProgram = name; };
 
+  # The OCI architecture of the system strata builds on.
+  hostArch = { x86_64-linux = "amd64"; aarch64-linux = "arm64"; i686-linux = "386"; riscv64-linux = "riscv64"; }.${system} or "amd64";
+
   suffix = compressor: { gz = ".tar.gz"; zstd = ".tar.zst"; none = ".tar"; }.${compressor};
 
   # dockerTools' image names are lower case (`lib.toLower name`); with builtins only.
@@ -113,6 +116,30 @@ let
     inherit spec;
     extra.strataCompressor = compressor;
   };
+  # nixpkgs dockerTools.pullImage: an image from a registry, by digest, as a docker-archive in
+  # the store (a fixed-output derivation: `sha256` or `hash` is the archive's), named
+  # finalImageName:finalImageTag; usable as any image's `fromImage`. Fetched by strata itself,
+  # with the layers as the registry holds them.
+  fetchImage =
+    { imageName, imageDigest, sha256 ? null, hash ? null, os ? "linux", arch ? null
+    , finalImageName ? imageName, finalImageTag ? "latest", tlsVerify ? true, name ? null }:
+    derivation {
+      name = if name != null then name else "docker-image-${drvNameOf finalImageName}-${finalImageTag}.tar";
+      inherit system;
+      builder = strataBin;
+      args = [ "nix-builder" ];
+      strataMode = "pull";
+      strataSource = "docker://${imageName}@${imageDigest}";
+      strataDest = "${finalImageName}:${finalImageTag}";
+      strataPlatform = "${os}/${if arch != null then arch else hostArch}";
+      strataTlsVerify = if tlsVerify then "1" else "0";
+      outputHashMode = "flat";
+      outputHashAlgo = if hash != null then null else "sha256";
+      outputHash = if hash != null then hash else if sha256 != null then sha256
+        else throw "strata.pullImage: give `sha256` or `hash` (the docker-archive's)";
+      impureEnvVars = [ "http_proxy" "https_proxy" "no_proxy" "HTTP_PROXY" "HTTPS_PROXY" "NO_PROXY" ];
+    } // { inherit imageName imageDigest; imageTag = finalImageTag; };
+
 in
 rec {
   # nixpkgs dockerTools.buildImage: a compressed docker-archive in the store
@@ -174,6 +201,10 @@ rec {
         };
       in
       record // { _strataLayer = true; strataChain = chain; strataPackages = toList deps ++ toList copyToRoot; inherit (own) roots copy_to_root; };
+
+    # nix2container's pullImage: the same fetch; its result works as `fromImage`.
+    pullImage = { imageName, imageDigest, sha256, arch ? null, tlsVerify ? true, os ? "linux" }:
+      fetchImage { inherit imageName imageDigest sha256 arch tlsVerify os; };
 
     buildImage =
       { name, tag ? null, config ? { }, copyToRoot ? [ ], fromImage ? null, maxLayers ? 100, layers ? [ ]
@@ -240,6 +271,9 @@ rec {
       };
   };
   inherit (nix2container) buildLayer;
+
+  # nixpkgs dockerTools.pullImage (see fetchImage above).
+  pullImage = fetchImage;
 
   # One image for several platforms: `images` are images of this library (descriptions,
   # stream scripts or tarballs), each for its own architecture (nix2container.buildImage's

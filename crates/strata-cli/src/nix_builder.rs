@@ -25,6 +25,9 @@
 //!   (spdx, cyclonedx), with the licences `strataLicenses` (JSON, base name to SPDX
 //!   expression) the library took from its packages' `meta`; layers named by the digests the
 //!   description recorded, nothing hashed but the store paths' NARs.
+//! - `pull` (`pullImage`, a fixed-output derivation): the image `strataSource` names (a
+//!   registry reference by digest) for `strataPlatform`, as a docker-archive named
+//!   `strataDest`, its layers as the registry holds them; Nix checks the output's hash.
 //! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
 use std::collections::BTreeMap;
@@ -42,8 +45,10 @@ use strata_build::spec::{Spec, ValidSpec};
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
 use strata_oci::image::{record_blobs, ConfigRecipe, Image, LayerSource};
+use strata_oci::platform::Platform;
+use strata_oci::reference::ImageRef;
 use strata_transport::registry::RegistryOptions;
-use strata_transport::{write_docker_archive, Transport};
+use strata_transport::{open_image, write_docker_archive, Transport};
 
 use crate::input::plan as plan_image;
 
@@ -60,6 +65,7 @@ pub fn build() -> Result<()> {
         "description" => stream_script(&out, true),
         "layer" => layer_record(&out),
         "sbom" => sbom(&out),
+        "pull" => pull(&out),
         "executable" => {
             let path = out.join(env("strataPath")?);
             std::fs::create_dir_all(path.parent().unwrap_or(&out))?;
@@ -67,7 +73,7 @@ pub fn build() -> Result<()> {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
             Ok(())
         }
-        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom or executable)"),
+        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull or executable)"),
     }
 }
 
@@ -163,6 +169,24 @@ fn layer_record(out: &Path) -> Result<()> {
     let recipe = image.layers.last().context("the layer's spec has no layer")?;
     let record = LayerRecord { content_key: recipe.content_key(), roots, blobs: record_blobs(recipe, &codecs_recorded()?)? };
     std::fs::write(out, serde_json::to_string_pretty(&record)? + "\n").with_context(|| format!("writing {}", out.display()))
+}
+
+/// A registry's image as a docker-archive (see the module doc).
+fn pull(out: &Path) -> Result<()> {
+    let source: ImageRef = env("strataSource")?.parse()?;
+    if !matches!(&source, ImageRef::Registry(r) if r.digest.is_some()) {
+        bail!("strataSource: {source} must name an image by digest (docker://HOST/REPO@sha256:…): the output's hash depends on it");
+    }
+    let platform: Platform = env("strataPlatform")?.parse()?;
+    let registry = RegistryOptions::new(None, env("strataTlsVerify")? != "0");
+    let pulled = open_image(&source, &platform, &registry).with_context(|| format!("pulling {source}"))?;
+    let image: Image<LayerRecipe> = Image::copy_of(pulled, None);
+    let dest = env("strataDest")?;
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    write_docker_archive(&image, &mut writer, Compression::None, Some(&dest), &Transport::isolated())?;
+    writer.flush()?;
+    Ok(())
 }
 
 /// The bill of materials of a description, from what it recorded (see the module doc).

@@ -210,7 +210,9 @@ impl<L: LayerTar> Image<L> {
     /// The image `source` as it is, named `name:tag` (else as the source names it).
     pub fn copy_of(source: SourceImage, name: Option<&ImageName>) -> Image<L> {
         let unnamed = |tag: &str| ("image".to_owned(), tag.to_owned());
-        let (name, tag) = match (name, source.reference.as_deref()) {
+        // A reference by digest names the repository; the copy is tagged `latest`.
+        let by_name = source.reference.as_deref().map(|r| r.split_once('@').map_or(r.to_owned(), |(name, _)| format!("{name}:latest")));
+        let (name, tag) = match (name, by_name.as_deref()) {
             (Some(n), _) => (n.name.clone(), n.tag.clone()),
             (None, None) => unnamed("latest"),
             (None, Some(r)) => match ImageName::parse(r) {

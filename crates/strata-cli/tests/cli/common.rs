@@ -190,15 +190,27 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry that asks for [`CREDS`].
     pub fn start() -> Registry {
+        Registry::serve(true)
+    }
+
+    /// A registry anyone may read and write (as public images are read: Nix builds have no
+    /// credentials).
+    pub fn open() -> Registry {
+        Registry::serve(false)
+    }
+
+    fn serve(with_auth: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let htpasswd = stdout_of(Command::new("htpasswd").args(["-Bbn", "strata-user", "s3cret-pass"]));
         std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
         let config = format!(
             "version: 0.1\nlog: {{ level: info }}\nstorage: {{ filesystem: {{ rootdirectory: {d}/data }}, delete: {{ enabled: true }} }}\n\
-             http: {{ addr: 127.0.0.1:{port} }}\nauth: {{ htpasswd: {{ realm: test, path: {d}/htpasswd }} }}\n",
-            d = dir.path().display()
+             http: {{ addr: 127.0.0.1:{port} }}\n{auth}",
+            d = dir.path().display(),
+            auth = if with_auth { format!("auth: {{ htpasswd: {{ realm: test, path: {}/htpasswd }} }}\n", dir.path().display()) } else { String::new() }
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let mut registry = Registry { dir, port, child: None };
