@@ -110,6 +110,29 @@ let
   # dockerTools' `config` may be null (its default).
   configOf = config: if config == null then { } else config;
 
+  # dockerTools' owner of what is laid over / (uid, gid, uname, gname): a perm rule on every
+  # path outside /nix, none for root.
+  ownerPerms = { uid ? 0, gid ? 0, uname ? "root", gname ? "root" }:
+    if uid == 0 && gid == 0 && uname == "root" && gname == "root" then [ ]
+    else [ ({ regex = outsideNix; inherit uid gid; } // (if uname != "root" then { inherit uname; } else { }) // (if gname != "root" then { inherit gname; } else { })) ];
+
+  # The spec of dockerTools' layered images (streamLayeredImage, buildLayeredImage), from
+  # their arguments; an argument they do not take is an evaluation error naming it.
+  layeredSpec = fn:
+    { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
+    , mtime ? null, fromImage ? null, architecture ? null, includeNixDB ? false
+    , uid ? 0, gid ? 0, uname ? "root", gname ? "root", meta ? { }, compressor ? "gz", layeringPipeline ? null }:
+    if layeringPipeline != null
+    then throw "strata.${fn}: `layeringPipeline` is not supported: strata splits the closure itself (maxLayers), and keeps layers across releases (strata build --previous)"
+    else mkSpec fn {
+      inherit tag maxLayers created mtime fromImage architecture;
+      name = toLower name;
+      config = configOf config;
+      linkToRoot = contents;
+      initializeNixDatabase = includeNixDB;
+      perms = ownerPerms { inherit uid gid uname gname; };
+    };
+
   tarball = fn: { compressor ? "gz", ... }@args: spec: image {
     drvName = "docker-image-${drvNameOf spec.name}${suffix (oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor)}";
     mode = "tarball";
@@ -146,37 +169,35 @@ rec {
   # (`docker load < result`), layered by strata within maxLayers.
   buildImage =
     { name, tag ? null, config ? null, copyToRoot ? [ ], fromImage ? null, created ? defaultCreated
-    , uid ? 0, gid ? 0, compressor ? "gz", maxLayers ? 100 }@args:
+    , uid ? 0, gid ? 0, compressor ? "gz", maxLayers ? 100, architecture ? null, includeNixDB ? false, meta ? { } }@args:
     tarball "buildImage" args (mkSpec "buildImage" {
-      inherit tag copyToRoot fromImage created maxLayers;
+      inherit tag copyToRoot fromImage created maxLayers architecture;
       name = toLower name;
       config = configOf config;
-      perms = if uid == 0 && gid == 0 then [ ] else [{ regex = outsideNix; inherit uid gid; }];
-    });
+      initializeNixDatabase = includeNixDB;
+      perms = ownerPerms { inherit uid gid; };
+    }) // { inherit meta; };
+
+  # dockerTools.buildImageWithNixDb: buildImage with the Nix database of its store paths.
+  buildImageWithNixDb = args: buildImage (args // { includeNixDB = true; });
 
   # nixpkgs dockerTools.streamLayeredImage: an executable that writes the image to stdout
   # (`$(nix-build) | docker load`); no image bytes in the store. `contents` are joined as
   # dockerTools joins them (symlinkJoin): each in the store with its closure, `/` holding
   # symlinks into it (/bin/sh -> /nix/store/…-bash/bin/sh).
-  streamLayeredImage =
-    { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
-    , mtime ? null, fromImage ? null }:
+  streamLayeredImage = { name, meta ? { }, ... }@args:
     image {
       drvName = "stream-${drvNameOf name}";
       mode = "stream";
-      spec = mkSpec "streamLayeredImage" { inherit tag maxLayers created mtime fromImage; name = toLower name; config = configOf config; linkToRoot = contents; };
-    };
+      spec = layeredSpec "streamLayeredImage" args;
+    } // { inherit meta; };
 
-  # nixpkgs dockerTools.buildLayeredImage: the same image as a gzipped docker-archive.
-  buildLayeredImage =
-    { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
-    , mtime ? null, fromImage ? null }@args:
-    tarball "buildLayeredImage" { } (mkSpec "buildLayeredImage" {
-      inherit tag maxLayers created mtime fromImage;
-      name = toLower name;
-      config = configOf config;
-      linkToRoot = contents;
-    });
+  # nixpkgs dockerTools.buildLayeredImage: the same image as a compressed docker-archive.
+  buildLayeredImage = { meta ? { }, ... }@args:
+    tarball "buildLayeredImage" args (layeredSpec "buildLayeredImage" args) // { inherit meta; };
+
+  # dockerTools.buildLayeredImageWithNixDb: buildLayeredImage with the Nix database.
+  buildLayeredImageWithNixDb = args: buildLayeredImage (args // { includeNixDB = true; });
 
   # nix2container-style images: the result is the image's description (spec, closure graph,
   # and the digests the image has, uncompressed and in `compressor`'s codec, computed at build

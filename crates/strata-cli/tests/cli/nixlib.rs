@@ -104,6 +104,7 @@ fn bad_arguments_fail_evaluation_naming_them() {
         ("badLayer", "`layers` must hold derivations or store paths, not a int"),
         ("badCompressor", "`compressor` must be one of gz, zstd, none"),
         ("badN2cLayer", "`layers` must hold layers made with buildLayer, not a set"),
+        ("badLayering", "`layeringPipeline` is not supported"),
     ] {
         let out = Command::new("nix-instantiate")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix"))
@@ -390,4 +391,33 @@ fn pull_image_fetches_by_digest_and_serves_as_a_base() {
     run_ok(strata(&["stream", &over, "-o", "podman:over-pulled:v1"]));
     assert_eq!(run_in("podman", "over-pulled:v1", &[]), "Hello, world!\nagain\n");
     let _ = Command::new("podman").args(["rmi", "-f", "over-pulled:v1"]).output();
+}
+
+/// #16: more of dockerTools' arguments on the layered images: `compressor`, `architecture`,
+/// `includeNixDB` (buildLayeredImageWithNixDb), `uid`/`gid`/`uname`/`gname` (the owner of what
+/// is laid over /), `meta`.
+#[test]
+fn docker_tools_layered_arguments() {
+    let result = build("dockerLayeredArgs");
+    assert!(result.ends_with("-docker-image-layered-args.tar.zst"), "{result}");
+    let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", &result, "--json"]))).unwrap();
+    assert_eq!(inspect["platform"], "linux/arm64");
+    let layers = inspect["layers"].as_array().unwrap();
+    assert!(layers.len() >= 3, "store layers, the links and the Nix database: {inspect}");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("plain.tar");
+    run_ok(strata(&["copy", &format!("docker-archive:{result}"), &format!("docker-archive:{}", archive.display()), "--compress", "none"]));
+    let read = read_archive(&archive).layers;
+    let sh = read.iter().find_map(|l| l.get("bin/sh")).expect("bin/sh is linked from /");
+    assert_eq!((sh.uid, sh.gid, sh.names.clone()), (1000, 100, ("app".to_owned(), "users".to_owned())));
+    assert!(read.iter().any(|l| l.keys().any(|k| k.starts_with("nix/var/nix/db/"))), "the Nix database is in the image");
+    let description =
+        stdout_of(Command::new("nix-instantiate").args(["--eval", "--json"]).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args([
+            "--arg",
+            "strataBin",
+            STRATA,
+            "-A",
+            "dockerLayeredArgs.meta.description",
+        ]));
+    assert_eq!(description.trim(), r#""an image with dockerTools' arguments""#);
 }
