@@ -5,7 +5,10 @@
 # Every image is two small derivations whose builder is strata itself (no shell, coreutils
 # or Python in the build): a spec file, whose closure is the closure of everything the image
 # names, and the image, built from that spec and the closure graph Nix exports to it.
-{ strata, system ? strata.system or builtins.currentSystem, storeDir ? builtins.storeDir }:
+#
+# `pkgs` (the caller's nixpkgs) is needed only by the arguments that run a shell, as
+# dockerTools' do (`extraCommands`); with none, they are an evaluation error saying so.
+{ strata, system ? strata.system or builtins.currentSystem, storeDir ? builtins.storeDir, pkgs ? null }:
 let
   strataBin = "${strata}/bin/strata";
   defaultCreated = "1970-01-01T00:00:01Z";
@@ -63,7 +66,7 @@ let
 
   # The spec strata reads (see the README), from the library's arguments. `fromImage` is a
   # docker-archive (a path or derivation) or any strata source reference ("oci:…", "docker://…").
-  mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], linkToRoot ? [ ], maxLayers ? 100
+  mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], linkToRoot ? [ ], modesFiles ? [ ], maxLayers ? 100
                , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ]
                , initializeNixDatabase ? false, architecture ? null }: {
     inherit name tag created mtime perms config layers architecture;
@@ -72,6 +75,7 @@ let
     roots = storePaths fn "contents" roots;
     copy_to_root = storePaths fn "copyToRoot" copyToRoot;
     link_to_root = storePaths fn "contents" linkToRoot;
+    modes_files = modesFiles;
     from_image =
       if fromImage == null then null
       else if builtins.isString fromImage && builtins.match "[a-z-]+:.*" fromImage != null then fromImage
@@ -110,6 +114,31 @@ let
   # dockerTools' `config` may be null (its default).
   configOf = config: if config == null then { } else config;
 
+  # dockerTools' `extraCommands`: shell commands run in the directory laid over / (in a
+  # final layer), with the caller's nixpkgs' shell and coreutils. Modes are recorded before
+  # the store makes every file read-only (`chmod 1777 tmp` holds), and given back by strata.
+  # { copyToRoot, modesFiles } to add to a spec; nothing without commands.
+  customisation = fn: extraCommands:
+    if extraCommands == "" then { copyToRoot = [ ]; modesFiles = [ ]; }
+    else if pkgs == null then throw "strata.${fn}: `extraCommands` runs a shell: import strata's library with your nixpkgs (`pkgs = …`), as dockerTools takes it from its own"
+    else
+      let
+        made = derivation {
+          name = "extra-commands";
+          inherit system;
+          outputs = [ "out" "modes" ];
+          builder = pkgs.runtimeShell;
+          PATH = "${pkgs.coreutils}/bin:${pkgs.findutils}/bin";
+          args = [ "-c" ''
+            set -e
+            mkdir -p "$out"
+            cd "$out"
+            ${extraCommands}
+            find . -mindepth 1 -not -type l -printf '%m /%P\n' > "$modes"
+          '' ];
+        };
+      in { copyToRoot = [ made.out ]; modesFiles = [ "${made.modes}" ]; };
+
   # dockerTools' owner of what is laid over / (uid, gid, uname, gname): a perm rule on every
   # path outside /nix, none for root.
   ownerPerms = { uid ? 0, gid ? 0, uname ? "root", gname ? "root" }:
@@ -121,11 +150,14 @@ let
   layeredSpec = fn:
     { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
     , mtime ? null, fromImage ? null, architecture ? null, includeNixDB ? false
-    , uid ? 0, gid ? 0, uname ? "root", gname ? "root", meta ? { }, compressor ? "gz", layeringPipeline ? null }:
+    , uid ? 0, gid ? 0, uname ? "root", gname ? "root", meta ? { }, compressor ? "gz", layeringPipeline ? null
+    , extraCommands ? "" }:
+    let extra = customisation fn extraCommands; in
     if layeringPipeline != null
     then throw "strata.${fn}: `layeringPipeline` is not supported: strata splits the closure itself (maxLayers), and keeps layers across releases (strata build --previous)"
     else mkSpec fn {
       inherit tag maxLayers created mtime fromImage architecture;
+      inherit (extra) copyToRoot modesFiles;
       name = toLower name;
       config = configOf config;
       linkToRoot = contents;
@@ -169,9 +201,13 @@ rec {
   # (`docker load < result`), layered by strata within maxLayers.
   buildImage =
     { name, tag ? null, config ? null, copyToRoot ? [ ], fromImage ? null, created ? defaultCreated
-    , uid ? 0, gid ? 0, compressor ? "gz", maxLayers ? 100, architecture ? null, includeNixDB ? false, meta ? { } }@args:
+    , uid ? 0, gid ? 0, compressor ? "gz", maxLayers ? 100, architecture ? null, includeNixDB ? false, meta ? { }
+    , extraCommands ? "" }@args:
+    let extra = customisation "buildImage" extraCommands; in
     tarball "buildImage" args (mkSpec "buildImage" {
-      inherit tag copyToRoot fromImage created maxLayers architecture;
+      inherit tag fromImage created maxLayers architecture;
+      copyToRoot = toList copyToRoot ++ extra.copyToRoot;
+      inherit (extra) modesFiles;
       name = toLower name;
       config = configOf config;
       initializeNixDatabase = includeNixDB;

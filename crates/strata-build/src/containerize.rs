@@ -263,6 +263,7 @@ impl Environment {
             roots: packages.iter().map(|(_, _, p)| p.to_string()).collect(),
             copy_to_root: vec![],
             link_to_root: vec![],
+            modes_files: vec![],
             layers: vec![],
             perms: vec![],
             config,

@@ -80,6 +80,11 @@ pub struct Spec {
     /// other entry a symlink into the store.
     #[serde(default)]
     pub link_to_root: Vec<String>,
+    /// Files (store paths) listing modes of paths laid over `/`, a line each: `MODE PATH`,
+    /// the mode octal, the path absolute (what dockerTools' `extraCommands` left, recorded
+    /// before the store made every file read-only). Applied before `perms`, which win.
+    #[serde(default)]
+    pub modes_files: Vec<String>,
     /// Explicit layers, first and in order.
     #[serde(default)]
     pub layers: Vec<LayerSpec>,
@@ -372,6 +377,11 @@ impl Spec {
             });
         }
         let mut perms = Vec::new();
+        for (i, file) in self.modes_files.iter().enumerate() {
+            let key = format!("modes_files[{i}]");
+            StorePath::containing(file).map_err(|e| KeyError::new(&key, e.to_string()))?;
+            perms.extend(modes_of(Path::new(file)).map_err(|m| KeyError::new(&key, m))?);
+        }
         for (i, p) in self.perms.iter().enumerate() {
             let key = format!("perms[{i}]");
             let regex = |re: &str, anchored: bool| {
@@ -423,6 +433,37 @@ impl Spec {
             initialize_nix_database: self.initialize_nix_database,
         })
     }
+}
+
+/// The rules of a modes file (see [`Spec::modes_files`]): one exact-path rule a line.
+fn modes_of(file: &Path) -> Result<Vec<PermRule>, String> {
+    const MAX: u64 = 64 << 20;
+    let bad = |why: String| format!("{}: {why}", file.display());
+    let meta = std::fs::metadata(file).map_err(|e| bad(e.to_string()))?;
+    if meta.len() > MAX {
+        return Err(bad(format!("more than {MAX} bytes")));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(n, line)| {
+            let (mode, path) = line.split_once(' ').ok_or_else(|| bad(format!("line {}: expected MODE PATH", n + 1)))?;
+            let mode =
+                u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| bad(format!("line {}: {mode:?} is not an octal mode", n + 1)))?;
+            if !path.starts_with('/') {
+                return Err(bad(format!("line {}: {path:?} is not absolute", n + 1)));
+            }
+            Ok(PermRule {
+                matcher: PathMatcher::Exact(path.trim_end_matches('/').to_owned()),
+                mode: Some(mode),
+                uid: None,
+                gid: None,
+                uname: None,
+                gname: None,
+            })
+        })
+        .collect()
 }
 
 impl ValidSpec {

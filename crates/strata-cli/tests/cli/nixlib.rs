@@ -105,6 +105,7 @@ fn bad_arguments_fail_evaluation_naming_them() {
         ("badCompressor", "`compressor` must be one of gz, zstd, none"),
         ("badN2cLayer", "`layers` must hold layers made with buildLayer, not a set"),
         ("badLayering", "`layeringPipeline` is not supported"),
+        ("badExtra", "`extraCommands` runs a shell: import strata's library with your nixpkgs"),
     ] {
         let out = Command::new("nix-instantiate")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix"))
@@ -420,4 +421,19 @@ fn docker_tools_layered_arguments() {
             "dockerLayeredArgs.meta.description",
         ]));
     assert_eq!(description.trim(), r#""an image with dockerTools' arguments""#);
+}
+
+/// #16: dockerTools' `extraCommands` shape a directory laid over / (with the caller's
+/// nixpkgs' shell), and the modes they set hold in the image (`chmod 1777 tmp`), though the
+/// store makes everything read-only.
+#[test]
+fn docker_tools_extra_commands_shape_the_root() {
+    let image = docker_load(&build("dockerExtra"));
+    assert_eq!(image, "extra:v1");
+    let out = run_in("docker", &image, &[]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with("drwxrwxrwt") && l.ends_with("/tmp")), "{out}");
+    assert!(lines.iter().any(|l| l.starts_with("drwxr-xr-x") && l.ends_with("/var/log/nginx")), "{out}");
+    assert!(out.contains("shaped by extraCommands"), "{out}");
+    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
 }
