@@ -586,18 +586,7 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
         let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
         let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
         let config_digest: Digest = Digest::try_from(manifest.config().digest()).map_err(|e| bad(format!("config: {e}")))?;
-        let config_name = config_digest.to_string();
-        let config_size = manifest.config().size().min(crate::blobs::MAX_METADATA_SIZE);
-        let config = session
-            .retry("reading the config", || async {
-                let mut config = Bounded { inner: Vec::new(), left: config_size };
-                session.client.pull_blob(&reference, config_name.as_str(), &mut config).await?;
-                Ok(config.inner)
-            })
-            .await?;
-        if Digest::of(&config) != config_digest {
-            return Err(RegistryError::DigestMismatch { what: format!("{source}: config"), expected: config_digest, actual: Digest::of(&config) });
-        }
+        let config = fetch_small_blob(&session, &reference, &config_digest, manifest.config().size(), &format!("{source}: config")).await?;
         Ok(Pulled { config, manifest_bytes: bytes.to_vec(), manifest, blobs: RegistryBlobs { session: Arc::new(session), reference: reference.clone() } })
     })
 }
@@ -777,6 +766,25 @@ mod tests {
     }
 }
 
+/// The small blob `digest` (a config, a payload) of `reference`'s repository, whole: read up
+/// to its declared size (at most [`crate::blobs::MAX_METADATA_SIZE`]) and checked against its
+/// digest; `what` names it in errors.
+async fn fetch_small_blob(session: &Session, reference: &Reference, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>, RegistryError> {
+    let name = digest.to_string();
+    let left = size.min(crate::blobs::MAX_METADATA_SIZE);
+    let bytes = session
+        .retry(&format!("reading {what}"), || async {
+            let mut blob = Bounded { inner: Vec::new(), left };
+            session.client.pull_blob(reference, name.as_str(), &mut blob).await?;
+            Ok(blob.inner)
+        })
+        .await?;
+    if Digest::of(&bytes) != *digest {
+        return Err(RegistryError::DigestMismatch { what: what.to_owned(), expected: *digest, actual: Digest::of(&bytes) });
+    }
+    Ok(bytes)
+}
+
 /// Makes sure the small blob `bytes` is in `reference`'s repository (pushed unless it is).
 async fn ensure_blob(session: &Session, reference: &Reference, bytes: &[u8], what: &str) -> Result<(), RegistryError> {
     let name = Digest::of(bytes).to_string();
@@ -821,18 +829,7 @@ async fn stored_signatures(session: &Session, repository: &RegistryRef, digest: 
     for layer in manifest.layers() {
         let Some(signature) = layer.annotations().as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION)).cloned() else { continue };
         let layer_digest = Digest::try_from(layer.digest()).map_err(|e| bad(e.to_string()))?;
-        let size = layer.size().min(crate::blobs::MAX_METADATA_SIZE);
-        let name = layer_digest.to_string();
-        let payload = session
-            .retry("reading a signature's payload", || async {
-                let mut payload = Bounded { inner: Vec::new(), left: size };
-                session.client.pull_blob(&reference, name.as_str(), &mut payload).await?;
-                Ok(payload.inner)
-            })
-            .await?;
-        if Digest::of(&payload) != layer_digest {
-            return Err(RegistryError::DigestMismatch { what: "a signature's payload".into(), expected: layer_digest, actual: Digest::of(&payload) });
-        }
+        let payload = fetch_small_blob(session, &reference, &layer_digest, layer.size(), "a signature's payload").await?;
         found.push(StoredSignature { payload, signature });
     }
     Ok(found)
