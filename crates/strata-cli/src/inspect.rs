@@ -247,9 +247,7 @@ pub fn attach_sbom(image: &Image<LayerRecipe>, written: &Written, dest: &ImageRe
     // The manifest as written (by digest: the tag may name an index of several platforms).
     let by_digest = RegistryRef { digest: written.manifest_digest, ..reference.clone() };
     let (digest, size) = manifest_of(&by_digest, &cx.registry).with_context(|| format!("reading {dest}"))?;
-    let config = image.config_blob(&written.layers.iter().map(|l| l.diff_id).collect::<Vec<_>>());
-    let created = serde_json::from_slice::<serde_json::Value>(&config).ok().and_then(|c| c["created"].as_str().map(str::to_owned)).unwrap_or_default();
-    let bom = Bom::of(written.reference.clone(), digest, created, &layers, None)?;
+    let bom = Bom::of(written.reference.clone(), digest, image.created().unwrap_or_default(), &layers, None)?;
     let document = match format {
         SbomFormat::Spdx => bom.spdx(),
         SbomFormat::Cyclonedx => bom.cyclonedx(),

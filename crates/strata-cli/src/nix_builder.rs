@@ -44,7 +44,7 @@ use strata_build::sbom::Bom;
 use strata_build::spec::{Spec, ValidSpec};
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
-use strata_oci::image::{record_blobs, ConfigRecipe, Image, LayerSource};
+use strata_oci::image::{record_blobs, Image, LayerSource};
 use strata_oci::platform::Platform;
 use strata_oci::reference::ImageRef;
 use strata_transport::registry::RegistryOptions;
@@ -213,11 +213,7 @@ fn sbom(out: &Path) -> Result<()> {
         })
         .collect();
     let manifest = recorded.compressed.iter().find(|c| c.codec == codec.id()).map_or(recorded.manifest, |c| c.manifest);
-    let created = match &image.config {
-        ConfigRecipe::Built(config, _) => config.created().clone().unwrap_or_default(),
-        ConfigRecipe::Verbatim => String::new(),
-    };
-    let mut bom = Bom::of(image.reference(&recorded.config), manifest, created, &layers, Some(&closure))?;
+    let mut bom = Bom::of(image.reference(&recorded.config), manifest, image.created().unwrap_or_default(), &layers, Some(&closure))?;
     let licenses: BTreeMap<String, String> = serde_json::from_str(&env("strataLicenses")?).context("strataLicenses")?;
     bom.licenses(&licenses);
     let document = match env("strataSbomFormat")?.as_str() {

@@ -298,6 +298,15 @@ impl<L: LayerTar> Image<L> {
         }
     }
 
+    /// When the image was created, as its config says.
+    pub fn created(&self) -> Option<String> {
+        match (&self.config, &self.base) {
+            (ConfigRecipe::Built(config, _), _) => config.created().clone(),
+            (ConfigRecipe::Verbatim, Some(base)) => base.config.created().clone(),
+            (ConfigRecipe::Verbatim, None) => None,
+        }
+    }
+
     /// The manifest of a copy whose config and blobs are the source's, byte for byte: the
     /// source's own manifest (an OCI one), so the copy keeps its manifest digest (and an index
     /// listing it, its own).

@@ -617,16 +617,26 @@ fn is_index(bytes: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(bytes).ok().is_some_and(|v| v.get("manifests").is_some())
 }
 
-/// The image index `source` names, if it names one (checked as [`pull`] checks it).
-pub(crate) fn index_of(source: &RegistryRef, options: &RegistryOptions) -> Result<Option<Vec<u8>>, RegistryError> {
-    let session = Session::new(&source.host, options)?;
+/// Runs `then` with a session for `reference`'s registry, authenticated to pull, and the
+/// manifest or index `reference` names (checked as [`pull`] checks it).
+fn with_top_manifest<T>(
+    reference: &RegistryRef,
+    options: &RegistryOptions,
+    then: impl AsyncFnOnce(&Session, bytes::Bytes) -> Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    let session = Session::new(&reference.host, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
-        let reference = client_ref(source);
-        session.authenticate(&reference, RegistryOperation::Pull).await?;
-        let bytes = fetch_manifest(&session, source, &reference, source.digest).await?;
-        Ok(is_index(&bytes).then(|| bytes.to_vec()))
+        let client_reference = client_ref(reference);
+        session.authenticate(&client_reference, RegistryOperation::Pull).await?;
+        let bytes = fetch_manifest(&session, reference, &client_reference, reference.digest).await?;
+        then(&session, bytes).await
     })
+}
+
+/// The image index `source` names, if it names one.
+pub(crate) fn index_of(source: &RegistryRef, options: &RegistryOptions) -> Result<Option<Vec<u8>>, RegistryError> {
+    with_top_manifest(source, options, async |_, bytes| Ok(is_index(&bytes).then(|| bytes.to_vec())))
 }
 
 /// Fetches blobs of one repository.
@@ -901,14 +911,7 @@ fn not_found(e: &OciDistributionError) -> bool {
 
 /// The digest and size of the manifest (or index) `reference` names.
 pub fn manifest_of(reference: &RegistryRef, options: &RegistryOptions) -> Result<(Digest, u64), RegistryError> {
-    let session = Session::new(&reference.host, options)?;
-    let runtime = session.runtime.clone();
-    runtime.block_on(async {
-        let client_reference = client_ref(reference);
-        session.authenticate(&client_reference, RegistryOperation::Pull).await?;
-        let bytes = fetch_manifest(&session, reference, &client_reference, reference.digest).await?;
-        Ok((Digest::of(&bytes), bytes.len() as u64))
-    })
+    with_top_manifest(reference, options, async |_, bytes| Ok((Digest::of(&bytes), bytes.len() as u64)))
 }
 
 /// An artifact attached to an image (OCI 1.1): its manifest's digest and size, and type.
@@ -1006,12 +1009,8 @@ async fn referrers_of(session: &Session, repository: &RegistryRef, digest: &Dige
 
 /// What is attached to the image `reference` names.
 pub fn referrers(reference: &RegistryRef, options: &RegistryOptions) -> Result<(Digest, Vec<Referrer>), RegistryError> {
-    let session = Session::new(&reference.host, options)?;
-    let runtime = session.runtime.clone();
-    runtime.block_on(async {
-        let client_reference = client_ref(reference);
-        session.authenticate(&client_reference, RegistryOperation::Pull).await?;
-        let digest = Digest::of(&fetch_manifest(&session, reference, &client_reference, reference.digest).await?);
-        Ok((digest, referrers_of(&session, reference, &digest).await?))
+    with_top_manifest(reference, options, async |session, bytes| {
+        let digest = Digest::of(&bytes);
+        Ok((digest, referrers_of(session, reference, &digest).await?))
     })
 }

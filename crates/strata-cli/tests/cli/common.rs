@@ -268,6 +268,33 @@ impl Drop for Registry {
     }
 }
 
+/// `PROGRAM FIXTURE --arg strataBin STRATA -A attr` for the Nix library's fixtures
+/// (tests/fixtures/nixlib.nix), built by the strata under test.
+pub fn nixlib_command(program: &str, attr: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args(["--arg", "strataBin", STRATA, "-A", attr]);
+    cmd
+}
+
+/// `nix-build --no-out-link` of a Nix library fixture (more arguments may be added).
+pub fn nixlib_build_command(attr: &str) -> Command {
+    let mut cmd = nixlib_command("nix-build", attr);
+    cmd.arg("--no-out-link");
+    cmd
+}
+
+/// The store path a Nix library fixture builds.
+pub fn nixlib_build(attr: &str) -> String {
+    stdout_of(nixlib_build_command(attr)).trim().to_owned()
+}
+
+/// A Nix library fixture's value, as JSON text.
+pub fn nixlib_eval(attr: &str) -> String {
+    let mut cmd = nixlib_command("nix-instantiate", attr);
+    cmd.args(["--eval", "--json"]);
+    stdout_of(cmd)
+}
+
 /// Copies the directory tree `from` to `to`.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

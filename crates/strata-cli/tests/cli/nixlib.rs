@@ -5,16 +5,6 @@ use std::process::{Command, Stdio};
 
 use crate::common::*;
 
-fn nixlib(attr: &str) -> Command {
-    let mut cmd = Command::new("nix-build");
-    cmd.arg("--no-out-link").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args(["--arg", "strataBin", STRATA, "-A", attr]);
-    cmd
-}
-
-fn build(attr: &str) -> String {
-    stdout_of(&mut nixlib(attr)).trim().to_owned()
-}
-
 fn docker_load(tarball: &str) -> String {
     let out = stdout_of(Command::new("docker").arg("load").stdin(std::fs::File::open(tarball).unwrap()));
     out.trim().strip_prefix("Loaded image: ").unwrap_or_else(|| panic!("{out}")).to_owned()
@@ -25,17 +15,10 @@ fn docker_load(tarball: &str) -> String {
 /// derivation's `imageTag`).
 #[test]
 fn build_image_loads_with_docker_load() {
-    let result = build("helloDocker");
+    let result = nixlib_build("helloDocker");
     assert!(result.ends_with("-docker-image-hello-docker.tar.gz"), "{result}");
     let image = docker_load(&result);
-    let tag =
-        stdout_of(Command::new("nix-instantiate").args(["--eval", "--json"]).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args([
-            "--arg",
-            "strataBin",
-            STRATA,
-            "-A",
-            "helloDocker.imageTag",
-        ]));
+    let tag = nixlib_eval("helloDocker.imageTag");
     assert_eq!(image, format!("hello-docker:{}", tag.trim().trim_matches('"')));
     let tag = tag.trim().trim_matches('"');
     assert!(tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "the default tag is a store hash: {tag}");
@@ -44,15 +27,15 @@ fn build_image_loads_with_docker_load() {
     let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
     // Built again from scratch, the output is bit for bit the same (Nix checks it).
     for attr in ["helloDocker", "helloStream", "helloLayered", "makes"] {
-        build(attr);
-        run_ok(nixlib(attr).arg("--check"));
+        nixlib_build(attr);
+        run_ok(nixlib_build_command(attr).arg("--check"));
     }
 }
 
 /// streamLayeredImage: the result is a small executable, not an image; it streams one.
 #[test]
 fn stream_layered_image_streams_into_podman() {
-    let result = build("helloStream");
+    let result = nixlib_build("helloStream");
     let size = std::fs::metadata(&result).unwrap().len();
     assert!(size < 64 * 1024, "the store holds a {size}-byte result: no image tarball");
     let mut stream = Command::new(&result).stdout(Stdio::piped()).spawn().unwrap();
@@ -76,7 +59,7 @@ fn stream_layered_image_streams_into_podman() {
 
 #[test]
 fn build_layered_image_respects_max_layers() {
-    let result = build("helloLayered");
+    let result = nixlib_build("helloLayered");
     let image = docker_load(&result);
     assert_eq!(run_in("docker", &image, &[]), "Hello, world!\n");
     let layers = stdout_of(Command::new("docker").args(["image", "inspect", &image, "--format", "{{len .RootFS.Layers}}"]));
@@ -88,7 +71,7 @@ fn build_layered_image_respects_max_layers() {
 /// lists the layers' top-level folders.
 #[test]
 fn make_container_image_lays_layers_over_root() {
-    let image = docker_load(&build("makes"));
+    let image = docker_load(&nixlib_build("makes"));
     assert!(image.starts_with("container-image:"), "{image}");
     assert_eq!(run_in("docker", &image, &["pwd"]), "/working-dir\n");
     assert_eq!(run_in("docker", &image, &["cat", "my-file"]), "my-file-contents\n");
@@ -107,11 +90,7 @@ fn bad_arguments_fail_evaluation_naming_them() {
         ("badLayering", "`layeringPipeline` is not supported"),
         ("badExtra", "`extraCommands` runs a shell: import strata's library with your nixpkgs"),
     ] {
-        let out = Command::new("nix-instantiate")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix"))
-            .args(["--arg", "strataBin", STRATA, "-A", attr])
-            .output()
-            .unwrap();
+        let out = nixlib_command("nix-instantiate", attr).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{attr} evaluated");
         assert!(stderr.contains(expected), "{attr}: {expected:?} not in {stderr}");
@@ -128,14 +107,14 @@ fn recorded(description: &str) -> serde_json::Value {
 /// image whose digests were recorded at build time; buildLayer layers are isolated.
 #[test]
 fn nix2container_style_images_match_their_recorded_digests() {
-    let description = build("n2c");
+    let description = nixlib_build("n2c");
     let size = std::fs::metadata(&description).unwrap().len();
     assert!(size < 64 * 1024, "a {size}-byte description: no tarball in the store");
     let digests = recorded(&description);
     let config = digests["config"].as_str().unwrap().to_owned();
-    run_ok(nixlib("n2c").arg("--check"));
+    run_ok(nixlib_build_command("n2c").arg("--check"));
 
-    let runner = |attr: &str, name: &str| format!("{}/bin/{name}", build(&format!("n2c.{attr}")));
+    let runner = |attr: &str, name: &str| format!("{}/bin/{name}", nixlib_build(&format!("n2c.{attr}")));
     run_ok(&mut Command::new(runner("copyToPodman", "copy-to-podman")));
     let id = stdout_of(Command::new("podman").args(["image", "inspect", "n2c-hello:v1", "--format", "{{.Id}}"]));
     assert_eq!(format!("sha256:{}", id.trim()), config, "podman's image ID is the recorded config digest");
@@ -185,7 +164,7 @@ fn build_fixture_name(attr: &str) -> String {
 #[test]
 fn initialize_nix_database_registers_the_closure_as_nix_does() {
     let (hello, glibc) = (fixture("hello"), fixture("glibc"));
-    run_ok(&mut Command::new(format!("{}/bin/copy-to-podman", build("n2cNixDb.copyToPodman"))));
+    run_ok(&mut Command::new(format!("{}/bin/copy-to-podman", nixlib_build("n2cNixDb.copyToPodman"))));
     let image = "n2c-nixdb:v1";
     assert_eq!(run_in("podman", image, &["--query", "--references", &hello]), format!("{glibc}\n"));
     for query in ["--hash", "--size"] {
@@ -196,14 +175,14 @@ fn initialize_nix_database_registers_the_closure_as_nix_does() {
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success() && !stderr.contains("error") && !stderr.contains("modified"), "{stderr}");
     let _ = Command::new("podman").args(["rmi", "-f", image]).output();
-    run_ok(nixlib("n2cNixDb").arg("--check"));
+    run_ok(nixlib_build_command("n2cNixDb").arg("--check"));
 }
 
 /// A description whose recorded digests the image no longer has writes nothing: a file,
 /// a layout's index and a registry tag stay as they were (#10.4).
 #[test]
 fn a_description_that_does_not_match_writes_nothing() {
-    let description = build("n2c");
+    let description = nixlib_build("n2c");
     let dir = tempfile::tempdir().unwrap();
     let mut body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&description).unwrap()).unwrap();
     body["digests"]["config"] = format!("sha256:{}", "0".repeat(64)).into();
@@ -242,7 +221,7 @@ fn a_description_that_does_not_match_writes_nothing() {
 /// manifest is the recorded one.
 #[test]
 fn a_described_image_pushes_from_an_empty_cache_without_reading_its_layers() {
-    let description = build("n2c");
+    let description = nixlib_build("n2c");
     let recorded = recorded(&description);
     let registry = Registry::start();
     let dir = tempfile::tempdir().unwrap();
@@ -270,7 +249,7 @@ fn a_described_image_pushes_from_an_empty_cache_without_reading_its_layers() {
 /// there instead of compressing it again, and they are the digests the layer really has.
 #[test]
 fn a_layer_record_is_made_once_and_every_image_with_the_layer_uses_it() {
-    let record_path = build("n2cGlibc");
+    let record_path = nixlib_build("n2cGlibc");
     let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
     assert_eq!(record["roots"], serde_json::json!([fixture("glibc")]));
     let references = stdout_of(Command::new("nix-store").args(["--query", "--references", &record_path]));
@@ -280,8 +259,8 @@ fn a_layer_record_is_made_once_and_every_image_with_the_layer_uses_it() {
     assert_eq!(gzip["diff_id"], tar["diff_id"]);
     for image in ["n2c", "n2cOther"] {
         // Built again (Nix's --check), the description's build says where the layer's digests came from.
-        let description = build(image);
-        let out = nixlib(image).arg("--check").output().unwrap();
+        let description = nixlib_build(image);
+        let out = nixlib_build_command(image).arg("--check").output().unwrap();
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{log}");
         assert!(log.contains(&format!("are from the layer record {record_path}")), "{image}: {log}");
@@ -293,7 +272,7 @@ fn a_layer_record_is_made_once_and_every_image_with_the_layer_uses_it() {
     // record and no cache, has the same blob.
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    let mut write = strata(&["stream", &build("n2cOther"), "-o", &format!("oci:{}:t", layout.display()), "--no-cache"]);
+    let mut write = strata(&["stream", &nixlib_build("n2cOther"), "-o", &format!("oci:{}:t", layout.display()), "--no-cache"]);
     run_ok(&mut write);
     let blob = layout.join("blobs/sha256").join(gzip["digest"].as_str().unwrap().trim_start_matches("sha256:"));
     assert_eq!(format!("sha256:{}", sha256_hex(&std::fs::read(&blob).unwrap())), gzip["digest"].as_str().unwrap());
@@ -305,7 +284,7 @@ fn a_layer_record_is_made_once_and_every_image_with_the_layer_uses_it() {
 /// Docker's config keys beyond OCI's passed through to the engine, and `config = null`.
 #[test]
 fn docker_tools_names_docker_config_keys_and_null_config() {
-    let result = build("dockerStyle");
+    let result = nixlib_build("dockerStyle");
     assert!(result.ends_with("-docker-image-app.tar.gz"), "{result}");
     let image = docker_load(&result);
     assert_eq!(image, "ghcr.io/strata-test/app:v1");
@@ -318,7 +297,7 @@ fn docker_tools_names_docker_config_keys_and_null_config() {
     assert_eq!(run_in("docker", &image, &[]), "Hello, world!\n");
     let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
 
-    let stream = build("dockerNullConfig");
+    let stream = nixlib_build("dockerNullConfig");
     let mut streaming = Command::new(&stream).stdout(Stdio::piped()).spawn().unwrap();
     let load = Command::new("podman").arg("load").stdin(streaming.stdout.take().unwrap()).output().unwrap();
     assert!(streaming.wait().unwrap().success() && load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
@@ -331,7 +310,7 @@ fn docker_tools_names_docker_config_keys_and_null_config() {
 /// is searched in the store path of each of its files; `uname`/`gname` go in the tar headers.
 #[test]
 fn nix2container_perms_apply_to_trees_laid_over_root() {
-    let description = build("n2cPerms");
+    let description = nixlib_build("n2cPerms");
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("perms.tar");
     run_ok(strata(&["stream", &description, "-o", &format!("docker-archive:{}", archive.display())]));
@@ -366,7 +345,7 @@ fn pull_image_fetches_by_digest_and_serves_as_a_base() {
             .unwrap();
     let digest = pushed["manifest_digest"].as_str().unwrap().to_owned();
     let with_pull = |attr: &str, hashes: (&str, &str)| {
-        let mut cmd = nixlib(attr);
+        let mut cmd = nixlib_build_command(attr);
         cmd.args(["--argstr", "pullName", &repo, "--argstr", "pullDigest", &digest, "--argstr", "pullHash", hashes.0, "--argstr", "pullHashN2c", hashes.1]);
         cmd
     };
@@ -399,7 +378,7 @@ fn pull_image_fetches_by_digest_and_serves_as_a_base() {
 /// is laid over /), `meta`.
 #[test]
 fn docker_tools_layered_arguments() {
-    let result = build("dockerLayeredArgs");
+    let result = nixlib_build("dockerLayeredArgs");
     assert!(result.ends_with("-docker-image-layered-args.tar.zst"), "{result}");
     let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", &result, "--json"]))).unwrap();
     assert_eq!(inspect["platform"], "linux/arm64");
@@ -412,14 +391,7 @@ fn docker_tools_layered_arguments() {
     let sh = read.iter().find_map(|l| l.get("bin/sh")).expect("bin/sh is linked from /");
     assert_eq!((sh.uid, sh.gid, sh.names.clone()), (1000, 100, ("app".to_owned(), "users".to_owned())));
     assert!(read.iter().any(|l| l.keys().any(|k| k.starts_with("nix/var/nix/db/"))), "the Nix database is in the image");
-    let description =
-        stdout_of(Command::new("nix-instantiate").args(["--eval", "--json"]).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args([
-            "--arg",
-            "strataBin",
-            STRATA,
-            "-A",
-            "dockerLayeredArgs.meta.description",
-        ]));
+    let description = nixlib_eval("dockerLayeredArgs.meta.description");
     assert_eq!(description.trim(), r#""an image with dockerTools' arguments""#);
 }
 
@@ -428,7 +400,7 @@ fn docker_tools_layered_arguments() {
 /// store makes everything read-only.
 #[test]
 fn docker_tools_extra_commands_shape_the_root() {
-    let image = docker_load(&build("dockerExtra"));
+    let image = docker_load(&nixlib_build("dockerExtra"));
     assert_eq!(image, "extra:v1");
     let out = run_in("docker", &image, &[]);
     let lines: Vec<&str> = out.lines().collect();

@@ -146,23 +146,18 @@ fn a_two_platform_oci_layout_is_read_by_skopeo_and_umoci_and_one_platform_loads(
 #[test]
 fn the_nix_library_builds_an_image_index() {
     require_arm64_emulation();
-    let nixlib = |attr: &str| {
-        let mut cmd = Command::new("nix-build");
-        cmd.arg("--no-out-link").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args(["--arg", "strataBin", STRATA, "-A", attr]);
-        stdout_of(cmd).trim().to_owned()
-    };
     let registry = Registry::start();
     let host = format!("127.0.0.1:{}", registry.port);
     let reg = ["--creds", CREDS, "--tls-verify=false"];
     // copyTo takes any destination (copyToRegistry pushes to the image's name alone).
-    let copy_to = format!("{}/bin/copy-to", nixlib("multi.copyTo"));
+    let copy_to = format!("{}/bin/copy-to", nixlib_build("multi.copyTo"));
     let target = format!("docker://{host}/strata-multi:v1");
     run_ok(Command::new(&copy_to).arg(&target).args(reg));
     let index = raw_index(&target, &reg);
     assert_eq!(platforms(&index), both());
     // Each image's manifest is the one Nix recorded (gzip, the codec described).
     let listed: Vec<String> = index["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect();
-    let descriptions: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(nixlib("multi")).unwrap()).unwrap();
+    let descriptions: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(nixlib_build("multi")).unwrap()).unwrap();
     for (description, digest) in descriptions["strata_index"]["images"].as_array().unwrap().iter().zip(&listed) {
         let recorded: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(description.as_str().unwrap()).unwrap()).unwrap();
         assert_eq!(recorded["digests"]["compressed"][0]["manifest"].as_str(), Some(digest.as_str()));
@@ -173,7 +168,7 @@ fn the_nix_library_builds_an_image_index() {
     assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--platform", "linux/arm64", host_ref])).trim(), "aarch64");
     let _ = Command::new("podman").args(["rmi", "-f", host_ref]).output();
 
-    run_ok(Command::new(format!("{}/bin/copy-to-podman", nixlib("multi.copyToPodman"))));
+    run_ok(Command::new(format!("{}/bin/copy-to-podman", nixlib_build("multi.copyToPodman"))));
     assert_eq!(run_in("podman", "strata-multi:v1", &[]).trim(), "x86_64");
     let _ = Command::new("podman").args(["rmi", "-f", "strata-multi:v1"]).output();
 }

@@ -114,12 +114,7 @@ fn a_base_image_without_nix_is_said_so() {
 /// digests the description recorded; `strata sbom` of the same description says the same.
 #[test]
 fn the_nix_library_builds_sboms_with_licences() {
-    let nixlib = |attr: &str| {
-        let mut cmd = Command::new("nix-build");
-        cmd.arg("--no-out-link").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nixlib.nix")).args(["--arg", "strataBin", STRATA, "-A", attr]);
-        stdout_of(cmd).trim().to_owned()
-    };
-    let spdx = nixlib("n2cSbom.sbom");
+    let spdx = nixlib_build("n2cSbom.sbom");
     let out = pyspdxtools(Path::new(&spdx));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spdx).unwrap()).unwrap();
@@ -131,15 +126,15 @@ fn the_nix_library_builds_sboms_with_licences() {
         .map(|p| (p["name"].as_str().unwrap(), p["licenseDeclared"].as_str().unwrap()))
         .collect();
     assert_eq!(licences, [("busybox", "GPL-2.0-only"), ("glibc", "LGPL-2.1-or-later AND GPL-2.0-or-later"), ("hello", "NOASSERTION")]);
-    let description: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(nixlib("n2cSbom")).unwrap()).unwrap();
+    let description: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(nixlib_build("n2cSbom")).unwrap()).unwrap();
     let recorded = &description["digests"]["compressed"][0];
     assert_eq!(doc["packages"][0]["checksums"][0]["checksumValue"], recorded["manifest"].as_str().unwrap().trim_start_matches("sha256:"));
     let glibc_layer = recorded["layers"][0]["digest"].as_str().unwrap();
     assert!(doc.to_string().contains(&format!("in layer 1 ({glibc_layer})")), "the layers are named by the recorded digests");
 
-    let cdx = nixlib("n2cSbom.sbomCycloneDX");
+    let cdx = nixlib_build("n2cSbom.sbomCycloneDX");
     assert!(cyclonedx_validate(Path::new(&cdx)).status.success());
-    let cli = run_ok(strata(&["sbom", &nixlib("n2cSbom"), "--format", "cyclonedx"])).stdout;
+    let cli = run_ok(strata(&["sbom", &nixlib_build("n2cSbom"), "--format", "cyclonedx"])).stdout;
     let cli: serde_json::Value = serde_json::from_slice(&cli).unwrap();
     let names = |d: &serde_json::Value| d["components"].as_array().unwrap().iter().map(|c| c["bom-ref"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
     let built: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cdx).unwrap()).unwrap();
