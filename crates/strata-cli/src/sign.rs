@@ -39,18 +39,25 @@ pub fn generate(name: &Path) -> Result<()> {
         }
     }
     let (private, public) = strata_sign::generate(&password(&private_path.display().to_string(), true)?)?;
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&private_path)
-        .with_context(|| format!("creating {}", private_path.display()))?;
-    file.write_all(private.as_bytes()).with_context(|| format!("writing {}", private_path.display()))?;
-    std::fs::write(&public_path, public).with_context(|| format!("writing {}", public_path.display()))?;
+    write_new(&private_path, private.as_bytes(), 0o600)?;
+    write_new(&public_path, public.as_bytes(), 0o644)?;
     eprintln!("strata: wrote {} and {}", private_path.display(), public_path.display());
     Ok(())
+}
+
+/// Writes `bytes` to `path` whole or not at all (a scratch file, then a hard link, which
+/// fails if `path` exists: a key is never replaced, even by a writer racing this one).
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = strata_scratch::ScratchFile::beside(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = scratch.as_file();
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", path.display()))?;
+    match std::fs::hard_link(scratch.path(), path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{} exists already: strata does not replace keys", path.display()),
+        other => other.with_context(|| format!("writing {}", path.display())),
+    }
 }
 
 /// A signing key read (its password asked) before any work, for a push to `dest`.
