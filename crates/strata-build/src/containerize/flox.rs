@@ -237,7 +237,13 @@ fn environment_name(env_dir: &Path) -> String {
     struct EnvJson {
         name: Option<String>,
     }
-    let from_json = std::fs::read(env_dir.join(".flox/env.json")).ok().and_then(|bytes| serde_json::from_slice::<EnvJson>(&bytes).ok()).and_then(|e| e.name);
+    // A small file flox writes; read no more than 64 KiB of it whatever it holds.
+    let read = |path: std::path::PathBuf| -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(path).ok()?, 64 << 10), &mut bytes).ok()?;
+        Some(bytes)
+    };
+    let from_json = read(env_dir.join(".flox/env.json")).and_then(|bytes| serde_json::from_slice::<EnvJson>(&bytes).ok()).and_then(|e| e.name);
     let dir_name = || {
         let named = |d: &Path| d.file_name().map(|n| n.to_string_lossy().into_owned());
         named(env_dir).or_else(|| std::fs::canonicalize(env_dir).ok().as_deref().and_then(named))
