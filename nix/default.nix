@@ -67,11 +67,15 @@ let
   # The spec strata reads (see the README), from the library's arguments. `fromImage` is a
   # docker-archive (a path or derivation) or any strata source reference ("oci:…", "docker://…").
   mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], linkToRoot ? [ ], modesFiles ? [ ], maxLayers ? 100
-               , created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ]
-               , initializeNixDatabase ? false, architecture ? null }: {
+               , maxStoreLayers ? null, created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ]
+               , initializeNixDatabase ? false, nixUid ? null, nixGid ? null, architecture ? null, includeStorePaths ? true }: {
     inherit name tag created mtime perms config layers architecture;
     initialize_nix_database = initializeNixDatabase;
+    nix_uid = nixUid;
+    nix_gid = nixGid;
+    include_store_paths = includeStorePaths;
     max_layers = maxLayers;
+    max_store_layers = maxStoreLayers;
     roots = storePaths fn "contents" roots;
     copy_to_root = storePaths fn "copyToRoot" copyToRoot;
     link_to_root = storePaths fn "contents" linkToRoot;
@@ -114,63 +118,178 @@ let
   # dockerTools' `config` may be null (its default).
   configOf = config: if config == null then { } else config;
 
-  # dockerTools' `extraCommands`: shell commands run in the directory laid over / (in a
-  # final layer), with the caller's nixpkgs' shell and coreutils. Modes are recorded before
-  # the store makes every file read-only (`chmod 1777 tmp` holds), and given back by strata.
-  # { copyToRoot, modesFiles } to add to a spec; nothing without commands.
-  customisation = fn: extraCommands:
-    if extraCommands == "" then { copyToRoot = [ ]; modesFiles = [ ]; }
-    else if pkgs == null then throw "strata.${fn}: `extraCommands` runs a shell: import strata's library with your nixpkgs (`pkgs = …`), as dockerTools takes it from its own"
-    else
-      let
-        made = derivation {
-          name = "extra-commands";
-          inherit system;
-          outputs = [ "out" "modes" ];
-          builder = pkgs.runtimeShell;
-          PATH = "${pkgs.coreutils}/bin:${pkgs.findutils}/bin";
-          args = [ "-c" ''
-            set -e
-            mkdir -p "$out"
-            cd "$out"
-            ${extraCommands}
-            find . -mindepth 1 -not -type l -printf '%m /%P\n' > "$modes"
-          '' ];
-        };
-      in { copyToRoot = [ made.out ]; modesFiles = [ "${made.modes}" ]; };
+  # Nothing, or an argument strata does not take, named in an evaluation error.
+  refuse = fn: arg: why: throw "strata.${fn}: `${arg}` is not supported: ${why}";
 
-  # dockerTools' owner of what is laid over / (uid, gid, uname, gname): a perm rule on every
-  # path outside /nix, none for root.
-  ownerPerms = { uid ? 0, gid ? 0, uname ? "root", gname ? "root" }:
+  # The tree the image's commands shape (dockerTools' customisation layer), laid over / in
+  # a final layer: the join of `contents` (made by strata as their links from / are, so the
+  # commands see /bin/sh -> /nix/store/…), then `extraCommands` run in it, then
+  # `fakeRootCommands` under fakeroot (with `enableFakechroot`, under proot too, / being the
+  # tree and the store visible, as dockerTools does), with the shell and tools of the
+  # caller's nixpkgs. Modes and owners are recorded before the store makes every file
+  # read-only and the builder's, and strata gives them back (`chmod 1777 tmp`, `chown 1000
+  # /data` hold). { copyToRoot, modesFiles } to add to a spec; null without commands.
+  # With `copies` (buildImage's runAsRoot), the tree starts as a copy of the trees in
+  # `contents`, laid over each other in order, as buildImage lays copyToRoot.
+  customisation = fn: { contents ? [ ], copies ? [ ], extraCommands ? "", fakeRootCommands ? "", enableFakechroot ? false }:
+    let
+      needs = arg: x: if pkgs ? ${x} then pkgs.${x}
+        else throw "strata.${fn}: `${arg}` needs ${x} from nixpkgs: import strata's library with your nixpkgs (`pkgs = …`), as dockerTools takes it from its own";
+      fakeroot = fakeRootCommands != "";
+      arg = if fakeroot then "fakeRootCommands" else "extraCommands";
+      tools = (if fakeroot then [ (needs arg "fakeroot") ] else [ ])
+        ++ (if fakeroot && enableFakechroot then [ (needs "enableFakechroot" "proot") ] else [ ])
+        ++ [ (needs arg "coreutils") (needs arg "findutils") ];
+      links = derivation {
+        name = "contents-links";
+        inherit system;
+        builder = strataBin;
+        args = [ "nix-builder" ];
+        strataMode = "links";
+        strataPaths = builtins.concatStringsSep " " contents;
+      };
+      made = derivation {
+        name = "customisation-layer";
+        inherit system extraCommands fakeRootCommands;
+        outputs = [ "out" "modes" ];
+        builder = needs arg "runtimeShell";
+        PATH = builtins.concatStringsSep ":" (map (t: "${t}/bin") tools);
+        links = if contents == [ ] then "" else links;
+        copies = builtins.concatStringsSep " " copies;
+        storeDir = storeDir;
+        args = [ "-c" ''
+          set -e
+          # Shaped in the build directory (proot cannot have / inside the store it shows),
+          # then moved to $out.
+          root="$NIX_BUILD_TOP/root"
+          if [ -n "$links" ]; then cp -a "$links" "$root"; else mkdir -p "$root"; fi
+          for tree in $copies; do cp -a "$tree/." "$root/"; done
+          chmod -R u+w "$root"
+          cd "$root"
+          eval "$extraCommands"
+          cd "$root"
+          if [ -n "$fakeRootCommands" ]; then
+            state="$NIX_BUILD_TOP/fakeroot.state"
+            touch "$state"
+            ${if enableFakechroot then ''
+              proot -r "$root" -b "$storeDir" -b /dev -b /proc -b "$NIX_BUILD_TOP" -w / \
+                fakeroot -i "$state" -s "$state" "$builder" -c 'eval "$fakeRootCommands"'
+            '' else ''
+              fakeroot -i "$state" -s "$state" "$builder" -c 'eval "$fakeRootCommands"'
+            ''}
+            cd "$root"
+            fakeroot -i "$state" find . -mindepth 1 -not -type l -printf '%m %U %G /%P\n' > "$modes"
+          else
+            find . -mindepth 1 -not -type l -printf '%m /%P\n' > "$modes"
+          fi
+          cd "$NIX_BUILD_TOP"
+          mv "$root" "$out"
+        '' ];
+      };
+    in
+    if extraCommands == "" && fakeRootCommands == "" then null
+    else { copyToRoot = [ made.out ]; modesFiles = [ "${made.modes}" ]; };
+
+  # A perm rule giving what `regex` matches (whole image paths) to an owner; none for root.
+  ownerPerms = regex: { uid ? 0, gid ? 0, uname ? "root", gname ? "root" }:
     if uid == 0 && gid == 0 && uname == "root" && gname == "root" then [ ]
-    else [ ({ regex = outsideNix; inherit uid gid; } // (if uname != "root" then { inherit uname; } else { }) // (if gname != "root" then { inherit gname; } else { })) ];
+    else [ ({ inherit regex uid gid; } // (if uname != "root" then { inherit uname; } else { }) // (if gname != "root" then { inherit gname; } else { })) ];
+  # dockerTools' layered images give uid/gid/uname/gname the store (Nix run by that user
+  # can use it); buildImage gives uid/gid every file of its layer.
+  storeOwner = ownerPerms "/nix(?:/store(?:/.*)?)?";
+  everyFile = ownerPerms ".*";
 
   # The spec of dockerTools' layered images (streamLayeredImage, buildLayeredImage), from
   # their arguments; an argument they do not take is an evaluation error naming it.
-  layeredSpec = fn:
+  # `compat`: dockerTools' own meaning of maxLayers (the store's layers plus the
+  # customisation layer, the base image's not counted) rather than strata's (every layer).
+  layeredSpec = { fn, compat }:
     { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
-    , mtime ? null, fromImage ? null, architecture ? null, includeNixDB ? false
+    , mtime ? null, fromImage ? null, architecture ? null, includeNixDB ? false, includeStorePaths ? true
     , uid ? 0, gid ? 0, uname ? "root", gname ? "root", meta ? { }, compressor ? "gz", layeringPipeline ? null
-    , extraCommands ? "" }:
-    let extra = customisation fn extraCommands; in
+    , extraCommands ? "", fakeRootCommands ? "", enableFakechroot ? false, passthru ? { }, debug ? false }:
+    let
+      contentList = storePaths fn "contents" contents;
+      shaped = customisation fn { contents = contentList; inherit extraCommands fakeRootCommands enableFakechroot; };
+    in
     if layeringPipeline != null
-    then throw "strata.${fn}: `layeringPipeline` is not supported: strata splits the closure itself (maxLayers), and keeps layers across releases (strata build --previous)"
-    else mkSpec fn {
-      inherit tag maxLayers created mtime fromImage architecture;
-      inherit (extra) copyToRoot modesFiles;
+    then refuse fn "layeringPipeline" "strata splits the closure itself (maxLayers), and keeps layers across releases (strata build --previous)"
+    else mkSpec fn ({
+      inherit tag created fromImage architecture includeStorePaths;
+      mtime = if mtime == null && compat then defaultCreated else mtime;
       name = toLower name;
       config = configOf config;
-      linkToRoot = contents;
+      # Shaped by commands, the join of `contents` is their tree; else strata links it.
+      roots = contentList;
+      linkToRoot = if shaped == null then contentList else [ ];
+      copyToRoot = if shaped == null then [ ] else shaped.copyToRoot;
+      modesFiles = if shaped == null then [ ] else shaped.modesFiles;
       initializeNixDatabase = includeNixDB;
-      perms = ownerPerms { inherit uid gid uname gname; };
-    };
+      perms = storeOwner { inherit uid gid uname gname; };
+    } // (if compat then { maxLayers = maxLayerBound; maxStoreLayers = if maxLayers > 1 then maxLayers - 1 else 1; } else { inherit maxLayers; }));
 
-  tarball = fn: { compressor ? "gz", ... }@args: spec: image {
+  # The most layers a container engine stacks (overlayfs' bound, less some room).
+  maxLayerBound = 125;
+
+  tarball = fn: { compressor ? "gz", ... }: spec: image {
     drvName = "docker-image-${drvNameOf spec.name}${suffix (oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor)}";
     mode = "tarball";
     inherit spec;
     extra.strataCompressor = compressor;
   };
+
+  # What dockerTools' image results carry besides the image.
+  passthruOf = { meta ? { }, passthru ? { }, ... }: result:
+    result // passthru // { inherit meta; imageRefUnsafe = builtins.unsafeDiscardStringContext "${result.imageName}:${result.imageTag}"; };
+
+  # dockerTools' buildImage: `compat` gives its store paths one layer, as dockerTools does
+  # (strata's spreads them over `maxLayers`). `runAsRoot` (dockerTools runs it as root in a
+  # VM over the base image and copyToRoot) runs here under fakeroot and proot over the
+  # copyToRoot trees: what it makes, and the owners and modes it sets, are in the image;
+  # the base image's files it cannot see, so the two together are refused.
+  buildImageWith = { fn, compat }:
+    { name, tag ? null, config ? null, copyToRoot ? null, contents ? null, fromImage ? null
+    , fromImageName ? null, fromImageTag ? null, keepContentsDirlinks ? false, created ? defaultCreated
+    , uid ? 0, gid ? 0, compressor ? "gz", architecture ? null, includeNixDB ? false, meta ? { }
+    , extraCommands ? "", runAsRoot ? null, diskSize ? 1024, buildVMMemorySize ? 512, ... }@args:
+    let
+      strataOnly = builtins.filter (a: args ? ${a}) [ "maxLayers" ];
+      trees = storePaths fn "copyToRoot" (if copyToRoot != null then copyToRoot else contents);
+      asRoot = if runAsRoot == null then null
+        else if fromImage != null then refuse fn "runAsRoot" "with `fromImage`: strata runs it under fakeroot over copyToRoot, not in a VM over the base image; shape the files with `fakeRootCommands` of streamLayeredImage, or lay them over / with copyToRoot"
+        else customisation fn { copies = trees; fakeRootCommands = runAsRoot; enableFakechroot = true; inherit extraCommands; };
+      extra = if asRoot != null then asRoot
+        else { copyToRoot = trees; modesFiles = [ ]; } // (let c = customisation fn { inherit extraCommands; }; in
+          if c == null then { } else { copyToRoot = trees ++ c.copyToRoot; inherit (c) modesFiles; });
+      known = [ "name" "tag" "config" "copyToRoot" "contents" "fromImage" "fromImageName" "fromImageTag" "keepContentsDirlinks"
+                "created" "uid" "gid" "compressor" "architecture" "includeNixDB" "meta" "extraCommands" "runAsRoot" "diskSize"
+                "buildVMMemorySize" ] ++ (if compat then [ ] else [ "maxLayers" ]);
+      unknown = builtins.filter (a: !builtins.elem a known) (builtins.attrNames args);
+    in
+    if unknown != [ ] then throw "strata.${fn}: no argument `${builtins.head unknown}`${if strataOnly != [ ] then " (strata.buildImage takes it)" else ""}"
+    else if keepContentsDirlinks then refuse fn "keepContentsDirlinks" "strata lays copyToRoot trees over each other entry by entry; a directory replaces a link to one"
+    else passthruOf args (tarball fn args (mkSpec fn ({
+      inherit tag created architecture;
+      # fromImageName/fromImageTag choose among a docker-archive's images; strata reads
+      # archives of one image (whatever its name), and says so of others.
+      inherit fromImage;
+      inherit (extra) copyToRoot modesFiles;
+      name = toLower name;
+      config = configOf config;
+      initializeNixDatabase = includeNixDB;
+      perms = everyFile { inherit uid gid; };
+    } // (if compat then { maxLayers = maxLayerBound; maxStoreLayers = 1; } else { maxLayers = args.maxLayers or 100; }))));
+
+  streamLayeredImageWith = flavour: { name, ... }@args:
+    passthruOf args (image {
+      drvName = "stream-${drvNameOf name}";
+      mode = "stream";
+      spec = layeredSpec flavour args;
+    });
+
+  buildLayeredImageWith = flavour: args:
+    passthruOf args (tarball flavour.fn args (layeredSpec flavour args));
+
   # nixpkgs dockerTools.pullImage: an image from a registry, by digest, as a docker-archive in
   # the store (a fixed-output derivation: `sha256` or `hash` is the archive's), named
   # finalImageName:finalImageTag; usable as any image's `fromImage`. Fetched by strata itself,
@@ -195,24 +314,135 @@ let
       impureEnvVars = [ "http_proxy" "https_proxy" "no_proxy" "HTTP_PROXY" "HTTPS_PROXY" "NO_PROXY" ];
     } // { inherit imageName imageDigest; imageTag = finalImageTag; };
 
+  # nix2container's perms: `path` names a store path (in the image's store, or a tree laid
+  # over /), and `regex` is searched in the store path of each of its files.
+  n2cPerm = p: {
+    store_path = toString p.path;
+    regex = p.regex or "";
+    mode = p.mode or null;
+    uid = p.uid or null;
+    gid = p.gid or null;
+    uname = p.uname or null;
+    gname = p.gname or null;
+  };
+
+  # An isolated layer, and its own derivation: the record of the layer's digests
+  # (uncompressed and in `compressor`'s codec), made once and substitutable like any store
+  # path; an image with this layer takes them from it. The layer holds the closure of `deps`
+  # and the `copyToRoot` trees, minus what `layers` (earlier buildLayer layers) hold, with
+  # `perms` (nix2container's) applied. `reproducible` is taken and changes nothing: strata
+  # never stores a layer's tar, and records its digests either way.
+  buildLayerWith = { fn }:
+    { deps ? [ ], copyToRoot ? null, contents ? null, layers ? [ ], compressor ? "gz", perms ? [ ]
+    , reproducible ? true, maxLayers ? 1, ignore ? null, metadata ? { created_by = "nix2container"; } }:
+    let
+      own = {
+        roots = storePaths fn "deps" deps;
+        copy_to_root = storePaths fn "copyToRoot" (if copyToRoot != null then copyToRoot else contents);
+      };
+      below = map (l: layerOf fn l) layers;
+      chain = builtins.concatLists (map (l: l.strataChain) below) ++ [ own ];
+      allPerms = builtins.concatLists (map (l: l.strataPerms) below) ++ map n2cPerm perms;
+      record = image {
+        drvName = "strata-layer.json";
+        mode = "layer";
+        spec = mkSpec fn { name = "layer"; layers = chain; maxLayers = builtins.length chain; perms = allPerms; };
+        extra.strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
+      };
+    in
+    if maxLayers != 1 then refuse fn "maxLayers" "a buildLayer layer is one layer in strata; make several buildLayer layers, or give the image maxLayers"
+    else if ignore != null then refuse fn "ignore" "the layer holds the closure of deps and copyToRoot whole"
+    else if metadata != { created_by = "nix2container"; } then refuse fn "metadata" "strata's history entry of a layer lists its store paths (strata build --previous reads them)"
+    else record // {
+      _strataLayer = true;
+      strataChain = chain;
+      strataPerms = allPerms;
+      strataPackages = toList deps ++ toList copyToRoot ++ toList contents;
+      inherit (own) roots copy_to_root;
+    };
+
+  # nix2container-style images: the result is the image's description (spec, closure graph,
+  # and the digests the image has, uncompressed and in `compressor`'s codec, computed at build
+  # time), no tarball; runners copy it where it goes, naming blobs by the recorded digests
+  # before reading anything, and strata checks it matches what was recorded. `compat`:
+  # nix2container's meaning of maxLayers (the image's own store layers, `layers` and the
+  # base image's not counted) and its defaults (maxLayers 1, created 0001-01-01).
+  describedWith = { fn, compat }:
+    { name, tag ? null, config ? { }, copyToRoot ? null, contents ? null, fromImage ? null
+    , maxLayers ? (if compat then 1 else 100), layers ? [ ], perms ? [ ]
+    , created ? (if compat then "0001-01-01T00:00:00Z" else defaultCreated), initializeNixDatabase ? false
+    , nixUid ? 0, nixGid ? 0, arch ? null, compressor ? "gz", meta ? { } }:
+    let
+      below = map (l: layerOf fn l) layers;
+      trees = storePaths fn "copyToRoot" (if copyToRoot != null then copyToRoot else contents);
+      described = image {
+        drvName = "image-${drvNameOf name}.json";
+        mode = "description";
+        extra = {
+          strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
+          strataLayerRecords = below;
+        };
+        spec = mkSpec fn ({
+          inherit tag created initializeNixDatabase;
+          name = toLower name;
+          copyToRoot = trees;
+          # nix2container's "" is no base image.
+          fromImage = if fromImage == "" then null else fromImage;
+          architecture = arch;
+          config = dockerConfig config;
+          layers = map (l: { inherit (l) roots copy_to_root; }) below;
+          perms = builtins.concatLists (map (l: l.strataPerms) below) ++ map n2cPerm perms;
+          # nix2container's files are a second past the epoch, whatever `created` says (its
+          # default, 0001-01-01, is before the epoch a tar header can hold).
+          mtime = if compat then defaultCreated else null;
+        } // (if initializeNixDatabase && (nixUid != 0 || nixGid != 0) then { inherit nixUid nixGid; } else { })
+          // (if compat then { maxLayers = maxLayerBound; maxStoreLayers = maxLayers; } else { inherit maxLayers; }));
+      };
+      ref = "${described.imageName}:${described.imageTag}";
+      # The licences of the packages given (their meta; the store keeps none), by base name.
+      licenses = builtins.listToAttrs (builtins.concatMap
+        (x:
+          let license = if builtins.isAttrs x then x.meta.license or null else null;
+            ids = map (l: l.spdxId or null) (if builtins.isList license then license else [ license ]);
+          in if license == null || builtins.elem null ids then [ ] else [{ name = builtins.unsafeDiscardStringContext (baseNameOf (toString x)); value = builtins.concatStringsSep " AND " ids; }])
+        (toList (if copyToRoot != null then copyToRoot else contents) ++ builtins.concatMap (l: l.strataPackages or [ ]) below));
+      sbomOf = format: derivation {
+        name = "${drvNameOf name}-sbom.${if format == "spdx" then "spdx" else "cdx"}.json";
+        inherit system;
+        builder = strataBin;
+        args = [ "nix-builder" ];
+        strataMode = "sbom";
+        strataImage = described;
+        strataSbomFormat = format;
+        strataLicenses = builtins.toJSON licenses;
+      };
+    in
+    described // {
+      inherit meta fromImage;
+      imageRefUnsafe = builtins.unsafeDiscardStringContext ref;
+      # The image's bill of materials, built by Nix: SPDX 2.3 (`sbom`) or CycloneDX 1.5.
+      sbom = sbomOf "spdx";
+      sbomCycloneDX = sbomOf "cyclonedx";
+      copyToDockerDaemon = runner "copy-to-docker-daemon" "stream ${described} -o docker-daemon:${ref}";
+      copyToPodman = runner "copy-to-podman" "stream ${described} -o podman:${ref}";
+      copyToRegistry = runner "copy-to-registry" "stream ${described} -o docker://${ref}";
+      copyTo = runner "copy-to" "stream ${described} -o";
+      # Loaded and run (`-it` when standard input is a terminal); arguments go to the container.
+      runInDocker = runner "run-in-docker" "run --engine docker ${described} --";
+      runWithPodman = runner "run-with-podman" "run --engine podman ${described} --";
+    };
+
+  # What dockerTools has beside its image functions, from the caller's nixpkgs (they are
+  # plain derivations and strings: binSh, usrBinEnv, caCertificates, fakeNss, shadowSetup).
+  dockerToolsHelper = attr:
+    if pkgs != null && pkgs ? dockerTools && pkgs.dockerTools ? ${attr} then pkgs.dockerTools.${attr}
+    else throw "strata.dockerTools.${attr} comes from nixpkgs' dockerTools: import strata's library with your nixpkgs (`pkgs = …`)";
+
 in
 rec {
   # nixpkgs dockerTools.buildImage: a compressed docker-archive in the store
   # (`docker load < result`), layered by strata within maxLayers.
-  buildImage =
-    { name, tag ? null, config ? null, copyToRoot ? [ ], fromImage ? null, created ? defaultCreated
-    , uid ? 0, gid ? 0, compressor ? "gz", maxLayers ? 100, architecture ? null, includeNixDB ? false, meta ? { }
-    , extraCommands ? "" }@args:
-    let extra = customisation "buildImage" extraCommands; in
-    tarball "buildImage" args (mkSpec "buildImage" {
-      inherit tag fromImage created maxLayers architecture;
-      copyToRoot = toList copyToRoot ++ extra.copyToRoot;
-      inherit (extra) modesFiles;
-      name = toLower name;
-      config = configOf config;
-      initializeNixDatabase = includeNixDB;
-      perms = ownerPerms { inherit uid gid; };
-    }) // { inherit meta; };
+  buildImage = buildImageWith { fn = "buildImage"; compat = false; };
 
   # dockerTools.buildImageWithNixDb: buildImage with the Nix database of its store paths.
   buildImageWithNixDb = args: buildImage (args // { includeNixDB = true; });
@@ -221,123 +451,58 @@ rec {
   # (`$(nix-build) | docker load`); no image bytes in the store. `contents` are joined as
   # dockerTools joins them (symlinkJoin): each in the store with its closure, `/` holding
   # symlinks into it (/bin/sh -> /nix/store/…-bash/bin/sh).
-  streamLayeredImage = { name, meta ? { }, ... }@args:
-    image {
-      drvName = "stream-${drvNameOf name}";
-      mode = "stream";
-      spec = layeredSpec "streamLayeredImage" args;
-    } // { inherit meta; };
+  streamLayeredImage = streamLayeredImageWith { fn = "streamLayeredImage"; compat = false; };
 
   # nixpkgs dockerTools.buildLayeredImage: the same image as a compressed docker-archive.
-  buildLayeredImage = { meta ? { }, ... }@args:
-    tarball "buildLayeredImage" args (layeredSpec "buildLayeredImage" args) // { inherit meta; };
+  buildLayeredImage = buildLayeredImageWith { fn = "buildLayeredImage"; compat = false; };
 
   # dockerTools.buildLayeredImageWithNixDb: buildLayeredImage with the Nix database.
   buildLayeredImageWithNixDb = args: buildLayeredImage (args // { includeNixDB = true; });
 
-  # nix2container-style images: the result is the image's description (spec, closure graph,
-  # and the digests the image has, uncompressed and in `compressor`'s codec, computed at build
-  # time), no tarball; runners copy it where it goes, naming blobs by the recorded digests
-  # before reading anything, and strata checks it matches what was recorded.
-  nix2container = rec {
-    # An isolated layer, and its own derivation: the record of the layer's digests
-    # (uncompressed and in `compressor`'s codec), made once and substitutable like any store
-    # path; an image with this layer takes them from it. The layer holds the closure of
-    # `deps` and the `copyToRoot` trees, minus what `layers` (earlier buildLayer layers) hold.
-    buildLayer = { deps ? [ ], copyToRoot ? [ ], layers ? [ ], compressor ? "gz" }:
-      let
-        fn = "nix2container.buildLayer";
-        own = { roots = storePaths fn "deps" deps; copy_to_root = storePaths fn "copyToRoot" copyToRoot; };
-        below = builtins.concatLists (map (l: (layerOf fn l).strataChain) layers);
-        chain = below ++ [ own ];
-        record = image {
-          drvName = "strata-layer.json";
-          mode = "layer";
-          spec = mkSpec fn { name = "layer"; layers = chain; maxLayers = builtins.length chain; };
-          extra.strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
-        };
-      in
-      record // { _strataLayer = true; strataChain = chain; strataPackages = toList deps ++ toList copyToRoot; inherit (own) roots copy_to_root; };
-
-    # nix2container's pullImage: the same fetch; its result works as `fromImage`.
-    pullImage = { imageName, imageDigest, sha256, arch ? null, tlsVerify ? true, os ? "linux" }:
-      fetchImage { inherit imageName imageDigest sha256 arch tlsVerify os; };
-
-    buildImage =
-      { name, tag ? null, config ? { }, copyToRoot ? [ ], fromImage ? null, maxLayers ? 100, layers ? [ ]
-      , perms ? [ ], created ? defaultCreated, initializeNixDatabase ? false, arch ? null, compressor ? "gz" }:
-      let
-        fn = "nix2container.buildImage";
-        # nix2container's perms: `path` names a store path (in the image's store, or a tree
-        # laid over /), and `regex` is searched in the store path of each of its files.
-        perm = p: {
-          store_path = toString p.path;
-          regex = p.regex or "";
-          mode = p.mode or null;
-          uid = p.uid or null;
-          gid = p.gid or null;
-          uname = p.uname or null;
-          gname = p.gname or null;
-        };
-        described = image {
-          drvName = "image-${drvNameOf name}.json";
-          mode = "description";
-          extra = {
-            strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
-            strataLayerRecords = map (l: layerOf fn l) layers;
-          };
-          spec = mkSpec fn {
-            inherit name tag copyToRoot fromImage maxLayers created initializeNixDatabase;
-            architecture = arch;
-            config = dockerConfig config;
-            layers = map (l: { inherit (layerOf fn l) roots copy_to_root; }) layers;
-            perms = map perm perms;
-          };
-        };
-        ref = "${name}:${described.imageTag}";
-        # The licences of the packages given (their meta; the store keeps none), by base name.
-        given = copyToRoot ++ builtins.concatMap (l: (layerOf fn l).strataPackages or [ ]) layers;
-        licenses = builtins.listToAttrs (builtins.concatMap
-          (x:
-            let license = if builtins.isAttrs x then x.meta.license or null else null;
-              ids = map (l: l.spdxId or null) (if builtins.isList license then license else [ license ]);
-            in if license == null || builtins.elem null ids then [ ] else [{ name = builtins.unsafeDiscardStringContext (baseNameOf (toString x)); value = builtins.concatStringsSep " AND " ids; }])
-          (toList given));
-        sbomOf = format: derivation {
-          name = "${drvNameOf name}-sbom.${if format == "spdx" then "spdx" else "cdx"}.json";
-          inherit system;
-          builder = strataBin;
-          args = [ "nix-builder" ];
-          strataMode = "sbom";
-          strataImage = described;
-          strataSbomFormat = format;
-          strataLicenses = builtins.toJSON licenses;
-        };
-      in
-      described // {
-        # The image's bill of materials, built by Nix: SPDX 2.3 (`sbom`) or CycloneDX 1.5.
-        sbom = sbomOf "spdx";
-        sbomCycloneDX = sbomOf "cyclonedx";
-        copyToDockerDaemon = runner "copy-to-docker-daemon" "stream ${described} -o docker-daemon:${ref}";
-        copyToPodman = runner "copy-to-podman" "stream ${described} -o podman:${ref}";
-        copyToRegistry = runner "copy-to-registry" "stream ${described} -o docker://${ref}";
-        copyTo = runner "copy-to" "stream ${described} -o";
-        # Loaded and run (`-it` when standard input is a terminal); arguments go to the container.
-        runInDocker = runner "run-in-docker" "run --engine docker ${described} --";
-        runWithPodman = runner "run-with-podman" "run --engine podman ${described} --";
-      };
-  };
-  inherit (nix2container) buildLayer;
+  # A nix2container-style image with strata's defaults (maxLayers counts every layer, 100).
+  describeImage = describedWith { fn = "describeImage"; compat = false; };
+  buildLayer = buildLayerWith { fn = "buildLayer"; };
 
   # nixpkgs dockerTools.pullImage (see fetchImage above).
   pullImage = fetchImage;
 
+  # Drop-ins: nixpkgs' dockerTools and nix2container, their function names, arguments,
+  # defaults and meaning (the README's table says where strata differs, and why). A user
+  # changes where `dockerTools` or `nix2container` comes from, nothing else.
+  dockerTools = rec {
+    buildImage = buildImageWith { fn = "dockerTools.buildImage"; compat = true; };
+    buildImageWithNixDb = args: buildImage (args // { includeNixDB = true; });
+    streamLayeredImage = streamLayeredImageWith { fn = "dockerTools.streamLayeredImage"; compat = true; };
+    buildLayeredImage = buildLayeredImageWith { fn = "dockerTools.buildLayeredImage"; compat = true; };
+    buildLayeredImageWithNixDb = args: buildLayeredImage (args // { includeNixDB = true; });
+    pullImage = fetchImage;
+    mergeImages = _: refuse "dockerTools.mergeImages" "images" "strata writes one image a docker-archive; load each (docker load < a; docker load < b), or join platforms with buildImageIndex";
+    exportImage = _: refuse "dockerTools.exportImage" "fromImage" "strata does not flatten images to a file system tarball yet";
+    streamNixShellImage = _: refuse "dockerTools.streamNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
+    buildNixShellImage = _: refuse "dockerTools.buildNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
+    shadowSetup = dockerToolsHelper "shadowSetup";
+    binSh = dockerToolsHelper "binSh";
+    usrBinEnv = dockerToolsHelper "usrBinEnv";
+    caCertificates = dockerToolsHelper "caCertificates";
+    fakeNss = dockerToolsHelper "fakeNss";
+  };
+
+  nix2container = {
+    buildImage = describedWith { fn = "nix2container.buildImage"; compat = true; };
+    buildLayer = buildLayerWith { fn = "nix2container.buildLayer"; };
+    # nix2container's pullImage: the same fetch; its result works as `fromImage`.
+    pullImage = { imageName, imageDigest, sha256, arch ? null, tlsVerify ? true, os ? "linux" }:
+      fetchImage { inherit imageName imageDigest sha256 arch tlsVerify os; };
+    pullImageFromManifest = _: refuse "nix2container.pullImageFromManifest" "imageManifest"
+      "strata fetches an image as one fixed-output docker-archive: use pullImage with the manifest's digest and the archive's hash";
+  };
+
   # One image for several platforms: `images` are images of this library (descriptions,
-  # stream scripts or tarballs), each for its own architecture (nix2container.buildImage's
-  # `arch`, buildImage's via its spec), named `name` and tagged `tag` (default: the hash of the
+  # stream scripts or tarballs), each for its own architecture (describeImage's `arch`,
+  # buildImage's via its spec), named `name` and tagged `tag` (default: the hash of the
   # index's file) as one. The result is the index's description, with the runners of
-  # nix2container-style images: copyToRegistry and copyTo write an OCI image index;
-  # copyToPodman and copyToDockerDaemon load the host's platform.
+  # described images: copyToRegistry and copyTo write an OCI image index; copyToPodman and
+  # copyToDockerDaemon load the host's platform.
   buildImageIndex = { name, tag ? null, images }:
     let
       fn = "buildImageIndex";
@@ -364,7 +529,7 @@ rec {
 
   # The flake integration's images (the flake-parts module, mkImages): image options as plain
   # values to { name, result, do.run.*, do.copy.* }. See images.nix.
-  inherit (import ./images.nix { inherit nix2container; }) mkImage imageSystemOf imageOptions imageConfigOptions;
+  inherit (import ./images.nix { inherit describeImage buildLayer; }) mkImage imageSystemOf imageOptions imageConfigOptions;
 
   # makes' makeContainerImage: each layer is a derivation whose $out is laid over /, its
   # closure in the image; a gzipped docker-archive (`docker load < result`).

@@ -2,7 +2,7 @@
 # mkImages in mk-images.nix): an image's options, as plain values, to what a flake exposes
 # for it. Builtins only. The image itself is a nix2container-style description (no tarball
 # in the store); its actions are small executables that call strata.
-{ nix2container }:
+{ describeImage, buildLayer }:
 let
   inherit (builtins) attrNames filter isAttrs isList listToAttrs map;
 
@@ -19,8 +19,8 @@ let
   # An entry of `layers`: a buildLayer result, its arguments, or a derivation (its closure).
   layerOf = l:
     if isAttrs l && l._strataLayer or false then l
-    else if isAttrs l && !(l ? outPath) then nix2container.buildLayer l
-    else nix2container.buildLayer { deps = [ l ]; };
+    else if isAttrs l && !(l ? outPath) then buildLayer l
+    else buildLayer { deps = [ l ]; };
   # Every option of an image, declared once: the flake module makes its options of these
   # (`type` is a function of nixpkgs' `lib.types`), mkImages and mkImage check arguments
   # against them and take their defaults. `name` defaults to the image's attribute name.
@@ -82,7 +82,7 @@ in
         exposedPorts = if c.exposedPorts or null == null then null else portSet c.exposedPorts;
         labels = c.labels or null;
       };
-      result = nix2container.buildImage {
+      result = describeImage {
         inherit name tag config copyToRoot maxLayers perms fromImage initializeNixDatabase;
         layers = map layerOf o.layers;
         arch = goArch imageSystem;

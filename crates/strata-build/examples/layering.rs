@@ -183,6 +183,7 @@ fn strata(release: &Release, previous: Option<&Layers>) -> Layers {
         roots: vec![release.root.clone()],
         copy_to_root: vec![],
         max_layers: MAX_LAYERS,
+        max_store_layers: None,
         previous: &names,
     };
     let planned = plan_layers(&input, |p| release.sizes[p]).expect("room for the paths");

@@ -82,7 +82,7 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
     let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).chain(&spec.link_to_root).map(|(_, p)| p.clone()).collect();
     let copy_to_root: Vec<StorePath> = spec.copy_to_root.iter().map(|(_, p)| p.clone()).collect();
     let max_layers = spec.max_layers.saturating_sub(base_layers + usize::from(spec.initialize_nix_database) + links);
-    let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers, previous };
+    let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers, max_store_layers: spec.max_store_layers, previous };
 
     // Scan every store path once; the plan needs their sizes, the recipes their entries.
     let mut scanned = BTreeMap::new();
@@ -95,10 +95,16 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         apply_source_perms(&spec.perms, &path, &mut entries, |e| format!("/{}", String::from_utf8_lossy(&e.path)));
         scanned.insert(path.clone(), (entries, size));
     }
-    let planned = plan_layers(&input, |p| scanned.get(p).map_or(0, |(_, size)| *size))?;
+    let mut planned = plan_layers(&input, |p| scanned.get(p).map_or(0, |(_, size)| *size))?;
+    if !spec.include_store_paths {
+        planned.retain_mut(|layer| {
+            layer.store_paths.clear();
+            !layer.root_trees.is_empty()
+        });
+    }
     let database = if spec.initialize_nix_database {
         let paths = planned.iter().flat_map(|l| l.store_paths.iter().cloned()).collect();
-        Some(crate::nixdb::database_entries(&closure, &paths, spec.mtime)?)
+        Some(crate::nixdb::database_entries(&closure, &paths, spec.mtime, spec.nix_owner)?)
     } else {
         None
     };

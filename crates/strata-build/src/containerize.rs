@@ -268,6 +268,10 @@ impl Environment {
             perms: vec![],
             config,
             initialize_nix_database: false,
+            nix_uid: None,
+            nix_gid: None,
+            max_store_layers: None,
+            include_store_paths: true,
         };
         // The spec's image keys live in the manifest's [container] table.
         let spec = spec.validate().map_err(|e| {

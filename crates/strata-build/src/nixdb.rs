@@ -120,8 +120,11 @@ fn write_node(out: &mut impl Write, path: &Path) -> io::Result<()> {
 }
 
 /// The entries of the database layer: `nix/var/nix/db/{db.sqlite,schema}` registering
-/// `paths` (references from `closure`), registered at `mtime`.
-pub fn database_entries(closure: &Closure, paths: &BTreeSet<StorePath>, mtime: u64) -> Result<Vec<Entry>, NixDbError> {
+/// `paths` (references from `closure`), registered at `mtime`. With an `owner` (uid, gid),
+/// the database and `/nix/store` are that user's (nix2container's `nixUid`/`nixGid`), so Nix
+/// run by that user can add to the store; else root's, and `/nix/store` is left to the
+/// store layers.
+pub fn database_entries(closure: &Closure, paths: &BTreeSet<StorePath>, mtime: u64, owner: Option<(u32, u32)>) -> Result<Vec<Entry>, NixDbError> {
     let mut hashes = BTreeMap::new();
     for path in paths {
         let (hash, size) = nar_hash(path.as_ref()).map_err(|source| NixDbError::Read { path: path.to_string(), source })?;
@@ -157,6 +160,12 @@ pub fn database_entries(closure: &Closure, paths: &BTreeSet<StorePath>, mtime: u
         .collect();
     entries.push(Entry::contents(b"nix/var/nix/db/db.sqlite", std::fs::read(&file)?, 0o644));
     entries.push(Entry::contents(b"nix/var/nix/db/schema", b"10".to_vec(), 0o644));
+    if let Some((uid, gid)) = owner {
+        entries.push(Entry::directory(b"nix/store", 0o755));
+        for entry in &mut entries {
+            (entry.uid, entry.gid) = (uid, gid);
+        }
+    }
     Ok(entries)
 }
 

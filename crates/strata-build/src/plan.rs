@@ -62,6 +62,8 @@ pub struct PlanInput<'a> {
     pub roots: Vec<StorePath>,
     pub copy_to_root: Vec<StorePath>,
     pub max_layers: usize,
+    /// A bound of its own on the layers of the paths outside the explicit layers.
+    pub max_store_layers: Option<usize>,
     /// A previous build's layers of store paths, by base name (`<hash>-<name>`), to keep
     /// where they still hold; empty for none.
     pub previous: &'a [Vec<String>],
@@ -83,6 +85,7 @@ pub fn plan_layers(input: &PlanInput, size_of: impl Fn(&StorePath) -> u64) -> Re
     }
     let rest: BTreeSet<StorePath> = closure_of(&input.roots, &input.copy_to_root).into_iter().filter(|p| !taken.contains(p)).collect();
     let budget = input.max_layers.saturating_sub(input.explicit.len() + usize::from(!input.copy_to_root.is_empty()));
+    let budget = input.max_store_layers.map_or(budget, |bound| budget.min(bound));
     if !rest.is_empty() {
         if budget == 0 {
             return Err(NoRoomForStorePaths { max_layers: input.max_layers, left: rest.len() });
@@ -236,7 +239,7 @@ mod tests {
     fn roots_popular_and_big_paths_get_own_layers_small_ones_groups() {
         // p0 is needed by everyone; p1..p9 form a chain; p5 is huge; p9 is the root.
         let (closure, _dir) = graph(10, |i, j| j == 0 || j + 1 == i);
-        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(9)], copy_to_root: vec![], max_layers: 5, previous: &[] };
+        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(9)], copy_to_root: vec![], max_layers: 5, max_store_layers: None, previous: &[] };
         let layers = plan_layers(&input, |p| if *p == sp(5) { 1 << 30 } else { 10 }).unwrap();
         // Four places of their own (the root, popular p0 and p1, big p5) and one group.
         assert_eq!(layers.len(), 5, "{layers:?}");
@@ -251,7 +254,7 @@ mod tests {
         // p0..p9 reference nothing (data); p10..p28 reference p10 (a libc) and the one before;
         // the root p29 references all of them.
         let (closure, _dir) = graph(30, |i, j| i == 29 || (i > 10 && (j == 10 || j + 1 == i)));
-        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(29)], copy_to_root: vec![], max_layers: 10, previous: &[] };
+        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(29)], copy_to_root: vec![], max_layers: 10, max_store_layers: None, previous: &[] };
         let layers = plan_layers(&input, |_| 10).unwrap();
         assert_eq!(layers.len(), 10);
         let groups: Vec<&PlannedLayer> = layers.iter().filter(|l| l.store_paths.len() > 1).collect();
@@ -271,7 +274,7 @@ mod tests {
         // 40 paths over a libc (p0), the root p39 needs them all; 8 layers at most.
         let (closure, _dir) = graph(40, |i, j| j == 0 || i == 39);
         let plan = |previous: &[Vec<String>], closure: &Closure, root: StorePath| {
-            let input = PlanInput { closure, explicit: &[], roots: vec![root], copy_to_root: vec![], max_layers: 8, previous };
+            let input = PlanInput { closure, explicit: &[], roots: vec![root], copy_to_root: vec![], max_layers: 8, max_store_layers: None, previous };
             plan_layers(&input, |p| p.as_str().len() as u64 * 1000).unwrap()
         };
         let first = plan(&[], &closure, sp(39));
@@ -306,7 +309,7 @@ mod tests {
         let roots: Vec<StorePath> = (0..12).map(sp).collect();
         // A previous build that had a layer a path; now only 6 layers are allowed.
         let previous: Vec<Vec<String>> = roots.iter().map(|p| vec![p.base_name().to_owned()]).collect();
-        let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers: 6, previous: &previous };
+        let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers: 6, max_store_layers: None, previous: &previous };
         let layers = plan_layers(&input, |p| if *p == sp(11) { 1 << 30 } else { 10 }).unwrap();
         assert_eq!(layers.len(), 6);
         assert!(layers.iter().any(|l| l.store_paths == [sp(11)]), "the biggest was merged: {layers:?}");
@@ -319,7 +322,7 @@ mod tests {
     fn explicit_layers_come_first_and_nothing_repeats() {
         let (closure, _dir) = graph(6, |i, j| j + 1 == i);
         let explicit = [ExplicitLayer { roots: vec![sp(2)], copy_to_root: vec![] }, ExplicitLayer { roots: vec![sp(3)], copy_to_root: vec![] }];
-        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(5)], copy_to_root: vec![], max_layers: 10, previous: &[] };
+        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(5)], copy_to_root: vec![], max_layers: 10, max_store_layers: None, previous: &[] };
         let layers = plan_layers(&input, |_| 1).unwrap();
         assert_eq!(layers[0].store_paths, [sp(0), sp(1), sp(2)]);
         assert_eq!(layers[1].store_paths, [sp(3)]);
@@ -330,7 +333,7 @@ mod tests {
     fn too_small_a_budget_is_an_error() {
         let (closure, _dir) = graph(3, |_, _| false);
         let explicit = [ExplicitLayer { roots: vec![sp(0)], copy_to_root: vec![] }];
-        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(1)], copy_to_root: vec![sp(2)], max_layers: 2, previous: &[] };
+        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(1)], copy_to_root: vec![sp(2)], max_layers: 2, max_store_layers: None, previous: &[] };
         assert_eq!(plan_layers(&input, |_| 1), Err(NoRoomForStorePaths { max_layers: 2, left: 1 }));
     }
 
@@ -338,7 +341,7 @@ mod tests {
         /// Any graph, any budget, any previous plan: every requisite exactly once, never more
         /// layers than allowed.
         #[test]
-        fn plans_respect_budget_and_cover_the_closure(n in 1usize..40, max_layers in 1usize..12, seed in any::<u64>(), cut in 1usize..6) {
+        fn plans_respect_budget_and_cover_the_closure(n in 1usize..40, max_layers in 1usize..12, store_bound in proptest::option::of(1usize..6), seed in any::<u64>(), cut in 1usize..6) {
             let (closure, _dir) = graph(n, |i, j| (seed >> ((i * 7 + j) % 64)) & 1 == 1);
             let roots: Vec<StorePath> = (0..n).filter(|i| i % 3 == 0).map(sp).collect();
             // A previous plan of runs of `cut` paths, some of them not in this closure, and
@@ -346,9 +349,9 @@ mod tests {
             let mut previous: Vec<Vec<String>> = (0..n + 5).map(sp).collect::<Vec<_>>().chunks(cut).map(|c| c.iter().map(|p| p.base_name().to_owned()).collect()).collect();
             previous.insert(0, vec![sp(0).base_name().to_owned(), sp(0).base_name().to_owned()]);
             previous.push((0..n).step_by(2).map(|i| sp(i).base_name().to_owned()).collect());
-            let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers, previous: &previous };
+            let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers, max_store_layers: store_bound, previous: &previous };
             let layers = plan_layers(&input, |p| p.as_str().len() as u64).unwrap();
-            prop_assert!(layers.len() <= max_layers);
+            prop_assert!(layers.len() <= max_layers.min(store_bound.unwrap_or(usize::MAX)));
             let mut paths = all_paths(&layers);
             let unique: BTreeSet<_> = paths.iter().cloned().collect();
             prop_assert_eq!(unique.len(), paths.len());

@@ -66,6 +66,10 @@ pub struct Spec {
     /// OCI architecture (`amd64`, `arm64`, …). Default: the host's.
     pub architecture: Option<String>,
     pub max_layers: Option<usize>,
+    /// At most this many layers for the store paths outside the explicit layers (the split
+    /// closure), whatever `max_layers` leaves: dockerTools' and nix2container's `maxLayers`,
+    /// which count neither the base image's layers nor the explicit ones.
+    pub max_store_layers: Option<usize>,
     /// A base image (`docker-archive:PATH`, `oci:DIR[:TAG]`, `oci-archive:PATH[:TAG]`): its
     /// layers come first, and its config is merged with `config`.
     pub from_image: Option<String>,
@@ -80,9 +84,10 @@ pub struct Spec {
     /// other entry a symlink into the store.
     #[serde(default)]
     pub link_to_root: Vec<String>,
-    /// Files (store paths) listing modes of paths laid over `/`, a line each: `MODE PATH`,
-    /// the mode octal, the path absolute (what dockerTools' `extraCommands` left, recorded
-    /// before the store made every file read-only). Applied before `perms`, which win.
+    /// Files (store paths) listing modes of paths laid over `/`, a line each: `MODE PATH` or
+    /// `MODE UID GID PATH`, the mode octal, the path absolute (what dockerTools'
+    /// `extraCommands` and `fakeRootCommands` left, recorded before the store made every
+    /// file read-only and owned by the builder). Applied before `perms`, which win.
     #[serde(default)]
     pub modes_files: Vec<String>,
     /// Explicit layers, first and in order.
@@ -96,6 +101,20 @@ pub struct Spec {
     /// Add a last layer with a Nix database registering every store path of the image.
     #[serde(default)]
     pub initialize_nix_database: bool,
+    /// The owner of the Nix database and of `/nix/store` (nix2container's `nixUid`/`nixGid`:
+    /// a user other than root can then run Nix in the container). Needs
+    /// `initialize_nix_database`.
+    pub nix_uid: Option<u32>,
+    pub nix_gid: Option<u32>,
+    /// Whether the store paths (the closure) are in the image; `false` leaves only what is
+    /// laid over and linked from `/` (dockerTools' `includeStorePaths`: the commands that
+    /// shaped the root copied what it needs).
+    #[serde(default = "yes")]
+    pub include_store_paths: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An explicit layer: the closure of its roots (minus what earlier explicit layers hold) and
@@ -280,6 +299,7 @@ pub struct ValidSpec {
     pub mtime: u64,
     pub architecture: String,
     pub max_layers: usize,
+    pub max_store_layers: Option<usize>,
     pub from_image: Option<strata_oci::reference::ImageRef>,
     /// Closure roots, each with the key it came from (for error messages).
     pub roots: Vec<(String, StorePath)>,
@@ -289,6 +309,9 @@ pub struct ValidSpec {
     pub perms: Vec<PermRule>,
     pub config: ImageConfigSpec,
     pub initialize_nix_database: bool,
+    /// The owner (uid, gid) of the Nix database and `/nix/store`; root's when `None`.
+    pub nix_owner: Option<(u32, u32)>,
+    pub include_store_paths: bool,
 }
 
 impl Spec {
@@ -346,6 +369,14 @@ impl Spec {
         if explicit_needed > max_layers {
             return err("max_layers", format!("{max_layers} is less than the {explicit_needed} layers the spec asks for explicitly"));
         }
+        if self.max_store_layers == Some(0) {
+            return err("max_store_layers", "must be at least 1".to_owned());
+        }
+        let nix_owner = match (self.nix_uid, self.nix_gid) {
+            (None, None) => None,
+            _ if !self.initialize_nix_database => return err(if self.nix_uid.is_some() { "nix_uid" } else { "nix_gid" }, "needs `initialize_nix_database = true`".to_owned()),
+            (uid, gid) => Some((uid.unwrap_or(0), gid.unwrap_or(0))),
+        };
         let store_paths = |key: &str, paths: &[String]| -> Result<Vec<(String, StorePath)>, KeyError> {
             paths
                 .iter()
@@ -423,6 +454,7 @@ impl Spec {
             mtime,
             architecture: self.architecture.unwrap_or_else(|| Platform::host().architecture),
             max_layers,
+            max_store_layers: self.max_store_layers,
             from_image,
             roots,
             copy_to_root,
@@ -431,11 +463,14 @@ impl Spec {
             perms,
             config: self.config,
             initialize_nix_database: self.initialize_nix_database,
+            nix_owner,
+            include_store_paths: self.include_store_paths,
         })
     }
 }
 
-/// The rules of a modes file (see [`Spec::modes_files`]): one exact-path rule a line.
+/// The rules of a modes file (see [`Spec::modes_files`]): one exact-path rule a line,
+/// `MODE PATH` or `MODE UID GID PATH` (a path is absolute, so the forms cannot be mistaken).
 fn modes_of(file: &Path) -> Result<Vec<PermRule>, String> {
     const MAX: u64 = 64 << 20;
     let bad = |why: String| format!("{}: {why}", file.display());
@@ -448,17 +483,28 @@ fn modes_of(file: &Path) -> Result<Vec<PermRule>, String> {
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
         .map(|(n, line)| {
-            let (mode, path) = line.split_once(' ').ok_or_else(|| bad(format!("line {}: expected MODE PATH", n + 1)))?;
-            let mode =
-                u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| bad(format!("line {}: {mode:?} is not an octal mode", n + 1)))?;
+            let at = |why: String| bad(format!("line {}: {why}", n + 1));
+            let (mode, rest) = line.split_once(' ').ok_or_else(|| at("expected MODE PATH or MODE UID GID PATH".to_owned()))?;
+            let mode = u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| at(format!("{mode:?} is not an octal mode")))?;
+            let (owner, path) = if rest.starts_with('/') {
+                (None, rest)
+            } else {
+                let mut fields = rest.splitn(3, ' ');
+                let mut id = |what: &str| {
+                    let field = fields.next().unwrap_or_default();
+                    field.parse::<u32>().map_err(|_| at(format!("{field:?} is not a {what}")))
+                };
+                let (uid, gid) = (id("uid")?, id("gid")?);
+                (Some((uid, gid)), fields.next().unwrap_or_default())
+            };
             if !path.starts_with('/') {
-                return Err(bad(format!("line {}: {path:?} is not absolute", n + 1)));
+                return Err(at(format!("{path:?} is not absolute")));
             }
             Ok(PermRule {
                 matcher: PathMatcher::Exact(path.trim_end_matches('/').to_owned()),
                 mode: Some(mode),
-                uid: None,
-                gid: None,
+                uid: owner.map(|o| o.0),
+                gid: owner.map(|o| o.1),
                 uname: None,
                 gname: None,
             })
@@ -560,5 +606,25 @@ mod tests {
         assert_eq!(toml_err("name = \"x\"\nmax_layers = -1").0, "max_layers");
         let json = Spec::from_json(r#"{"name":"x","roots":"oops"}"#).unwrap_err();
         assert_eq!(json.key, "roots");
+        assert_eq!(toml_err("name = \"x\"\nmax_store_layers = 0").0, "max_store_layers");
+        assert_eq!(toml_err("name = \"x\"\nnix_gid = 100").0, "nix_gid");
+    }
+
+    /// A modes file's lines, with and without an owner, and the line a bad one is on.
+    #[test]
+    fn modes_files_set_modes_and_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("modes");
+        std::fs::write(&file, "1777 /tmp\n0750 1000 100 /var/lib/app dir/\n").unwrap();
+        let rules = modes_of(&file).unwrap();
+        assert!(matches!(&rules[0].matcher, PathMatcher::Exact(p) if p == "/tmp"));
+        assert_eq!((rules[0].mode, rules[0].uid, rules[0].gid), (Some(0o1777), None, None));
+        assert!(matches!(&rules[1].matcher, PathMatcher::Exact(p) if p == "/var/lib/app dir"));
+        assert_eq!((rules[1].mode, rules[1].uid, rules[1].gid), (Some(0o750), Some(1000), Some(100)));
+        for (text, why) in [("0755 x /a\n", "line 1: \"x\" is not a uid"), ("0755 /a\n0755 1 2 a\n", "line 2: \"a\" is not absolute"), ("9 /a", "line 1: \"9\" is not an octal mode")] {
+            std::fs::write(&file, text).unwrap();
+            let message = modes_of(&file).unwrap_err();
+            assert!(message.ends_with(why) && message.starts_with(&file.display().to_string()), "{message}");
+        }
     }
 }

@@ -28,10 +28,14 @@
 //! - `pull` (`pullImage`, a fixed-output derivation): the image `strataSource` names (a
 //!   registry reference by digest) for `strataPlatform`, as a docker-archive named
 //!   `strataDest`, its layers as the registry holds them; Nix checks the output's hash.
+//! - `links`: `$out` as the tree that links the store paths `strataPaths` (space-separated)
+//!   from `/`, joined as dockerTools' `contents` are (see `layer::link_trees`): the start of
+//!   a customisation layer that `extraCommands` and `fakeRootCommands` then shape.
 //! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -66,6 +70,7 @@ pub fn build() -> Result<()> {
         "layer" => layer_record(&out),
         "sbom" => sbom(&out),
         "pull" => pull(&out),
+        "links" => link_tree(&out),
         "executable" => {
             let path = out.join(env("strataPath")?);
             std::fs::create_dir_all(path.parent().unwrap_or(&out))?;
@@ -73,8 +78,29 @@ pub fn build() -> Result<()> {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
             Ok(())
         }
-        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull or executable)"),
+        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, links or executable)"),
     }
+}
+
+/// The `links` mode: the directories and symlinks of `link_trees`, made under `out`.
+fn link_tree(out: &Path) -> Result<()> {
+    use strata_build::layer::EntryKind;
+    let trees = env("strataPaths")?
+        .split_whitespace()
+        .map(|p| strata_build::store::StorePath::containing(p).with_context(|| format!("strataPaths: {p}")))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir(out).with_context(|| format!("creating {}", out.display()))?;
+    // Entries come parents first; names are relative and come from directory listings.
+    for entry in strata_build::layer::link_trees(&trees)? {
+        let path = out.join(std::ffi::OsStr::from_bytes(&entry.path));
+        match &entry.kind {
+            EntryKind::Directory => std::fs::create_dir(&path),
+            EntryKind::Symlink { target } => std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path),
+            _ => bail!("link_trees made an entry that is neither a directory nor a symlink: {}", path.display()),
+        }
+        .with_context(|| format!("creating {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The spec file's JSON, tagged `strataTag` when the spec has no tag.

@@ -7,6 +7,7 @@ mod cache;
 mod common;
 mod containerize;
 mod dir;
+mod drop_in;
 mod engines;
 mod errors;
 mod flake;

@@ -1,0 +1,130 @@
+//! #16: strata's drop-ins for nixpkgs' dockerTools and nix2container (`lib.dockerTools`,
+//! `lib.nix2container`): the anchors' arguments with their meaning and defaults, checked
+//! with the engines that run the images. Fixtures: `tests/fixtures/nixlib.nix`.
+
+use std::process::Command;
+
+use crate::common::*;
+
+/// The store paths each layer of an image lists (strata's inspect reads them off the
+/// history), bottom first.
+fn layer_paths(image: &str) -> Vec<Vec<String>> {
+    let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", image, "--json"]))).unwrap();
+    let names = |l: &serde_json::Value| l["store_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().split_once('-').unwrap().1.to_owned()).collect();
+    inspect["layers"].as_array().unwrap().iter().map(names).collect()
+}
+
+/// Loads a docker-archive into Docker and runs it; returns standard output.
+fn docker_run(archive: &str, image: &str) -> String {
+    load_and_run("docker", std::path::Path::new(archive), image, &[])
+}
+
+/// dockerTools' `fakeRootCommands` shape the join of `contents` (symlinks into the store)
+/// under fakeroot: the owners and modes they set hold in the image, after `extraCommands`.
+#[test]
+fn fake_root_commands_set_owners() {
+    let archive = tempfile::NamedTempFile::new().unwrap();
+    run_ok(Command::new(nixlib_build("dtFakeRoot")).stdout(archive.reopen().unwrap()));
+    let out = docker_run(&archive.path().display().to_string(), "fake-root:v1");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("drwxr-xr-x") && lines[0].contains(" 1000 ") && lines[0].contains(" 100 ") && lines[0].ends_with("/data"), "{out}");
+    assert!(lines[1].starts_with("drwxrwxrwt") && lines[1].ends_with("/tmp"), "{out}");
+    assert_eq!(lines[2], "shaped", "{out}");
+    assert!(lines[3].contains("/bin/sh -> /nix/store/") && lines[3].ends_with("-busybox-1.35/bin/sh"), "{out}");
+}
+
+/// `enableFakechroot`: the commands see the image's tree as / (with the store), and write
+/// /etc/passwd and a home of their user; buildImage's `runAsRoot` runs the same way over a
+/// copy of copyToRoot (one layer, as dockerTools makes it), no VM.
+#[test]
+fn fakechroot_and_run_as_root_see_the_image_as_root() {
+    let out = docker_run(&nixlib_build("dtFakechroot"), "fake-chroot:v1");
+    assert!(out.starts_with("drwxr-xr-x") && out.lines().next().unwrap().contains(" 1000 ") && out.contains("/home/app\n"), "{out}");
+    assert!(out.ends_with("app:x:1000:100::/home/app:/bin/sh\n"), "{out}");
+
+    let archive = nixlib_build("dtRunAsRoot");
+    assert_eq!(layer_paths(&archive), vec![Vec::<String>::new()], "copyToRoot copied, shaped and laid over / in one layer");
+    let out = docker_run(&archive, "run-as-root:v1");
+    assert!(out.starts_with("drwxr-xr-x") && out.contains(" 1000 ") && out.contains(" 100 ") && out.trim_end().ends_with("/data"), "{out}");
+}
+
+/// The anchors' layer budgets: dockerTools' buildImage puts its store paths in one layer
+/// (strata's own spreads them); streamLayeredImage's maxLayers counts the customisation
+/// layer; nix2container's default maxLayers = 1 gives the image's own paths one layer beside
+/// its buildLayer layers, and its created time is 0001-01-01.
+#[test]
+fn layer_budgets_follow_the_anchors() {
+    assert_eq!(layer_paths(&nixlib_build("dtOneLayer")), vec![vec!["glibc-2.36".to_owned(), "hello-2.12".to_owned()]]);
+    assert_eq!(layer_paths(&nixlib_build("strataManyLayers")).len(), 2, "strata's buildImage: a layer a path here");
+    let two = layer_paths(&nixlib_build("dtTwoLayers"));
+    assert_eq!(two.len(), 2, "{two:?}");
+    assert_eq!(two[0].len(), 3, "busybox, glibc and hello in one store layer: {two:?}");
+
+    let description = nixlib_build("n2cDefaults");
+    assert_eq!(layer_paths(&description), vec![vec!["busybox-1.35".to_owned()], vec!["glibc-2.36".to_owned(), "hello-2.12".to_owned()]]);
+    let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", &description, "--json"]))).unwrap();
+    assert_eq!(inspect["config"]["created"], "0001-01-01T00:00:00Z");
+    assert_eq!(nixlib_eval("n2cDefaults.imageRefUnsafe").trim(), r#""n2c-defaults:v1""#);
+    // buildLayer's perms apply in the layer (and so in its recorded digests).
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("n2c.tar");
+    run_ok(strata(&["stream", &description, "-o", &format!("docker-archive:{}", archive.display())]));
+    let layers = read_archive(&archive).layers;
+    let busybox = layers[0].iter().find(|(path, _)| path.ends_with("-busybox-1.35/bin/busybox")).expect("busybox in the first layer").1;
+    assert_eq!(busybox.mode & 0o7777, 0o700);
+}
+
+/// Layered images' uid/gid/uname/gname own the store (nixpkgs: so Nix can run as that user);
+/// includeStorePaths = false leaves the customisation layer alone.
+#[test]
+fn layered_owners_and_store_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("owner.tar");
+    run_ok(Command::new(nixlib_build("dtStoreOwner")).stdout(std::fs::File::create(&archive).unwrap()));
+    let layers = read_archive(&archive).layers;
+    let store = &layers[0];
+    for path in ["nix/store", "nix/store/9l3h83vvx1qih2b4laj7fdsylkfnlkkv-busybox-1.35/bin/busybox"] {
+        let entry = store.get(path).unwrap_or_else(|| panic!("{path} not in {:?}", store.keys().collect::<Vec<_>>()));
+        assert_eq!((entry.uid, entry.gid, entry.names.clone()), (1000, 100, ("app".to_owned(), "users".to_owned())), "{path}");
+    }
+    let links = &layers[1];
+    assert!(links.values().all(|e| (e.uid, e.gid) == (0, 0)), "what is linked from / stays root's");
+
+    let archive = dir.path().join("no-store.tar");
+    run_ok(Command::new(nixlib_build("dtNoStore")).stdout(std::fs::File::create(&archive).unwrap()));
+    let layers = read_archive(&archive).layers;
+    assert_eq!(layers.len(), 1);
+    assert!(layers[0].contains_key("tmp") && layers[0].contains_key("bin/sh"), "{:?}", layers[0].keys().collect::<Vec<_>>());
+    assert!(!layers[0].keys().any(|k| k.starts_with("nix/store/")), "no store path");
+}
+
+/// nix2container's nixUid/nixGid: the Nix database and /nix/store are that user's.
+#[test]
+fn nix_uid_owns_the_store_and_database() {
+    let runner = format!("{}/bin/copy-to-podman", nixlib_build("n2cNixUser.copyToPodman"));
+    run_ok(&mut Command::new(runner));
+    let out = run_in("podman", "n2c-nix-user:v1", &[]);
+    for (line, path) in out.lines().zip(["/nix/store", "/nix/var/nix/db/db.sqlite"]) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((fields[2], fields[3], *fields.last().unwrap()), ("1000", "100", path), "{out}");
+    }
+    let _ = Command::new("podman").args(["rmi", "-f", "n2c-nix-user:v1"]).output();
+}
+
+/// What strata does not do is an evaluation error naming the function, the argument and
+/// what to do instead.
+#[test]
+fn what_the_drop_ins_refuse_they_name() {
+    for (attr, expected) in [
+        ("badMerge", "strata.dockerTools.mergeImages: `images` is not supported: strata writes one image a docker-archive"),
+        ("badDirlinks", "strata.dockerTools.buildImage: `keepContentsDirlinks` is not supported"),
+        ("badStrataArg", "strata.dockerTools.buildImage: no argument `maxLayers` (strata.buildImage takes it)"),
+        ("badLayerSplit", "strata.nix2container.buildLayer: `maxLayers` is not supported"),
+        ("badFakeroot", "`fakeRootCommands` needs fakeroot from nixpkgs: import strata's library with your nixpkgs"),
+    ] {
+        let out = nixlib_command("nix-instantiate", attr).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{attr} evaluated");
+        assert!(stderr.contains(expected), "{attr}: {expected:?} not in {stderr}");
+    }
+}
