@@ -49,7 +49,7 @@
       #   strata.lib.withStrata { strata = myStrata; }
       # mkImages gives flakes without flake-parts what the flake module gives (nix/mk-images.nix);
       # flakeModule { namespace = "…"; } is the module under another namespace.
-      lib = forAllSystems (system: library { strata = strataFor system; inherit system; }) // {
+      lib = forAllSystems (system: library { strata = strataFor system; inherit system; pkgs = nixpkgs.legacyPackages.${system}; }) // {
         withStrata = library;
         mkImages = import ./nix/mk-images.nix { inherit library strataFor; defaultSystems = systems; };
         inherit flakeModule;

@@ -59,7 +59,7 @@ in
   options.perSystem = flake-parts-lib.mkPerSystemOption ({ config, options, pkgs, system, ... }:
     let
       cfg = config.${namespace};
-      strataLib = library { strata = cfg.package; inherit system; };
+      strataLib = library { strata = cfg.package; inherit system pkgs; };
       imageSystem = strataLib.imageSystemOf system;
       imagePkgsFor = s: if s == imageSystem then cfg.imagePkgs
         else inputs.nixpkgs.legacyPackages.${s} or (throw "${namespace}.images: no nixpkgs input to take ${s} packages from");
