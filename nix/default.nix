@@ -332,16 +332,23 @@ let
   # and the `copyToRoot` trees, minus what `layers` (earlier buildLayer layers) hold, with
   # `perms` (nix2container's) applied. `reproducible` is taken and changes nothing: strata
   # never stores a layer's tar, and records its digests either way.
-  buildLayerWith = { fn }:
+  buildLayerWith = { fn, compat }:
     { deps ? [ ], copyToRoot ? null, contents ? null, layers ? [ ], compressor ? "gz", perms ? [ ]
-    , reproducible ? true, maxLayers ? 1, ignore ? null, metadata ? { created_by = "nix2container"; } }:
+    , reproducible ? true, maxLayers ? 1, ignore ? null
+    , metadata ? (if compat then { created_by = "nix2container"; } else { }) }:
     let
+      unknownMeta = builtins.filter (k: !builtins.elem k [ "created_by" "author" "comment" ]) (builtins.attrNames metadata);
       own = {
         roots = storePaths fn "deps" deps;
         copy_to_root = storePaths fn "copyToRoot" (if copyToRoot != null then copyToRoot else contents);
+        # nix2container's `ignore`: a store path left out of the layer.
+        ignore = storePaths fn "ignore" ignore;
+        created_by = metadata.created_by or null;
+        author = metadata.author or null;
+        comment = metadata.comment or null;
       };
       below = map (l: layerOf fn l) layers;
-      chain = builtins.concatLists (map (l: l.strataChain) below) ++ [ own ];
+      chain = chainOf below ++ [ own ];
       allPerms = builtins.concatLists (map (l: l.strataPerms) below) ++ map n2cPerm perms;
       record = image {
         drvName = "strata-layer.json";
@@ -351,15 +358,17 @@ let
       };
     in
     if maxLayers != 1 then refuse fn "maxLayers" "a buildLayer layer is one layer in strata; make several buildLayer layers, or give the image maxLayers"
-    else if ignore != null then refuse fn "ignore" "the layer holds the closure of deps and copyToRoot whole"
-    else if metadata != { created_by = "nix2container"; } then refuse fn "metadata" "strata's history entry of a layer lists its store paths (strata build --previous reads them)"
+    else if unknownMeta != [ ] then refuse fn "metadata.${builtins.head unknownMeta}" "a layer's history entry has created_by, author and comment"
     else record // {
       _strataLayer = true;
       strataChain = chain;
       strataPerms = allPerms;
       strataPackages = toList deps ++ toList copyToRoot ++ toList contents;
-      inherit (own) roots copy_to_root;
     };
+
+  # The explicit layers of buildLayer layers: each one's own, below those it was built on
+  # (nix2container's nested layers), each once, in order.
+  chainOf = layers: builtins.foldl' (acc: l: if builtins.elem l acc then acc else acc ++ [ l ]) [ ] (builtins.concatMap (l: l.strataChain) layers);
 
   # nix2container-style images: the result is the image's description (spec, closure graph,
   # and the digests the image has, uncompressed and in `compressor`'s codec, computed at build
@@ -390,7 +399,7 @@ let
           fromImage = if fromImage == "" then null else fromImage;
           architecture = arch;
           config = dockerConfig config;
-          layers = map (l: { inherit (l) roots copy_to_root; }) below;
+          layers = chainOf below;
           perms = builtins.concatLists (map (l: l.strataPerms) below) ++ map n2cPerm perms;
           # nix2container's files are a second past the epoch, whatever `created` says (its
           # default, 0001-01-01, is before the epoch a tar header can hold).
@@ -461,7 +470,7 @@ rec {
 
   # A nix2container-style image with strata's defaults (maxLayers counts every layer, 100).
   describeImage = describedWith { fn = "describeImage"; compat = false; };
-  buildLayer = buildLayerWith { fn = "buildLayer"; };
+  buildLayer = buildLayerWith { fn = "buildLayer"; compat = false; };
 
   # nixpkgs dockerTools.pullImage (see fetchImage above).
   pullImage = fetchImage;
@@ -489,7 +498,7 @@ rec {
 
   nix2container = {
     buildImage = describedWith { fn = "nix2container.buildImage"; compat = true; };
-    buildLayer = buildLayerWith { fn = "nix2container.buildLayer"; };
+    buildLayer = buildLayerWith { fn = "nix2container.buildLayer"; compat = true; };
     # nix2container's pullImage: the same fetch; its result works as `fromImage`.
     pullImage = { imageName, imageDigest, sha256, arch ? null, tlsVerify ? true, os ? "linux" }:
       fetchImage { inherit imageName imageDigest sha256 arch tlsVerify os; };

@@ -206,6 +206,14 @@ impl LayerTar for LayerRecipe {
     fn comment(&self) -> &str {
         &self.comment
     }
+
+    fn created_by(&self) -> &str {
+        self.created_by.as_deref().unwrap_or("strata")
+    }
+
+    fn author(&self) -> Option<&str> {
+        self.author.as_deref()
+    }
 }
 
 /// The entries that link `trees` from `/`, as nixpkgs' `symlinkJoin` (lndir) joins them, in
@@ -315,6 +323,10 @@ pub struct LayerRecipe {
     /// The store paths whose trees the layer lays over `/` (not in its tar's `nix/store`): what
     /// a bill of materials lists with the layer's store paths.
     pub root_trees: Vec<StorePath>,
+    /// The history's `created_by` (strata's when `None`) and author: an explicit layer's
+    /// metadata (nix2container's buildLayer `metadata`).
+    pub created_by: Option<String>,
+    pub author: Option<String>,
 }
 
 impl LayerRecipe {
@@ -341,7 +353,7 @@ impl LayerRecipe {
                 }
             }
         }
-        LayerRecipe { entries, mtime, comment, root_trees: vec![] }
+        LayerRecipe { entries, mtime, comment, root_trees: vec![], created_by: None, author: None }
     }
 
     /// A digest of everything the tar's bytes depend on, without reading file contents:

@@ -79,7 +79,7 @@ pub fn plan_layers(input: &PlanInput, size_of: impl Fn(&StorePath) -> u64) -> Re
     let mut layers = Vec::new();
     let mut taken = BTreeSet::new();
     for layer in input.explicit {
-        let paths: Vec<StorePath> = closure_of(&layer.roots, &layer.copy_to_root).into_iter().filter(|p| !taken.contains(p)).collect();
+        let paths: Vec<StorePath> = closure_of(&layer.roots, &layer.copy_to_root).into_iter().filter(|p| !taken.contains(p) && !layer.ignore.contains(p)).collect();
         taken.extend(paths.iter().cloned());
         layers.push(PlannedLayer { store_paths: paths, root_trees: layer.copy_to_root.clone() });
     }
@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn explicit_layers_come_first_and_nothing_repeats() {
         let (closure, _dir) = graph(6, |i, j| j + 1 == i);
-        let explicit = [ExplicitLayer { roots: vec![sp(2)], copy_to_root: vec![] }, ExplicitLayer { roots: vec![sp(3)], copy_to_root: vec![] }];
+        let explicit = [ExplicitLayer { roots: vec![sp(2)], ..Default::default() }, ExplicitLayer { roots: vec![sp(3)], ..Default::default() }];
         let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(5)], copy_to_root: vec![], max_layers: 10, max_store_layers: None, previous: &[] };
         let layers = plan_layers(&input, |_| 1).unwrap();
         assert_eq!(layers[0].store_paths, [sp(0), sp(1), sp(2)]);
@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn too_small_a_budget_is_an_error() {
         let (closure, _dir) = graph(3, |_, _| false);
-        let explicit = [ExplicitLayer { roots: vec![sp(0)], copy_to_root: vec![] }];
+        let explicit = [ExplicitLayer { roots: vec![sp(0)], ..Default::default() }];
         let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(1)], copy_to_root: vec![sp(2)], max_layers: 2, max_store_layers: None, previous: &[] };
         assert_eq!(plan_layers(&input, |_| 1), Err(NoRoomForStorePaths { max_layers: 2, left: 1 }));
     }

@@ -117,8 +117,8 @@ fn yes() -> bool {
     true
 }
 
-/// An explicit layer: the closure of its roots (minus what earlier explicit layers hold) and
-/// its `copy_to_root` trees.
+/// An explicit layer: the closure of its roots (minus what earlier explicit layers hold, and
+/// minus `ignore`) and its `copy_to_root` trees.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
@@ -126,6 +126,21 @@ pub struct LayerSpec {
     pub roots: Vec<String>,
     #[serde(default)]
     pub copy_to_root: Vec<String>,
+    /// Store paths left out of this layer (nix2container's `ignore`), though in the closure.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// The layer's history entry (nix2container's `metadata`); strata's when not given.
+    pub created_by: Option<String>,
+    pub author: Option<String>,
+    pub comment: Option<String>,
+}
+
+/// What an explicit layer's history entry says, where it is not strata's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerMetadata {
+    pub created_by: Option<String>,
+    pub author: Option<String>,
+    pub comment: Option<String>,
 }
 
 /// Sets mode and/or owner of the image paths it matches: `path` matches one path exactly,
@@ -287,6 +302,8 @@ impl PathMatcher {
 pub struct ExplicitLayer {
     pub roots: Vec<StorePath>,
     pub copy_to_root: Vec<StorePath>,
+    pub ignore: Vec<StorePath>,
+    pub metadata: LayerMetadata,
 }
 
 /// A spec after validation: store paths parsed, defaults filled in.
@@ -405,6 +422,8 @@ impl Spec {
             layers.push(ExplicitLayer {
                 roots: strip(store_paths(&format!("layers[{i}].roots"), &layer.roots)?),
                 copy_to_root: strip(store_paths(&format!("layers[{i}].copy_to_root"), &layer.copy_to_root)?),
+                ignore: strip(store_paths(&format!("layers[{i}].ignore"), &layer.ignore)?),
+                metadata: LayerMetadata { created_by: layer.created_by.clone(), author: layer.author.clone(), comment: layer.comment.clone() },
             });
         }
         let mut perms = Vec::new();

@@ -49,6 +49,14 @@ pub trait LayerTar: Clone + Send + Sync + 'static {
     fn fingerprint(&self) -> Digest;
     /// What the layer holds, for the image's history.
     fn comment(&self) -> &str;
+    /// Who made the layer, for the image's history.
+    fn created_by(&self) -> &str {
+        "strata"
+    }
+    /// The history's author of the layer, if it has one.
+    fn author(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Where the blobs of an image read back come from (a directory, an archive, a registry).
@@ -258,7 +266,8 @@ impl<L: LayerTar> Image<L> {
                 history.extend(self.layers.iter().map(|l| {
                     let mut h = History::default();
                     h.set_created(config.created().clone());
-                    h.set_created_by(Some("strata".to_owned()));
+                    h.set_created_by(Some(l.created_by().to_owned()));
+                    h.set_author(l.author().map(str::to_owned));
                     h.set_comment(Some(l.comment().to_owned()));
                     h
                 }));

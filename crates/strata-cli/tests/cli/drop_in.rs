@@ -128,3 +128,22 @@ fn what_the_drop_ins_refuse_they_name() {
         assert!(stderr.contains(expected), "{attr}: {expected:?} not in {stderr}");
     }
 }
+
+/// nix2container's buildLayer: `metadata` is the layer's history entry, `ignore` leaves a path
+/// to the image's own layer, and a layer built on another brings it along, below it.
+#[test]
+fn build_layer_metadata_ignore_and_nesting() {
+    let description = nixlib_build("n2cMetadata");
+    let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", &description, "--json"]))).unwrap();
+    let history = inspect["config"]["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert_eq!((&history[0]["created_by"], &history[0]["comment"]), (&"nix2container".into(), &format!("store paths: {}", fixture("busybox").trim_start_matches("/nix/store/")).into()));
+    assert_eq!(history[1], serde_json::json!({ "created": "0001-01-01T00:00:00Z", "created_by": "test created_by", "author": "test author", "comment": "test comment" }));
+    let layers = layer_paths(&description);
+    assert_eq!(layers[2], vec!["glibc-2.36".to_owned()], "the ignored glibc is in the image's own layer: {layers:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("n2c.tar");
+    run_ok(strata(&["stream", &description, "-o", &format!("docker-archive:{}", archive.display())]));
+    let read = read_archive(&archive).layers;
+    assert!(read[1].keys().any(|k| k.ends_with("-hello-2.12/bin/hello")) && !read[1].keys().any(|k| k.contains("glibc")), "{:?}", read[1].keys().collect::<Vec<_>>());
+}
