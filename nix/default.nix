@@ -68,12 +68,14 @@ let
   # docker-archive (a path or derivation) or any strata source reference ("oci:…", "docker://…").
   mkSpec = fn: { name, tag ? null, config ? { }, roots ? [ ], copyToRoot ? [ ], linkToRoot ? [ ], modesFiles ? [ ], maxLayers ? 100
                , maxStoreLayers ? null, created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ]
-               , initializeNixDatabase ? false, nixUid ? null, nixGid ? null, architecture ? null, includeStorePaths ? true }: {
+               , initializeNixDatabase ? false, nixUid ? null, nixGid ? null, architecture ? null, includeStorePaths ? true
+               , keepContentsDirlinks ? false }: {
     inherit name tag created mtime perms config layers architecture;
     initialize_nix_database = initializeNixDatabase;
     nix_uid = nixUid;
     nix_gid = nixGid;
     include_store_paths = includeStorePaths;
+    keep_contents_dirlinks = keepContentsDirlinks;
     max_layers = maxLayers;
     max_store_layers = maxStoreLayers;
     roots = storePaths fn "contents" roots;
@@ -267,9 +269,8 @@ let
       unknown = builtins.filter (a: !builtins.elem a known) (builtins.attrNames args);
     in
     if unknown != [ ] then throw "strata.${fn}: no argument `${builtins.head unknown}`${if strataOnly != [ ] then " (strata.buildImage takes it)" else ""}"
-    else if keepContentsDirlinks then refuse fn "keepContentsDirlinks" "strata lays copyToRoot trees over each other entry by entry; a directory replaces a link to one"
     else passthruOf args (tarball fn args (mkSpec fn ({
-      inherit tag created architecture;
+      inherit tag created architecture keepContentsDirlinks;
       # fromImageName/fromImageTag choose among a docker-archive's images; strata reads
       # archives of one image (whatever its name), and says so of others.
       inherit fromImage;

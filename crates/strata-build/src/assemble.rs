@@ -118,6 +118,9 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         for tree in &layer.root_trees {
             let mut entries = scan_tree(tree.as_ref(), b"")?.0;
             apply_source_perms(&spec.perms, tree, &mut entries, |e| format!("{tree}/{}", String::from_utf8_lossy(&e.path)));
+            if spec.keep_contents_dirlinks {
+                entries = crate::layer::through_dirlinks(&root_entries, entries);
+            }
             root_entries.extend(entries);
         }
         let comment = describe(&layer.store_paths, &layer.root_trees);

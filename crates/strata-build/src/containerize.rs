@@ -272,6 +272,7 @@ impl Environment {
             nix_gid: None,
             max_store_layers: None,
             include_store_paths: true,
+            keep_contents_dirlinks: false,
         };
         // The spec's image keys live in the manifest's [container] table.
         let spec = spec.validate().map_err(|e| {

@@ -254,6 +254,55 @@ pub fn link_trees(trees: &[crate::store::StorePath]) -> Result<Vec<Entry>, Layer
     Ok(by_path.into_values().collect())
 }
 
+/// Lays `tree` over `below` as `rsync --keep-dirlinks` does (dockerTools' buildImage with
+/// `keepContentsDirlinks`): where `below` has a symlink to one of its own directories (`lib ->
+/// usr/lib`), the tree's entries under that name go into the directory it points to, and the
+/// link stays. Links that leave `below` (into the store, say) are laid over as any entry is.
+pub fn through_dirlinks(below: &[Entry], tree: Vec<Entry>) -> Vec<Entry> {
+    let by_path: HashMap<&[u8], &Entry> = below.iter().map(|e| (e.path.as_slice(), e)).collect();
+    // The directory of `below` that the link at `path` points to, if it is one.
+    let dir_of_link = |path: &[u8]| -> Option<Vec<u8>> {
+        let mut at = path.to_vec();
+        for _ in 0..8 {
+            let EntryKind::Symlink { target } = &by_path.get(at.as_slice())?.kind else {
+                return (by_path.get(at.as_slice())?.kind == EntryKind::Directory).then_some(at);
+            };
+            let parent: &[u8] = at.iter().rposition(|b| *b == b'/').map_or(b"", |i| &at[..i]);
+            let start: &[u8] = if target.starts_with(b"/") { b"" } else { parent };
+            let mut parts: Vec<&[u8]> = start.split(|b| *b == b'/').filter(|p| !p.is_empty()).collect();
+            for part in target.split(|b| *b == b'/') {
+                match part {
+                    b"" | b"." => {}
+                    b".." => {
+                        parts.pop()?;
+                    }
+                    _ => parts.push(part),
+                }
+            }
+            at = parts.join(&b'/');
+        }
+        None
+    };
+    tree.into_iter()
+        .filter_map(|mut entry| {
+            let parts: Vec<Vec<u8>> = entry.path.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
+            let mut path: Vec<u8> = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                let candidate = if path.is_empty() { part.clone() } else { [&path[..], b"/", part].concat() };
+                let is_link = matches!(by_path.get(candidate.as_slice()), Some(e) if matches!(e.kind, EntryKind::Symlink { .. }));
+                match (is_link.then(|| dir_of_link(&candidate)).flatten(), i + 1 == parts.len()) {
+                    // The link to a directory stays; what the tree has there goes into it.
+                    (Some(_), true) if entry.kind == EntryKind::Directory => return None,
+                    (Some(dir), false) => path = dir,
+                    _ => path = candidate,
+                }
+            }
+            entry.path = path;
+            Some(entry)
+        })
+        .collect()
+}
+
 /// Depth-first order with siblings sorted bytewise: compare component by component.
 fn tar_order(a: &[u8], b: &[u8]) -> Ordering {
     a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
@@ -544,6 +593,35 @@ pub(crate) fn open_store_file(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// rsync -K: a later tree's `lib/x` goes through an earlier `lib -> usr/lib` (also `..`
+    /// and absolute links, chains of them); its own `lib` directory is dropped, the link
+    /// stays; links out of the trees, and files replacing a link, are laid over as usual.
+    #[test]
+    fn trees_go_through_links_to_directories() {
+        let below = vec![
+            Entry::directory(b"usr", 0o755),
+            Entry::directory(b"usr/lib", 0o755),
+            Entry::symlink(b"lib", b"usr/lib"),
+            Entry::symlink(b"lib64", b"/lib"),
+            Entry::directory(b"usr/share", 0o755),
+            Entry::symlink(b"usr/share/l", b"../lib"),
+            Entry::symlink(b"store", b"/nix/store/x"),
+            Entry::symlink(b"file-link", b"usr/lib"),
+        ];
+        let tree = vec![
+            Entry::directory(b"lib", 0o700),
+            Entry::symlink(b"lib/a", b"a"),
+            Entry::directory(b"lib64", 0o755),
+            Entry::symlink(b"lib64/b", b"b"),
+            Entry::symlink(b"usr/share/l/c", b"c"),
+            Entry::directory(b"store", 0o755),
+            Entry::symlink(b"store/d", b"d"),
+            Entry::symlink(b"file-link", b"elsewhere"),
+        ];
+        let paths: Vec<String> = through_dirlinks(&below, tree).iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect();
+        assert_eq!(paths, ["usr/lib/a", "usr/lib/b", "usr/lib/c", "store", "store/d", "file-link"]);
+    }
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     #[test]

@@ -111,6 +111,11 @@ pub struct Spec {
     /// shaped the root copied what it needs).
     #[serde(default = "yes")]
     pub include_store_paths: bool,
+    /// Lay each `copy_to_root` tree over the ones before it as `rsync --keep-dirlinks` does
+    /// (dockerTools' `keepContentsDirlinks`): a link to a directory stays, and what a later
+    /// tree has under its name goes into that directory.
+    #[serde(default)]
+    pub keep_contents_dirlinks: bool,
 }
 
 fn yes() -> bool {
@@ -329,6 +334,7 @@ pub struct ValidSpec {
     /// The owner (uid, gid) of the Nix database and `/nix/store`; root's when `None`.
     pub nix_owner: Option<(u32, u32)>,
     pub include_store_paths: bool,
+    pub keep_contents_dirlinks: bool,
 }
 
 impl Spec {
@@ -484,6 +490,7 @@ impl Spec {
             initialize_nix_database: self.initialize_nix_database,
             nix_owner,
             include_store_paths: self.include_store_paths,
+            keep_contents_dirlinks: self.keep_contents_dirlinks,
         })
     }
 }

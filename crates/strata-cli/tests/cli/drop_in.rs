@@ -117,7 +117,6 @@ fn nix_uid_owns_the_store_and_database() {
 fn what_the_drop_ins_refuse_they_name() {
     for (attr, expected) in [
         ("badMerge", "strata.dockerTools.mergeImages: `images` is not supported: strata writes one image a docker-archive"),
-        ("badDirlinks", "strata.dockerTools.buildImage: `keepContentsDirlinks` is not supported"),
         ("badStrataArg", "strata.dockerTools.buildImage: no argument `maxLayers` (strata.buildImage takes it)"),
         ("badLayerSplit", "strata.nix2container.buildLayer: `maxLayers` is not supported"),
         ("badFakeroot", "`fakeRootCommands` needs fakeroot from nixpkgs: import strata's library with your nixpkgs"),
@@ -146,4 +145,12 @@ fn build_layer_metadata_ignore_and_nesting() {
     run_ok(strata(&["stream", &description, "-o", &format!("docker-archive:{}", archive.display())]));
     let read = read_archive(&archive).layers;
     assert!(read[1].keys().any(|k| k.ends_with("-hello-2.12/bin/hello")) && !read[1].keys().any(|k| k.contains("glibc")), "{:?}", read[1].keys().collect::<Vec<_>>());
+}
+
+/// buildImage's keepContentsDirlinks: `lib -> usr/lib` from one tree stays a link, and the
+/// next tree's `lib/b` lands in /usr/lib beside the first tree's file.
+#[test]
+fn keep_contents_dirlinks_lays_trees_through_links() {
+    let out = docker_run(&nixlib_build("dtDirlinks"), "dirlinks:v1");
+    assert_eq!(out, "l\na\nb\n");
 }
