@@ -486,7 +486,17 @@ rec {
     buildLayeredImage = buildLayeredImageWith { fn = "dockerTools.buildLayeredImage"; compat = true; };
     buildLayeredImageWithNixDb = args: buildLayeredImage (args // { includeNixDB = true; });
     pullImage = fetchImage;
-    mergeImages = _: refuse "dockerTools.mergeImages" "images" "strata writes one image a docker-archive; load each (docker load < a; docker load < b), or join platforms with buildImageIndex";
+    # One docker-archive holding the images of several (docker-archives: buildImage's and
+    # buildLayeredImage's results, pullImage's); `docker load` loads them all.
+    mergeImages = images: derivation {
+      name = "merge-docker-images";
+      inherit system;
+      builder = strataBin;
+      args = [ "nix-builder" ];
+      strataMode = "merge";
+      strataImages = builtins.concatStringsSep " " (storePaths "dockerTools.mergeImages" "images" images);
+      strataCompressor = "gz";
+    };
     exportImage = _: refuse "dockerTools.exportImage" "fromImage" "strata does not flatten images to a file system tarball yet";
     streamNixShellImage = _: refuse "dockerTools.streamNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
     buildNixShellImage = _: refuse "dockerTools.buildNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";

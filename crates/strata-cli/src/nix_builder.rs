@@ -31,6 +31,8 @@
 //! - `links`: `$out` as the tree that links the store paths `strataPaths` (space-separated)
 //!   from `/`, joined as dockerTools' `contents` are (see `layer::link_trees`): the start of
 //!   a customisation layer that `extraCommands` and `fakeRootCommands` then shape.
+//! - `merge` (`dockerTools.mergeImages`): the images of the docker-archives `strataImages`
+//!   (space-separated) as one docker-archive, compressed whole with `strataCompressor`.
 //! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
 use std::collections::BTreeMap;
@@ -71,6 +73,7 @@ pub fn build() -> Result<()> {
         "sbom" => sbom(&out),
         "pull" => pull(&out),
         "links" => link_tree(&out),
+        "merge" => merge(&out),
         "executable" => {
             let path = out.join(env("strataPath")?);
             std::fs::create_dir_all(path.parent().unwrap_or(&out))?;
@@ -78,7 +81,7 @@ pub fn build() -> Result<()> {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
             Ok(())
         }
-        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, links or executable)"),
+        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, links, merge or executable)"),
     }
 }
 
@@ -152,6 +155,16 @@ fn tarball(out: &Path) -> Result<()> {
     let mut encoder = compression.encoder(std::io::BufWriter::new(file))?;
     // No layer cache in a Nix build: it writes nothing but its output.
     write_docker_archive(&image, &mut encoder, Compression::None, None, &Transport::isolated())?;
+    encoder.finish()?.flush()?;
+    Ok(())
+}
+
+fn merge(out: &Path) -> Result<()> {
+    let compression = compressor()?;
+    let archives: Vec<PathBuf> = env("strataImages")?.split_whitespace().map(PathBuf::from).collect();
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut encoder = compression.encoder(std::io::BufWriter::new(file))?;
+    strata_transport::docker_archive::merge_docker_archives(&archives, &mut encoder, 1)?;
     encoder.finish()?.flush()?;
     Ok(())
 }

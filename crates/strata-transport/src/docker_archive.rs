@@ -72,6 +72,46 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
     Ok(Written { reference, config_digest, manifest_digest: None, layers: blobs })
 }
 
+/// Writes the images of several docker-archives as one docker-archive (nixpkgs'
+/// `dockerTools.mergeImages`: `docker load` loads them all), each layer once however many
+/// images have it, every blob and config checked as it is read. `mtime` stamps the members.
+pub fn merge_docker_archives<W: Write>(archives: &[PathBuf], out: W, mtime: u64) -> Result<(), MergeError> {
+    let mut tar = OuterTar { out, mtime, path: PathBuf::from("the docker-archive") };
+    let mut written = std::collections::BTreeSet::new();
+    let mut manifest = Vec::new();
+    for path in archives {
+        let image = open_docker_archive(path)?;
+        let mut layers = Vec::new();
+        for (j, layer) in image.layers.iter().enumerate() {
+            let name = format!("{}/layer.tar", layer.digest.hex());
+            if written.insert(name.clone()) {
+                tar.header(&name, layer.size)?;
+                copy_base_layer(&image, j, &mut tar.out)?;
+                tar.pad(layer.size)?;
+            }
+            layers.push(name);
+        }
+        let config_name = format!("{}.json", Digest::of(&image.config_bytes).hex());
+        if written.insert(config_name.clone()) {
+            tar.bytes(&config_name, &image.config_bytes)?;
+        }
+        let tags: Vec<&String> = image.reference.iter().collect();
+        manifest.push(serde_json::json!({ "Config": config_name, "RepoTags": tags, "Layers": layers }));
+    }
+    tar.bytes("manifest.json", &canonical_json(&serde_json::Value::Array(manifest)))?;
+    tar.finish()?;
+    Ok(())
+}
+
+/// Why archives could not be merged: one could not be read, or the output not written.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
 /// Streams every layer into `tar` under `names` (built layers as tars, base layers as they
 /// are), returning their diff IDs.
 ///
@@ -189,7 +229,7 @@ pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceErro
     let member = |name: &str| archive_member(tar, files, name);
     let manifest: Vec<Entry> = parse_json(&read_bounded(member("manifest.json")?, MAX_METADATA_SIZE).map_err(read_err)?, path, "manifest.json")?;
     let [entry] = &manifest[..] else {
-        return Err(invalid(path, "manifest.json must describe exactly one image"));
+        return Err(invalid(path, format!("manifest.json describes {} images; strata reads docker-archives of one", manifest.len())));
     };
     let config_bytes = read_bounded(member(&entry.config)?, MAX_METADATA_SIZE).map_err(read_err)?;
     let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;

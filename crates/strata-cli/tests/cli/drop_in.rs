@@ -116,7 +116,6 @@ fn nix_uid_owns_the_store_and_database() {
 #[test]
 fn what_the_drop_ins_refuse_they_name() {
     for (attr, expected) in [
-        ("badMerge", "strata.dockerTools.mergeImages: `images` is not supported: strata writes one image a docker-archive"),
         ("badStrataArg", "strata.dockerTools.buildImage: no argument `maxLayers` (strata.buildImage takes it)"),
         ("badLayerSplit", "strata.nix2container.buildLayer: `maxLayers` is not supported"),
         ("badFakeroot", "`fakeRootCommands` needs fakeroot from nixpkgs: import strata's library with your nixpkgs"),
@@ -153,4 +152,20 @@ fn build_layer_metadata_ignore_and_nesting() {
 fn keep_contents_dirlinks_lays_trees_through_links() {
     let out = docker_run(&nixlib_build("dtDirlinks"), "dirlinks:v1");
     assert_eq!(out, "l\na\nb\n");
+}
+
+/// mergeImages: one docker-archive of several images; `docker load` loads each, and they run.
+#[test]
+fn merged_images_load_together() {
+    let merged = nixlib_build("merged");
+    let out = stdout_of(Command::new("docker").arg("load").stdin(std::fs::File::open(&merged).unwrap()));
+    let tag = nixlib_eval("helloDocker.imageTag");
+    let hello = format!("hello-docker:{}", tag.trim().trim_matches('"'));
+    assert!(out.contains(&format!("Loaded image: {hello}")) && out.contains("Loaded image: run-as-root:v1"), "{out}");
+    assert_eq!(run_in("docker", &hello, &[]), "Hello, world!\n");
+    assert!(run_in("docker", "run-as-root:v1", &[]).trim_end().ends_with("/data"));
+    let _ = Command::new("docker").args(["rmi", "-f", &hello, "run-as-root:v1"]).output();
+    // strata reads archives of one image, and says so of this one.
+    let message = fails(&mut strata(&["inspect", &format!("docker-archive:{merged}")]));
+    assert!(message.contains("describes 2 images; strata reads docker-archives of one"), "{message}");
 }
