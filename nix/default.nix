@@ -497,7 +497,16 @@ rec {
       strataImages = builtins.concatStringsSep " " (storePaths "dockerTools.mergeImages" "images" images);
       strataCompressor = "gz";
     };
-    exportImage = _: refuse "dockerTools.exportImage" "fromImage" "strata does not flatten images to a file system tarball yet";
+    # The file system of `fromImage` (a docker-archive, or any image of this library) as one
+    # tar, made by strata without a VM. (fromImageName/fromImageTag choose among an archive's
+    # images in dockerTools; strata reads archives of one. diskSize sized dockerTools' VM.)
+    exportImage = { fromImage, name ? fromImage.name or "exported-image.tar", fromImageName ? null, fromImageTag ? null, diskSize ? 1024 }: derivation {
+      inherit name system;
+      builder = strataBin;
+      args = [ "nix-builder" ];
+      strataMode = "export";
+      strataImage = builtins.head (storePaths "dockerTools.exportImage" "fromImage" fromImage);
+    };
     streamNixShellImage = _: refuse "dockerTools.streamNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
     buildNixShellImage = _: refuse "dockerTools.buildNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
     shadowSetup = dockerToolsHelper "shadowSetup";

@@ -84,6 +84,11 @@ pub enum Command {
         after_help = "IMAGE is anything `strata inspect` takes. Names and versions come from each store path's derivation (pname, version) where the local store has it, else from the path's name; hashes and dependencies from the local store; layers without store paths (a base image's) are named as such, not guessed at. The document's times and identifiers come from the image: the same image gives the same bytes."
     )]
     Sbom(SbomArgs),
+    /// Write an image's file system as one tar: its layers applied in order, whiteouts and all
+    #[command(
+        after_help = "IMAGE is anything `strata run` takes: a spec, ./result, a layout directory or a source reference. The tar holds what a container of the image starts with (as `docker export` of a fresh container; nixpkgs' dockerTools.exportImage); it goes to FILE, written whole or not at all, or to standard output when it is not a terminal."
+    )]
+    Export(ExportArgs),
     /// Make a signing key pair in cosign's format: NAME.key (encrypted) and NAME.pub
     #[command(
         after_help = "The private key is ECDSA P-256, PKCS#8, encrypted with scrypt and NaCl secretbox under the PEM type ENCRYPTED COSIGN PRIVATE KEY, as cosign writes it (podman reads it too). The password is $COSIGN_PASSWORD (empty allowed), else asked on the terminal."
@@ -139,6 +144,18 @@ pub struct InspectArgs {
     /// The manifest's bytes, as they are (its digest is the image's)
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The image: a spec, ./result, a layout directory or a source reference
+    pub image: String,
+    /// Where the tar goes (default: standard output)
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The platform to export, from a multi-platform image
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
 }
 
 /// What goes with an image pushed to a registry.

@@ -98,6 +98,7 @@ fn run(cli: Cli) -> Result<Status> {
         Command::Stream(args) => write::stream(args, &cx)?,
         Command::Build(args) => write::build(args, &cx)?,
         Command::Copy(args) => write::copy(args, &cx)?,
+        Command::Export(args) => write::export(args, &cx)?,
         Command::Containerize(args) => write::containerize(args, &cx)?,
         Command::Inspect(args) => inspect::inspect(args, &cx)?,
         Command::Diff(args) => inspect::diff(args, &cx)?,

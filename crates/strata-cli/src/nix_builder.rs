@@ -33,6 +33,8 @@
 //!   a customisation layer that `extraCommands` and `fakeRootCommands` then shape.
 //! - `merge` (`dockerTools.mergeImages`): the images of the docker-archives `strataImages`
 //!   (space-separated) as one docker-archive, compressed whole with `strataCompressor`.
+//! - `export` (`dockerTools.exportImage`): the file system of the image `strataImage` (any
+//!   image `strata export` takes) as one tar.
 //! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
 use std::collections::BTreeMap;
@@ -74,6 +76,12 @@ pub fn build() -> Result<()> {
         "pull" => pull(&out),
         "links" => link_tree(&out),
         "merge" => merge(&out),
+        "export" => {
+            let crate::input::Loaded(image) = crate::input::Input::resolve(&env("strataImage")?)?.open(&RegistryOptions::default(), None)?;
+            let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            strata_transport::flatten::flatten(&image, std::io::BufWriter::new(file))?;
+            Ok(())
+        }
         "executable" => {
             let path = out.join(env("strataPath")?);
             std::fs::create_dir_all(path.parent().unwrap_or(&out))?;
@@ -81,7 +89,7 @@ pub fn build() -> Result<()> {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
             Ok(())
         }
-        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, links, merge or executable)"),
+        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, links, merge, export or executable)"),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The subcommands that write an image: `build`, `stream`, `containerize` and `copy`.
+//! The subcommands that write an image: `build`, `stream`, `containerize` and `copy`; and
+//! `export`, which writes its file system.
 
 use std::io::IsTerminal;
 
@@ -13,7 +14,7 @@ use strata_oci::platform::Platform;
 use strata_oci::reference::{ImageRef, TRANSPORTS};
 use strata_transport::{choose_platform, default_compression, open_image, open_index, write_index, Transport, Written};
 
-use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, SbomFormat, StreamArgs};
+use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, ExportArgs, SbomFormat, StreamArgs};
 use crate::input::{Input, Loaded};
 use crate::inspect::attach_sbom;
 use crate::sign::Signer;
@@ -243,4 +244,20 @@ fn destination(output: Option<&str>, command: &str) -> Result<ImageRef> {
         }
         None => Ok(ImageRef::DockerArchive(None)),
     }
+}
+
+/// `strata export`: the image's file system as one tar, to a file (whole or not at all) or
+/// to standard output.
+pub fn export(args: ExportArgs, cx: &Transport) -> Result<()> {
+    let Loaded(image) = Input::resolve(&args.image)?.open(&cx.registry, args.platform.as_ref())?;
+    match &args.output {
+        None if std::io::stdout().is_terminal() => bail!("standard output is a terminal: give -o FILE, or pipe the tar somewhere"),
+        None => strata_transport::flatten::flatten(&image, std::io::BufWriter::new(std::io::stdout().lock()))?,
+        Some(path) => {
+            let scratch = strata_scratch::ScratchFile::beside(path).with_context(|| format!("writing {}", path.display()))?;
+            strata_transport::flatten::flatten(&image, std::io::BufWriter::new(scratch.as_file()))?;
+            scratch.persist(path).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }

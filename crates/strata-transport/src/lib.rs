@@ -28,6 +28,7 @@ pub mod cache;
 pub mod dir;
 pub mod docker_archive;
 pub mod engine;
+pub mod flatten;
 pub mod oci_layout;
 pub mod progress;
 pub mod registry;

@@ -9,6 +9,7 @@ mod containerize;
 mod dir;
 mod drop_in;
 mod engines;
+mod export;
 mod errors;
 mod flake;
 mod help;
