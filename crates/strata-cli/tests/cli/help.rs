@@ -6,8 +6,8 @@ use std::process::Command;
 
 use crate::common::*;
 
-const SUBCOMMANDS: [&str; 14] =
-    ["build", "containerize", "run", "stream", "copy", "inspect", "diff", "sbom", "key", "verify", "referrers", "cache", "completions", "man"];
+const SUBCOMMANDS: [&str; 15] =
+    ["build", "containerize", "run", "stream", "copy", "inspect", "diff", "sbom", "export", "key", "verify", "referrers", "cache", "completions", "man"];
 
 #[test]
 fn completions_parse_and_name_every_subcommand() {
