@@ -117,8 +117,11 @@ let
   toLower = builtins.replaceStrings
     [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ]
     [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
-  # dockerTools' `config` may be null (its default).
-  configOf = config: if config == null then { } else config;
+  # dockerTools' `config` may be null (its default), and its Cmd, Entrypoint and Shell a
+  # single string or a derivation (Docker reads a string as a one-element list).
+  configOf = config: if config == null then { } else config // builtins.mapAttrs
+    (_: v: if builtins.isList v then v else [ (toString v) ])
+    (builtins.intersectAttrs { Cmd = null; Entrypoint = null; Shell = null; } config);
 
   # Nothing, or an argument strata does not take, named in an evaluation error.
   refuse = fn: arg: why: throw "strata.${fn}: `${arg}` is not supported: ${why}";
@@ -131,9 +134,13 @@ let
   # caller's nixpkgs. Modes and owners are recorded before the store makes every file
   # read-only and the builder's, and strata gives them back (`chmod 1777 tmp`, `chown 1000
   # /data` hold). { copyToRoot, modesFiles } to add to a spec; null without commands.
-  # With `copies` (buildImage's runAsRoot), the tree starts as a copy of the trees in
-  # `contents`, laid over each other in order, as buildImage lays copyToRoot.
-  customisation = fn: { contents ? [ ], copies ? [ ], extraCommands ? "", fakeRootCommands ? "", enableFakechroot ? false }:
+  #
+  # With `copies` (buildImage's runAsRoot), the tree starts as a copy of those trees, laid
+  # over each other in order as buildImage lays copyToRoot. With a `base` (a tar of the base
+  # image's file system, buildImage's runAsRoot over fromImage), the commands run over the
+  # base's files too, and the tree is what they changed: new and changed entries (with their
+  # parent directories) and a whiteout (`.wh.NAME`, an empty file) for each entry removed.
+  customisation = fn: { contents ? [ ], copies ? [ ], base ? null, extraCommands ? "", fakeRootCommands ? "", enableFakechroot ? false }:
     let
       needs = arg: x: if pkgs ? ${x} then pkgs.${x}
         else throw "strata.${fn}: `${arg}` needs ${x} from nixpkgs: import strata's library with your nixpkgs (`pkgs = …`), as dockerTools takes it from its own";
@@ -141,6 +148,7 @@ let
       arg = if fakeroot then "fakeRootCommands" else "extraCommands";
       tools = (if fakeroot then [ (needs arg "fakeroot") ] else [ ])
         ++ (if fakeroot && enableFakechroot then [ (needs "enableFakechroot" "proot") ] else [ ])
+        ++ (if base != null then [ (needs "runAsRoot" "gnutar") ] else [ ])
         ++ [ (needs arg "coreutils") (needs arg "findutils") ];
       links = derivation {
         name = "contents-links";
@@ -158,34 +166,69 @@ let
         PATH = builtins.concatStringsSep ":" (map (t: "${t}/bin") tools);
         links = if contents == [ ] then "" else links;
         copies = builtins.concatStringsSep " " copies;
+        base = if base == null then "" else base;
         storeDir = storeDir;
         args = [ "-c" ''
           set -e
           # Shaped in the build directory (proot cannot have / inside the store it shows),
-          # then moved to $out.
+          # then moved to $out. Owners and modes are fakeroot's (its state kept in $state).
           root="$NIX_BUILD_TOP/root"
-          if [ -n "$links" ]; then cp -a "$links" "$root"; else mkdir -p "$root"; fi
+          state="$NIX_BUILD_TOP/fakeroot.state"
+          mkdir -p "$root"
+          : > "$state"
+          faked() { if [ -n "$fakeRootCommands" ]; then fakeroot -i "$state" -s "$state" "$@"; else "$@"; fi; }
+          # PATH<TAB>what an entry is: changed when any of it changes.
+          snapshot() { (cd "$root" && faked find . -mindepth 1 -printf '%P\t%y %m %U %G %s %T@ %i %l\n') | LC_ALL=C sort; }
+          if [ -n "$base" ]; then
+            faked tar -xpf "$base" -C "$root"
+            snapshot > "$NIX_BUILD_TOP/before"
+          fi
+          if [ -n "$links" ]; then cp -a "$links/." "$root/"; fi
           for tree in $copies; do cp -a "$tree/." "$root/"; done
           chmod -R u+w "$root"
           cd "$root"
           eval "$extraCommands"
           cd "$root"
           if [ -n "$fakeRootCommands" ]; then
-            state="$NIX_BUILD_TOP/fakeroot.state"
-            touch "$state"
             ${if enableFakechroot then ''
               proot -r "$root" -b "$storeDir" -b /dev -b /proc -b "$NIX_BUILD_TOP" -w / \
                 fakeroot -i "$state" -s "$state" "$builder" -c 'eval "$fakeRootCommands"'
             '' else ''
               fakeroot -i "$state" -s "$state" "$builder" -c 'eval "$fakeRootCommands"'
             ''}
-            cd "$root"
-            fakeroot -i "$state" find . -mindepth 1 -not -type l -printf '%m %U %G /%P\n' > "$modes"
-          else
-            find . -mindepth 1 -not -type l -printf '%m /%P\n' > "$modes"
           fi
           cd "$NIX_BUILD_TOP"
-          mv "$root" "$out"
+          if [ -n "$base" ]; then
+            snapshot > after
+            # What changed or is new, parents first; what is gone, each under a parent that stays.
+            LC_ALL=C comm -13 before after | cut -f1 > changed
+            cut -f1 before > before.paths
+            cut -f1 after > after.paths
+            LC_ALL=C comm -23 before.paths after.paths > gone
+            mkdir -p tree
+            while IFS= read -r path; do
+              mkdir -p "tree/$(dirname "$path")"
+              if [ -d "$root/$path" ] && [ ! -L "$root/$path" ]; then mkdir -p "tree/$path"; else cp -a "$root/$path" "tree/$path"; fi
+            done < changed
+            while IFS= read -r path; do
+              parent=$(dirname "$path")
+              if [ "$parent" = . ] || grep -qxF "$parent" after.paths; then
+                if [ "$parent" = . ] || ! grep -qxF "$parent" gone; then
+                  mkdir -p "tree/$parent" && : > "tree/$parent/.wh.$(basename "$path")"
+                fi
+              fi
+            done < gone
+            # Every entry of the tree gets the mode and owner it has in $root (whiteouts root's).
+            (cd tree && find . -mindepth 1 -not -type l -not -name '.wh.*' -printf '%P\n') | LC_ALL=C sort > kept
+            (cd "$root" && faked find . -mindepth 1 -not -type l -printf '%P\t%m %U %G\n') | LC_ALL=C sort > owners
+            LC_ALL=C join -t "$(printf '\t')" kept owners | while IFS="$(printf '\t')" read -r path what; do
+              echo "$what /$path"
+            done > "$modes"
+            mv tree "$out"
+          else
+            (cd "$root" && faked find . -mindepth 1 -not -type l -printf "${if fakeroot then "%m %U %G" else "%m"} /%P\n") > "$modes"
+            mv "$root" "$out"
+          fi
         '' ];
       };
     in
@@ -240,15 +283,25 @@ let
     extra.strataCompressor = compressor;
   };
 
+  # The file system of an image (a docker-archive, or any image of this library) as one tar.
+  exportImageWith = { fn, fromImage, name }: derivation {
+    inherit name system;
+    builder = strataBin;
+    args = [ "nix-builder" ];
+    strataMode = "export";
+    strataImage = builtins.head (storePaths fn "fromImage" fromImage);
+  };
+
   # What dockerTools' image results carry besides the image.
   passthruOf = { meta ? { }, passthru ? { }, ... }: result:
     result // passthru // { inherit meta; imageRefUnsafe = builtins.unsafeDiscardStringContext "${result.imageName}:${result.imageTag}"; };
 
   # dockerTools' buildImage: `compat` gives its store paths one layer, as dockerTools does
   # (strata's spreads them over `maxLayers`). `runAsRoot` (dockerTools runs it as root in a
-  # VM over the base image and copyToRoot) runs here under fakeroot and proot over the
-  # copyToRoot trees: what it makes, and the owners and modes it sets, are in the image;
-  # the base image's files it cannot see, so the two together are refused.
+  # VM over the base image and copyToRoot) runs here under fakeroot and proot over the base
+  # image's file system (exported by strata) and a copy of the copyToRoot trees; the layer
+  # holds what it changed, with the owners and modes it set, and whiteouts for what it
+  # removed.
   buildImageWith = { fn, compat }:
     { name, tag ? null, config ? null, copyToRoot ? null, contents ? null, fromImage ? null
     , fromImageName ? null, fromImageTag ? null, keepContentsDirlinks ? false, created ? defaultCreated
@@ -257,9 +310,10 @@ let
     let
       strataOnly = builtins.filter (a: args ? ${a}) [ "maxLayers" ];
       trees = storePaths fn "copyToRoot" (if copyToRoot != null then copyToRoot else contents);
+      # The base image's file system, for runAsRoot to run over.
+      baseRoot = if fromImage == null then null else exportImageWith { fn = fn; inherit fromImage; name = "base-root.tar"; };
       asRoot = if runAsRoot == null then null
-        else if fromImage != null then refuse fn "runAsRoot" "with `fromImage`: strata runs it under fakeroot over copyToRoot, not in a VM over the base image; shape the files with `fakeRootCommands` of streamLayeredImage, or lay them over / with copyToRoot"
-        else customisation fn { copies = trees; fakeRootCommands = runAsRoot; enableFakechroot = true; inherit extraCommands; };
+        else customisation fn { copies = trees; base = baseRoot; fakeRootCommands = runAsRoot; enableFakechroot = true; inherit extraCommands; };
       extra = if asRoot != null then asRoot
         else { copyToRoot = trees; modesFiles = [ ]; } // (let c = customisation fn { inherit extraCommands; }; in
           if c == null then { } else { copyToRoot = trees ++ c.copyToRoot; inherit (c) modesFiles; });
@@ -500,13 +554,8 @@ rec {
     # The file system of `fromImage` (a docker-archive, or any image of this library) as one
     # tar, made by strata without a VM. (fromImageName/fromImageTag choose among an archive's
     # images in dockerTools; strata reads archives of one. diskSize sized dockerTools' VM.)
-    exportImage = { fromImage, name ? fromImage.name or "exported-image.tar", fromImageName ? null, fromImageTag ? null, diskSize ? 1024 }: derivation {
-      inherit name system;
-      builder = strataBin;
-      args = [ "nix-builder" ];
-      strataMode = "export";
-      strataImage = builtins.head (storePaths "dockerTools.exportImage" "fromImage" fromImage);
-    };
+    exportImage = { fromImage, name ? fromImage.name or "exported-image.tar", fromImageName ? null, fromImageTag ? null, diskSize ? 1024 }:
+      exportImageWith { fn = "dockerTools.exportImage"; inherit fromImage name; };
     streamNixShellImage = _: refuse "dockerTools.streamNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
     buildNixShellImage = _: refuse "dockerTools.buildNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
     shadowSetup = dockerToolsHelper "shadowSetup";

@@ -43,7 +43,7 @@ fn fakechroot_and_run_as_root_see_the_image_as_root() {
     assert!(out.ends_with("app:x:1000:100::/home/app:/bin/sh\n"), "{out}");
 
     let archive = nixlib_build("dtRunAsRoot");
-    assert_eq!(layer_paths(&archive), vec![Vec::<String>::new()], "copyToRoot copied, shaped and laid over / in one layer");
+    assert_eq!(layer_paths(&archive), vec![vec!["show-data".to_owned()], vec![]], "the command (a store path), then copyToRoot copied, shaped and laid over / in one layer");
     let out = docker_run(&archive, "run-as-root:v1");
     assert!(out.starts_with("drwxr-xr-x") && out.contains(" 1000 ") && out.contains(" 100 ") && out.trim_end().ends_with("/data"), "{out}");
 }
@@ -168,4 +168,20 @@ fn merged_images_load_together() {
     // strata reads archives of one image, and says so of this one.
     let message = fails(&mut strata(&["inspect", &format!("docker-archive:{merged}")]));
     assert!(message.contains("describes 2 images; strata reads docker-archives of one"), "{message}");
+}
+
+/// runAsRoot over a base image (no VM): it sees the base's files, and its layer holds what it
+/// changed, owners kept and a removed file whited out; three images each adding to a file
+/// over the one before show their layers in order (nixpkgs' layersUnpackOrder).
+#[test]
+fn run_as_root_over_a_base_image() {
+    let out = docker_run(&nixlib_build("dtRunAsRootOverBase"), "run-as-root-over:v1");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains(" 1000 ") && lines[0].ends_with("/data"), "{out}");
+    assert!(lines[1].contains(" 2000 ") && lines[1].contains(" 200 ") && lines[1].ends_with("/data/more"), "{out}");
+    assert_eq!(lines[2], "no ls", "{out}");
+    let archive = nixlib_build("dtLayerOrder");
+    let layers = layer_paths(&archive);
+    assert_eq!(layers.len(), 3, "the base's two layers and one of its own: {layers:?}");
+    assert_eq!(docker_run(&archive, "layer-order-c:v1"), "abc");
 }
