@@ -8,7 +8,10 @@
 #
 # `pkgs` (the caller's nixpkgs) is needed only by the arguments that run a shell, as
 # dockerTools' do (`extraCommands`); with none, they are an evaluation error saying so.
-{ strata, system ? strata.system or builtins.currentSystem, storeDir ? builtins.storeDir, pkgs ? null }:
+#
+# `imageSystem` is the system images are for by default (their architecture), when it is not
+# the one they are built on (`system`): a cross package set's dockerTools.
+{ strata, system ? strata.system or builtins.currentSystem, imageSystem ? system, storeDir ? builtins.storeDir, pkgs ? null }:
 let
   strataBin = "${strata}/bin/strata";
   defaultCreated = "1970-01-01T00:00:01Z";
@@ -70,7 +73,9 @@ let
                , maxStoreLayers ? null, created ? defaultCreated, mtime ? null, fromImage ? null, perms ? [ ], layers ? [ ]
                , initializeNixDatabase ? false, nixUid ? null, nixGid ? null, architecture ? null, includeStorePaths ? true
                , keepContentsDirlinks ? false }: {
-    inherit name tag created mtime perms config layers architecture;
+    inherit name tag created mtime perms config layers;
+    # Default: the build machine's (strata's), or imageSystem's when the library has one.
+    architecture = if architecture != null then architecture else if imageSystem == system then null else hostArch;
     initialize_nix_database = initializeNixDatabase;
     nix_uid = nixUid;
     nix_gid = nixGid;
@@ -108,8 +113,8 @@ let
     strataText = "#!/bin/sh\nexec ${strataBin} ${command} \"$@\"\n";
   } // { meta.mainProgram = name; };
 
-  # The OCI architecture of the system strata builds on.
-  hostArch = { x86_64-linux = "amd64"; aarch64-linux = "arm64"; i686-linux = "386"; riscv64-linux = "riscv64"; }.${system} or "amd64";
+  # The OCI architecture of the images' system.
+  hostArch = { x86_64-linux = "amd64"; aarch64-linux = "arm64"; i686-linux = "386"; riscv64-linux = "riscv64"; }.${imageSystem} or "amd64";
 
   suffix = compressor: { gz = ".tar.gz"; zstd = ".tar.zst"; none = ".tar"; }.${compressor};
 
@@ -148,7 +153,7 @@ let
       arg = if fakeroot then "fakeRootCommands" else "extraCommands";
       tools = (if fakeroot then [ (needs arg "fakeroot") ] else [ ])
         ++ (if fakeroot && enableFakechroot then [ (needs "enableFakechroot" "proot") ] else [ ])
-        ++ (if base != null then [ (needs "runAsRoot" "gnutar") ] else [ ])
+        ++ (if base != null then [ (needs "runAsRoot" "gnutar") (needs "runAsRoot" "gnugrep") ] else [ ])
         ++ [ (needs arg "coreutils") (needs arg "findutils") ];
       links = derivation {
         name = "contents-links";
@@ -183,9 +188,8 @@ let
             faked tar -xpf "$base" -C "$root"
             snapshot > "$NIX_BUILD_TOP/before"
           fi
-          if [ -n "$links" ]; then cp -a "$links/." "$root/"; fi
-          for tree in $copies; do cp -a "$tree/." "$root/"; done
-          chmod -R u+w "$root"
+          # Each tree over the ones before; the store's modes would keep the next one out.
+          for tree in $links $copies; do cp -a "$tree/." "$root/" && chmod -R u+w "$root"; done
           cd "$root"
           eval "$extraCommands"
           cd "$root"
@@ -246,8 +250,9 @@ let
 
   # The spec of dockerTools' layered images (streamLayeredImage, buildLayeredImage), from
   # their arguments; an argument they do not take is an evaluation error naming it.
-  # `compat`: dockerTools' own meaning of maxLayers (the store's layers plus the
-  # customisation layer, the base image's not counted) rather than strata's (every layer).
+  # `compat`: dockerTools' own meaning of maxLayers: every layer, the base image's included,
+  # one of them always kept for the customisation layer (strata's takes that layer only when
+  # there is something to put in it).
   layeredSpec = { fn, compat }:
     { name, tag ? null, contents ? [ ], config ? null, maxLayers ? 100, created ? defaultCreated
     , mtime ? null, fromImage ? null, architecture ? null, includeNixDB ? false, includeStorePaths ? true
@@ -271,7 +276,7 @@ let
       modesFiles = if shaped == null then [ ] else shaped.modesFiles;
       initializeNixDatabase = includeNixDB;
       perms = storeOwner { inherit uid gid uname gname; };
-    } // (if compat then { maxLayers = maxLayerBound; maxStoreLayers = if maxLayers > 1 then maxLayers - 1 else 1; } else { inherit maxLayers; }));
+    } // (if compat then { inherit maxLayers; maxStoreLayers = if maxLayers > 1 then maxLayers - 1 else 1; } else { inherit maxLayers; }));
 
   # The most layers a container engine stacks (overlayfs' bound, less some room).
   maxLayerBound = 125;

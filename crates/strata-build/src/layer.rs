@@ -246,7 +246,12 @@ pub fn link_trees(trees: &[crate::store::StorePath]) -> Result<Vec<Entry>, Layer
     }
     for tree in trees {
         let root = Path::new(tree.as_str());
-        if !std::fs::symlink_metadata(root).map_err(|source| LayerError::Read { path: root.to_owned(), source })?.is_dir() {
+        let read_err = |source| LayerError::Read { path: root.to_owned(), source };
+        // A store path that is a link to a directory in the store is joined through it, as
+        // lndir does (its entries link through the link); a link anywhere else is not followed.
+        let resolved = std::fs::canonicalize(root).map_err(read_err)?;
+        let store = root.parent().unwrap_or(root);
+        if !std::fs::metadata(&resolved).map_err(read_err)?.is_dir() || !resolved.starts_with(store) {
             return Err(LayerError::NotADirectory { path: root.to_owned() });
         }
         walk(root, b"", &mut by_path)?;

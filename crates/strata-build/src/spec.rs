@@ -504,7 +504,9 @@ fn modes_of(file: &Path) -> Result<Vec<PermRule>, String> {
     if meta.len() > MAX {
         return Err(bad(format!("more than {MAX} bytes")));
     }
-    let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+    // Names need not be UTF-8: they are matched as perm rules match image paths (lossily).
+    let bytes = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8_lossy(&bytes);
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.is_empty())

@@ -34,7 +34,7 @@
 //! - `merge` (`dockerTools.mergeImages`): the images of the docker-archives `strataImages`
 //!   (space-separated) as one docker-archive, compressed whole with `strataCompressor`.
 //! - `export` (`dockerTools.exportImage`): the file system of the image `strataImage` (any
-//!   image `strata export` takes) as one tar.
+//!   image `strata export` takes) as one tar, its names starting `./` as dockerTools' do.
 //! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
 
 use std::collections::BTreeMap;
@@ -79,7 +79,8 @@ pub fn build() -> Result<()> {
         "export" => {
             let crate::input::Loaded(image) = crate::input::Input::resolve(&env("strataImage")?)?.open(&RegistryOptions::default(), None)?;
             let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-            strata_transport::flatten::flatten(&image, std::io::BufWriter::new(file))?;
+            // Named as dockerTools' exportImage names them (tar -C root -c .).
+            strata_transport::flatten::flatten(&image, std::io::BufWriter::new(file), "./")?;
             Ok(())
         }
         "executable" => {

@@ -252,10 +252,10 @@ pub fn export(args: ExportArgs, cx: &Transport) -> Result<()> {
     let Loaded(image) = Input::resolve(&args.image)?.open(&cx.registry, args.platform.as_ref())?;
     match &args.output {
         None if std::io::stdout().is_terminal() => bail!("standard output is a terminal: give -o FILE, or pipe the tar somewhere"),
-        None => strata_transport::flatten::flatten(&image, std::io::BufWriter::new(std::io::stdout().lock()))?,
+        None => strata_transport::flatten::flatten(&image, std::io::BufWriter::new(std::io::stdout().lock()), "")?,
         Some(path) => {
             let scratch = strata_scratch::ScratchFile::beside(path).with_context(|| format!("writing {}", path.display()))?;
-            strata_transport::flatten::flatten(&image, std::io::BufWriter::new(scratch.as_file()))?;
+            strata_transport::flatten::flatten(&image, std::io::BufWriter::new(scratch.as_file()), "")?;
             scratch.persist(path).with_context(|| format!("writing {}", path.display()))?;
         }
     }

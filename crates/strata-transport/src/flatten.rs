@@ -84,8 +84,9 @@ fn within(path: &[u8], dir: &[u8]) -> bool {
     dir.is_empty() || (path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
 }
 
-/// Writes the file system of `image` to `out` as an uncompressed tar.
-pub fn flatten<L: LayerTar, W: Write>(image: &Image<L>, out: W) -> Result<(), FlattenError> {
+/// Writes the file system of `image` to `out` as an uncompressed tar, each name after
+/// `prefix` (`./` as `tar -C root -c .` names them; empty as `docker export` does).
+pub fn flatten<L: LayerTar, W: Write>(image: &Image<L>, out: W, prefix: &str) -> Result<(), FlattenError> {
     let mut layers: Vec<LayerReader> = Vec::new();
     for (k, source) in image.layer_sources().into_iter().enumerate() {
         layers.push(match source {
@@ -169,18 +170,11 @@ pub fn flatten<L: LayerTar, W: Write>(image: &Image<L>, out: W) -> Result<(), Fl
                 continue;
             }
             next.next();
-            let path = normalise(&entry.path_bytes()).expect("checked in the first pass");
-            let path = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(path));
+            let path = [prefix.as_bytes(), &normalise(&entry.path_bytes()).expect("checked in the first pass")].concat();
             let mut header = entry.header().clone();
+            let link = entry.link_name_bytes().map(|t| t.into_owned());
             let write_err = |source| FlattenError::Sink(SinkError::Write { path: PathBuf::from("the exported tar"), source });
-            match header.entry_type() {
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-                    let target = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(target));
-                    builder.append_link(&mut header, &path, &target).map_err(write_err)?;
-                }
-                _ => builder.append_data(&mut header, &path, &mut entry).map_err(write_err)?,
-            }
+            append_named(&mut builder, &mut header, &path, link.as_deref(), &mut entry).map_err(write_err)?;
         }
         // Read to the end, so that a base layer's digest is checked.
         io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(read_err)?;
@@ -188,6 +182,41 @@ pub fn flatten<L: LayerTar, W: Write>(image: &Image<L>, out: W) -> Result<(), Fl
     let write_err = |source| FlattenError::Sink(SinkError::Write { path: PathBuf::from("the exported tar"), source });
     builder.into_inner().map_err(write_err)?.flush().map_err(write_err)?;
     Ok(())
+}
+
+/// Appends `header` with `name` (and `link`) set byte for byte, GNU long-name entries before
+/// it for what does not fit: tar-rs's own path setters would drop a leading `./`.
+fn append_named<W: Write>(builder: &mut tar::Builder<W>, header: &mut tar::Header, name: &[u8], link: Option<&[u8]>, data: impl Read) -> io::Result<()> {
+    fn long_entry<W: Write>(builder: &mut tar::Builder<W>, kind: tar::EntryType, bytes: &[u8]) -> io::Result<()> {
+        let mut long = tar::Header::new_gnu();
+        long.as_gnu_mut().expect("a GNU header").name[..13].copy_from_slice(b"././@LongLink");
+        long.set_mode(0o644);
+        long.set_mtime(0);
+        long.set_size(bytes.len() as u64 + 1);
+        long.set_entry_type(kind);
+        long.set_cksum();
+        builder.append(&long, bytes.chain(&[0u8][..]))
+    }
+    fn set_field(field: &mut [u8], bytes: &[u8]) {
+        field.fill(0);
+        let n = bytes.len().min(field.len());
+        field[..n].copy_from_slice(&bytes[..n]);
+    }
+    if name.len() > 100 {
+        long_entry(builder, tar::EntryType::GNULongName, name)?;
+    }
+    if let Some(ustar) = header.as_ustar_mut() {
+        ustar.prefix.fill(0);
+    }
+    set_field(&mut header.as_old_mut().name, name);
+    if let Some(link) = link {
+        if link.len() > 100 {
+            long_entry(builder, tar::EntryType::GNULongLink, link)?;
+        }
+        set_field(&mut header.as_old_mut().linkname, link);
+    }
+    header.set_cksum();
+    builder.append(header, data)
 }
 
 #[cfg(test)]

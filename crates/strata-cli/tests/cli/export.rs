@@ -69,7 +69,10 @@ fn export_matches_docker_export() {
 fn export_image_in_nix() {
     let exported = nixlib_build("exported");
     assert!(exported.ends_with("-run-as-root.tar"), "{exported}");
-    let entries = entries_of(&std::fs::read(&exported).unwrap());
+    let bytes = std::fs::read(&exported).unwrap();
+    let names: Vec<String> = tar::Archive::new(&bytes[..]).entries().unwrap().map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned()).collect();
+    assert!(names.iter().all(|n| n.starts_with("./")) && names.contains(&"./bin/busybox".to_owned()), "named as dockerTools names them: {names:?}");
+    let entries = entries_of(&bytes);
     let data = &entries["data"];
     assert_eq!((data.0, data.2, data.3), (b'5', 1000, 100), "a directory of uid 1000, gid 100");
     assert!(entries.contains_key("bin/busybox"));
