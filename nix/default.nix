@@ -427,8 +427,9 @@ let
     };
 
   # The explicit layers of buildLayer layers: each one's own, below those it was built on
-  # (nix2container's nested layers), each once, in order.
-  chainOf = layers: builtins.foldl' (acc: l: if builtins.elem l acc then acc else acc ++ [ l ]) [ ] (builtins.concatMap (l: l.strataChain) layers);
+  # (nix2container's nested layers), each once, in order; one with nothing in it is no layer
+  # (as in nix2container).
+  chainOf = layers: builtins.foldl' (acc: l: if builtins.elem l acc || (l.roots == [ ] && l.copy_to_root == [ ]) then acc else acc ++ [ l ]) [ ] (builtins.concatMap (l: l.strataChain) layers);
 
   # nix2container-style images: the result is the image's description (spec, closure graph,
   # and the digests the image has, uncompressed and in `compressor`'s codec, computed at build

@@ -82,7 +82,15 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
     let roots: Vec<StorePath> = spec.roots.iter().chain(&config_roots).chain(&spec.link_to_root).map(|(_, p)| p.clone()).collect();
     let copy_to_root: Vec<StorePath> = spec.copy_to_root.iter().map(|(_, p)| p.clone()).collect();
     let max_layers = spec.max_layers.saturating_sub(base_layers + usize::from(spec.initialize_nix_database) + links);
-    let input = PlanInput { closure: &closure, explicit: &spec.layers, roots: roots.clone(), copy_to_root, max_layers, max_store_layers: spec.max_store_layers, previous };
+    let input = PlanInput {
+        closure: &closure,
+        explicit: &spec.layers,
+        roots: roots.clone(),
+        copy_to_root,
+        max_layers,
+        max_store_layers: spec.max_store_layers,
+        previous,
+    };
 
     // Scan every store path once; the plan needs their sizes, the recipes their entries.
     let mut scanned = BTreeMap::new();

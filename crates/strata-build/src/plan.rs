@@ -79,7 +79,8 @@ pub fn plan_layers(input: &PlanInput, size_of: impl Fn(&StorePath) -> u64) -> Re
     let mut layers = Vec::new();
     let mut taken = BTreeSet::new();
     for layer in input.explicit {
-        let paths: Vec<StorePath> = closure_of(&layer.roots, &layer.copy_to_root).into_iter().filter(|p| !taken.contains(p) && !layer.ignore.contains(p)).collect();
+        let paths: Vec<StorePath> =
+            closure_of(&layer.roots, &layer.copy_to_root).into_iter().filter(|p| !taken.contains(p) && !layer.ignore.contains(p)).collect();
         taken.extend(paths.iter().cloned());
         layers.push(PlannedLayer { store_paths: paths, root_trees: layer.copy_to_root.clone() });
     }
@@ -239,7 +240,8 @@ mod tests {
     fn roots_popular_and_big_paths_get_own_layers_small_ones_groups() {
         // p0 is needed by everyone; p1..p9 form a chain; p5 is huge; p9 is the root.
         let (closure, _dir) = graph(10, |i, j| j == 0 || j + 1 == i);
-        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(9)], copy_to_root: vec![], max_layers: 5, max_store_layers: None, previous: &[] };
+        let input =
+            PlanInput { closure: &closure, explicit: &[], roots: vec![sp(9)], copy_to_root: vec![], max_layers: 5, max_store_layers: None, previous: &[] };
         let layers = plan_layers(&input, |p| if *p == sp(5) { 1 << 30 } else { 10 }).unwrap();
         // Four places of their own (the root, popular p0 and p1, big p5) and one group.
         assert_eq!(layers.len(), 5, "{layers:?}");
@@ -254,7 +256,8 @@ mod tests {
         // p0..p9 reference nothing (data); p10..p28 reference p10 (a libc) and the one before;
         // the root p29 references all of them.
         let (closure, _dir) = graph(30, |i, j| i == 29 || (i > 10 && (j == 10 || j + 1 == i)));
-        let input = PlanInput { closure: &closure, explicit: &[], roots: vec![sp(29)], copy_to_root: vec![], max_layers: 10, max_store_layers: None, previous: &[] };
+        let input =
+            PlanInput { closure: &closure, explicit: &[], roots: vec![sp(29)], copy_to_root: vec![], max_layers: 10, max_store_layers: None, previous: &[] };
         let layers = plan_layers(&input, |_| 10).unwrap();
         assert_eq!(layers.len(), 10);
         let groups: Vec<&PlannedLayer> = layers.iter().filter(|l| l.store_paths.len() > 1).collect();
@@ -309,7 +312,15 @@ mod tests {
         let roots: Vec<StorePath> = (0..12).map(sp).collect();
         // A previous build that had a layer a path; now only 6 layers are allowed.
         let previous: Vec<Vec<String>> = roots.iter().map(|p| vec![p.base_name().to_owned()]).collect();
-        let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers: 6, max_store_layers: None, previous: &previous };
+        let input = PlanInput {
+            closure: &closure,
+            explicit: &[],
+            roots: roots.clone(),
+            copy_to_root: vec![],
+            max_layers: 6,
+            max_store_layers: None,
+            previous: &previous,
+        };
         let layers = plan_layers(&input, |p| if *p == sp(11) { 1 << 30 } else { 10 }).unwrap();
         assert_eq!(layers.len(), 6);
         assert!(layers.iter().any(|l| l.store_paths == [sp(11)]), "the biggest was merged: {layers:?}");
@@ -322,7 +333,15 @@ mod tests {
     fn explicit_layers_come_first_and_nothing_repeats() {
         let (closure, _dir) = graph(6, |i, j| j + 1 == i);
         let explicit = [ExplicitLayer { roots: vec![sp(2)], ..Default::default() }, ExplicitLayer { roots: vec![sp(3)], ..Default::default() }];
-        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(5)], copy_to_root: vec![], max_layers: 10, max_store_layers: None, previous: &[] };
+        let input = PlanInput {
+            closure: &closure,
+            explicit: &explicit,
+            roots: vec![sp(5)],
+            copy_to_root: vec![],
+            max_layers: 10,
+            max_store_layers: None,
+            previous: &[],
+        };
         let layers = plan_layers(&input, |_| 1).unwrap();
         assert_eq!(layers[0].store_paths, [sp(0), sp(1), sp(2)]);
         assert_eq!(layers[1].store_paths, [sp(3)]);
@@ -333,7 +352,15 @@ mod tests {
     fn too_small_a_budget_is_an_error() {
         let (closure, _dir) = graph(3, |_, _| false);
         let explicit = [ExplicitLayer { roots: vec![sp(0)], ..Default::default() }];
-        let input = PlanInput { closure: &closure, explicit: &explicit, roots: vec![sp(1)], copy_to_root: vec![sp(2)], max_layers: 2, max_store_layers: None, previous: &[] };
+        let input = PlanInput {
+            closure: &closure,
+            explicit: &explicit,
+            roots: vec![sp(1)],
+            copy_to_root: vec![sp(2)],
+            max_layers: 2,
+            max_store_layers: None,
+            previous: &[],
+        };
         assert_eq!(plan_layers(&input, |_| 1), Err(NoRoomForStorePaths { max_layers: 2, left: 1 }));
     }
 

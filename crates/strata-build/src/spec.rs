@@ -397,7 +397,9 @@ impl Spec {
         }
         let nix_owner = match (self.nix_uid, self.nix_gid) {
             (None, None) => None,
-            _ if !self.initialize_nix_database => return err(if self.nix_uid.is_some() { "nix_uid" } else { "nix_gid" }, "needs `initialize_nix_database = true`".to_owned()),
+            _ if !self.initialize_nix_database => {
+                return err(if self.nix_uid.is_some() { "nix_uid" } else { "nix_gid" }, "needs `initialize_nix_database = true`".to_owned())
+            }
             (uid, gid) => Some((uid.unwrap_or(0), gid.unwrap_or(0))),
         };
         let store_paths = |key: &str, paths: &[String]| -> Result<Vec<(String, StorePath)>, KeyError> {
@@ -649,7 +651,11 @@ mod tests {
         assert_eq!((rules[0].mode, rules[0].uid, rules[0].gid), (Some(0o1777), None, None));
         assert!(matches!(&rules[1].matcher, PathMatcher::Exact(p) if p == "/var/lib/app dir"));
         assert_eq!((rules[1].mode, rules[1].uid, rules[1].gid), (Some(0o750), Some(1000), Some(100)));
-        for (text, why) in [("0755 x /a\n", "line 1: \"x\" is not a uid"), ("0755 /a\n0755 1 2 a\n", "line 2: \"a\" is not absolute"), ("9 /a", "line 1: \"9\" is not an octal mode")] {
+        for (text, why) in [
+            ("0755 x /a\n", "line 1: \"x\" is not a uid"),
+            ("0755 /a\n0755 1 2 a\n", "line 2: \"a\" is not absolute"),
+            ("9 /a", "line 1: \"9\" is not an octal mode"),
+        ] {
             std::fs::write(&file, text).unwrap();
             let message = modes_of(&file).unwrap_err();
             assert!(message.ends_with(why) && message.starts_with(&file.display().to_string()), "{message}");

@@ -90,7 +90,9 @@ pub fn build() -> Result<()> {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
             Ok(())
         }
-        other => bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, links, merge, export or executable)"),
+        other => {
+            bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, links, merge, export or executable)")
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use crate::common::*;
 /// history), bottom first.
 fn layer_paths(image: &str) -> Vec<Vec<String>> {
     let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", image, "--json"]))).unwrap();
-    let names = |l: &serde_json::Value| l["store_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().split_once('-').unwrap().1.to_owned()).collect();
+    let names =
+        |l: &serde_json::Value| l["store_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().split_once('-').unwrap().1.to_owned()).collect();
     inspect["layers"].as_array().unwrap().iter().map(names).collect()
 }
 
@@ -45,7 +46,10 @@ fn fakechroot_and_run_as_root_see_the_image_as_root() {
     let archive = nixlib_build("dtRunAsRoot");
     let layers = layer_paths(&archive);
     assert_eq!(layers.len(), 2, "{layers:?}");
-    assert!(layers[0].contains(&"show-data".to_owned()) && layers[1].is_empty(), "the store paths (the command's, what copyToRoot links to) in one layer, then copyToRoot copied, shaped and laid over / in one: {layers:?}");
+    assert!(
+        layers[0].contains(&"show-data".to_owned()) && layers[1].is_empty(),
+        "the store paths (the command's, what copyToRoot links to) in one layer, then copyToRoot copied, shaped and laid over / in one: {layers:?}"
+    );
     let out = docker_run(&archive, "run-as-root:v1");
     assert!(out.starts_with("drwxr-xr-x") && out.contains(" 1000 ") && out.contains(" 100 ") && out.trim_end().ends_with("/data"), "{out}");
 }
@@ -137,15 +141,25 @@ fn build_layer_metadata_ignore_and_nesting() {
     let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", &description, "--json"]))).unwrap();
     let history = inspect["config"]["history"].as_array().unwrap();
     assert_eq!(history.len(), 3, "{history:?}");
-    assert_eq!((&history[0]["created_by"], &history[0]["comment"]), (&"nix2container".into(), &format!("store paths: {}", fixture("busybox").trim_start_matches("/nix/store/")).into()));
-    assert_eq!(history[1], serde_json::json!({ "created": "0001-01-01T00:00:00Z", "created_by": "test created_by", "author": "test author", "comment": "test comment" }));
+    assert_eq!(
+        (&history[0]["created_by"], &history[0]["comment"]),
+        (&"nix2container".into(), &format!("store paths: {}", fixture("busybox").trim_start_matches("/nix/store/")).into())
+    );
+    assert_eq!(
+        history[1],
+        serde_json::json!({ "created": "0001-01-01T00:00:00Z", "created_by": "test created_by", "author": "test author", "comment": "test comment" })
+    );
     let layers = layer_paths(&description);
     assert_eq!(layers[2], vec!["glibc-2.36".to_owned()], "the ignored glibc is in the image's own layer: {layers:?}");
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("n2c.tar");
     run_ok(strata(&["stream", &description, "-o", &format!("docker-archive:{}", archive.display())]));
     let read = read_archive(&archive).layers;
-    assert!(read[1].keys().any(|k| k.ends_with("-hello-2.12/bin/hello")) && !read[1].keys().any(|k| k.contains("glibc")), "{:?}", read[1].keys().collect::<Vec<_>>());
+    assert!(
+        read[1].keys().any(|k| k.ends_with("-hello-2.12/bin/hello")) && !read[1].keys().any(|k| k.contains("glibc")),
+        "{:?}",
+        read[1].keys().collect::<Vec<_>>()
+    );
 }
 
 /// buildImage's keepContentsDirlinks: `lib -> usr/lib` from one tree stays a link, and the

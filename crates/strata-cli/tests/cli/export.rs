@@ -35,7 +35,11 @@ fn export_matches_docker_export() {
     run_ok(Command::new("docker").arg("load").stdin(std::fs::File::open(&base).unwrap()));
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("strata-export-test:{}", nonce());
-    std::fs::write(dir.path().join("Dockerfile"), "FROM run-as-root:v1\nRUN /bin/busybox rm /bin/cat && /bin/busybox rm -r /data && /bin/busybox mkdir -p /new/dir && echo made > /new/dir/file\n").unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM run-as-root:v1\nRUN /bin/busybox rm /bin/cat && /bin/busybox rm -r /data && /bin/busybox mkdir -p /new/dir && echo made > /new/dir/file\n",
+    )
+    .unwrap();
     run_ok(Command::new("docker").args(["build", "--network", "none", "-q", "-t", &tag]).arg(dir.path()));
     let archive = dir.path().join("image.tar");
     run_ok(Command::new("docker").args(["save", "-o"]).arg(&archive).arg(&tag));
@@ -54,7 +58,9 @@ fn export_matches_docker_export() {
     assert!(ours.contains_key("bin/busybox") && ours.contains_key("bin/sh"));
     // Docker adds the container's own files: /.dockerenv, /etc/{hosts,hostname,resolv.conf,mtab},
     // the mount points /dev, /proc, /sys and what they need.
-    let docker_adds = |path: &str| [".dockerenv", "etc", "etc/hosts", "etc/hostname", "etc/resolv.conf", "etc/mtab", "dev", "proc", "sys"].contains(&path) || path.starts_with("dev/");
+    let docker_adds = |path: &str| {
+        [".dockerenv", "etc", "etc/hosts", "etc/hostname", "etc/resolv.conf", "etc/mtab", "dev", "proc", "sys"].contains(&path) || path.starts_with("dev/")
+    };
     let theirs: Entries = theirs.into_iter().filter(|(path, _)| !docker_adds(path)).collect();
     assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
     for (path, (kind, mode, uid, gid, link, data)) in &ours {
