@@ -90,7 +90,8 @@ let
     from_image =
       if fromImage == null then null
       else if builtins.isString fromImage && builtins.match "[a-z-]+:.*" fromImage != null then fromImage
-      else "docker-archive:${toString fromImage}";
+      # An image in another format says how to read it (pullImageFromManifest: dir:…).
+      else fromImage.strataReference or "docker-archive:${toString fromImage}";
   };
 
   # nix2container writes config keys in lower camel case; strata's spec has Docker's names.
@@ -577,8 +578,48 @@ rec {
     # nix2container's pullImage: the same fetch; its result works as `fromImage`.
     pullImage = { imageName, imageDigest, sha256, arch ? null, tlsVerify ? true, os ? "linux" }:
       fetchImage { inherit imageName imageDigest sha256 arch tlsVerify os; };
-    pullImageFromManifest = _: refuse "nix2container.pullImageFromManifest" "imageManifest"
-      "strata fetches an image as one fixed-output docker-archive: use pullImage with the manifest's digest and the archive's hash";
+    # nix2container's pullImageFromManifest: the image a manifest file names (`imageManifest`,
+    # what `getManifest` prints), each blob a fixed-output derivation (its digest is its hash:
+    # no hash to give), fetched by strata and joined into skopeo's directory format; usable as
+    # `fromImage`, or written anywhere (`strata copy dir:$result …`).
+    pullImageFromManifest =
+      { imageName, imageManifest ? null, imageTag ? "latest", os ? "linux", arch ? hostArch, tlsVerify ? true
+      , registryUrl ? "registry.hub.docker.com", meta ? { } }:
+      let
+        fn = "nix2container.pullImageFromManifest";
+        # Docker Hub's names, as strata's references spell them.
+        repository = if registryUrl == "registry.hub.docker.com" || registryUrl == "docker.io" then "docker.io/${imageName}" else "${registryUrl}/${imageName}";
+        tls = if tlsVerify then "" else " --tls-verify=false";
+        getManifest = runner "get-manifest" "inspect --raw${tls} --platform ${os}/${arch} docker://${repository}:${imageTag}";
+        text = builtins.readFile (if imageManifest != null then imageManifest else throw "strata.${fn}: give `imageManifest` (the file `getManifest` prints) to pull the image");
+        manifest = builtins.fromJSON text;
+        digest = "sha256:${builtins.hashString "sha256" text}";
+        blob = d: derivation {
+          name = "blob-${builtins.substring 7 64 d.digest}";
+          inherit system;
+          builder = strataBin;
+          args = [ "nix-builder" ];
+          strataMode = "blob";
+          strataSource = "docker://${repository}@${digest}";
+          strataDigest = d.digest;
+          strataSize = toString d.size;
+          strataTlsVerify = if tlsVerify then "1" else "0";
+          outputHashMode = "flat";
+          outputHashAlgo = "sha256";
+          outputHash = builtins.substring 7 64 d.digest;
+          impureEnvVars = [ "http_proxy" "https_proxy" "no_proxy" "HTTP_PROXY" "HTTPS_PROXY" "NO_PROXY" ];
+        };
+        image = derivation {
+          name = "image-${drvNameOf imageName}";
+          inherit system;
+          builder = strataBin;
+          args = [ "nix-builder" ];
+          strataMode = "dir";
+          strataManifest = "${imageManifest}";
+          strataBlobs = builtins.concatStringsSep " " (map blob ([ manifest.config ] ++ manifest.layers));
+        };
+      in
+      image // { inherit getManifest imageName imageTag meta; strataReference = "dir:${image}"; };
   };
 
   # One image for several platforms: `images` are images of this library (descriptions,

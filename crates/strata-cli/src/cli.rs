@@ -144,6 +144,9 @@ pub struct InspectArgs {
     /// The manifest's bytes, as they are (its digest is the image's)
     #[arg(long)]
     pub raw: bool,
+    /// The platform to show, from a multi-platform image [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
 }
 
 #[derive(clap::Args)]

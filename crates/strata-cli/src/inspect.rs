@@ -25,6 +25,7 @@ use strata_build::store::package_and_version;
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
 use strata_oci::image::{ConfigRecipe, Image, LayerSource, LayerTar, SourceImage};
+use strata_oci::platform::Platform;
 use strata_oci::manifest::LayerBlob;
 use strata_oci::reference::{ImageRef, RegistryRef};
 use strata_transport::registry::{attach, manifest_of, referrers as registry_referrers};
@@ -46,13 +47,13 @@ struct View {
 }
 
 /// Opens `image` (anything `inspect` takes) and views it.
-fn open_view(image: &str, cx: &Transport) -> Result<View> {
-    let Loaded(opened) = Input::resolve(image)?.open(&cx.registry, None)?;
+fn open_view(image: &str, platform: Option<&Platform>, cx: &Transport) -> Result<View> {
+    let Loaded(opened) = Input::resolve(image)?.open(&cx.registry, platform)?;
     view_of(&opened, cx).with_context(|| format!("inspecting {image}"))
 }
 
 pub fn inspect(args: InspectArgs, cx: &Transport) -> Result<()> {
-    let view = open_view(&args.image, cx)?;
+    let view = open_view(&args.image, args.platform.as_ref(), cx)?;
     let mut out = io::stdout().lock();
     if args.raw {
         let Some(manifest) = &view.manifest else { bail!("{}: a docker-archive has no manifest (--json shows its config and layers)", args.image) };
@@ -194,7 +195,7 @@ fn layer_store_paths(base: &SourceImage, j: usize, names: &[Option<Vec<String>>]
 }
 
 pub fn sbom(args: SbomArgs, cx: &Transport) -> Result<()> {
-    let view = open_view(&args.image, cx)?;
+    let view = open_view(&args.image, None, cx)?;
     let config: serde_json::Value = serde_json::from_slice(&view.config).context("the image's config")?;
     let created = config.get("created").and_then(|c| c.as_str()).unwrap_or("1970-01-01T00:00:00Z").to_owned();
     let digest = view.manifest.as_deref().map_or_else(|| Digest::of(&view.config), Digest::of);
@@ -312,7 +313,7 @@ fn path_changes(a: &BTreeSet<&String>, b: &BTreeSet<&String>) -> PathChanges {
 }
 
 pub fn diff(args: DiffArgs, cx: &Transport) -> Result<()> {
-    let (a, b) = (open_view(&args.a, cx)?, open_view(&args.b, cx)?);
+    let (a, b) = (open_view(&args.a, None, cx)?, open_view(&args.b, None, cx)?);
     let a_diff_ids: BTreeSet<Digest> = a.layers.iter().map(|(l, _)| l.diff_id).collect();
     let b_diff_ids: BTreeSet<Digest> = b.layers.iter().map(|(l, _)| l.diff_id).collect();
     let a_blobs: BTreeSet<Digest> = a.layers.iter().map(|(l, _)| l.digest).collect();

@@ -28,6 +28,12 @@
 //! - `pull` (`pullImage`, a fixed-output derivation): the image `strataSource` names (a
 //!   registry reference by digest) for `strataPlatform`, as a docker-archive named
 //!   `strataDest`, its layers as the registry holds them; Nix checks the output's hash.
+//! - `blob` (nix2container's `pullImageFromManifest`, a fixed-output derivation a blob): blob
+//!   `strataDigest` of `strataSize` bytes of the image `strataSource` (a registry reference by
+//!   manifest digest) into `$out`, checked as it is read (and by Nix).
+//! - `dir`: the image of the manifest file `strataManifest` and its blobs `strataBlobs`
+//!   (space-separated store paths) in skopeo's directory format, every blob checked against
+//!   the manifest; `dir:$out` is a source like any other.
 //! - `links`: `$out` as the tree that links the store paths `strataPaths` (space-separated)
 //!   from `/`, joined as dockerTools' `contents` are (see `layer::link_trees`): the start of
 //!   a customisation layer that `extraCommands` and `fakeRootCommands` then shape.
@@ -75,6 +81,8 @@ pub fn build() -> Result<()> {
         "sbom" => sbom(&out),
         "pull" => pull(&out),
         "links" => link_tree(&out),
+        "blob" => pull_blob(&out),
+        "dir" => dir_of_blobs(&out),
         "merge" => merge(&out),
         "export" => {
             let crate::input::Loaded(image) = crate::input::Input::resolve(&env("strataImage")?)?.open(&RegistryOptions::default(), None)?;
@@ -91,9 +99,64 @@ pub fn build() -> Result<()> {
             Ok(())
         }
         other => {
-            bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, links, merge, export or executable)")
+            bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, blob, dir, links, merge, export or executable)")
         }
     }
+}
+
+/// The registry reference by digest `strataSource` names (the output's hash depends on it).
+fn registry_source() -> Result<strata_oci::reference::RegistryRef> {
+    let source: ImageRef = env("strataSource")?.parse()?;
+    match source {
+        ImageRef::Registry(r) if r.digest.is_some() => Ok(r),
+        other => bail!("strataSource: {other} must name an image by digest (docker://HOST/REPO@sha256:…): the output's hash depends on it"),
+    }
+}
+
+/// The `blob` mode (see the module doc).
+fn pull_blob(out: &Path) -> Result<()> {
+    let source = registry_source()?;
+    let digest: Digest = env("strataDigest")?.parse()?;
+    let size: u64 = env("strataSize")?.parse().context("strataSize")?;
+    let registry = RegistryOptions::new(None, env("strataTlsVerify")? != "0");
+    let pulled = strata_transport::registry::pull(&source, &Platform::host(), &registry).with_context(|| format!("pulling {source}"))?;
+    let file = pulled.blobs.fetch(&digest, size).with_context(|| format!("downloading {digest} from {source}"))?;
+    let mut reader = strata_oci::digest::VerifiedReader::new(file, digest, size, PathBuf::from(format!("{source}: {digest}")));
+    let mut output = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    std::io::copy(&mut reader, &mut output)?;
+    reader.finish()?;
+    Ok(())
+}
+
+/// The `dir` mode (see the module doc).
+fn dir_of_blobs(out: &Path) -> Result<()> {
+    let manifest_path = PathBuf::from(env("strataManifest")?);
+    let read = std::fs::File::open(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
+    let manifest_bytes = strata_transport::blobs::read_bounded(read, strata_transport::blobs::MAX_METADATA_SIZE).with_context(|| format!("reading {}", manifest_path.display()))?;
+    let bad = |why: &str| anyhow::anyhow!("{}: {why}", manifest_path.display());
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).map_err(|_| bad("not JSON"))?;
+    let layers = manifest["layers"].as_array().ok_or_else(|| bad("no `layers` (an image index? give one platform's manifest)"))?;
+    let mut wanted: BTreeMap<Digest, u64> = BTreeMap::new();
+    for descriptor in std::iter::once(&manifest["config"]).chain(layers) {
+        let digest: Digest = descriptor["digest"].as_str().ok_or_else(|| bad("a blob without a digest"))?.parse().map_err(|_| bad("a blob's digest is not sha256:<hex>"))?;
+        wanted.insert(digest, descriptor["size"].as_u64().ok_or_else(|| bad("a blob without a size"))?);
+    }
+    std::fs::create_dir(out).with_context(|| format!("creating {}", out.display()))?;
+    for blob in env("strataBlobs")?.split_whitespace() {
+        let mut hashing = strata_oci::digest::HashingWriter::new(std::io::sink());
+        std::io::copy(&mut std::fs::File::open(blob).with_context(|| format!("reading {blob}"))?, &mut hashing).with_context(|| format!("reading {blob}"))?;
+        let (digest, size, _) = hashing.finish();
+        if wanted.remove(&digest) != Some(size) {
+            bail!("strataBlobs: {blob} ({digest}, {size} bytes) is not a blob of {}", manifest_path.display());
+        }
+        std::fs::copy(blob, out.join(digest.hex())).with_context(|| format!("copying {blob}"))?;
+    }
+    if let Some((digest, _)) = wanted.first_key_value() {
+        bail!("strataBlobs: no blob {digest}, which {} names", manifest_path.display());
+    }
+    std::fs::write(out.join("manifest.json"), &manifest_bytes)?;
+    std::fs::write(out.join("version"), strata_transport::dir::VERSION)?;
+    Ok(())
 }
 
 /// The `links` mode: the directories and symlinks of `link_trees`, made under `out`.

@@ -155,7 +155,7 @@ pub(crate) fn open_inside(root: &Path, name: &str) -> io::Result<File> {
 }
 
 /// Reads all of `reader`, failing past `limit` bytes.
-pub(crate) fn read_bounded(reader: impl Read, limit: u64) -> io::Result<Vec<u8>> {
+pub fn read_bounded(reader: impl Read, limit: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     reader.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {

@@ -21,7 +21,7 @@ use crate::blobs::{layers_of, open_inside, parse_json, read_bounded, BlobStore, 
 use crate::{write_layer_blobs, SinkError, SourceError, Transport, Written};
 
 /// The `version` file's content, as skopeo writes it.
-const VERSION: &[u8] = b"Directory Transport Version: 1.1\n";
+pub const VERSION: &[u8] = b"Directory Transport Version: 1.1\n";
 
 /// Writes `image` as a `dir:` image at `dir`.
 pub fn write_dir<L: LayerTar>(image: &Image<L>, dir: &Path, compression: Compression, cx: &Transport) -> Result<Written, SinkError> {

@@ -371,6 +371,24 @@ fn pull_image_fetches_by_digest_and_serves_as_a_base() {
     run_ok(strata(&["stream", &over, "-o", "podman:over-pulled:v1"]));
     assert_eq!(run_in("podman", "over-pulled:v1", &[]), "Hello, world!\nagain\n");
     let _ = Command::new("podman").args(["rmi", "-f", "over-pulled:v1"]).output();
+
+    // nix2container's pullImageFromManifest: getManifest prints the manifest (the one pushed,
+    // byte for byte); from that file, the blobs are fetched with no hash given.
+    let with_manifest = |attr: &str, manifest: &str| {
+        let mut cmd = nixlib_build_command(attr);
+        let registry_host = format!("127.0.0.1:{}", registry.port);
+        cmd.args(["--argstr", "pullRegistry", &registry_host, "--argstr", "pullRepository", "strata-test/to-pull", "--arg", "pullManifest", manifest]);
+        cmd
+    };
+    let get_manifest = stdout_of(with_manifest("fromManifest.getManifest", "null")).trim().to_owned();
+    let manifest = run_ok(Command::new(format!("{get_manifest}/bin/get-manifest"))).stdout;
+    assert_eq!(format!("sha256:{}", sha256_hex(&manifest)), digest, "getManifest prints the pushed manifest");
+    let manifest_file = dir.path().join("manifest.json");
+    std::fs::write(&manifest_file, &manifest).unwrap();
+    let over = stdout_of(with_manifest("overManifest", manifest_file.to_str().unwrap())).trim().to_owned();
+    run_ok(strata(&["stream", &over, "-o", "podman:over-manifest:v1"]));
+    assert_eq!(run_in("podman", "over-manifest:v1", &[]), "Hello, world!\nfrom a manifest\n");
+    let _ = Command::new("podman").args(["rmi", "-f", "over-manifest:v1"]).output();
 }
 
 /// #16: more of dockerTools' arguments on the layered images: `compressor`, `architecture`,
