@@ -14,6 +14,8 @@
 { strata, system ? strata.system or builtins.currentSystem, imageSystem ? system, storeDir ? builtins.storeDir, pkgs ? null }:
 let
   strataBin = "${strata}/bin/strata";
+  # A derivation strata builds (`strata nix-builder`, in `strataMode`).
+  strataDerivation = attrs: derivation ({ inherit system; builder = strataBin; args = [ "nix-builder" ]; } // attrs);
   defaultCreated = "1970-01-01T00:00:01Z";
 
   toList = x: if x == null then [ ] else if builtins.isList x then x else [ x ];
@@ -39,11 +41,8 @@ let
   # `app`), as dockerTools does: a `/` or `:` cannot be in one.
   drvNameOf = name: builtins.replaceStrings [ ":" "@" ] [ "-" "-" ] (baseNameOf name);
 
-  specFile = name: spec: derivation {
+  specFile = name: spec: strataDerivation {
     name = "${drvNameOf name}-spec.json";
-    inherit system;
-    builder = strataBin;
-    args = [ "nix-builder" ];
     strataMode = "spec";
     strataSpecJson = builtins.toJSON spec;
   };
@@ -56,11 +55,8 @@ let
       file = specFile spec.name spec;
       tag = if spec.tag != null then spec.tag else builtins.substring 0 32 (baseNameOf (toString file));
     in
-    derivation ({
+    strataDerivation ({
       name = drvName;
-      inherit system;
-      builder = strataBin;
-      args = [ "nix-builder" ];
       strataMode = mode;
       strataSpec = file;
       strataTag = tag;
@@ -105,10 +101,8 @@ let
 
 
   # A runnable derivation: `$out/bin/<name>` runs `strata <command> "$@"`.
-  runner = name: command: derivation {
-    inherit name system;
-    builder = strataBin;
-    args = [ "nix-builder" ];
+  runner = name: command: strataDerivation {
+    inherit name;
     strataMode = "executable";
     strataPath = "bin/${name}";
     strataText = "#!/bin/sh\nexec ${strataBin} ${command} \"$@\"\n";
@@ -156,11 +150,8 @@ let
         ++ (if fakeroot && enableFakechroot then [ (needs "enableFakechroot" "proot") ] else [ ])
         ++ (if base != null then [ (needs "runAsRoot" "gnutar") (needs "runAsRoot" "gnugrep") ] else [ ])
         ++ [ (needs arg "coreutils") (needs arg "findutils") ];
-      links = derivation {
+      links = strataDerivation {
         name = "contents-links";
-        inherit system;
-        builder = strataBin;
-        args = [ "nix-builder" ];
         strataMode = "links";
         strataPaths = builtins.concatStringsSep " " contents;
       };
@@ -290,10 +281,8 @@ let
   };
 
   # The file system of an image (a docker-archive, or any image of this library) as one tar.
-  exportImageWith = { fn, fromImage, name }: derivation {
-    inherit name system;
-    builder = strataBin;
-    args = [ "nix-builder" ];
+  exportImageWith = { fn, fromImage, name }: strataDerivation {
+    inherit name;
     strataMode = "export";
     strataImage = builtins.head (storePaths fn "fromImage" fromImage);
   };
@@ -358,11 +347,8 @@ let
   fetchImage =
     { imageName, imageDigest, sha256 ? null, hash ? null, os ? "linux", arch ? null
     , finalImageName ? imageName, finalImageTag ? "latest", tlsVerify ? true, name ? null }:
-    derivation {
+    strataDerivation {
       name = if name != null then name else "docker-image-${drvNameOf finalImageName}-${finalImageTag}.tar";
-      inherit system;
-      builder = strataBin;
-      args = [ "nix-builder" ];
       strataMode = "pull";
       strataSource = "docker://${imageName}@${imageDigest}";
       strataDest = "${finalImageName}:${finalImageTag}";
@@ -477,11 +463,8 @@ let
             ids = map (l: l.spdxId or null) (if builtins.isList license then license else [ license ]);
           in if license == null || builtins.elem null ids then [ ] else [{ name = builtins.unsafeDiscardStringContext (baseNameOf (toString x)); value = builtins.concatStringsSep " AND " ids; }])
         (toList (if copyToRoot != null then copyToRoot else contents) ++ builtins.concatMap (l: l.strataPackages or [ ]) below));
-      sbomOf = format: derivation {
+      sbomOf = format: strataDerivation {
         name = "${drvNameOf name}-sbom.${if format == "spdx" then "spdx" else "cdx"}.json";
-        inherit system;
-        builder = strataBin;
-        args = [ "nix-builder" ];
         strataMode = "sbom";
         strataImage = described;
         strataSbomFormat = format;
@@ -549,11 +532,8 @@ rec {
     pullImage = fetchImage;
     # One docker-archive holding the images of several (docker-archives: buildImage's and
     # buildLayeredImage's results, pullImage's); `docker load` loads them all.
-    mergeImages = images: derivation {
+    mergeImages = images: strataDerivation {
       name = "merge-docker-images";
-      inherit system;
-      builder = strataBin;
-      args = [ "nix-builder" ];
       strataMode = "merge";
       strataImages = builtins.concatStringsSep " " (storePaths "dockerTools.mergeImages" "images" images);
       strataCompressor = "gz";
@@ -594,11 +574,8 @@ rec {
         text = builtins.readFile (if imageManifest != null then imageManifest else throw "strata.${fn}: give `imageManifest` (the file `getManifest` prints) to pull the image");
         manifest = builtins.fromJSON text;
         digest = "sha256:${builtins.hashString "sha256" text}";
-        blob = d: derivation {
+        blob = d: strataDerivation {
           name = "blob-${builtins.substring 7 64 d.digest}";
-          inherit system;
-          builder = strataBin;
-          args = [ "nix-builder" ];
           strataMode = "blob";
           strataSource = "docker://${repository}@${digest}";
           strataDigest = d.digest;
@@ -609,11 +586,8 @@ rec {
           outputHash = builtins.substring 7 64 d.digest;
           impureEnvVars = [ "http_proxy" "https_proxy" "no_proxy" "HTTP_PROXY" "HTTPS_PROXY" "NO_PROXY" ];
         };
-        image = derivation {
+        image = strataDerivation {
           name = "image-${drvNameOf imageName}";
-          inherit system;
-          builder = strataBin;
-          args = [ "nix-builder" ];
           strataMode = "dir";
           strataManifest = "${imageManifest}";
           strataBlobs = builtins.concatStringsSep " " (map blob ([ manifest.config ] ++ manifest.layers));
@@ -632,11 +606,8 @@ rec {
     let
       fn = "buildImageIndex";
       paths = storePaths fn "images" images;
-      file = derivation {
+      file = strataDerivation {
         name = "image-index-${drvNameOf name}.json";
-        inherit system;
-        builder = strataBin;
-        args = [ "nix-builder" ];
         strataMode = "spec";
         strataSpecJson = builtins.toJSON { strata_index = { inherit name tag; images = if paths == [ ] then throw "strata.${fn}: `images` is empty" else paths; }; };
       };

@@ -5,7 +5,7 @@
 let
   s = import ./stand-ins.nix { inherit strataBin; };
   nix2container = s.lib.nix2container;
-  lib = import "${nixpkgsLib}/lib";
+  lib = import (nixpkgsLib + "/lib");
   mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; PATH = "/usr/bin:/bin"; };
   pkgs = s.pkgs // rec {
     inherit lib;
@@ -18,6 +18,6 @@ let
     python3 = throw "python3: no stand-in";
     uwsgi = throw "uwsgi: no stand-in";
   };
-  examples = import "${nix2containerSrc}/examples" { inherit pkgs nix2container; };
-  tests = import "${nix2containerSrc}/tests" { inherit pkgs examples nix2container; };
+  examples = import (nix2containerSrc + "/examples") { inherit pkgs nix2container; };
+  tests = import (nix2containerSrc + "/tests") { inherit pkgs examples nix2container; };
 in removeAttrs tests [ "all" ]
