@@ -34,12 +34,7 @@ let
   coreutils = tools "coreutils-9.5" "cat ls mkdir touch echo cp mv rm chmod chown id whoami env tee head tail wc sort basename dirname true false sleep ln stat test printf";
   hello = fx.hello // { overrideAttrs = _: fx.hello; configureFlags = [ ]; meta.mainProgram = "hello"; };
   helloBin = hello;
-  fakeroot = mk "fakeroot" "mkdir -p $out/bin && sed '1s|.*|#!/usr/bin/dash|' /usr/bin/fakeroot-sysv > $out/bin/fakeroot && chmod +x $out/bin/fakeroot";
-  proot = mk "proot" ''
-    mkdir -p $out/bin
-    printf '#!/bin/sh\nexec /usr/bin/proot -b /usr -b /lib -b /lib64 "$@"\n' > $out/bin/proot
-    chmod +x $out/bin/proot
-  '';
+  inherit (import ../../crates/strata-cli/tests/fixtures/host-tools.nix { inherit system; }) fakeroot proot findutils gnutar gnugrep;
   fakeNss = mk "fake-nss" ''
     mkdir -p $out/etc
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/var/empty:/bin/sh\n' > $out/etc/passwd
@@ -51,9 +46,7 @@ let
     hello = helloBin;
     busybox = fullBusybox;
     pkgsStatic.busybox = fullBusybox;
-    findutils = "/usr";
-    gnutar = "/usr";
-    gnugrep = "/usr";
+    inherit findutils gnutar gnugrep;
     runtimeShell = "${bash}/bin/bash";
     redis = mk "redis-7.2" ''
       mkdir -p $out/bin
