@@ -76,6 +76,9 @@ let
     nix_uid = nixUid;
     nix_gid = nixGid;
     include_store_paths = includeStorePaths;
+    # Nix found the config's references (in the spec file's closure): other store paths in it
+    # are text, as dockerTools takes them.
+    config_paths = "referenced";
     keep_contents_dirlinks = keepContentsDirlinks;
     max_layers = maxLayers;
     max_store_layers = maxStoreLayers;
@@ -107,6 +110,12 @@ let
     strataPath = "bin/${name}";
     strataText = "#!/bin/sh\nexec ${strataBin} ${command} \"$@\"\n";
   } // { meta.mainProgram = name; };
+
+  # `text` in `$out/path` (`mode`: "file", read-only; or "executable").
+  textFile = { name, path, text, mode ? "file" }: "${strataDerivation { inherit name; strataMode = mode; strataPath = path; strataText = text; }}/${path}";
+
+  # A word for a POSIX shell: quoted, whatever it holds.
+  shellWord = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
 
   # The OCI architecture of the images' system.
   hostArch = { x86_64-linux = "amd64"; aarch64-linux = "arm64"; i686-linux = "386"; riscv64-linux = "riscv64"; }.${imageSystem} or "amd64";
@@ -330,6 +339,103 @@ let
       perms = everyFile { inherit uid gid; };
     } // (if compat then { maxLayers = maxLayerBound; maxStoreLayers = 1; } else { maxLayers = args.maxLayers or 100; }))));
 
+  # dockerTools' nix-shell images (streamNixShellImage, buildNixShellImage): an image that
+  # is what `nix-shell` of `drv` is. Its environment is the one Nix gives `drv`'s builder (each
+  # attribute as a string, passAsFile's as files, outputs by path, the sandbox's variables
+  # with /build as the build directory), an rc file sources stdenv's setup (if `drv` has a
+  # stdenv) and runs the shell hook, `buildDerivation` runs the build; it runs as uid:gid,
+  # which may add to the store. nix-build.cc and local-derivation-goal.cc (Nix 2.8) define
+  # all of this; the caller's nixpkgs gives the shell (bashInteractive), cacert, binSh and
+  # usrBinEnv. Returns the layered image's arguments.
+  nixShellArgs = fn: { drv, name ? drv.name + "-env", tag ? null, uid ? 1000, gid ? 1000, homeDirectory ? "/build"
+                     , shell ? null, command ? null, run ? null }:
+    let
+      needs = x: if pkgs != null && pkgs ? ${x} then pkgs.${x}
+        else throw "strata.${fn}: needs ${x} from nixpkgs: import strata's library with your nixpkgs (`pkgs = …`)";
+      attrs = drv.drvAttrs or (throw "strata.${fn}: `drv` must be a derivation");
+      theShell = if shell != null then shell else "${needs "bashInteractive"}/bin/bash";
+      buildDir = "/build";
+      # A derivation attribute as Nix passes it to the builder (paths copied to the store).
+      stringValue = v: if builtins.isPath v then "${v}" else if builtins.isList v then toString (map stringValue v) else toString v;
+      builderScript = textFile {
+        name = "buildDerivation";
+        path = "bin/buildDerivation";
+        mode = "executable";
+        text = "#!${theShell}\nexec ${shellWord (stringValue attrs.builder)} ${toString (map (a: shellWord (stringValue a)) (attrs.args or [ ]))}\n";
+      };
+      staticPath = "${dirOf theShell}:${dirOf builderScript}";
+      rcfile = textFile {
+        name = "nix-shell-rc";
+        path = "nix-shell-rc";
+        text = ''
+          unset PATH
+          dontAddDisableDepTrack=1
+          [ -e $stdenv/setup ] && source $stdenv/setup
+          PATH=${staticPath}:"$PATH"
+          SHELL=${shellWord theShell}
+          BASH=${shellWord theShell}
+          set +e
+          [ -n "$PS1" -a -z "$NIX_SHELL_PRESERVE_PROMPT" ] && PS1='\n\[\033[1;32m\][nix-shell:\w]\$\[\033[0m\] '
+          if [ "$(type -t runHook)" = function ]; then
+            runHook shellHook
+          fi
+          unset NIX_ENFORCE_PURITY
+          shopt -u nullglob
+          shopt -s execfail
+        '' + (if command == null && run == null then "" else ''
+          ${if command != null then command else ""}
+          ${if run != null then run else ""}
+          exit
+        '');
+      };
+      passAsFile = attrs.passAsFile or [ ];
+      drvEnv = builtins.listToAttrs (map
+        (n:
+          if builtins.elem n passAsFile
+          then { name = "${n}Path"; value = textFile { name = "pass-as-text-${n}"; path = n; text = stringValue attrs.${n}; }; }
+          else { name = n; value = stringValue attrs.${n}; })
+        (builtins.attrNames attrs))
+        // builtins.listToAttrs (map (o: { name = o; value = builtins.unsafeDiscardStringContext drv.${o}.outPath; }) (drv.outputs or [ "out" ]));
+      env = {
+        SSL_CERT_FILE = "${needs "cacert"}/etc/ssl/certs/ca-bundle.crt";
+        PATH = staticPath;
+        HOME = homeDirectory;
+        NIX_STORE = storeDir;
+        NIX_BUILD_CORES = "1";
+      } // drvEnv // {
+        NIX_BUILD_TOP = buildDir;
+        TMPDIR = buildDir;
+        TEMPDIR = buildDir;
+        TMP = buildDir;
+        TEMP = buildDir;
+        PWD = buildDir;
+        TERM = "xterm-256color";
+      };
+      # The build user, so that programs find its home (as fakeNss with one more line).
+      users = map (f: dirOf (dirOf f)) [
+        (textFile { name = "nix-shell-passwd"; path = "etc/passwd"; text = "root:x:0:0:root user:/var/empty:/bin/sh\nnobody:x:65534:65534:nobody:/var/empty:/bin/sh\nnixbld:x:${toString uid}:${toString gid}:Build user:${homeDirectory}:/noshell\n"; })
+        (textFile { name = "nix-shell-group"; path = "etc/group"; text = "root:x:0:\nnobody:x:65534:\nnixbld:!:${toString gid}:\n"; })
+      ];
+    in
+    if attrs.__structuredAttrs or false then throw "strata.${fn}: `drv` (${drv.name}) uses __structuredAttrs, which nix-shell images do not take"
+    else if command != null && run != null then throw "strata.${fn}: give `command` or `run`, not both"
+    else {
+      inherit name tag;
+      contents = [ (needs "dockerTools").binSh (needs "dockerTools").usrBinEnv ] ++ users;
+      fakeRootCommands = ''
+        mkdir -p .${storeDir}
+        chmod a+w+t .${storeDir}
+        mkdir -p .${buildDir}
+        chown -R ${toString uid}:${toString gid} .${buildDir}
+      '';
+      config = {
+        User = "${toString uid}:${toString gid}";
+        Cmd = if run == null then [ theShell "--rcfile" rcfile ] else [ theShell rcfile ];
+        WorkingDir = buildDir;
+        Env = map (n: "${n}=${env.${n}}") (builtins.attrNames env);
+      };
+    };
+
   streamLayeredImageWith = flavour: { name, ... }@args:
     passthruOf args (image {
       drvName = "stream-${drvNameOf name}";
@@ -543,8 +649,8 @@ rec {
     # images in dockerTools; strata reads archives of one. diskSize sized dockerTools' VM.)
     exportImage = { fromImage, name ? fromImage.name or "exported-image.tar", fromImageName ? null, fromImageTag ? null, diskSize ? 1024 }:
       exportImageWith { fn = "dockerTools.exportImage"; inherit fromImage name; };
-    streamNixShellImage = _: refuse "dockerTools.streamNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
-    buildNixShellImage = _: refuse "dockerTools.buildNixShellImage" "drv" "nix-shell images need nixpkgs' stdenv setup, which strata's library does not take";
+    streamNixShellImage = args: streamLayeredImage (nixShellArgs "dockerTools.streamNixShellImage" args);
+    buildNixShellImage = args: buildLayeredImage (nixShellArgs "dockerTools.buildNixShellImage" args);
     shadowSetup = dockerToolsHelper "shadowSetup";
     binSh = dockerToolsHelper "binSh";
     usrBinEnv = dockerToolsHelper "usrBinEnv";

@@ -12,10 +12,21 @@ let
   mk = name: script: derivation { inherit name system; builder = "/bin/sh"; args = [ "-c" script ]; PATH = "/usr/bin:/bin"; };
   # bin/<cmd> for each cmd: the host's /usr/bin/<cmd> where there is one (a build), else
   # busybox's applet (in a container).
+  # The host's GNU bash and coreutils with their libraries and loader, runnable in a
+  # container as <out>/lib/ld-linux-x86-64.so.2 --library-path <out>/lib <out>/bin/<cmd>.
+  gnu = mk "gnu-tools" ''
+    mkdir -p $out/bin $out/lib
+    for c in bash ${gnuCommands}; do cp -L /usr/bin/$c $out/bin/; done
+    for lib in $(for c in $out/bin/*; do ldd $c; done | awk '/=> \// {print $3}' | sort -u); do cp -L $lib $out/lib/; done
+    cp -L /lib64/ld-linux-x86-64.so.2 $out/lib/
+  '';
+  gnuCommands = "cat ls mkdir touch echo cp mv rm chmod chown id whoami env tee head tail wc sort basename dirname true false sleep ln stat test printf readlink";
+  # bin/<cmd> for each cmd: the host's /usr/bin/<cmd> where there is one (a build: fakeroot
+  # preloads itself into it), else the GNU copy through its loader (in a container).
   tools = name: cmds: mk name ''
     mkdir -p $out/bin
     for c in ${cmds}; do
-      printf '#!${bb}/bin/busybox sh\nif [ -x /usr/bin/%s ]; then exec /usr/bin/%s "$@"; fi\nexec ${bb}/bin/busybox %s "$@"\n' $c $c $c > $out/bin/$c
+      printf '#!${bb}/bin/busybox sh\nif [ -x /usr/bin/%s ]; then exec /usr/bin/%s "$@"; fi\nexec ${gnu}/lib/ld-linux-x86-64.so.2 --library-path ${gnu}/lib ${gnu}/bin/%s "$@"\n' $c $c $c > $out/bin/$c
       chmod +x $out/bin/$c
     done
   '';
@@ -25,13 +36,14 @@ let
     chmod +x $out/bin/${name}
   '';
   writeText = name: text: derivation { inherit name system text; builder = "/bin/sh"; args = [ "-c" "printf '%s' \"$text\" > $out" ]; PATH = "/usr/bin:/bin"; };
+  # GNU bash (dash on the host, where builds run it).
   bash = mk "bash-5.2" ''
     mkdir -p $out/bin
-    printf '#!${bb}/bin/busybox sh\nif [ -x /usr/bin/dash ]; then exec /usr/bin/dash "$@"; fi\nexec ${bb}/bin/busybox sh "$@"\n' > $out/bin/bash
+    printf '#!${bb}/bin/busybox sh\nif [ -x /usr/bin/dash ]; then exec /usr/bin/dash "$@"; fi\nexec ${gnu}/lib/ld-linux-x86-64.so.2 --library-path ${gnu}/lib ${gnu}/bin/bash "$@"\n' > $out/bin/bash
     chmod +x $out/bin/bash
     ln -s bash $out/bin/sh
   '';
-  coreutils = tools "coreutils-9.5" "cat ls mkdir touch echo cp mv rm chmod chown id whoami env tee head tail wc sort basename dirname true false sleep ln stat test printf";
+  coreutils = tools "coreutils-9.5" gnuCommands;
   hello = fx.hello // { overrideAttrs = _: fx.hello; configureFlags = [ ]; meta.mainProgram = "hello"; };
   helloBin = hello;
   inherit (import ../../crates/strata-cli/tests/fixtures/host-tools.nix { inherit system; }) fakeroot proot findutils gnutar gnugrep;
@@ -76,8 +88,20 @@ let
       done
     '';
     testers.invalidateFetcherByDrvHash = f: args: f args;
-    stdenv.hostPlatform.system = system;
-    mkShell = args: throw "mkShell: stand-in";
+    # stdenv's setup as far as nix-shell images use it: hooks, and inputs on PATH.
+    stdenv = mk "stdenv" ''
+      mkdir -p $out
+      printf '%s\n' 'runHook() { local hook=$1; eval "''${!hook}"; }' 'for p in $nativeBuildInputs $buildInputs; do PATH="$p/bin:$PATH"; done' > $out/setup
+    '' // { hostPlatform.system = system; };
+    mkShell = { name ? "nix-shell", nativeBuildInputs ? [ ], buildInputs ? [ ], ... }@args: derivation (removeAttrs args [ "name" "nativeBuildInputs" "buildInputs" ] // {
+      inherit name system;
+      builder = "${bash}/bin/bash";
+      args = [ "-c" "echo nix-shell only > $out" ];
+      nativeBuildInputs = map toString nativeBuildInputs;
+      buildInputs = map toString buildInputs;
+      inherit stdenv;
+    });
+    cacert = mk "cacert" "mkdir -p $out/etc/ssl/certs && echo cert > $out/etc/ssl/certs/ca-bundle.crt";
     dockerTools = { inherit fakeNss; caCertificates = mk "ca-certificates" "mkdir -p $out/etc/ssl/certs $out/etc/pki/tls/certs && echo cert > $out/etc/ssl/certs/ca-bundle.crt && ln -s ca-bundle.crt $out/etc/ssl/certs/ca-certificates.crt && ln -s ../../../ssl/certs/ca-bundle.crt $out/etc/pki/tls/certs/ca-bundle.crt"; shadowSetup = "true"; binSh = bash; usrBinEnv = coreutils; };
   };
   strata = derivation { name = "strata"; inherit system; builder = "/bin/sh"; args = [ "-c" "mkdir -p $out/bin && cp ${strataBin} $out/bin/strata" ]; PATH = "/usr/bin:/bin"; };

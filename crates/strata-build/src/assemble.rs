@@ -12,7 +12,7 @@ use strata_oci::image::{ConfigRecipe, DockerKeys, Image, SourceImage};
 use crate::closure::{Closure, ClosureError};
 use crate::layer::{scan_tree, Entry, LayerError, LayerRecipe};
 use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
-use crate::spec::{ImageConfigSpec, PathMatcher, PermRule, ValidSpec};
+use crate::spec::{ConfigPaths, ImageConfigSpec, PathMatcher, PermRule, ValidSpec};
 use crate::store::{StorePath, STORE_DIR};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,18 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
     if base_layers + spec.layers.len() + usize::from(!spec.copy_to_root.is_empty()) + links > spec.max_layers {
         return Err(AssembleError::BaseTooBig { max_layers: spec.max_layers, base: base_layers });
     }
-    let config_roots = spec.config_roots();
+    let graph = match source {
+        ClosureSource::Nix => None,
+        ClosureSource::Graph(closure) => Some(closure.clone()),
+        ClosureSource::GraphFile(file) => Some(Closure::from_graph_file(file)?),
+    };
+    let mut config_roots = spec.config_roots();
+    // With `config_paths = "referenced"`, the closure graph says which of the config's store
+    // paths are references (the Nix library's: Nix decides, as for dockerTools; a nix-shell
+    // image's `out` is text); the others are left as text.
+    if let (ConfigPaths::Referenced, Some(closure)) = (spec.config_paths, &graph) {
+        config_roots.retain(|(key, path)| closure.check_root(key, path).is_ok());
+    }
     let mut keyed_roots: Vec<(String, StorePath)> = spec.roots.iter().cloned().chain(config_roots.iter().cloned()).collect();
     keyed_roots.extend(spec.copy_to_root.iter().cloned());
     keyed_roots.extend(spec.link_to_root.iter().cloned());
@@ -60,14 +71,9 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         keyed_roots.extend(keyed("roots", &layer.roots));
         keyed_roots.extend(keyed("copy_to_root", &layer.copy_to_root));
     }
-    let closure = match source {
-        ClosureSource::Nix => Closure::from_nix(&keyed_roots)?,
-        ClosureSource::GraphFile(_) | ClosureSource::Graph(_) => {
-            let closure = match source {
-                ClosureSource::Graph(closure) => closure.clone(),
-                ClosureSource::GraphFile(file) => Closure::from_graph_file(file)?,
-                ClosureSource::Nix => unreachable!("handled above"),
-            };
+    let closure = match graph {
+        None => Closure::from_nix(&keyed_roots)?,
+        Some(closure) => {
             for (key, path) in &keyed_roots {
                 closure.check_root(key, path)?;
                 if std::fs::symlink_metadata(path).is_err() {

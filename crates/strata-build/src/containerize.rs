@@ -273,6 +273,7 @@ impl Environment {
             max_store_layers: None,
             include_store_paths: true,
             keep_contents_dirlinks: false,
+            config_paths: Default::default(),
         };
         // The spec's image keys live in the manifest's [container] table.
         let spec = spec.validate().map_err(|e| {

@@ -116,6 +116,21 @@ pub struct Spec {
     /// tree has under its name goes into that directory.
     #[serde(default)]
     pub keep_contents_dirlinks: bool,
+    /// What the store paths named in `Entrypoint`, `Cmd` and `Env` are: `"roots"` (closure
+    /// roots, each an error if the closure does not have it) or `"referenced"` (roots where
+    /// the closure graph has them, text elsewhere: the Nix library's, whose graph holds the
+    /// config's references as Nix found them, as dockerTools takes them).
+    #[serde(default)]
+    pub config_paths: ConfigPaths,
+}
+
+/// See [`Spec::config_paths`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigPaths {
+    #[default]
+    Roots,
+    Referenced,
 }
 
 fn yes() -> bool {
@@ -335,6 +350,7 @@ pub struct ValidSpec {
     pub nix_owner: Option<(u32, u32)>,
     pub include_store_paths: bool,
     pub keep_contents_dirlinks: bool,
+    pub config_paths: ConfigPaths,
 }
 
 impl Spec {
@@ -493,6 +509,7 @@ impl Spec {
             nix_owner,
             include_store_paths: self.include_store_paths,
             keep_contents_dirlinks: self.keep_contents_dirlinks,
+            config_paths: self.config_paths,
         })
     }
 }
@@ -638,6 +655,7 @@ mod tests {
         assert_eq!(json.key, "roots");
         assert_eq!(toml_err("name = \"x\"\nmax_store_layers = 0").0, "max_store_layers");
         assert_eq!(toml_err("name = \"x\"\nnix_gid = 100").0, "nix_gid");
+        assert_eq!(toml_err("name = \"x\"\nconfig_paths = \"maybe\"").0, "config_paths");
     }
 
     /// A modes file's lines, with and without an owner, and the line a bad one is on.

@@ -41,7 +41,8 @@
 //!   (space-separated) as one docker-archive, compressed whole with `strataCompressor`.
 //! - `export` (`dockerTools.exportImage`): the file system of the image `strataImage` (any
 //!   image `strata export` takes) as one tar, its names starting `./` as dockerTools' do.
-//! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners).
+//! - `executable`: writes `strataText` to `$out/$strataPath`, executable (the runners);
+//!   `file`: the same, read-only.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -91,15 +92,16 @@ pub fn build() -> Result<()> {
             strata_transport::flatten::flatten(&image, std::io::BufWriter::new(file), "./")?;
             Ok(())
         }
-        "executable" => {
+        mode @ ("executable" | "file") => {
             let path = out.join(env("strataPath")?);
             std::fs::create_dir_all(path.parent().unwrap_or(&out))?;
             std::fs::write(&path, env("strataText")?).with_context(|| format!("writing {}", path.display()))?;
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o555))?;
+            let bits = if mode == "file" { 0o444 } else { 0o555 };
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(bits))?;
             Ok(())
         }
         other => {
-            bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, blob, dir, links, merge, export or executable)")
+            bail!("strataMode: unknown mode {other:?} (expected spec, tarball, stream, description, layer, sbom, pull, blob, dir, links, merge, export, executable or file)")
         }
     }
 }

@@ -208,3 +208,20 @@ fn run_as_root_over_a_base_image() {
 fn a_store_path_that_is_a_link_is_joined_through_it() {
     assert_eq!(docker_run(&nixlib_build("dtStoreSymlink"), "store-symlink:v1"), "content\n");
 }
+
+/// dockerTools' nix-shell images: the derivation's environment, its build as
+/// `buildDerivation` (run as the build user, adding to the store), passAsFile's files,
+/// stdenv's setup and the shell hook for an interactive shell; `run` in a non-interactive one.
+#[test]
+fn nix_shell_images_are_the_derivations_shell() {
+    let out = docker_run(&nixlib_build("dtNixShellRun"), "greeter-1.0-env:v1");
+    assert_eq!(out, "This is the shell hook!\nHello, world!\nthis is a string\nnot interactive\n1000 /build\n");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("shell.tar");
+    run_ok(Command::new(nixlib_build("dtNixShellCommand")).stdout(std::fs::File::create(&archive).unwrap()));
+    run_ok(Command::new("docker").arg("load").arg("-i").arg(&archive));
+    // A terminal makes the shell interactive: it reads the rc file, which runs the hook.
+    let out = stdout_of(Command::new("docker").args(["run", "--rm", "-t", "--network", "none", "nix-shell-command:v1"]));
+    let _ = Command::new("docker").args(["rmi", "-f", "nix-shell-command:v1"]).output();
+    assert_eq!(out.replace('\r', ""), "This is the shell hook!\ninteractive\n");
+}
