@@ -91,7 +91,7 @@ let
     # stdenv's setup as far as nix-shell images use it: hooks, and inputs on PATH.
     stdenv = mk "stdenv" ''
       mkdir -p $out
-      printf '%s\n' 'runHook() { local hook=$1; eval "''${!hook}"; }' 'for p in $nativeBuildInputs $buildInputs; do PATH="$p/bin:$PATH"; done' > $out/setup
+      printf '%s\n' 'runHook() { local hook=$1; eval "''${!hook}"; }' 'PATH="${coreutils}/bin''${PATH:+:$PATH}"' 'for p in $nativeBuildInputs $buildInputs; do PATH="$p/bin:$PATH"; done' > $out/setup
     '' // { hostPlatform.system = system; };
     mkShell = { name ? "nix-shell", nativeBuildInputs ? [ ], buildInputs ? [ ], ... }@args: derivation (removeAttrs args [ "name" "nativeBuildInputs" "buildInputs" ] // {
       inherit name system;
