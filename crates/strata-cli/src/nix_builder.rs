@@ -134,13 +134,15 @@ fn pull_blob(out: &Path) -> Result<()> {
 fn dir_of_blobs(out: &Path) -> Result<()> {
     let manifest_path = PathBuf::from(env("strataManifest")?);
     let read = std::fs::File::open(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
-    let manifest_bytes = strata_transport::blobs::read_bounded(read, strata_transport::blobs::MAX_METADATA_SIZE).with_context(|| format!("reading {}", manifest_path.display()))?;
+    let manifest_bytes = strata_transport::blobs::read_bounded(read, strata_transport::blobs::MAX_METADATA_SIZE)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
     let bad = |why: &str| anyhow::anyhow!("{}: {why}", manifest_path.display());
     let manifest: Value = serde_json::from_slice(&manifest_bytes).map_err(|_| bad("not JSON"))?;
     let layers = manifest["layers"].as_array().ok_or_else(|| bad("no `layers` (an image index? give one platform's manifest)"))?;
     let mut wanted: BTreeMap<Digest, u64> = BTreeMap::new();
     for descriptor in std::iter::once(&manifest["config"]).chain(layers) {
-        let digest: Digest = descriptor["digest"].as_str().ok_or_else(|| bad("a blob without a digest"))?.parse().map_err(|_| bad("a blob's digest is not sha256:<hex>"))?;
+        let digest: Digest =
+            descriptor["digest"].as_str().ok_or_else(|| bad("a blob without a digest"))?.parse().map_err(|_| bad("a blob's digest is not sha256:<hex>"))?;
         wanted.insert(digest, descriptor["size"].as_u64().ok_or_else(|| bad("a blob without a size"))?);
     }
     std::fs::create_dir(out).with_context(|| format!("creating {}", out.display()))?;
