@@ -79,9 +79,19 @@ fn normalise(path: &[u8]) -> Option<Vec<u8>> {
     Some(parts.join(&b'/'))
 }
 
-/// Whether `path` is `dir` or under it (`dir` empty: the root).
-fn within(path: &[u8], dir: &[u8]) -> bool {
-    dir.is_empty() || (path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
+/// Removes what is under `dir` (not `dir` itself; everything for the root, `dir` empty):
+/// the names `dir/…` sort together, between `dir/` and `dir0` (`0` follows `/`), so this
+/// costs what it removes, not the size of the map.
+fn remove_under<V>(map: &mut BTreeMap<Vec<u8>, V>, dir: &[u8]) {
+    if dir.is_empty() {
+        map.clear();
+        return;
+    }
+    let (from, to) = ([dir, b"/"].concat(), [dir, b"0"].concat());
+    let under: Vec<Vec<u8>> = map.range(from..to).map(|(k, _)| k.clone()).collect();
+    for key in under {
+        map.remove(&key);
+    }
 }
 
 /// Writes the file system of `image` to `out` as an uncompressed tar, each name after
@@ -131,15 +141,16 @@ pub fn flatten<L: LayerTar, W: Write>(image: &Image<L>, out: W, prefix: &str) ->
             }
         }
         for dir in &opaque {
-            winners.retain(|path, _| !(within(path, dir) && path != dir));
+            remove_under(&mut winners, dir);
         }
         for hidden in &whiteouts {
-            winners.retain(|path, _| !within(path, hidden));
+            winners.remove(hidden);
+            remove_under(&mut winners, hidden);
         }
         for (path, i, is_dir) in own {
             if !is_dir {
                 // What a file or link replaces, it hides entirely.
-                winners.retain(|p, _| !within(p, &path) || *p == path);
+                remove_under(&mut winners, &path);
             }
             winners.insert(path, (k, i, is_dir));
         }
@@ -228,6 +239,10 @@ mod tests {
         assert_eq!(normalise(b"./a//b/./c/"), Some(b"a/b/c".to_vec()));
         assert_eq!(normalise(b"/etc/passwd"), Some(b"etc/passwd".to_vec()));
         assert_eq!(normalise(b"a/../../etc"), None);
-        assert!(within(b"a/b", b"a") && within(b"a", b"a") && !within(b"ab", b"a") && within(b"x", b""));
+        let mut map: BTreeMap<Vec<u8>, ()> = [&b"a"[..], b"a/b", b"a/b/c", b"ab", b"a0", b"a.b"].iter().map(|k| (k.to_vec(), ())).collect();
+        remove_under(&mut map, b"a");
+        assert_eq!(map.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>(), ["a", "a.b", "a0", "ab"]);
+        remove_under(&mut map, b"");
+        assert!(map.is_empty());
     }
 }
