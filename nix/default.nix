@@ -277,7 +277,8 @@ let
       modesFiles = if shaped == null then [ ] else shaped.modesFiles;
       initializeNixDatabase = includeNixDB;
       perms = storeOwner { inherit uid gid uname gname; };
-    } // (if compat then { inherit maxLayers; maxStoreLayers = if maxLayers > 1 then maxLayers - 1 else 1; } else { inherit maxLayers; }));
+      inherit maxLayers;
+    } // (if compat then { maxStoreLayers = if maxLayers > 1 then maxLayers - 1 else 1; } else { }));
 
   # The most layers a container engine stacks (overlayfs' bound, less some room).
   maxLayerBound = 125;
