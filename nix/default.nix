@@ -497,6 +497,8 @@ let
         copy_to_root = storePaths fn "copyToRoot" (if copyToRoot != null then copyToRoot else contents);
         # nix2container's `ignore`: a store path left out of the layer.
         ignore = storePaths fn "ignore" ignore;
+        # nix2container's `maxLayers`: the layer split into up to that many, by popularity.
+        max_layers = maxLayers;
         created_by = metadata.created_by or null;
         author = metadata.author or null;
         comment = metadata.comment or null;
@@ -507,12 +509,11 @@ let
       record = image {
         drvName = "strata-layer.json";
         mode = "layer";
-        spec = mkSpec fn { name = "layer"; layers = chain; maxLayers = builtins.length chain; perms = allPerms; };
+        spec = mkSpec fn { name = "layer"; layers = chain; maxLayers = builtins.foldl' (n: l: n + l.max_layers) 0 chain; perms = allPerms; };
         extra.strataCompressor = oneOf fn "compressor" [ "gz" "zstd" "none" ] compressor;
       };
     in
-    if maxLayers != 1 then refuse fn "maxLayers" "a buildLayer layer is one layer in strata; make several buildLayer layers, or give the image maxLayers"
-    else if unknownMeta != [ ] then refuse fn "metadata.${builtins.head unknownMeta}" "a layer's history entry has created_by, author and comment"
+    if unknownMeta != [ ] then refuse fn "metadata.${builtins.head unknownMeta}" "a layer's history entry has created_by, author and comment"
     else record // {
       _strataLayer = true;
       strataChain = chain;

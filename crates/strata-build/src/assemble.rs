@@ -124,8 +124,6 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
     };
 
     let mut layers = Vec::with_capacity(planned.len());
-    // The plan starts with the explicit layers, in order: their metadata goes with them.
-    let mut metadata = spec.layers.iter().map(|l| &l.metadata);
     for layer in planned {
         let store_entries = layer.store_paths.iter().flat_map(|p| scanned[p].0.iter().cloned()).collect();
         let mut root_entries = Vec::new();
@@ -140,7 +138,7 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         let comment = describe(&layer.store_paths, &layer.root_trees);
         let mut recipe = LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment);
         recipe.root_trees = layer.root_trees.clone();
-        if let Some(meta) = metadata.next() {
+        if let Some(meta) = layer.explicit.map(|i| &spec.layers[i].metadata) {
             recipe.comment = meta.comment.clone().unwrap_or(recipe.comment);
             recipe.created_by = meta.created_by.clone();
             recipe.author = meta.author.clone();

@@ -2,7 +2,8 @@
 //!
 //! 1. Explicit layers come first, in the spec's order. Each holds the closure of its roots
 //!    (and of the references of its `copy_to_root` trees) minus what an earlier explicit
-//!    layer already holds, plus those trees.
+//!    layer already holds, plus those trees; one allowed more than one layer (`max_layers`)
+//!    is split as step 4 splits the rest, its trees in its last part.
 //! 2. The remaining store paths (the closure of the roots, of the store paths named in the
 //!    config, and of the references of the `copy_to_root` trees, minus the explicit layers'
 //!    paths) share the budget left: `max_layers`, less the explicit layers, less one for the
@@ -45,6 +46,8 @@ pub struct PlannedLayer {
     pub store_paths: Vec<StorePath>,
     /// Store paths whose trees are laid over `/`, in the order given (a later one wins).
     pub root_trees: Vec<StorePath>,
+    /// The explicit layer (its index in the spec) this layer is, or a part of.
+    pub explicit: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,24 +81,34 @@ pub fn plan_layers(input: &PlanInput, size_of: impl Fn(&StorePath) -> u64) -> Re
     };
     let mut layers = Vec::new();
     let mut taken = BTreeSet::new();
-    for layer in input.explicit {
-        let paths: Vec<StorePath> =
+    for (i, layer) in input.explicit.iter().enumerate() {
+        let paths: BTreeSet<StorePath> =
             closure_of(&layer.roots, &layer.copy_to_root).into_iter().filter(|p| !taken.contains(p) && !layer.ignore.contains(p)).collect();
         taken.extend(paths.iter().cloned());
-        layers.push(PlannedLayer { store_paths: paths, root_trees: layer.copy_to_root.clone() });
+        // An explicit layer of more than one (nix2container's buildLayer `maxLayers`) is split
+        // as the rest is, its trees in its last part.
+        let mut parts = if layer.max_layers > 1 && paths.len() > 1 {
+            split_fresh(closure, paths, &layer.roots, layer.max_layers, &size_of)
+        } else {
+            vec![paths.into_iter().collect()]
+        };
+        let last = parts.pop().unwrap_or_default();
+        layers.extend(parts.into_iter().map(|store_paths| PlannedLayer { store_paths, root_trees: vec![], explicit: Some(i) }));
+        layers.push(PlannedLayer { store_paths: last, root_trees: layer.copy_to_root.clone(), explicit: Some(i) });
     }
     let rest: BTreeSet<StorePath> = closure_of(&input.roots, &input.copy_to_root).into_iter().filter(|p| !taken.contains(p)).collect();
-    let budget = input.max_layers.saturating_sub(input.explicit.len() + usize::from(!input.copy_to_root.is_empty()));
+    let explicit_slots: usize = input.explicit.iter().map(|l| l.max_layers.max(1)).sum();
+    let budget = input.max_layers.saturating_sub(explicit_slots + usize::from(!input.copy_to_root.is_empty()));
     let budget = input.max_store_layers.map_or(budget, |bound| budget.min(bound));
     if !rest.is_empty() {
         if budget == 0 {
             return Err(NoRoomForStorePaths { max_layers: input.max_layers, left: rest.len() });
         }
         let grouped = split(closure, rest, &input.roots, input.previous, budget, size_of);
-        layers.extend(grouped.into_iter().map(|store_paths| PlannedLayer { store_paths, root_trees: vec![] }));
+        layers.extend(grouped.into_iter().map(|store_paths| PlannedLayer { store_paths, root_trees: vec![], explicit: None }));
     }
     if !input.copy_to_root.is_empty() {
-        layers.push(PlannedLayer { store_paths: vec![], root_trees: input.copy_to_root.clone() });
+        layers.push(PlannedLayer { store_paths: vec![], root_trees: input.copy_to_root.clone(), explicit: None });
     }
     Ok(layers)
 }
@@ -327,6 +340,29 @@ mod tests {
         let mut all = all_paths(&layers);
         all.sort();
         assert_eq!(all, roots);
+    }
+
+    #[test]
+    fn an_explicit_layer_may_be_split() {
+        // A chain 0 <- 1 <- … <- 5: the explicit layer holds the closure of 3 (0..=3) in up to 3
+        // parts, each part marked as that layer, nothing repeated, the rest after it.
+        let (closure, _dir) = graph(6, |i, j| j + 1 == i);
+        let explicit = [ExplicitLayer { roots: vec![sp(3)], max_layers: 3, ..Default::default() }];
+        let input = PlanInput {
+            closure: &closure,
+            explicit: &explicit,
+            roots: vec![sp(5)],
+            copy_to_root: vec![],
+            max_layers: 10,
+            max_store_layers: None,
+            previous: &[],
+        };
+        let layers = plan_layers(&input, |_| 1).unwrap();
+        let parts: Vec<&PlannedLayer> = layers.iter().filter(|l| l.explicit == Some(0)).collect();
+        assert!(parts.len() > 1 && parts.len() <= 3, "{layers:?}");
+        assert_eq!(parts.iter().map(|l| l.store_paths.len()).sum::<usize>(), 4);
+        assert!(layers[..parts.len()].iter().all(|l| l.explicit == Some(0)), "the parts come first");
+        assert_eq!(all_paths(&layers).len(), 6);
     }
 
     #[test]

@@ -149,6 +149,9 @@ pub struct LayerSpec {
     /// Store paths left out of this layer (nix2container's `ignore`), though in the closure.
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// Split into up to this many layers, as the rest of the closure is (nix2container's
+    /// buildLayer `maxLayers`); 1 by default.
+    pub max_layers: Option<usize>,
     /// The layer's history entry (nix2container's `metadata`); strata's when not given.
     pub created_by: Option<String>,
     pub author: Option<String>,
@@ -324,6 +327,8 @@ pub struct ExplicitLayer {
     pub copy_to_root: Vec<StorePath>,
     pub ignore: Vec<StorePath>,
     pub metadata: LayerMetadata,
+    /// At least 1.
+    pub max_layers: usize,
 }
 
 /// A spec after validation: store paths parsed, defaults filled in.
@@ -401,7 +406,7 @@ impl Spec {
         if !(1..=MAX_MAX_LAYERS).contains(&max_layers) {
             return err("max_layers", format!("{max_layers} is out of range (1 to {MAX_MAX_LAYERS})"));
         }
-        let explicit_needed = self.layers.len()
+        let explicit_needed = self.layers.iter().map(|l| l.max_layers.unwrap_or(1).max(1)).sum::<usize>()
             + usize::from(!self.copy_to_root.is_empty())
             + usize::from(!self.link_to_root.is_empty())
             + usize::from(self.initialize_nix_database);
@@ -447,6 +452,10 @@ impl Spec {
                 roots: strip(store_paths(&format!("layers[{i}].roots"), &layer.roots)?),
                 copy_to_root: strip(store_paths(&format!("layers[{i}].copy_to_root"), &layer.copy_to_root)?),
                 ignore: strip(store_paths(&format!("layers[{i}].ignore"), &layer.ignore)?),
+                max_layers: match layer.max_layers {
+                    Some(0) => return err(&format!("layers[{i}].max_layers"), "must be at least 1".to_owned()),
+                    n => n.unwrap_or(1),
+                },
                 metadata: LayerMetadata { created_by: layer.created_by.clone(), author: layer.author.clone(), comment: layer.comment.clone() },
             });
         }

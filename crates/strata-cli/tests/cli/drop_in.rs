@@ -123,7 +123,6 @@ fn nix_uid_owns_the_store_and_database() {
 fn what_the_drop_ins_refuse_they_name() {
     for (attr, expected) in [
         ("badStrataArg", "strata.dockerTools.buildImage: no argument `maxLayers` (strata.buildImage takes it)"),
-        ("badLayerSplit", "strata.nix2container.buildLayer: `maxLayers` is not supported"),
         ("badFakeroot", "`fakeRootCommands` needs fakeroot from nixpkgs: import strata's library with your nixpkgs"),
     ] {
         let out = nixlib_command("nix-instantiate", attr).output().unwrap();
@@ -224,4 +223,22 @@ fn nix_shell_images_are_the_derivations_shell() {
     let out = stdout_of(Command::new("docker").args(["run", "--rm", "-t", "--network", "none", "nix-shell-command:v1"]));
     let _ = Command::new("docker").args(["rmi", "-f", "nix-shell-command:v1"]).output();
     assert_eq!(out.replace('\r', ""), "This is the shell hook!\ninteractive\n");
+}
+
+/// buildLayer's maxLayers: the layer is split as the rest of a closure is (glibc, needed by
+/// hello, apart from it), each part with the layer's history entry, before the image's own.
+#[test]
+fn a_build_layer_may_be_several() {
+    let description = nixlib_build("n2cSplitLayer");
+    let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", &description, "--json"]))).unwrap();
+    let history = inspect["config"]["history"].as_array().unwrap();
+    assert_eq!((history.len(), &history[0]["comment"], &history[1]["comment"]), (3, &"split".into(), &"split".into()), "{history:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("split.tar");
+    run_ok(strata(&["stream", &description, "-o", &format!("docker-archive:{}", archive.display())]));
+    let layers = read_archive(&archive).layers;
+    let holds = |layer: &std::collections::BTreeMap<String, EntryInfo>, name: &str| layer.keys().any(|k| k.ends_with(name));
+    assert!(holds(&layers[0], "-glibc-2.36") && !holds(&layers[0], "-hello-2.12"), "{:?}", layers[0].keys().collect::<Vec<_>>());
+    assert!(holds(&layers[1], "-hello-2.12") && !holds(&layers[1], "-glibc-2.36"));
+    assert!(holds(&layers[2], "-busybox-1.35"));
 }
