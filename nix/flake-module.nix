@@ -23,7 +23,7 @@ let
 
   # One image's options, made of the library's one declaration of them (nix/images.nix);
   # `result` and `do` are computed from them.
-  declared = import ./images.nix { nix2container = null; }; # only the declarations are read
+  declared = import ./images.nix { describeImage = null; buildLayer = null; }; # only the declarations are read
   optionOf = o: mkOption ({ type = o.type types; inherit (o) description; } // (if o ? default then { inherit (o) default; } else { }));
   imageModule = { name, config, strataLib, imageSystem, strataIndexFor, ... }: {
     options = builtins.mapAttrs (_: optionOf) declared.imageOptions // {
