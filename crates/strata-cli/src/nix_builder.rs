@@ -147,13 +147,15 @@ fn dir_of_blobs(out: &Path) -> Result<()> {
     }
     std::fs::create_dir(out).with_context(|| format!("creating {}", out.display()))?;
     for blob in env("strataBlobs")?.split_whitespace() {
-        let mut hashing = strata_oci::digest::HashingWriter::new(std::io::sink());
-        std::io::copy(&mut std::fs::File::open(blob).with_context(|| format!("reading {blob}"))?, &mut hashing).with_context(|| format!("reading {blob}"))?;
+        // Hashed as it is copied, then named by its digest if the manifest names it.
+        let incoming = out.join(".incoming");
+        let mut hashing = strata_oci::digest::HashingWriter::new(std::fs::File::create(&incoming)?);
+        std::io::copy(&mut std::fs::File::open(blob).with_context(|| format!("reading {blob}"))?, &mut hashing).with_context(|| format!("copying {blob}"))?;
         let (digest, size, _) = hashing.finish();
         if wanted.remove(&digest) != Some(size) {
             bail!("strataBlobs: {blob} ({digest}, {size} bytes) is not a blob of {}", manifest_path.display());
         }
-        std::fs::copy(blob, out.join(digest.hex())).with_context(|| format!("copying {blob}"))?;
+        std::fs::rename(&incoming, out.join(digest.hex()))?;
     }
     if let Some((digest, _)) = wanted.first_key_value() {
         bail!("strataBlobs: no blob {digest}, which {} names", manifest_path.display());
@@ -290,10 +292,7 @@ fn layer_record(out: &Path) -> Result<()> {
 
 /// A registry's image as a docker-archive (see the module doc).
 fn pull(out: &Path) -> Result<()> {
-    let source: ImageRef = env("strataSource")?.parse()?;
-    if !matches!(&source, ImageRef::Registry(r) if r.digest.is_some()) {
-        bail!("strataSource: {source} must name an image by digest (docker://HOST/REPO@sha256:…): the output's hash depends on it");
-    }
+    let source = ImageRef::Registry(registry_source()?);
     let platform: Platform = env("strataPlatform")?.parse()?;
     let registry = RegistryOptions::new(None, env("strataTlsVerify")? != "0");
     let pulled = open_image(&source, &platform, &registry).with_context(|| format!("pulling {source}"))?;
