@@ -136,7 +136,7 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
             root_entries.extend(entries);
         }
         let comment = describe(&layer.store_paths, &layer.root_trees);
-        let mut recipe = LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment);
+        let mut recipe = LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment)?;
         recipe.root_trees = layer.root_trees.clone();
         if let Some(meta) = layer.explicit.map(|i| &spec.layers[i].metadata) {
             recipe.comment = meta.comment.clone().unwrap_or(recipe.comment);
@@ -149,10 +149,10 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         let trees: Vec<StorePath> = spec.link_to_root.iter().map(|(_, p)| p.clone()).collect();
         let names: Vec<&str> = trees.iter().map(StorePath::name).collect();
         let comment = format!("linked from /: {}", names.join(", "));
-        layers.push(LayerRecipe::new(vec![], crate::layer::link_trees(&trees)?, &spec.perms, spec.mtime, comment));
+        layers.push(LayerRecipe::new(vec![], crate::layer::link_trees(&trees)?, &spec.perms, spec.mtime, comment)?);
     }
     if let Some(entries) = database {
-        layers.push(LayerRecipe::new(vec![], entries, &[], spec.mtime, "Nix database: /nix/var/nix/db".to_owned()));
+        layers.push(LayerRecipe::new(vec![], entries, &[], spec.mtime, "Nix database: /nix/var/nix/db".to_owned())?);
     }
     let config = config_of(&spec.config, base.as_ref(), &spec.created, &spec.architecture);
     let docker = docker_keys_of(&spec.config, base.as_ref());

@@ -289,7 +289,7 @@ impl Environment {
     pub fn plan(self, source: &ClosureSource) -> Result<Image<LayerRecipe>, AssembleError> {
         let mtime = self.spec.mtime;
         let mut image = assemble(self.spec, source, None, &[])?;
-        image.layers.push(LayerRecipe::new(vec![], self.entries, &[], mtime, format!("environment: profile at {PROFILE}, /etc, /tmp")));
+        image.layers.push(LayerRecipe::new(vec![], self.entries, &[], mtime, format!("environment: profile at {PROFILE}, /etc, /tmp"))?);
         Ok(image)
     }
 }

@@ -9,8 +9,14 @@
 //!   says otherwise; modes exactly as in the store;
 //! - names of any length and any bytes kept exact through PAX `path`/`linkpath` records
 //!   (also `size`, `uid`, `gid` when they overflow ustar's octal fields);
-//! - hard links are written as regular files: whether the store was optimised (which turns
-//!   identical files into hard links) must not change the image;
+//! - a regular file of 4 KiB or more whose bytes and header (mode, owners) equal those of an
+//!   earlier file of the same layer is written as a tar hard link to it. The decision is
+//!   made on contents alone, never on the store's own hard links: whether the store was
+//!   optimised (`nix-store --optimise` turns identical files into hard links) does not change
+//!   the image. Its links only spare reading: files that are one inode are equal without
+//!   being read; files that could be equal (same size and header, other inodes) are hashed
+//!   when the recipe is made. A layer with duplicated files is then hashed, compressed,
+//!   pushed and stored once per contents, as `tar` does for an optimised tree;
 //! - symlinks are kept as they are, dangling ones too, and never followed: a store path that
 //!   is itself a link (`ln -s /etc $out`) is a link in the image, and a file is opened only if
 //!   it is still a regular file, not a link put in its place; no walk leaves the tree it
@@ -68,6 +74,11 @@ pub enum EntryKind {
     },
     /// A file whose contents strata makes (`/etc/passwd` of an environment, say).
     Contents(Vec<u8>),
+    /// A regular file with the same bytes and header as the earlier entry `target` (a path
+    /// in the same layer): a tar hard link to it. Made by [`LayerRecipe::new`] only.
+    HardLink {
+        target: Vec<u8>,
+    },
 }
 
 /// What changes whenever a file does: its inode number (a file replaced is a new inode) and
@@ -137,7 +148,7 @@ impl Entry {
         if self.path.len() > 100 {
             pax_record(&mut records, "path", &self.path);
         }
-        if let EntryKind::Symlink { target } = &self.kind {
+        if let EntryKind::Symlink { target } | EntryKind::HardLink { target } = &self.kind {
             if target.len() > 100 {
                 pax_record(&mut records, "linkpath", target);
             }
@@ -386,8 +397,9 @@ pub struct LayerRecipe {
 impl LayerRecipe {
     /// Puts `store_trees` (already named `nix/store/…`) and `root_trees` (laid over `/`; a
     /// later tree wins over an earlier one) into tar order, adds the `nix` and `nix/store`
-    /// directories, and applies the perm rules (a later rule wins).
-    pub fn new(store_trees: Vec<Entry>, root_trees: Vec<Entry>, perms: &[PermRule], mtime: u64, comment: String) -> Self {
+    /// directories, applies the perm rules (a later rule wins), and turns files identical to
+    /// an earlier one into hard links to it (reading the files that could be).
+    pub fn new(store_trees: Vec<Entry>, root_trees: Vec<Entry>, perms: &[PermRule], mtime: u64, comment: String) -> Result<Self, LayerError> {
         let mut by_path: HashMap<Vec<u8>, Entry> = HashMap::new();
         if !store_trees.is_empty() {
             for dir in [&b"nix"[..], b"nix/store"] {
@@ -407,7 +419,8 @@ impl LayerRecipe {
                 }
             }
         }
-        LayerRecipe { entries, mtime, comment, root_trees: vec![], created_by: None, author: None }
+        link_identical_files(&mut entries)?;
+        Ok(LayerRecipe { entries, mtime, comment, root_trees: vec![], created_by: None, author: None })
     }
 
     /// A digest of everything the tar's bytes depend on, without reading file contents:
@@ -434,7 +447,7 @@ impl LayerRecipe {
             h.write_all(&(bytes.len() as u64).to_le_bytes()).and_then(|()| h.write_all(bytes)).expect("a sink takes everything");
         };
         // The version of the tar format: change it with anything that changes a tar's bytes.
-        put(if stamps { b"strata layer v2" } else { b"strata layer content v2" });
+        put(if stamps { b"strata layer v3" } else { b"strata layer content v3" });
         put(&self.mtime.to_le_bytes());
         for e in &self.entries {
             put(&e.path);
@@ -462,6 +475,10 @@ impl LayerRecipe {
                 EntryKind::Contents(data) => {
                     put(b"c");
                     put(data);
+                }
+                EntryKind::HardLink { target } => {
+                    put(b"h");
+                    put(target);
                 }
             }
         }
@@ -505,6 +522,7 @@ impl LayerRecipe {
             EntryKind::Directory => (EntryType::Directory, b""),
             EntryKind::File { .. } | EntryKind::Contents(_) => (EntryType::Regular, b""),
             EntryKind::Symlink { target } => (EntryType::Symlink, target),
+            EntryKind::HardLink { target } => (EntryType::Link, target),
         };
         let mut header = header(&entry.path, entry_type, entry.mode, entry.uid, entry.gid, entry.data_len(), self.mtime, link);
         if !entry.uname.is_empty() || !entry.gname.is_empty() {
@@ -520,10 +538,65 @@ impl LayerRecipe {
                 write_padding(out, *size)?;
             }
             EntryKind::Contents(data) => write_padded(out, data)?,
-            EntryKind::Directory | EntryKind::Symlink { .. } => {}
+            EntryKind::Directory | EntryKind::Symlink { .. } | EntryKind::HardLink { .. } => {}
         }
         Ok(())
     }
+}
+
+/// Files smaller than this are always written whole: a link would spare less than finding
+/// it costs.
+const MIN_LINKED_SIZE: u64 = 4096;
+
+/// Turns each regular file whose bytes and header equal those of an earlier file (in tar
+/// order) into a hard link to that earlier one. Equality is of contents: files that are one
+/// inode are equal unread; files that could be equal (same size and header) but are other
+/// inodes are hashed. So the result depends on the files' bytes only, not on which of them
+/// the store happens to have hard-linked.
+fn link_identical_files(entries: &mut [Entry]) -> Result<(), LayerError> {
+    type HeaderKey<'a> = (u64, u32, u32, u32, &'a str, &'a str);
+    let mut candidates: HashMap<HeaderKey, Vec<usize>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let EntryKind::File { size, .. } = e.kind {
+            if size >= MIN_LINKED_SIZE {
+                candidates.entry((size, e.mode, e.uid, e.gid, &e.uname, &e.gname)).or_default().push(i);
+            }
+        }
+    }
+    let mut links: Vec<(usize, usize)> = Vec::new();
+    for group in candidates.into_values().filter(|g| g.len() > 1) {
+        let file = |i: usize| match &entries[i].kind {
+            EntryKind::File { source, size, stamp } => (source, *size, (stamp.device, stamp.inode)),
+            _ => unreachable!("candidates are files"),
+        };
+        let inodes: std::collections::HashSet<(u64, u64)> = group.iter().map(|&i| file(i).2).collect();
+        // The first entry (in tar order) of each inode, and of each contents.
+        let mut first_of_inode: HashMap<(u64, u64), usize> = HashMap::new();
+        let mut first_of_contents: HashMap<Digest, usize> = HashMap::new();
+        for &i in &group {
+            let (source, size, inode) = file(i);
+            if let Some(&first) = first_of_inode.get(&inode) {
+                links.push((i, first));
+                continue;
+            }
+            let first = if inodes.len() > 1 { *first_of_contents.entry(digest_of_file(source, size)?).or_insert(i) } else { i };
+            first_of_inode.insert(inode, first);
+            if first != i {
+                links.push((i, first));
+            }
+        }
+    }
+    for (i, first) in links {
+        entries[i].kind = EntryKind::HardLink { target: entries[first].path.clone() };
+    }
+    Ok(())
+}
+
+/// The SHA-256 of the `size` bytes of the file at `source`.
+fn digest_of_file(source: &Path, size: u64) -> Result<Digest, LayerError> {
+    let mut hashing = HashingWriter::new(io::sink());
+    copy_exactly(source, size, &mut hashing, &mut vec![0u8; 256 * 1024], FileCopy::Buffered)?;
+    Ok(hashing.finish().0)
 }
 
 fn write_padded<W: Write>(out: &mut W, data: &[u8]) -> Result<(), LayerError> {
@@ -663,7 +736,7 @@ mod tests {
 
         let (entries, size) = scan_tree(&root, b"").unwrap();
         assert_eq!(size, 1009);
-        let recipe = LayerRecipe::new(vec![], entries, &[], 1, String::new());
+        let recipe = LayerRecipe::new(vec![], entries, &[], 1, String::new()).unwrap();
         let mut out = Vec::new();
         recipe.write_tar(&mut out).unwrap();
         assert_eq!(out.len() as u64, recipe.tar_len());
@@ -690,6 +763,61 @@ mod tests {
         assert_eq!(seen, vec![b"caf\xe9".to_vec(), b"dangling".to_vec(), long.into_bytes(), long_file, b"exe".to_vec()]);
     }
 
+    /// Files with the same bytes and header are one file in the layer: hard links to the first
+    /// in tar order, decided on contents, so the tar is the same whether the store had them
+    /// as copies or as one inode (optimised); GNU tar extracts them as one inode.
+    #[test]
+    fn identical_files_are_linked_whether_or_not_the_store_linked_them() {
+        let first = format!("a{}/f", "x".repeat(110)); // a long name: the link needs PAX `linkpath`
+        let layer = |store_linked: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            std::fs::create_dir_all(root.join(&first).parent().unwrap()).unwrap();
+            std::fs::write(root.join(&first), vec![1u8; 5000]).unwrap();
+            if store_linked {
+                std::fs::hard_link(root.join(&first), root.join("b")).unwrap();
+            } else {
+                std::fs::write(root.join("b"), vec![1u8; 5000]).unwrap();
+            }
+            std::fs::write(root.join("c"), vec![2u8; 5000]).unwrap(); // same size, other bytes
+            std::fs::write(root.join("d"), vec![1u8; 5000]).unwrap();
+            std::fs::write(root.join("e"), vec![1u8; 5000]).unwrap();
+            std::fs::set_permissions(root.join("e"), std::fs::Permissions::from_mode(0o555)).unwrap(); // another header
+            std::fs::write(root.join("s1"), vec![1u8; 100]).unwrap(); // too small to link
+            std::fs::write(root.join("s2"), vec![1u8; 100]).unwrap();
+            let (entries, _) = scan_tree(root, b"").unwrap();
+            let recipe = LayerRecipe::new(vec![], entries, &[], 1, String::new()).unwrap();
+            let mut out = Vec::new();
+            recipe.write_tar(&mut out).unwrap();
+            assert_eq!(out.len() as u64, recipe.tar_len());
+            out
+        };
+        let tar = layer(false);
+        assert_eq!(tar, layer(true), "the store's hard links change nothing");
+
+        let mut links = Vec::new();
+        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+            let e = e.unwrap();
+            let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+            if e.header().entry_type() == EntryType::Link {
+                links.push((name, String::from_utf8(e.link_name_bytes().unwrap().into_owned()).unwrap()));
+            }
+        }
+        assert_eq!(links, [("b".to_owned(), first.clone()), ("d".to_owned(), first.clone())]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("tar").args(["-xf", "-", "-C"]).arg(dir.path()).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&tar).unwrap();
+        assert!(child.wait().unwrap().success(), "GNU tar extracts the layer");
+        for name in [&first[..], "b", "d"] {
+            let meta = std::fs::metadata(dir.path().join(name)).unwrap();
+            assert_eq!((meta.nlink(), std::fs::read(dir.path().join(name)).unwrap()), (3, vec![1u8; 5000]), "{name}");
+        }
+        for name in ["c", "e", "s1", "s2"] {
+            assert_eq!(std::fs::metadata(dir.path().join(name)).unwrap().nlink(), 1, "{name} is a file of its own");
+        }
+    }
+
     /// A tree that is a link is a link in the layer, never what it points to; as a tree laid
     /// over `/` it is an error that names it.
     #[test]
@@ -713,7 +841,7 @@ mod tests {
         let (entries, _) = scan_tree(&tree, b"t").unwrap();
         std::fs::remove_file(tree.join("f")).unwrap();
         symlink(secret.join("passwd"), tree.join("f")).unwrap();
-        let recipe = LayerRecipe::new(entries, vec![], &[], 1, String::new());
+        let recipe = LayerRecipe::new(entries, vec![], &[], 1, String::new()).unwrap();
         assert!(matches!(recipe.write_tar(&mut io::sink()), Err(LayerError::Read { .. })));
     }
 
@@ -733,7 +861,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"1234").unwrap();
         let (entries, _) = scan_tree(dir.path(), b"x").unwrap();
-        let recipe = LayerRecipe::new(entries, vec![], &[], 1, String::new());
+        let recipe = LayerRecipe::new(entries, vec![], &[], 1, String::new()).unwrap();
         std::fs::write(dir.path().join("f"), b"12345").unwrap();
         assert!(matches!(recipe.write_tar(&mut io::sink()), Err(LayerError::Changed { .. })));
         std::fs::remove_file(dir.path().join("f")).unwrap();

@@ -198,6 +198,35 @@ fn digests_of_toy_images_are_pinned() {
     assert_eq!(digests, expected);
 }
 
+/// Files with the same bytes are written once per layer, the others as hard links to the first
+/// (whether or not the store has them linked): podman and docker make them one inode with
+/// the right bytes.
+#[test]
+fn identical_files_are_one_file_in_the_image() {
+    let (busybox, twins) = (fixture("busybox"), fixture("twins"));
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("strata-twins-{}", nonce());
+    let spec = write_spec(
+        dir.path(),
+        "twins.toml",
+        &format!("name = \"{name}\"\ntag = \"t\"\nroots = [\"{busybox}\", \"{twins}\"]\n[config]\nEntrypoint = [\"{busybox}/bin/sh\", \"-c\"]\n"),
+    );
+    let archive = build_archive(dir.path(), &spec);
+    let store_name = twins.trim_start_matches('/');
+    let entry = |file: &str| read_archive(&archive).layers.into_iter().find_map(|mut l| l.remove(&format!("{store_name}/{file}"))).unwrap();
+    let (a, b, c) = (entry("a"), entry("b"), entry("c"));
+    assert_eq!((a.kind, a.data.len(), c.kind), (tar::EntryType::Regular, 70000, tar::EntryType::Regular));
+    assert_eq!((b.kind, b.link, b.data.len()), (tar::EntryType::Link, Some(format!("{store_name}/a").into_bytes()), 0));
+    for engine in ["podman", "docker"] {
+        let out = load_and_run(engine, &archive, &format!("{name}:t"), &[&format!("cd {twins} && stat -c '%n %h %s' a b c && md5sum a b c")]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..3], ["a 2 70000", "b 2 70000", "c 1 70000"], "{engine}: {out}");
+        let sums: Vec<&str> = lines[3..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+        let host = stdout_of(Command::new("md5sum").arg(format!("{twins}/a")));
+        assert_eq!((sums[0], sums[0] == sums[1], sums[0] == sums[2]), (host.split_whitespace().next().unwrap(), true, false), "{engine}: {out}");
+    }
+}
+
 /// #12: `--previous IMAGE` keeps the layers of an earlier release whose store paths are all
 /// still in the image, digest and all; new paths are planned around them. The history names
 /// every store path of a layer (that is what `--previous` reads). (bench/layering compares
