@@ -17,8 +17,11 @@ pub enum Compression {
     Zstd,
 }
 
-/// gzip -6, zstd -3: the usual defaults of the command-line tools.
-const GZIP_LEVEL: u32 = 6;
+/// zstd -3, the command-line tool's default; for gzip, libdeflate's level 5, which makes
+/// layers as small as `gzip -6` does (on the benchmark's closure of binaries, 0.3% smaller
+/// than `pigz -6`; on a tree of Python sources, 0.7% smaller than GNU gzip -6) in under a
+/// quarter of zlib's time.
+const GZIP_LEVEL: u32 = 5;
 const ZSTD_LEVEL: i32 = 3;
 const ZSTD_JOB: u32 = 1 << 20;
 
@@ -38,7 +41,7 @@ impl Compression {
     pub fn id(self) -> &'static str {
         match self {
             Compression::None => "tar",
-            Compression::Gzip => "gzip6-blocks1m-v1",
+            Compression::Gzip => "gzip-libdeflate1.26-level5-blocks1m-v2",
             Compression::Zstd => "zstd3-mt-job1m-v1",
         }
     }

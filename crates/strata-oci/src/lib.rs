@@ -16,6 +16,7 @@
 
 pub mod canonical;
 pub mod compress;
+mod deflate_tail;
 pub mod digest;
 pub mod image;
 pub mod manifest;

@@ -1,30 +1,33 @@
 //! gzip on every core, with the same bytes whatever the number of cores.
 //!
 //! The input is cut into blocks of a fixed size ([`BLOCK`]). Each block is deflated on its
-//! own (on rayon's pool), primed with the last 32 KiB of the block before it as a preset
-//! dictionary, and ended with a sync flush, so that the deflate streams of all blocks,
-//! written in order, form one deflate stream; the last block ends it. The gzip member around
-//! it carries the CRC-32 of the whole input, combined from the blocks' CRCs. This is how
-//! pigz works; as with pigz, a block's bytes depend only on its input and the input before
-//! it, never on which thread compressed it or when, so the output is the same on one core
-//! or on many. (Single-threaded gzip, `flate2::GzEncoder`, gives other bytes: a build made
-//! here is only ever compared with builds made here.)
+//! own (on rayon's pool) by libdeflate, and its stream mended so that the next one can follow
+//! it (see [`crate::deflate_tail`]: its final block marked not final, then an empty stored
+//! block, as a sync flush ends); the deflate streams of all blocks, written in order, form
+//! one deflate stream, which the last block ends. The gzip member around it carries the
+//! CRC-32 of the whole input, combined from the blocks' CRCs. This is pigz's scheme; as with
+//! pigz, a block's bytes depend only on its input, never on which thread compressed it or
+//! when, so the output is the same on one core or on many. It is one gzip member, which every
+//! gzip reader reads whole (several members would be faster to make, and some readers stop
+//! after the first).
+//!
+//! libdeflate rather than zlib: at level 6 it compresses layers about a third faster than
+//! zlib-rs, and about 4% smaller (as small as GNU gzip -6). It takes no preset dictionary,
+//! so a block does not see the 32 KiB before it, which costs about 0.2% in size at 1 MiB
+//! blocks.
 //!
 //! Written here rather than with the `gzp` crate: gzp runs a thread pool of its own per
-//! stream, and strata compresses several layers at once into one pool sized to the cores;
-//! the block format is a few lines over flate2's `Compress`.
+//! stream, and strata compresses several layers at once into one pool sized to the cores.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{mpsc, Arc, LazyLock};
 
-use flate2::{Compress, FlushCompress, Status};
 
-/// The input of one job: big enough that a job's overhead (a sync flush, a dictionary
-/// load, a thread hand-off) is noise, small enough that a layer of a few MiB uses every core.
+/// The input of one job: big enough that a job's overhead (finding its stream's end, a
+/// thread hand-off, a cold start without the data before it) is noise, small enough that a
+/// layer of a few MiB uses every core.
 pub const BLOCK: usize = 1 << 20;
-/// Deflate's window: what a block takes from the one before it.
-const DICTIONARY: usize = 32 << 10;
 
 /// The threads that deflate blocks, one per core, shared by every stream of the process.
 /// Only `deflate_block` runs there, which never waits on anything: a writer blocking on its
@@ -41,10 +44,8 @@ type Job = mpsc::Receiver<io::Result<(Vec<u8>, crc32fast::Hasher)>>;
 pub struct ParallelGzip<W: Write> {
     out: W,
     pool: Arc<rayon::ThreadPool>,
-    level: u32,
+    level: libdeflater::CompressionLvl,
     block: Vec<u8>,
-    /// The last [`DICTIONARY`] bytes before `block`.
-    window: Vec<u8>,
     /// Jobs handed to the pool, oldest first; written to `out` in this order.
     pending: VecDeque<Job>,
     in_flight: usize,
@@ -61,13 +62,13 @@ impl<W: Write> ParallelGzip<W> {
     pub fn with_pool(mut out: W, level: u32, pool: Arc<rayon::ThreadPool>) -> io::Result<ParallelGzip<W>> {
         // ID1 ID2 CM FLG, MTIME 0, XFL 0, OS 255 (unknown): nothing of the machine or the time.
         out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
+        let level = libdeflater::CompressionLvl::new(level as i32).map_err(|_| io::Error::other(format!("gzip has no level {level}")))?;
         let in_flight = 2 * pool.current_num_threads().max(1);
         Ok(ParallelGzip {
             out,
             pool,
             level,
             block: Vec::with_capacity(BLOCK),
-            window: Vec::new(),
             pending: VecDeque::new(),
             in_flight,
             crc: crc32fast::Hasher::new(),
@@ -81,12 +82,10 @@ impl<W: Write> ParallelGzip<W> {
             self.write_oldest()?;
         }
         let block = std::mem::replace(&mut self.block, Vec::with_capacity(if last { 0 } else { BLOCK }));
-        // Every block but the last is BLOCK long, longer than the window.
-        let dictionary = std::mem::replace(&mut self.window, block[block.len().saturating_sub(DICTIONARY)..].to_vec());
         let level = self.level;
         let (done, job) = mpsc::sync_channel(1);
         self.pool.spawn(move || {
-            let _ = done.send(deflate_block(&block, &dictionary, level, last));
+            let _ = done.send(deflate_block(&block, level, last));
         });
         self.pending.push_back(job);
         Ok(())
@@ -130,27 +129,28 @@ impl<W: Write> Write for ParallelGzip<W> {
     }
 }
 
-/// One block as raw deflate, primed with `dictionary`, ending in a sync flush (or, `last`,
+/// One block as raw deflate, ready for the next block's stream to follow (or, `last`,
 /// ending the stream); with the block's CRC-32.
-fn deflate_block(block: &[u8], dictionary: &[u8], level: u32, last: bool) -> io::Result<(Vec<u8>, crc32fast::Hasher)> {
+fn deflate_block(block: &[u8], level: libdeflater::CompressionLvl, last: bool) -> io::Result<(Vec<u8>, crc32fast::Hasher)> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(block);
-    let mut deflate = Compress::new(flate2::Compression::new(level), false);
-    if !dictionary.is_empty() {
-        deflate.set_dictionary(dictionary).map_err(io::Error::other)?;
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(libdeflater::CompressionLvl, libdeflater::Compressor)>> = const { std::cell::RefCell::new(None) };
     }
-    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
-    // Deflate's worst case is a few bytes per 16 KiB over the input; start there.
-    let mut out = Vec::with_capacity(block.len() + block.len() / 1000 + 64);
-    loop {
-        let consumed = deflate.total_in() as usize;
-        let status = deflate.compress_vec(&block[consumed..], &mut out, flush).map_err(io::Error::other)?;
-        let ended = if last { status == Status::StreamEnd } else { deflate.total_in() as usize == block.len() && out.len() < out.capacity() };
-        if ended {
-            return Ok((out, crc));
-        }
-        out.reserve(out.capacity().max(4096));
+    let mut out = COMPRESSOR.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some((l, c)) if *l == level => c,
+            _ => &mut slot.insert((level, libdeflater::Compressor::new(level))).1,
+        };
+        let mut out = vec![0; compressor.deflate_compress_bound(block.len())];
+        let n = compressor.deflate_compress(block, &mut out).map_err(io::Error::other)?;
+        out.truncate(n);
+        io::Result::Ok(out)
+    })?;
+    if !last {
+        crate::deflate_tail::continue_after(&mut out)?;
     }
+    Ok((out, crc))
 }
 
 #[cfg(test)]
@@ -199,13 +199,14 @@ mod tests {
         }
     }
 
+    /// Cutting the input into blocks costs next to nothing against libdeflate on all of it.
     #[test]
     fn compresses_about_as_well_as_one_stream() {
         let data = sample(4 * BLOCK);
         let parallel = gzip_in_pool(&data, 2, BLOCK).len();
-        let mut single = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        single.write_all(&data).unwrap();
-        let single = single.finish().unwrap().len();
+        let mut compressor = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+        let mut single = vec![0; compressor.gzip_compress_bound(data.len())];
+        let single = compressor.gzip_compress(&data, &mut single).unwrap();
         assert!(parallel as f64 <= single as f64 * 1.01, "parallel {parallel} bytes, one stream {single}");
     }
 }
