@@ -13,7 +13,7 @@ let
   library = import ../nix { inherit strata; };
   root = import ./closure.nix { inherit system leaf; };
 in
-library.nix2container.buildImage {
+library.describeImage {
   name = "bench-described";
   tag = "latest";
   inherit compressor;

@@ -121,8 +121,8 @@ fn pull_blob(out: &Path) -> Result<()> {
     let digest: Digest = env("strataDigest")?.parse()?;
     let size: u64 = env("strataSize")?.parse().context("strataSize")?;
     let registry = RegistryOptions::new(None, env("strataTlsVerify")? != "0");
-    let pulled = strata_transport::registry::pull(&source, &Platform::host(), &registry).with_context(|| format!("pulling {source}"))?;
-    let file = pulled.blobs.fetch(&digest, size).with_context(|| format!("downloading {digest} from {source}"))?;
+    let blobs = strata_transport::registry::RegistryBlobs::of(&source, &registry).with_context(|| format!("reaching {source}"))?;
+    let file = blobs.fetch(&digest, size).with_context(|| format!("downloading {digest} from {source}"))?;
     let mut reader = strata_oci::digest::VerifiedReader::new(file, digest, size, PathBuf::from(format!("{source}: {digest}")));
     let mut output = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     std::io::copy(&mut reader, &mut output)?;

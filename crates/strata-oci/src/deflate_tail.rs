@@ -229,10 +229,7 @@ fn fixed_tables() -> Tables {
     let mut lengths = [8u8; 288];
     lengths[144..256].fill(9);
     lengths[256..280].fill(7);
-    Tables {
-        literals: Table::new(&lengths, literal_kind).expect("the fixed code"),
-        distances: Table::new(&[5; 30], distance_kind).expect("the fixed code"),
-    }
+    Tables { literals: Table::new(&lengths, literal_kind).expect("the fixed code"), distances: Table::new(&[5; 30], distance_kind).expect("the fixed code") }
 }
 
 /// Reads a dynamic block's code definitions (RFC 1951 3.2.7).

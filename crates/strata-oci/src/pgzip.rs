@@ -23,7 +23,6 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{mpsc, Arc, LazyLock};
 
-
 /// The input of one job: big enough that a job's overhead (finding its stream's end, a
 /// thread hand-off, a cold start without the data before it) is noise, small enough that a
 /// layer of a few MiB uses every core.
@@ -64,16 +63,7 @@ impl<W: Write> ParallelGzip<W> {
         out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
         let level = libdeflater::CompressionLvl::new(level as i32).map_err(|_| io::Error::other(format!("gzip has no level {level}")))?;
         let in_flight = 2 * pool.current_num_threads().max(1);
-        Ok(ParallelGzip {
-            out,
-            pool,
-            level,
-            block: Vec::with_capacity(BLOCK),
-            pending: VecDeque::new(),
-            in_flight,
-            crc: crc32fast::Hasher::new(),
-            length: 0,
-        })
+        Ok(ParallelGzip { out, pool, level, block: Vec::with_capacity(BLOCK), pending: VecDeque::new(), in_flight, crc: crc32fast::Hasher::new(), length: 0 })
     }
 
     /// Hands the current block to the pool, `last` if it ends the stream.

@@ -646,6 +646,16 @@ pub struct RegistryBlobs {
 }
 
 impl RegistryBlobs {
+    /// The blobs of `source`'s repository, read without its manifest or config: for a blob
+    /// whose digest and size are known already (each fixed-output derivation of
+    /// `pullImageFromManifest` fetches one).
+    pub fn of(source: &RegistryRef, options: &RegistryOptions) -> Result<RegistryBlobs, RegistryError> {
+        let session = Session::new(&source.host, options)?;
+        let reference = client_ref(source);
+        session.runtime.clone().block_on(session.authenticate(&reference, RegistryOperation::Pull))?;
+        Ok(RegistryBlobs { session: Arc::new(session), reference })
+    }
+
     /// Downloads blob `digest` into an anonymous temporary file and returns it, rewound.
     /// The caller checks the digest while reading.
     /// Never more than `size` bytes are written: a registry that sends more is stopped.
