@@ -232,6 +232,12 @@ mod tests {
         StorePath::containing(&format!("/nix/store/{:0>32}-p{i}", i)).unwrap()
     }
 
+    /// The plan's input of `roots` in `closure` under `max_layers`: nothing explicit, no
+    /// previous build (struct update syntax sets those).
+    fn input(closure: &Closure, roots: Vec<StorePath>, max_layers: usize) -> PlanInput<'_> {
+        PlanInput { closure, explicit: &[], roots, copy_to_root: vec![], max_layers, max_store_layers: None, previous: &[] }
+    }
+
     /// A graph where path i references every path j < i with `edges(i, j)`.
     fn graph(n: usize, edges: impl Fn(usize, usize) -> bool) -> (Closure, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -253,8 +259,7 @@ mod tests {
     fn roots_popular_and_big_paths_get_own_layers_small_ones_groups() {
         // p0 is needed by everyone; p1..p9 form a chain; p5 is huge; p9 is the root.
         let (closure, _dir) = graph(10, |i, j| j == 0 || j + 1 == i);
-        let input =
-            PlanInput { closure: &closure, explicit: &[], roots: vec![sp(9)], copy_to_root: vec![], max_layers: 5, max_store_layers: None, previous: &[] };
+        let input = input(&closure, vec![sp(9)], 5);
         let layers = plan_layers(&input, |p| if *p == sp(5) { 1 << 30 } else { 10 }).unwrap();
         // Four places of their own (the root, popular p0 and p1, big p5) and one group.
         assert_eq!(layers.len(), 5, "{layers:?}");
@@ -269,8 +274,7 @@ mod tests {
         // p0..p9 reference nothing (data); p10..p28 reference p10 (a libc) and the one before;
         // the root p29 references all of them.
         let (closure, _dir) = graph(30, |i, j| i == 29 || (i > 10 && (j == 10 || j + 1 == i)));
-        let input =
-            PlanInput { closure: &closure, explicit: &[], roots: vec![sp(29)], copy_to_root: vec![], max_layers: 10, max_store_layers: None, previous: &[] };
+        let input = input(&closure, vec![sp(29)], 10);
         let layers = plan_layers(&input, |_| 10).unwrap();
         assert_eq!(layers.len(), 10);
         let groups: Vec<&PlannedLayer> = layers.iter().filter(|l| l.store_paths.len() > 1).collect();
@@ -290,7 +294,7 @@ mod tests {
         // 40 paths over a libc (p0), the root p39 needs them all; 8 layers at most.
         let (closure, _dir) = graph(40, |i, j| j == 0 || i == 39);
         let plan = |previous: &[Vec<String>], closure: &Closure, root: StorePath| {
-            let input = PlanInput { closure, explicit: &[], roots: vec![root], copy_to_root: vec![], max_layers: 8, max_store_layers: None, previous };
+            let input = PlanInput { previous, ..input(closure, vec![root], 8) };
             plan_layers(&input, |p| p.as_str().len() as u64 * 1000).unwrap()
         };
         let first = plan(&[], &closure, sp(39));
@@ -325,15 +329,7 @@ mod tests {
         let roots: Vec<StorePath> = (0..12).map(sp).collect();
         // A previous build that had a layer a path; now only 6 layers are allowed.
         let previous: Vec<Vec<String>> = roots.iter().map(|p| vec![p.base_name().to_owned()]).collect();
-        let input = PlanInput {
-            closure: &closure,
-            explicit: &[],
-            roots: roots.clone(),
-            copy_to_root: vec![],
-            max_layers: 6,
-            max_store_layers: None,
-            previous: &previous,
-        };
+        let input = PlanInput { previous: &previous, ..input(&closure, roots.clone(), 6) };
         let layers = plan_layers(&input, |p| if *p == sp(11) { 1 << 30 } else { 10 }).unwrap();
         assert_eq!(layers.len(), 6);
         assert!(layers.iter().any(|l| l.store_paths == [sp(11)]), "the biggest was merged: {layers:?}");
@@ -348,15 +344,7 @@ mod tests {
         // parts, each part marked as that layer, nothing repeated, the rest after it.
         let (closure, _dir) = graph(6, |i, j| j + 1 == i);
         let explicit = [ExplicitLayer { roots: vec![sp(3)], max_layers: 3, ..Default::default() }];
-        let input = PlanInput {
-            closure: &closure,
-            explicit: &explicit,
-            roots: vec![sp(5)],
-            copy_to_root: vec![],
-            max_layers: 10,
-            max_store_layers: None,
-            previous: &[],
-        };
+        let input = PlanInput { explicit: &explicit, ..input(&closure, vec![sp(5)], 10) };
         let layers = plan_layers(&input, |_| 1).unwrap();
         let parts: Vec<&PlannedLayer> = layers.iter().filter(|l| l.explicit == Some(0)).collect();
         assert!(parts.len() > 1 && parts.len() <= 3, "{layers:?}");
@@ -369,15 +357,7 @@ mod tests {
     fn explicit_layers_come_first_and_nothing_repeats() {
         let (closure, _dir) = graph(6, |i, j| j + 1 == i);
         let explicit = [ExplicitLayer { roots: vec![sp(2)], ..Default::default() }, ExplicitLayer { roots: vec![sp(3)], ..Default::default() }];
-        let input = PlanInput {
-            closure: &closure,
-            explicit: &explicit,
-            roots: vec![sp(5)],
-            copy_to_root: vec![],
-            max_layers: 10,
-            max_store_layers: None,
-            previous: &[],
-        };
+        let input = PlanInput { explicit: &explicit, ..input(&closure, vec![sp(5)], 10) };
         let layers = plan_layers(&input, |_| 1).unwrap();
         assert_eq!(layers[0].store_paths, [sp(0), sp(1), sp(2)]);
         assert_eq!(layers[1].store_paths, [sp(3)]);
@@ -388,15 +368,7 @@ mod tests {
     fn too_small_a_budget_is_an_error() {
         let (closure, _dir) = graph(3, |_, _| false);
         let explicit = [ExplicitLayer { roots: vec![sp(0)], ..Default::default() }];
-        let input = PlanInput {
-            closure: &closure,
-            explicit: &explicit,
-            roots: vec![sp(1)],
-            copy_to_root: vec![sp(2)],
-            max_layers: 2,
-            max_store_layers: None,
-            previous: &[],
-        };
+        let input = PlanInput { explicit: &explicit, copy_to_root: vec![sp(2)], ..input(&closure, vec![sp(1)], 2) };
         assert_eq!(plan_layers(&input, |_| 1), Err(NoRoomForStorePaths { max_layers: 2, left: 1 }));
     }
 
@@ -412,7 +384,7 @@ mod tests {
             let mut previous: Vec<Vec<String>> = (0..n + 5).map(sp).collect::<Vec<_>>().chunks(cut).map(|c| c.iter().map(|p| p.base_name().to_owned()).collect()).collect();
             previous.insert(0, vec![sp(0).base_name().to_owned(), sp(0).base_name().to_owned()]);
             previous.push((0..n).step_by(2).map(|i| sp(i).base_name().to_owned()).collect());
-            let input = PlanInput { closure: &closure, explicit: &[], roots: roots.clone(), copy_to_root: vec![], max_layers, max_store_layers: store_bound, previous: &previous };
+            let input = PlanInput { max_store_layers: store_bound, previous: &previous, ..input(&closure, roots.clone(), max_layers) };
             let layers = plan_layers(&input, |p| p.as_str().len() as u64).unwrap();
             prop_assert!(layers.len() <= max_layers.min(store_bound.unwrap_or(usize::MAX)));
             let mut paths = all_paths(&layers);
