@@ -6,12 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use rayon::prelude::*;
+
 use oci_spec::image::{Arch, ImageConfiguration, Os};
 use strata_oci::image::{ConfigRecipe, DockerKeys, Image, SourceImage};
 
 use crate::closure::{Closure, ClosureError};
 use crate::layer::{scan_tree, Entry, LayerError, LayerRecipe};
-use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput};
+use crate::plan::{plan_layers, NoRoomForStorePaths, PlanInput, PlannedLayer};
 use crate::spec::{ConfigPaths, ImageConfigSpec, PathMatcher, PermRule, ValidSpec};
 use crate::store::{StorePath, STORE_DIR};
 
@@ -98,17 +100,21 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         previous,
     };
 
-    // Scan every store path once; the plan needs their sizes, the recipes their entries.
-    let mut scanned = BTreeMap::new();
+    // Scan every store path once, on every core; the plan needs their sizes, the recipes
+    // their entries.
     let all_roots = roots.iter().chain(input.copy_to_root.iter().flat_map(|t| closure.references(t)));
     let explicit_roots = spec.layers.iter().flat_map(|l| l.roots.iter().chain(l.copy_to_root.iter().flat_map(|t| closure.references(t))));
-    for path in closure.requisites(all_roots.chain(explicit_roots)) {
-        let prefix = format!("nix/store/{}", path.base_name());
-        let (mut entries, size) = scan_tree(path.as_ref(), prefix.as_bytes())?;
-        // In the store, a file's path in the image is its store path.
-        apply_source_perms(&spec.perms, &path, &mut entries, |e| format!("/{}", String::from_utf8_lossy(&e.path)));
-        scanned.insert(path.clone(), (entries, size));
-    }
+    let requisites: Vec<StorePath> = closure.requisites(all_roots.chain(explicit_roots)).into_iter().collect();
+    let scanned: BTreeMap<StorePath, (Vec<Entry>, u64)> = requisites
+        .into_par_iter()
+        .map(|path| {
+            let prefix = format!("nix/store/{}", path.base_name());
+            let (mut entries, size) = scan_tree(path.as_ref(), prefix.as_bytes())?;
+            // In the store, a file's path in the image is its store path.
+            apply_source_perms(&spec.perms, &path, &mut entries, |e| format!("/{}", String::from_utf8_lossy(&e.path)));
+            Ok((path, (entries, size)))
+        })
+        .collect::<Result<_, LayerError>>()?;
     let mut planned = plan_layers(&input, |p| scanned.get(p).map_or(0, |(_, size)| *size))?;
     if !spec.include_store_paths {
         planned.retain_mut(|layer| {
@@ -123,8 +129,8 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         None
     };
 
-    let mut layers = Vec::with_capacity(planned.len());
-    for layer in planned {
+    // Each layer's recipe (reading the files that could be duplicates), on every core.
+    let recipe = |layer: PlannedLayer| -> Result<LayerRecipe, AssembleError> {
         let store_entries = layer.store_paths.iter().flat_map(|p| scanned[p].0.iter().cloned()).collect();
         let mut root_entries = Vec::new();
         for tree in &layer.root_trees {
@@ -143,8 +149,9 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
             recipe.created_by = meta.created_by.clone();
             recipe.author = meta.author.clone();
         }
-        layers.push(recipe);
-    }
+        Ok(recipe)
+    };
+    let mut layers: Vec<LayerRecipe> = planned.into_par_iter().map(recipe).collect::<Result<_, _>>()?;
     if links == 1 {
         let trees: Vec<StorePath> = spec.link_to_root.iter().map(|(_, p)| p.clone()).collect();
         let names: Vec<&str> = trees.iter().map(StorePath::name).collect();

@@ -27,7 +27,6 @@
 //! them is written here because the crate's `Builder` neither precomputes sizes nor writes
 //! PAX names deterministically.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -320,8 +319,16 @@ pub fn through_dirlinks(below: &[Entry], tree: Vec<Entry>) -> Vec<Entry> {
 }
 
 /// Depth-first order with siblings sorted bytewise: compare component by component.
-fn tar_order(a: &[u8], b: &[u8]) -> Ordering {
+#[cfg(test)]
+fn tar_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
+}
+
+/// A key whose bytewise order is [`tar_order`]: the path with each `/` made the lowest byte,
+/// 0, which no name holds (component by component, a shorter component sorts first exactly
+/// as when the separator sorts below every byte).
+fn tar_order_key(path: &[u8]) -> Vec<u8> {
+    path.iter().map(|&c| if c == b'/' { 0 } else { c }).collect()
 }
 
 /// The entries of a file tree, named below `prefix` (`nix/store/<hash>-name` for a store
@@ -381,7 +388,9 @@ pub fn scan_tree(source: &Path, prefix: &[u8]) -> Result<(Vec<Entry>, u64), Laye
 /// A layer's recipe: its entries in tar order, and the mtime they all get.
 #[derive(Debug, Clone)]
 pub struct LayerRecipe {
-    pub entries: Vec<Entry>,
+    /// In tar order; fixed once made (`tar_len` is computed from them then).
+    entries: Vec<Entry>,
+    tar_len: u64,
     pub mtime: u64,
     /// What the layer holds, for the image history.
     pub comment: String,
@@ -410,7 +419,7 @@ impl LayerRecipe {
             by_path.insert(entry.path.clone(), entry);
         }
         let mut entries: Vec<Entry> = by_path.into_values().collect();
-        entries.sort_by(|a, b| tar_order(&a.path, &b.path));
+        entries.sort_by_cached_key(|e| tar_order_key(&e.path));
         if !perms.is_empty() {
             for entry in &mut entries {
                 let image_path = format!("/{}", String::from_utf8_lossy(&entry.path));
@@ -420,7 +429,8 @@ impl LayerRecipe {
             }
         }
         link_identical_files(&mut entries)?;
-        Ok(LayerRecipe { entries, mtime, comment, root_trees: vec![], created_by: None, author: None })
+        let tar_len = entries.iter().map(Entry::tar_len).sum::<u64>() + 2 * BLOCK;
+        Ok(LayerRecipe { entries, tar_len, mtime, comment, root_trees: vec![], created_by: None, author: None })
     }
 
     /// A digest of everything the tar's bytes depend on, without reading file contents:
@@ -487,7 +497,7 @@ impl LayerRecipe {
 
     /// The exact length of the tar [`write_tar`](Self::write_tar) writes.
     pub fn tar_len(&self) -> u64 {
-        self.entries.iter().map(Entry::tar_len).sum::<u64>() + 2 * BLOCK
+        self.tar_len
     }
 
     /// Writes the layer's tar to `out`. Fails if a file is gone or has changed size since the
@@ -709,6 +719,16 @@ mod tests {
             pax_record(&mut rec, "path", &vec![b'a'; len]);
             let digits: String = rec.iter().take_while(|c| c.is_ascii_digit()).map(|c| *c as char).collect();
             assert_eq!(digits.parse::<usize>().unwrap(), rec.len());
+        }
+    }
+
+    #[test]
+    fn order_key_sorts_as_tar_order() {
+        let names: [&[u8]; 9] = [b"a", b"a/b", b"a-b/c", b"a.c", b"a/b/c", b"ab", b"a\xff", b"nix", b"nix/store"];
+        for x in names {
+            for y in names {
+                assert_eq!(tar_order_key(x).cmp(&tar_order_key(y)), tar_order(x, y), "{x:?} {y:?}");
+            }
         }
     }
 
