@@ -11,10 +11,11 @@
 //! gzip reader reads whole (several members would be faster to make, and some readers stop
 //! after the first).
 //!
-//! libdeflate rather than zlib: at level 6 it compresses layers about a third faster than
-//! zlib-rs, and about 4% smaller (as small as GNU gzip -6). It takes no preset dictionary,
-//! so a block does not see the 32 KiB before it, which costs about 0.2% in size at 1 MiB
-//! blocks.
+//! libdeflate rather than zlib: measured on layers of binaries and of Python sources, its
+//! level 5 (strata's, see [`crate::compress`]) deflates about 1.6 times as fast as zlib-rs at
+//! level 6, and 2–3% smaller. It takes no preset dictionary, so a block does not see the
+//! 32 KiB before it: a small loss at 1 MiB blocks (held under 1% against one stream by the
+//! test below).
 //!
 //! Written here rather than with the `gzp` crate: gzp runs a thread pool of its own per
 //! stream, and strata compresses several layers at once into one pool sized to the cores.
