@@ -43,6 +43,8 @@ use strata_oci::digest::{Digest, HashingWriter};
 use strata_oci::image::{LayerTar, TarError};
 
 const BLOCK: u64 = 512;
+/// Reads of file contents, into one buffer of this size.
+const COPY_BUFFER: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -514,7 +516,7 @@ impl LayerRecipe {
     }
 
     fn write_tar_via<W: Write>(&self, out: &mut W, copy: FileCopy) -> Result<(), LayerError> {
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = vec![0u8; COPY_BUFFER];
         for entry in &self.entries {
             self.write_entry(out, entry, &mut buf, copy)?;
         }
@@ -574,6 +576,7 @@ fn link_identical_files(entries: &mut [Entry]) -> Result<(), LayerError> {
         }
     }
     let mut links: Vec<(usize, usize)> = Vec::new();
+    let mut buf = Vec::new(); // allocated for the first file hashed, if any
     for group in candidates.into_values().filter(|g| g.len() > 1) {
         let file = |i: usize| match &entries[i].kind {
             EntryKind::File { source, size, stamp } => (source, *size, (stamp.device, stamp.inode)),
@@ -589,7 +592,7 @@ fn link_identical_files(entries: &mut [Entry]) -> Result<(), LayerError> {
                 links.push((i, first));
                 continue;
             }
-            let first = if inodes.len() > 1 { *first_of_contents.entry(digest_of_file(source, size)?).or_insert(i) } else { i };
+            let first = if inodes.len() > 1 { *first_of_contents.entry(digest_of_file(source, size, &mut buf)?).or_insert(i) } else { i };
             first_of_inode.insert(inode, first);
             if first != i {
                 links.push((i, first));
@@ -602,10 +605,11 @@ fn link_identical_files(entries: &mut [Entry]) -> Result<(), LayerError> {
     Ok(())
 }
 
-/// The SHA-256 of the `size` bytes of the file at `source`.
-fn digest_of_file(source: &Path, size: u64) -> Result<Digest, LayerError> {
+/// The SHA-256 of the `size` bytes of the file at `source`, read through `buf`.
+fn digest_of_file(source: &Path, size: u64, buf: &mut Vec<u8>) -> Result<Digest, LayerError> {
+    buf.resize(COPY_BUFFER, 0);
     let mut hashing = HashingWriter::new(io::sink());
-    copy_exactly(source, size, &mut hashing, &mut vec![0u8; 256 * 1024], FileCopy::Buffered)?;
+    copy_exactly(source, size, &mut hashing, buf, FileCopy::Buffered)?;
     Ok(hashing.finish().0)
 }
 

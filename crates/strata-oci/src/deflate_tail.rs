@@ -217,7 +217,8 @@ fn literal_kind(symbol: usize) -> (u32, u32) {
     }
 }
 
-/// A distance symbol's extra bits (symbols 30 and 31 are never valid).
+/// A distance symbol's kind and extra bits: [`LITERAL`] for a valid one (a plain symbol, as a
+/// literal is), [`OTHER`] for 30 and 31, which are never valid.
 fn distance_kind(symbol: usize) -> (u32, u32) {
     match symbol {
         0..=29 => (LITERAL, (symbol as u32 / 2).saturating_sub(1)),
