@@ -288,12 +288,23 @@ fn outputs_follow_the_umask() {
     }
 }
 
-/// #10.10: Names and tags are checked before any work: nothing is made.
+/// #10.10: Names and tags are checked before any work: nothing is made. Tags are ASCII, as
+/// Docker's grammar has them (oci-spec's parser takes `café`).
 #[test]
 fn bad_names_and_tags_are_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec_with(dir.path(), &format!("roots = [\"{}\"]\n", fixture("hello")));
-    for dest in ["oci:layout:bad#tag", "oci-archive:x.tar:Bad/Name:1", "docker-daemon:web", "podman:Web:1", "docker://127.0.0.1:1/x:bad#tag", "s3:bucket"] {
+    let bad = [
+        "oci:layout:bad#tag",
+        "oci-archive:x.tar:Bad/Name:1",
+        "docker-daemon:web",
+        "podman:Web:1",
+        "podman:web:café",
+        "docker://127.0.0.1:1/x:bad#tag",
+        "docker://127.0.0.1:1/x:ταγ",
+        "s3:bucket",
+    ];
+    for dest in bad {
         let stderr = fails(strata(&["build", spec.to_str().unwrap(), "-o", dest]).current_dir(dir.path()));
         assert!(stderr.contains("invalid image reference"), "{dest}: {stderr}");
         assert_eq!(names_in(dir.path()), ["spec.toml"], "{dest}");
