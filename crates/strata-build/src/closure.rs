@@ -1,8 +1,12 @@
 //! The closure: the set of store paths an image needs and the reference graph between them.
 //!
 //! Two sources give the same [`Closure`]:
-//! - the Nix installation, through `nix path-info --json --recursive` (one process for the
-//!   whole graph, validity included);
+//! - the Nix installation: its database read directly ([`Closure::from_nix_database`], one
+//!   recursive query, read-only), else `nix path-info --json --recursive` (one process for
+//!   the whole graph, validity included). Both answer from the same database; the direct read
+//!   spares starting `nix`, about 40 ms (a third of a warm build), and steps aside (`None`)
+//!   whenever it cannot answer for sure: no readable database, another schema, a root not
+//!   registered, a store other than the local one. `nix` then answers, with its own errors;
 //! - a closure graph file, for use inside a Nix build where no daemon is reachable: the
 //!   format `exportReferencesGraph` writes (path, deriver, reference count, references), the
 //!   same with NAR hash and size before the deriver (`closureInfo`'s `registration`,
@@ -35,7 +39,7 @@ pub enum ClosureError {
 }
 
 /// A reference graph over store paths. Every path it lists has all its references listed too.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Closure {
     references: BTreeMap<StorePath, BTreeSet<StorePath>>,
     /// Where the graph came from, for error messages: `None` for the Nix database.
@@ -53,18 +57,65 @@ struct PathInfo {
 }
 
 impl Closure {
-    /// Asks Nix for the closure of `roots` (each given with the spec key that named it).
+    /// The closure of `roots` (each given with the spec key that named it) in the local Nix
+    /// store: from its database, else from `nix path-info`.
     pub fn from_nix(roots: &[(String, StorePath)]) -> Result<Closure, ClosureError> {
-        let mut closure = Closure::default();
         if roots.is_empty() {
-            return Ok(closure);
+            return Ok(Closure::default());
         }
         for (key, path) in roots {
             if std::fs::symlink_metadata(path).is_err() {
                 return Err(ClosureError::Missing { key: key.clone(), path: path.clone() });
             }
         }
-        let unique: BTreeSet<&StorePath> = roots.iter().map(|(_, p)| p).collect();
+        let unique: Vec<&StorePath> = roots.iter().map(|(_, p)| p).collect::<BTreeSet<_>>().into_iter().collect();
+        if let Some(database) = local_nix_database() {
+            if let Some(closure) = Closure::from_nix_database(&database, &unique) {
+                return Ok(closure);
+            }
+            tracing::debug!("the Nix database {} did not answer; asking `nix path-info`", database.display());
+        }
+        Closure::from_nix_path_info(roots, &unique)
+    }
+
+    /// The closure of `roots` read from the Nix database file `database` (read-only, as
+    /// SQLite lets a reader share a database that Nix writes), or `None` if it cannot answer:
+    /// the file is missing or unreadable, its tables are not Nix's, a root is not registered.
+    pub fn from_nix_database(database: &Path, roots: &[&StorePath]) -> Option<Closure> {
+        use rusqlite::{Connection, OpenFlags};
+        let db = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
+        db.busy_timeout(std::time::Duration::from_millis(100)).ok()?;
+        let placeholders = vec!["?"; roots.len()].join(",");
+        // Every path reachable from the roots, then each with its references (none: NULL).
+        let query = format!(
+            "WITH RECURSIVE closure(id) AS (
+                 SELECT id FROM ValidPaths WHERE path IN ({placeholders})
+                 UNION SELECT Refs.reference FROM Refs JOIN closure ON Refs.referrer = closure.id)
+             SELECT p.path, r.path FROM closure
+                 JOIN ValidPaths p ON p.id = closure.id
+                 LEFT JOIN Refs ON Refs.referrer = closure.id
+                 LEFT JOIN ValidPaths r ON r.id = Refs.reference"
+        );
+        let mut statement = db.prepare(&query).ok()?;
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(roots.iter().map(|p| p.as_str())), |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)))
+            .ok()?;
+        let exact = |path: &str| StorePath::containing(path).ok().filter(|p| p.as_str() == path);
+        let mut references: BTreeMap<StorePath, BTreeSet<StorePath>> = BTreeMap::new();
+        for row in rows {
+            let (path, reference) = row.ok()?;
+            let refs = references.entry(exact(&path)?).or_default();
+            if let Some(reference) = reference {
+                refs.insert(exact(&reference)?);
+            }
+        }
+        let complete = roots.iter().all(|r| references.contains_key(*r)) && references.values().flatten().all(|r| references.contains_key(r));
+        complete.then_some(Closure { references, graph_file: None })
+    }
+
+    /// The closure of `roots` (`unique`: the same, once each) as `nix path-info` gives it.
+    fn from_nix_path_info(roots: &[(String, StorePath)], unique: &[&StorePath]) -> Result<Closure, ClosureError> {
+        let mut closure = Closure::default();
         let args: Vec<&str> = ["path-info", "--json", "--recursive"].into_iter().chain(unique.iter().map(|p| p.as_str())).collect();
         let output = crate::nix::run(&args, None).map_err(ClosureError::NixMissing)?;
         if !output.status.success() {
@@ -136,6 +187,11 @@ impl Closure {
         Ok(closure)
     }
 
+    /// Every path of the graph with its direct references.
+    pub fn graph(&self) -> &BTreeMap<StorePath, BTreeSet<StorePath>> {
+        &self.references
+    }
+
     fn insert(&mut self, path: StorePath, references: &[String]) {
         let refs = references
             .iter()
@@ -189,6 +245,18 @@ impl Closure {
         }
         counts
     }
+}
+
+/// The database of the local store `nix` would use, if it is the one at /nix/store: `None`
+/// when `NIX_REMOTE` names another store (`ssh://…`, `local?root=…`). `NIX_STATE_DIR`
+/// moves it, as it moves Nix's.
+fn local_nix_database() -> Option<PathBuf> {
+    let remote = std::env::var("NIX_REMOTE").unwrap_or_default();
+    if !matches!(remote.as_str(), "" | "daemon" | "local" | "auto" | "unix:///nix/var/nix/daemon-socket/socket") {
+        return None;
+    }
+    let state = std::env::var_os("NIX_STATE_DIR").map_or_else(|| PathBuf::from("/nix/var/nix"), PathBuf::from);
+    Some(state.join("db/db.sqlite"))
 }
 
 fn parse_path_info_json(bytes: &[u8]) -> Result<Vec<(StorePath, PathInfo)>, String> {

@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::common::*;
+use strata_build::closure::Closure;
+use strata_build::store::StorePath;
 
 /// Nothing but the spec is left in `dir`: no output, no temporary file.
 fn only_spec_left(dir: &Path) {
@@ -81,9 +83,36 @@ fn missing_nix_is_explained() {
     let hello = fixture("hello");
     let dir = tempfile::tempdir().unwrap();
     write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
-    let stderr = fails(strata(&["build", "spec.toml", "-o", "docker-archive:x.tar"]).current_dir(dir.path()).env("PATH", "/nonexistent"));
+    // No `nix` to run, and no database to read (strata reads Nix's where NIX_STATE_DIR says).
+    let stderr = fails(
+        strata(&["build", "spec.toml", "-o", "docker-archive:x.tar"]).current_dir(dir.path()).env("PATH", "/nonexistent").env("NIX_STATE_DIR", "/nonexistent"),
+    );
     assert!(stderr.contains("Nix is needed") && stderr.contains("--closure-graph"), "{stderr}");
     only_spec_left(dir.path());
+}
+
+/// The closure read from Nix's database is the one `nix path-info` gives; a database that
+/// cannot answer for sure steps aside (and `nix` answers).
+#[test]
+fn the_nix_database_gives_the_closure_nix_gives() {
+    let roots = [fixture("hello"), fixture("chain"), fixture("linkToHello")];
+    let store_paths: Vec<StorePath> = roots.iter().map(|r| StorePath::containing(r).unwrap()).collect();
+    let refs: Vec<&StorePath> = store_paths.iter().collect();
+    let database = Path::new("/nix/var/nix/db/db.sqlite");
+    let read = Closure::from_nix_database(database, &refs).expect("the database answers for registered paths");
+    let json = stdout_of(Command::new("nix").args(["--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive"]).args(&roots));
+    let asked = Closure::from_graph_text(&json, Path::new("nix path-info")).unwrap();
+    assert_eq!(read.graph(), asked.graph());
+    assert!(read.graph().len() > roots.len(), "the roots have references: {:?}", read.graph().keys());
+
+    let unregistered = StorePath::containing(&format!("/nix/store/{}-unregistered", "2".repeat(32))).unwrap();
+    assert_eq!(Closure::from_nix_database(database, &[&store_paths[0], &unregistered]), None, "a root not registered");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("garbage.sqlite"), b"not a database").unwrap();
+    std::fs::write(dir.path().join("empty.sqlite"), b"").unwrap();
+    for other in ["garbage.sqlite", "empty.sqlite", "missing.sqlite"] {
+        assert_eq!(Closure::from_nix_database(&dir.path().join(other), &refs), None, "{other}");
+    }
 }
 
 /// Without Nix, a closure graph file gives the same image as Nix does.
