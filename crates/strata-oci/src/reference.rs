@@ -327,9 +327,10 @@ fn normalize(name: &str) -> (String, String) {
         _ => ("docker.io", name),
     };
     let host = if host == "index.docker.io" { "docker.io" } else { host };
-    match host == "docker.io" && !path.contains('/') {
-        true => (host.to_owned(), format!("library/{path}")),
-        false => (host.to_owned(), path.to_owned()),
+    if host == "docker.io" && !path.contains('/') {
+        (host.to_owned(), format!("library/{path}"))
+    } else {
+        (host.to_owned(), path.to_owned())
     }
 }
 
