@@ -6,7 +6,9 @@
 //!   the whole graph, validity included). Both answer from the same database; the direct read
 //!   spares starting `nix`, about 40 ms (a third of a warm build), and steps aside (`None`)
 //!   whenever it cannot answer for sure: no readable database, another schema, a root not
-//!   registered, a store other than the local one. `nix` then answers, with its own errors;
+//!   registered, a store other than the local one. (SQLite reads a database in WAL mode only
+//!   through its `-shm` file: a user who may not create it, as in a multi-user install, can
+//!   read the database only while Nix has it open.) `nix` then answers, with its own errors;
 //! - a closure graph file, for use inside a Nix build where no daemon is reachable: the
 //!   format `exportReferencesGraph` writes (path, deriver, reference count, references), the
 //!   same with NAR hash and size before the deriver (`closureInfo`'s `registration`,
