@@ -565,11 +565,9 @@ pub struct Pulled {
 /// Reads a manifest (choosing this platform's from an index), its config, and its layer
 /// list from a registry; blobs are fetched later through [`RegistryBlobs`].
 pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<Pulled, RegistryError> {
-    let session = Session::new(&source.host, options)?;
+    let (session, mut reference) = pull_session(source, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
-        let mut reference = client_ref(source);
-        session.authenticate(&reference, RegistryOperation::Pull).await?;
         let mut bytes = fetch_manifest(&session, source, &reference, source.digest).await?;
         if is_index(&bytes) {
             let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
@@ -624,14 +622,21 @@ fn with_top_manifest<T>(
     options: &RegistryOptions,
     then: impl AsyncFnOnce(&Session, bytes::Bytes) -> Result<T, RegistryError>,
 ) -> Result<T, RegistryError> {
-    let session = Session::new(&reference.host, options)?;
+    let (session, client_reference) = pull_session(reference, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
-        let client_reference = client_ref(reference);
-        session.authenticate(&client_reference, RegistryOperation::Pull).await?;
         let bytes = fetch_manifest(&session, reference, &client_reference, reference.digest).await?;
         then(&session, bytes).await
     })
+}
+
+/// A session with `source`'s registry, authenticated to pull from its repository, and the
+/// reference that names it there.
+fn pull_session(source: &RegistryRef, options: &RegistryOptions) -> Result<(Session, Reference), RegistryError> {
+    let session = Session::new(&source.host, options)?;
+    let reference = client_ref(source);
+    session.runtime.clone().block_on(session.authenticate(&reference, RegistryOperation::Pull))?;
+    Ok((session, reference))
 }
 
 /// The image index `source` names, if it names one.
@@ -650,9 +655,7 @@ impl RegistryBlobs {
     /// whose digest and size are known already (each fixed-output derivation of
     /// `pullImageFromManifest` fetches one).
     pub fn of(source: &RegistryRef, options: &RegistryOptions) -> Result<RegistryBlobs, RegistryError> {
-        let session = Session::new(&source.host, options)?;
-        let reference = client_ref(source);
-        session.runtime.clone().block_on(session.authenticate(&reference, RegistryOperation::Pull))?;
+        let (session, reference) = pull_session(source, options)?;
         Ok(RegistryBlobs { session: Arc::new(session), reference })
     }
 

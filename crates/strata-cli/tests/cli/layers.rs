@@ -214,7 +214,8 @@ fn identical_files_are_one_file_in_the_image() {
     );
     let archive = build_archive(dir.path(), &spec);
     let store_name = twins.trim_start_matches('/');
-    let entry = |file: &str| read_archive(&archive).layers.into_iter().find_map(|mut l| l.remove(&format!("{store_name}/{file}"))).unwrap();
+    let mut layers = read_archive(&archive).layers;
+    let mut entry = |file: &str| layers.iter_mut().find_map(|l| l.remove(&format!("{store_name}/{file}"))).unwrap();
     let (a, b, c) = (entry("a"), entry("b"), entry("c"));
     assert_eq!((a.kind, a.data.len(), c.kind), (tar::EntryType::Regular, 70000, tar::EntryType::Regular));
     assert_eq!((b.kind, b.link, b.data.len()), (tar::EntryType::Link, Some(format!("{store_name}/a").into_bytes()), 0));
