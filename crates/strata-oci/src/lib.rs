@@ -4,9 +4,10 @@
 //! - [`digest`]: `sha256:` digests, and a writer that hashes what goes through it;
 //! - [`reference`](crate::reference): the one grammar of image references for every
 //!   transport (`docker-archive:`, `oci:`, `oci-archive:`, `docker://`, `docker-daemon:`,
-//!   `podman:`), names and tags checked with oci-spec's `Reference`;
+//!   `podman:`), Docker's grammar of names, tags and digests;
 //! - [`platform`]: OS, architecture and variant, as OCI indexes name them;
-//! - [`compress`]: the layer codecs and their media types; [`pgzip`]: gzip on every core;
+//! - [`compress`]: the layer codecs and their media types; [`parallel`]: compression in
+//!   blocks on every core, as gzip ([`pgzip`]) and as zstd ([`pzstd`]);
 //! - [`manifest`]: the one record of a layer blob, and the manifest that lists them;
 //! - [`canonical`]: JSON written canonically, so equal images have equal digests;
 //! - [`image`]: an image, its config and its layers, built or copied;
@@ -20,8 +21,10 @@ mod deflate_tail;
 pub mod digest;
 pub mod image;
 pub mod manifest;
+pub mod parallel;
 pub mod pgzip;
 pub mod platform;
+pub mod pzstd;
 pub mod reference;
 pub mod time;
 pub mod ustar;

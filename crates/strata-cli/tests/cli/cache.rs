@@ -77,7 +77,7 @@ fn a_second_build_takes_its_layers_from_the_cache() {
     assert!(stdout_of(strata_cached(&cache, &["cache", "show"])).contains("\n0 entries"));
 }
 
-/// gzip in blocks and zstd's workers: the same blobs whether strata has one core or all.
+/// gzip and zstd in blocks: the same blobs whether strata has one core or all.
 #[test]
 fn compressed_layers_are_the_same_bytes_on_one_core_and_on_all() {
     let (app, bulky) = (fixture("toyApp"), fixture("bulky"));

@@ -135,7 +135,7 @@ fn nix2container_style_images_match_their_recorded_digests() {
     let layout = format!("oci:{}:v1", dir.path().join("layout").display());
     run_ok(Command::new(runner("copyTo", "copy-to")).arg(&layout));
     let inspect: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &layout]))).unwrap();
-    assert_eq!(digests["compressed"][0]["codec"], "gzip-libdeflate1.26-level5-blocks1m-v2");
+    assert_eq!(digests["compressed"][0]["codec"], "gzip-libdeflate1.26-level5-blocks1m-v3");
     assert_eq!(inspect["Digest"], digests["compressed"][0]["manifest"]);
     run_ok(Command::new(runner("copyTo", "copy-to")).args([&layout, "--compress", "none"]));
     let inspect: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", &layout]))).unwrap();
@@ -254,7 +254,7 @@ fn a_layer_record_is_made_once_and_every_image_with_the_layer_uses_it() {
     assert_eq!(record["roots"], serde_json::json!([fixture("glibc")]));
     let references = stdout_of(Command::new("nix-store").args(["--query", "--references", &record_path]));
     assert_eq!(references.trim(), fixture("glibc"), "the record keeps the layer's store paths alive");
-    let (tar, gzip) = (&record["blobs"]["tar"], &record["blobs"]["gzip-libdeflate1.26-level5-blocks1m-v2"]);
+    let (tar, gzip) = (&record["blobs"]["tar"], &record["blobs"]["gzip-libdeflate1.26-level5-blocks1m-v3"]);
     assert_eq!(tar["digest"], tar["diff_id"]);
     assert_eq!(gzip["diff_id"], tar["diff_id"]);
     for image in ["n2c", "n2cOther"] {
