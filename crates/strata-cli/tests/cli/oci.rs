@@ -92,6 +92,34 @@ fn oci_archives_are_read_by_skopeo_and_run_by_podman() {
     }
 }
 
+/// A zstd layer is a frame a 2 MiB block: zstd's own tool counts the frames and checks each,
+/// and podman (through skopeo and containers-storage) reads the whole file back.
+#[test]
+fn zstd_layers_of_many_frames_are_read_whole() {
+    let (busybox, bulky) = (fixture("busybox"), fixture("bulky"));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_for(dir.path(), &[&bulky], &format!("{busybox}/bin/sh"));
+    let layout = dir.path().join("layout");
+    let reference = format!("oci:{}:zstd", layout.display());
+    run_ok(strata(&["build", spec.to_str().unwrap(), "--compress", "zstd", "-o", &reference, "--no-cache"]));
+    let mut frames = Vec::new();
+    for blob in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let blob = blob.unwrap().path();
+        if std::fs::read(&blob).unwrap().starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            run_ok(Command::new("zstd").arg("-tq").arg(&blob));
+            let listing = stdout_of(Command::new("zstd").arg("-l").arg(&blob));
+            frames.push(listing.lines().nth(1).and_then(|l| l.split_whitespace().next()).unwrap().parse::<u32>().unwrap());
+        }
+    }
+    // 26 MiB of numbers: at least 13 frames.
+    assert!(frames.iter().any(|&n| n >= 13), "frames per layer: {frames:?}");
+    let image = "localhost/strata-test-zstd-frames:1";
+    run_ok(Command::new("skopeo").args(["copy", &reference, &format!("containers-storage:{image}")]));
+    let count = run_in("podman", image, &["-c", &format!("{busybox}/bin/busybox wc -l < {bulky}/numbers")]);
+    assert_eq!(count.trim(), "3500000");
+    let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+}
+
 /// `--json` on build and copy: one object on standard output, agreeing with what skopeo
 /// reads at the destination; refused when the image itself would go to standard output.
 #[test]
