@@ -3,8 +3,8 @@
 //! Each block of the input is compressed as a zstd frame of its own (with its content size,
 //! without a checksum: the layer's digests check it), and the frames are written one after
 //! the other. A zstd stream may hold any number of frames, and its decoders read them all
-//! as one content (RFC 8878, section 3.1; zstd's `pzstd` and containers' `zstd:chunked`
-//! layers are made the same way).
+//! as one content (RFC 8878, section 3.1). zstd's own `pzstd` cuts its input into frames
+//! the same way, and containers' `zstd:chunked` layers are many frames too.
 //!
 //! Why not zstd's own multi-threaded mode, whose output is also the same for any number of
 //! workers: its threads belong to one stream, where strata compresses several layers at once
