@@ -6,9 +6,9 @@
 //!
 //! - **Removed when not needed.** Dropping a scratch removes it (an error on the way, a
 //!   panic), and [`remove_all`] removes every live one: the CLI calls it on SIGINT and SIGTERM
-//!   before it exits. A scratch is registered before anyone can persist it, and persisting
-//!   and [`remove_all`] take the same lock, so a signal leaves the destination either as it
-//!   was or complete, never half-written.
+//!   before it exits. A scratch is made and registered under one lock, which persisting and
+//!   [`remove_all`] take too: a signal leaves no scratch behind (not even one being made at
+//!   that moment), and the destination either as it was or complete, never half-written.
 //! - **A killed run's leftovers go with the next run.** A process killed with `-9` runs no
 //!   cleanup. So every scratch is locked (`flock`) by its owner for its whole life, and
 //!   making a scratch first sweeps the same directory for `.<stem>.*.partial` entries whose
@@ -39,9 +39,9 @@ fn live() -> MutexGuard<'static, BTreeSet<PathBuf>> {
 /// is persisted or made afterwards. For a signal handler that exits right after.
 pub fn remove_all() -> impl Drop {
     let guard = live();
-    // Other threads go on until the process exits, but none can register or persist a
-    // scratch any more: each makes at most one more entry (the file it is creating when it
-    // blocks on the lock). A few passes remove those too.
+    // Other threads go on until the process exits, but none can make, register or persist
+    // a scratch any more (each does so holding this lock). A thread may still be writing
+    // inside a scratch directory, so removing it can fail once (not empty): a few passes.
     for _ in 0..20 {
         for path in guard.iter() {
             let _ = remove_any(path);
@@ -121,6 +121,16 @@ fn lock_and_check(handle: &File, path: &Path) -> io::Result<bool> {
     Ok(there.is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev()))
 }
 
+/// Makes a scratch with `make` and registers it (its path is `path`), holding the lock of
+/// the live set throughout: [`remove_all`] then sees every scratch on disk, since a thread
+/// that would make one after it took the lock waits before making anything.
+fn registered<T>(make: impl FnOnce() -> io::Result<T>, path: impl Fn(&T) -> &Path) -> io::Result<T> {
+    let mut live = live();
+    let made = make()?;
+    live.insert(path(&made).to_owned());
+    Ok(made)
+}
+
 /// Runs `make` with a builder of `.<stem>.<random>.partial` names created with `mode`.
 fn with_builder<T>(stem: &str, mode: u32, make: impl FnOnce(&tempfile::Builder) -> io::Result<T>) -> io::Result<T> {
     let prefix = format!(".{stem}.");
@@ -148,8 +158,7 @@ impl ScratchFile {
     pub fn new_in(dir: &Path, stem: &str) -> io::Result<ScratchFile> {
         sweep(dir, stem);
         loop {
-            let file = with_builder(stem, 0o666, |b| b.tempfile_in(dir))?;
-            live().insert(file.path().to_owned());
+            let file = registered(|| with_builder(stem, 0o666, |b| b.tempfile_in(dir)), tempfile::NamedTempFile::path)?;
             if lock_and_check(file.as_file(), file.path())? {
                 return Ok(ScratchFile { file: Some(file) });
             }
@@ -238,8 +247,7 @@ impl ScratchDir {
     pub fn new_in(parent: &Path, stem: &str) -> io::Result<ScratchDir> {
         sweep(parent, stem);
         loop {
-            let dir = with_builder(stem, 0o777, |b| b.tempdir_in(parent))?;
-            live().insert(dir.path().to_owned());
+            let dir = registered(|| with_builder(stem, 0o777, |b| b.tempdir_in(parent)), tempfile::TempDir::path)?;
             let lock = File::open(dir.path())?;
             if lock_and_check(&lock, dir.path())? {
                 return Ok(ScratchDir { dir: Some(dir), _lock: lock });
