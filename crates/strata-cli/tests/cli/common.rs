@@ -165,8 +165,22 @@ pub fn read_archive(path: &Path) -> Archive {
 pub fn load_and_run(engine: &str, archive: &Path, image: &str, args: &[&str]) -> String {
     run_ok(Command::new(engine).arg("load").stdin(std::fs::File::open(archive).unwrap()));
     let out = run_in(engine, image, args);
-    let _ = Command::new(engine).args(["rmi", "-f", image]).output();
+    remove_images(engine, &[image]);
     out
+}
+
+/// Cleans up the images a test made in an engine. Docker's are removed. podman's are only
+/// untagged, never removed, while tests run at once: tests share layers (glibc's, for one),
+/// and podman can fail to commit an image whose layer another podman is deleting ("committing
+/// the finished image: … layer not known", podman issues #18449, #18659 and #24598).
+/// `scripts/test` prunes the untagged images once every test is done.
+pub fn remove_images(engine: &str, images: &[&str]) {
+    for image in images {
+        // `podman untag NAME NAME` removes that one name: the image may have others (another
+        // test's image with the same ID), which `podman untag NAME` would remove too.
+        let args = if engine == "podman" { ["untag", image, image] } else { ["rmi", "-f", image] };
+        let _ = Command::new(engine).args(args).output();
+    }
 }
 
 /// Runs an already loaded image.

@@ -45,7 +45,7 @@ config = {{ Cmd = ["hello"], ExposedPorts = {{ "8080/tcp" = {{}} }} }}
 }
 
 fn rmi(engine: &str, image: &str) {
-    let _ = Command::new(engine).args(["rmi", "-f", image]).output();
+    remove_images(engine, &[image]);
 }
 
 #[test]

@@ -21,7 +21,7 @@ fn dir_images_go_both_ways_with_skopeo() {
     run_ok(Command::new("skopeo").args(["copy", "-q", &dest]).arg(format!("docker-archive:{}:dirred:1", archive.display())));
     run_ok(Command::new("podman").arg("load").arg("-i").arg(&archive));
     assert_eq!(run_in("podman", "dirred:1", &[]), "Hello, world!\n");
-    let _ = Command::new("podman").args(["rmi", "-f", "dirred:1"]).output();
+    remove_images("podman", &["dirred:1"]);
 
     // Written again: replaced whole (a layer of the old image would be left otherwise).
     std::fs::write(&spec, format!("name = \"dirred\"\ntag = \"1\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\nCmd = [\"again\"]\n")).unwrap();
@@ -44,5 +44,5 @@ fn dir_images_go_both_ways_with_skopeo() {
     // skopeo's name for podman's storage is taken too.
     run_ok(strata(&["copy", &format!("dir:{}", skopeos.display()), "containers-storage:from-skopeo:1"]));
     assert_eq!(run_in("podman", "from-skopeo:1", &[]), "Hello, world!\n");
-    let _ = Command::new("podman").args(["rmi", "-f", "from-skopeo:1"]).output();
+    remove_images("podman", &["from-skopeo:1"]);
 }

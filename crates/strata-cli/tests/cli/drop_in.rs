@@ -114,7 +114,7 @@ fn nix_uid_owns_the_store_and_database() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         assert_eq!((fields[2], fields[3], *fields.last().unwrap()), ("1000", "100", path), "{out}");
     }
-    let _ = Command::new("podman").args(["rmi", "-f", "n2c-nix-user:v1"]).output();
+    remove_images("podman", &["n2c-nix-user:v1"]);
 }
 
 /// What strata does not do is an evaluation error naming the function, the argument and
@@ -179,7 +179,7 @@ fn merged_images_load_together() {
     assert!(out.contains(&format!("Loaded image: {hello}")) && out.contains("Loaded image: run-as-root:v1"), "{out}");
     assert_eq!(run_in("docker", &hello, &[]), "Hello, world!\n");
     assert!(run_in("docker", "run-as-root:v1", &[]).trim_end().ends_with("/data"));
-    let _ = Command::new("docker").args(["rmi", "-f", &hello, "run-as-root:v1"]).output();
+    remove_images("docker", &[&hello, "run-as-root:v1"]);
     // strata reads archives of one image, and says so of this one.
     let message = fails(&mut strata(&["inspect", &format!("docker-archive:{merged}")]));
     assert!(message.contains("describes 2 images; strata reads docker-archives of one"), "{message}");
@@ -221,7 +221,7 @@ fn nix_shell_images_are_the_derivations_shell() {
     run_ok(Command::new("docker").arg("load").arg("-i").arg(&archive));
     // A terminal makes the shell interactive: it reads the rc file, which runs the hook.
     let out = stdout_of(Command::new("docker").args(["run", "--rm", "-t", "--network", "none", "nix-shell-command:v1"]));
-    let _ = Command::new("docker").args(["rmi", "-f", "nix-shell-command:v1"]).output();
+    remove_images("docker", &["nix-shell-command:v1"]);
     assert_eq!(out.replace('\r', ""), "This is the shell hook!\ninteractive\n");
 }
 

@@ -35,7 +35,7 @@ fn piped_stream_loads_into_both_engines() {
         assert!(build.wait().unwrap().success());
         assert!(load.status.success(), "{engine} load: {}", String::from_utf8_lossy(&load.stderr));
         assert_eq!(run_in(engine, "strata-test-pipe:t1", &[]), "Hello, world!\n");
-        let _ = Command::new(engine).args(["rmi", "-f", "strata-test-pipe:t1"]).output();
+        remove_images(engine, &["strata-test-pipe:t1"]);
     }
 }
 
@@ -71,7 +71,7 @@ fn copy_to_root_and_working_dir() {
         assert_eq!(run_in(engine, "strata-test-makes:t1", &["cat", "my-file"]), "my-file-contents\n");
         let root = run_in(engine, "strata-test-makes:t1", &["ls", "/"]);
         assert!(root.lines().any(|l| l == "working-dir") && root.lines().any(|l| l == "nix"), "{root}");
-        let _ = Command::new(engine).args(["rmi", "-f", "strata-test-makes:t1"]).output();
+        remove_images(engine, &["strata-test-makes:t1"]);
     }
     // The tree itself is laid over /, not copied into the store: only its references are.
     let layers = read_archive(&archive).layers;

@@ -50,7 +50,7 @@ fn export_matches_docker_export() {
     let container = stdout_of(Command::new("docker").args(["create", "--network", "none", &tag]));
     let theirs = run_ok(Command::new("docker").args(["export", container.trim()])).stdout;
     let _ = Command::new("docker").args(["rm", "-f", container.trim()]).output();
-    let _ = Command::new("docker").args(["rmi", "-f", &tag, "run-as-root:v1"]).output();
+    remove_images("docker", &[&tag, "run-as-root:v1"]);
     let theirs = entries_of(&theirs);
 
     assert!(!ours.contains_key("bin/cat") && !ours.keys().any(|k| k == "data" || k.starts_with("data/")), "whiteouts applied");

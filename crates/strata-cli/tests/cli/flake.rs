@@ -159,12 +159,12 @@ fn kurtosis_builds_a_flake_output_and_loads_it_without_a_registry() {
     load.stdin.take().unwrap().write_all(&archive).unwrap();
     assert!(load.wait().unwrap().success());
     assert_eq!(run_in("docker", &image, &[]), "Hello from Kurtosis!\n");
-    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    remove_images("docker", &[&image]);
 
     // The same by name with strata: built, loaded and run, no registry between.
     let out = stdout_of(strata(&["run", "--flake", &format!("{}#hello-image", example.display()), "--engine", "docker", "--network", "none"]));
     assert_eq!(out, "Hello from Kurtosis!\n");
-    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    remove_images("docker", &[&image]);
 }
 
 /// A different string each run, so that images built with it are new to the store.
@@ -195,21 +195,21 @@ fn mk_images_runs_copies_and_checks_images() {
     assert_eq!(podman["Cmd"], serde_json::json!(["from a flake"]));
     assert!(podman["Env"].as_array().unwrap().contains(&"GREETING=hello".into()), "{podman}");
     assert_eq!(podman["Labels"]["org.opencontainers.image.title"], "hello");
-    let _ = Command::new("podman").args(["rmi", "-f", &reference]).output();
+    remove_images("podman", &[&reference]);
 
     run_ok(nix(&["run", &attr("do.copy.toDockerDaemon")]));
     assert_eq!(run_in("docker", &reference, &[]), "Hello, world!\nfrom a flake\n");
     assert_eq!(config("docker")["Env"], podman["Env"]);
-    let _ = Command::new("docker").args(["rmi", "-f", &reference]).output();
+    remove_images("docker", &[&reference]);
     let out = stdout_of(nix(&["run", &attr("do.run.interactivelyInDocker"), "--", "d"]));
     assert_eq!(out, "Hello, world!\nd\n");
-    let _ = Command::new("docker").args(["rmi", "-f", &reference]).output();
+    remove_images("docker", &[&reference]);
 
     // By name: DIR#hello is not a package, so strata takes the image of that name.
     let by_name = format!("{}#hello", example.display());
     let out = stdout_of(strata(&["run", "--flake", &by_name, "--engine", "docker", "--network", "none", "--", "c"]));
     assert_eq!(out, "Hello, world!\nc\n");
-    let _ = Command::new("docker").args(["rmi", "-f", &reference]).output();
+    remove_images("docker", &[&reference]);
     let layout = inputs.dir.path().join("layout");
     run_ok(strata(&["build", "--flake", &by_name, "-o", &format!("oci:{}:v1", layout.display())]));
     let inspect = stdout_of(Command::new("skopeo").args(["inspect", &format!("oci:{}:v1", layout.display())]));
@@ -288,7 +288,7 @@ fn flake_parts_module_template_and_n2c_namespace() {
     let out = stdout_of(nix(&["run", &installable("strata.x86_64-linux.images.hello.do.run.interactivelyWithPodman")]));
     assert_eq!(out, "Hello, world!\n");
     let tag = nix_eval(&installable("strata.x86_64-linux.images.hello.result.imageTag"));
-    let _ = Command::new("podman").args(["rmi", "-f", &format!("hello:{tag}")]).output();
+    remove_images("podman", &[&format!("hello:{tag}")]);
 
     // n2c-mod's own example image module, word for word.
     let n2c = inputs.dir.path().join("n2c");
@@ -329,7 +329,7 @@ fn flake_parts_module_template_and_n2c_namespace() {
     let checks = stdout_of(nix(&["eval", "--json", &format!("path:{}#checks.x86_64-linux", n2c.display()), "--apply", "builtins.attrNames"]));
     assert_eq!(checks.trim(), "[]");
     let tag = nix_eval(&format!("path:{}#n2c.x86_64-linux.images.basic.result.imageTag", n2c.display()));
-    let _ = Command::new("podman").args(["rmi", "-f", &format!("basic:{tag}")]).output();
+    remove_images("podman", &[&format!("basic:{tag}")]);
 
     // The multi-system image: `result` is the host's, `do.copy.to` writes the index of both.
     let multi = |path: &str| format!("path:{}#n2c.x86_64-linux.images.multi.{path}", n2c.display());

@@ -24,7 +24,7 @@ fn build_image_loads_with_docker_load() {
     assert!(tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "the default tag is a store hash: {tag}");
     let out = stdout_of(Command::new("docker").args(["run", "--rm", "--network", "none", "-t", &image]));
     assert_eq!(out.trim_end(), "Hello, world!");
-    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    remove_images("docker", &[&image]);
     // Built again from scratch, the output is bit for bit the same (Nix checks it).
     for attr in ["helloDocker", "helloStream", "helloLayered", "makes"] {
         nixlib_build(attr);
@@ -54,7 +54,7 @@ fn stream_layered_image_streams_into_podman() {
     assert!(listed.trim_end().ends_with(&format!("/bin/sh -> {busybox}/bin/sh")), "{listed}");
     let in_store = stdout_of(Command::new("podman").args(["run", "--rm", "--entrypoint", "/bin/ls", "hello-stream:latest", &format!("{busybox}/bin/busybox")]));
     assert_eq!(in_store.trim(), format!("{busybox}/bin/busybox"));
-    let _ = Command::new("podman").args(["rmi", "-f", "hello-stream:latest"]).output();
+    remove_images("podman", &["hello-stream:latest"]);
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn build_layered_image_respects_max_layers() {
     assert_eq!(run_in("docker", &image, &[]), "Hello, world!\n");
     let layers = stdout_of(Command::new("docker").args(["image", "inspect", &image, "--format", "{{len .RootFS.Layers}}"]));
     assert_eq!(layers.trim(), "2");
-    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    remove_images("docker", &[&image]);
 }
 
 /// makes' example: `pwd` -> /working-dir, `cat my-file` -> my-file-contents, and `ls /`
@@ -77,7 +77,7 @@ fn make_container_image_lays_layers_over_root() {
     assert_eq!(run_in("docker", &image, &["cat", "my-file"]), "my-file-contents\n");
     let root = run_in("docker", &image, &["ls", "/"]);
     assert!(root.lines().any(|l| l == "bin") && root.lines().any(|l| l == "working-dir"), "{root}");
-    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    remove_images("docker", &[&image]);
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn nix2container_style_images_match_their_recorded_digests() {
     let id = stdout_of(Command::new("podman").args(["image", "inspect", "n2c-hello:v1", "--format", "{{.Id}}"]));
     assert_eq!(format!("sha256:{}", id.trim()), config, "podman's image ID is the recorded config digest");
     assert_eq!(run_in("podman", "n2c-hello:v1", &[]), "Hello, world!\n");
-    let _ = Command::new("podman").args(["rmi", "-f", "n2c-hello:v1"]).output();
+    remove_images("podman", &["n2c-hello:v1"]);
 
     run_ok(&mut Command::new(runner("copyToDockerDaemon", "copy-to-docker-daemon")));
     let id = stdout_of(Command::new("docker").args(["image", "inspect", "n2c-hello:v1", "--format", "{{.Id}}"]));
@@ -127,7 +127,7 @@ fn nix2container_style_images_match_their_recorded_digests() {
     let env = stdout_of(Command::new("docker").args(["image", "inspect", "n2c-hello:v1", "--format", "{{json .Config.Env}}"]));
     assert_eq!(env.trim(), r#"["A=1"]"#, "nix2container's lower-case config keys");
     assert_eq!(run_in("docker", "n2c-hello:v1", &[]), "Hello, world!\n");
-    let _ = Command::new("docker").args(["rmi", "-f", "n2c-hello:v1"]).output();
+    remove_images("docker", &["n2c-hello:v1"]);
 
     // copyTo any destination; into an OCI layout the manifest is the recorded one too: with
     // gzip layers (the codec described), and uncompressed when asked.
@@ -174,7 +174,7 @@ fn initialize_nix_database_registers_the_closure_as_nix_does() {
     let verify = Command::new("podman").args(["run", "--rm", image, "--verify", "--check-contents"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success() && !stderr.contains("error") && !stderr.contains("modified"), "{stderr}");
-    let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+    remove_images("podman", &[image]);
     run_ok(nixlib_build_command("n2cNixDb").arg("--check"));
 }
 
@@ -295,14 +295,14 @@ fn docker_tools_names_docker_config_keys_and_null_config() {
     assert_eq!(config["OnBuild"], serde_json::json!(["RUN true"]));
     assert!(config["Shell"][0].as_str().unwrap().ends_with("/bin/sh"), "{config}");
     assert_eq!(run_in("docker", &image, &[]), "Hello, world!\n");
-    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    remove_images("docker", &[&image]);
 
     let stream = nixlib_build("dockerNullConfig");
     let mut streaming = Command::new(&stream).stdout(Stdio::piped()).spawn().unwrap();
     let load = Command::new("podman").arg("load").stdin(streaming.stdout.take().unwrap()).output().unwrap();
     assert!(streaming.wait().unwrap().success() && load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
     assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "null-config:v1", "/bin/echo", "null config"])), "null config\n");
-    let _ = Command::new("podman").args(["rmi", "-f", "null-config:v1"]).output();
+    remove_images("podman", &["null-config:v1"]);
 }
 
 /// #16: nix2container's perms apply where nix2container applies them: `path` names a store
@@ -327,7 +327,7 @@ fn nix2container_perms_apply_to_trees_laid_over_root() {
     run_ok(Command::new("podman").arg("load").arg("-i").arg(&archive));
     let listed = run_in("podman", "n2c-perms:v1", &[]);
     assert!(listed.starts_with("-rwxr-x---") && listed.contains(" 1000 ") && listed.contains(" 100 "), "{listed}");
-    let _ = Command::new("podman").args(["rmi", "-f", "n2c-perms:v1"]).output();
+    remove_images("podman", &["n2c-perms:v1"]);
 }
 
 /// #16: pullImage (dockerTools' and nix2container's) fetches an image by digest from a
@@ -365,12 +365,12 @@ fn pull_image_fetches_by_digest_and_serves_as_a_base() {
     // Fetched again from scratch, the same bytes (Nix checks the hash).
     run_ok(with_pull("pulled", (&hash, &hash_n2c)).arg("--check"));
     assert_eq!(run_in("docker", "pulled:v1", &[]), "Hello, world!\n");
-    let _ = Command::new("docker").args(["rmi", "-f", "pulled:v1"]).output();
+    remove_images("docker", &["pulled:v1"]);
 
     let over = stdout_of(with_pull("overPulled", (&hash, &hash_n2c))).trim().to_owned();
     run_ok(strata(&["stream", &over, "-o", "podman:over-pulled:v1"]));
     assert_eq!(run_in("podman", "over-pulled:v1", &[]), "Hello, world!\nagain\n");
-    let _ = Command::new("podman").args(["rmi", "-f", "over-pulled:v1"]).output();
+    remove_images("podman", &["over-pulled:v1"]);
 
     // nix2container's pullImageFromManifest: getManifest prints the manifest (the one pushed,
     // byte for byte); from that file, the blobs are fetched with no hash given.
@@ -388,7 +388,7 @@ fn pull_image_fetches_by_digest_and_serves_as_a_base() {
     let over = stdout_of(with_manifest("overManifest", manifest_file.to_str().unwrap())).trim().to_owned();
     run_ok(strata(&["stream", &over, "-o", "podman:over-manifest:v1"]));
     assert_eq!(run_in("podman", "over-manifest:v1", &[]), "Hello, world!\nfrom a manifest\n");
-    let _ = Command::new("podman").args(["rmi", "-f", "over-manifest:v1"]).output();
+    remove_images("podman", &["over-manifest:v1"]);
 }
 
 /// #16: more of dockerTools' arguments on the layered images: `compressor`, `architecture`,
@@ -428,5 +428,5 @@ fn docker_tools_extra_commands_shape_the_root() {
     assert!(lines.iter().any(|l| l.starts_with("drwxrwxrwt") && l.ends_with("/tmp")), "{out}");
     assert!(lines.iter().any(|l| l.starts_with("drwxr-xr-x") && l.ends_with("/var/log/nginx")), "{out}");
     assert!(out.contains("shaped by extraCommands"), "{out}");
-    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    remove_images("docker", &[&image]);
 }

@@ -88,7 +88,7 @@ fn oci_archives_are_read_by_skopeo_and_run_by_podman() {
         let image = format!("localhost/strata-test-oci-archive:{codec}");
         run_ok(Command::new("skopeo").args(["copy", &reference, &format!("containers-storage:{image}")]));
         assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
-        let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+        remove_images("podman", &[&image]);
     }
 }
 
@@ -117,7 +117,7 @@ fn zstd_layers_of_many_frames_are_read_whole() {
     run_ok(Command::new("skopeo").args(["copy", &reference, &format!("containers-storage:{image}")]));
     let count = run_in("podman", image, &["-c", &format!("{busybox}/bin/busybox wc -l < {bulky}/numbers")]);
     assert_eq!(count.trim(), "3500000");
-    let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+    remove_images("podman", &[image]);
 }
 
 /// `--json` on build and copy: one object on standard output, agreeing with what skopeo

@@ -69,12 +69,12 @@ fn a_two_platform_image_goes_to_a_registry_and_each_platform_runs() {
     // podman pulls each platform from the index and runs it.
     let host_ref = target.trim_start_matches("docker://");
     for (platform, machine) in [("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")] {
-        let _ = Command::new("podman").args(["rmi", "-f", host_ref]).output();
+        remove_images("podman", &[host_ref]);
         run_ok(Command::new("podman").args(["pull", "-q", "--platform", platform]).args(reg).arg(host_ref));
         let out = stdout_of(Command::new("podman").args(["run", "--rm", "--platform", platform, host_ref]));
         assert_eq!(out.trim(), machine, "{platform}");
     }
-    let _ = Command::new("podman").args(["rmi", "-f", host_ref]).output();
+    remove_images("podman", &[host_ref]);
 
     // By digest, the index is the image: copied with --all, every platform and the index
     // itself, whose digest stays; without, the host's image or --platform's.
@@ -93,12 +93,12 @@ fn a_two_platform_image_goes_to_a_registry_and_each_platform_runs() {
     let loaded = stdout_of(Command::new("podman").arg("load").arg("-i").arg(&archive));
     assert!(loaded.contains("multi:1"), "{loaded}");
     assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--arch", "arm64", "multi:1"])).trim(), "aarch64");
-    let _ = Command::new("podman").args(["rmi", "-f", "multi:1"]).output();
+    remove_images("podman", &["multi:1"]);
 
     // strata run picks the platform asked for.
     let out = stdout_of(strata(&["run", &target, "--engine", "podman", "--platform", "linux/arm64"]).args(reg));
     assert_eq!(out.trim(), "aarch64");
-    let _ = Command::new("podman").args(["rmi", "-f", "multi:1", host_ref]).output();
+    remove_images("podman", &["multi:1", host_ref]);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn a_two_platform_oci_layout_is_read_by_skopeo_and_umoci_and_one_platform_loads(
     run_ok(strata(&["build", amd, arm, "-o", &format!("docker-archive:{}", archive.display()), "--platform", "linux/arm64"]));
     run_ok(Command::new("podman").arg("load").arg("-i").arg(&archive));
     assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--arch", "arm64", "multi:1"])).trim(), "aarch64");
-    let _ = Command::new("podman").args(["rmi", "-f", "multi:1"]).output();
+    remove_images("podman", &["multi:1"]);
     let stderr = fails(&mut strata(&["build", amd, arm, "-o", "docker-archive:/dev/null", "--platform", "linux/riscv64"]));
     assert!(stderr.contains("no image for linux/riscv64 among linux/amd64, linux/arm64"), "{stderr}");
     let stderr = fails(&mut strata(&["build", amd, amd, "-o", &format!("oci:{}:2", dir.path().join("twice").display())]));
@@ -163,12 +163,12 @@ fn the_nix_library_builds_an_image_index() {
         assert_eq!(recorded["digests"]["compressed"][0]["manifest"].as_str(), Some(digest.as_str()));
     }
     let host_ref = target.trim_start_matches("docker://");
-    let _ = Command::new("podman").args(["rmi", "-f", host_ref]).output();
+    remove_images("podman", &[host_ref]);
     run_ok(Command::new("podman").args(["pull", "-q", "--platform", "linux/arm64"]).args(reg).arg(host_ref));
     assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--platform", "linux/arm64", host_ref])).trim(), "aarch64");
-    let _ = Command::new("podman").args(["rmi", "-f", host_ref]).output();
+    remove_images("podman", &[host_ref]);
 
     run_ok(Command::new(format!("{}/bin/copy-to-podman", nixlib_build("multi.copyToPodman"))));
     assert_eq!(run_in("podman", "strata-multi:v1", &[]).trim(), "x86_64");
-    let _ = Command::new("podman").args(["rmi", "-f", "strata-multi:v1"]).output();
+    remove_images("podman", &["strata-multi:v1"]);
 }

@@ -35,7 +35,7 @@ fn push_then_inspect_pull_and_run() {
     let image = target.trim_start_matches("docker://").to_owned();
     run_ok(Command::new("podman").args(["pull", "--quiet", "--tls-verify=false", "--creds", CREDS, &image]));
     assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
-    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    remove_images("podman", &[&image]);
 
     // Pulled back by strata: the same manifest, every blob checked.
     let layout = dir.path().join("pulled");
@@ -143,7 +143,7 @@ fn a_registry_stopped_mid_push() {
     let image = target.trim_start_matches("docker://").to_owned();
     run_ok(Command::new("podman").args(["pull", "--quiet", "--tls-verify=false", "--creds", CREDS, &image]));
     assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
-    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    remove_images("podman", &[&image]);
 }
 
 /// from_image from a registry: base layers first, config merged; it runs.
@@ -168,7 +168,7 @@ fn from_image_in_a_registry() {
     assert_eq!(run_in("podman", "strata-test-registry-top:t", &["echo $GREETING"]), "hello\n");
     let labels = stdout_of(Command::new("podman").args(["image", "inspect", "strata-test-registry-top:t", "--format", "{{json .Config.Labels}}"]));
     assert_eq!(labels.trim(), r#"{"base":"yes","top":"yes"}"#);
-    let _ = Command::new("podman").args(["rmi", "-f", "strata-test-registry-top:t"]).output();
+    remove_images("podman", &["strata-test-registry-top:t"]);
 
     // Pushed to another repository of the same registry, with no cache to remember anything,
     // the base layer is mounted from the repository it was pulled from.
@@ -232,7 +232,7 @@ fn copies_from_and_to_registries_name_and_compress_as_skopeo_does() {
     run_ok(strata_reg(dir.path(), &["copy", &zstd, "podman:"]));
     let zstd_name = zstd.trim_start_matches("docker://").to_owned();
     assert_eq!(run_in("podman", &zstd_name, &[]), "Hello, world!\n");
-    let _ = Command::new("podman").args(["rmi", "-f", &zstd_name]).output();
+    remove_images("podman", &[&zstd_name]);
 }
 
 /// A push stages compressed layers in $TMPDIR: SIGTERM removes them, and the tag is not
@@ -275,5 +275,5 @@ fn registry_to_registry_copies_keep_the_digest() {
     let image = target.trim_start_matches("docker://").to_owned();
     run_ok(Command::new("podman").args(["pull", "--quiet", "--tls-verify=false", "--creds", CREDS, &image]));
     assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
-    let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    remove_images("podman", &[&image]);
 }

@@ -47,10 +47,10 @@ fn copies_keep_digests_across_formats() {
 
     run_ok(strata(&["copy", &format!("docker-archive:{d}/a.tar"), "podman:strata-test-copied:v2"]));
     assert_eq!(run_in("podman", "strata-test-copied:v2", &[]), "Hello, world!\n");
-    let _ = Command::new("podman").args(["rmi", "-f", "strata-test-copied:v2"]).output();
+    remove_images("podman", &["strata-test-copied:v2"]);
     run_ok(strata(&["copy", &from, "docker-daemon:strata-test-copied:v3"]));
     assert_eq!(run_in("docker", "strata-test-copied:v3", &[]), "Hello, world!\n");
-    let _ = Command::new("docker").args(["rmi", "-f", "strata-test-copied:v3"]).output();
+    remove_images("docker", &["strata-test-copied:v3"]);
 }
 
 /// A corrupted blob is caught while copying, and nothing is written.
@@ -115,7 +115,7 @@ fn from_image_merges_config_and_runs() {
         let image = format!("localhost/strata-test-top:t{i}");
         run_ok(Command::new("skopeo").args(["copy", &top, &format!("containers-storage:{image}")]));
         assert_eq!(run_in("podman", &image, &[]), "Hello, world!\nfrom-base\n");
-        let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+        remove_images("podman", &[&image]);
     }
 }
 
@@ -130,7 +130,7 @@ fn run_passes_arguments_and_exit_codes_in_both_engines() {
         assert_eq!(out.status.code(), Some(3), "{engine}: {stderr}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n", "{engine}");
         assert!(stderr.contains(&format!("running with {engine}")), "{stderr}");
-        let _ = Command::new(engine).args(["rmi", "-f", "strata-test-run:t"]).output();
+        remove_images(engine, &["strata-test-run:t"]);
     }
     // An image reference runs too, and without --engine strata picks one and says which.
     let reference = hello_layout(dir.path());

@@ -180,7 +180,7 @@ fn secrets_stay_out_of_messages() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("TOKEN=<redacted>") && !stderr.contains("hunter2"), "{stderr}");
-    let _ = Command::new("podman").args(["rmi", "-f", "strata-test-trust:t"]).output();
+    remove_images("podman", &["strata-test-trust:t"]);
 }
 
 /// Starts `strata build ARGS` of 256 MiB of random bytes, gzipped (seconds of work) in
@@ -332,7 +332,7 @@ fn engines_name_oci_images_as_asked() {
         let loaded = stdout_of(Command::new("podman").arg("load").arg("-i").arg(&archive));
         assert!(loaded.contains(&format!("Loaded image: {expected}")), "podman: {loaded}");
         assert_eq!(run_in("podman", expected, &[]), "Hello, world!\n");
-        let _ = Command::new("podman").args(["rmi", "-f", expected]).output();
+        remove_images("podman", &[expected]);
 
         let ctr = |args: &[&str]| stdout_of(Command::new("ctr").args(["--address", containerd, "-n", "strata-test"]).args(args));
         let imported = ctr(&["images", "import", archive.to_str().unwrap()]);
@@ -344,7 +344,7 @@ fn engines_name_oci_images_as_asked() {
         let images = stdout_of(Command::new("buildah").args(["images", "--format", "{{.Name}}:{{.Tag}}"]));
         assert!(images.lines().any(|l| l == expected), "buildah: {images}");
         let _ = Command::new("buildah").args(["rm", container.trim()]).output();
-        let _ = Command::new("buildah").args(["rmi", "-f", expected]).output();
+        remove_images("buildah", &[expected]);
     }
 }
 
@@ -386,7 +386,7 @@ fn zstd_and_the_docker_engine() {
     assert_eq!(busybox_env, "ok\n");
     let out = strata(&["copy", &base, "docker-daemon:strata-test-zstd:4", "--compress", "zstd"]).output().unwrap();
     assert_eq!(out.status.success(), major >= 23, "{}", String::from_utf8_lossy(&out.stderr));
-    let _ = Command::new("docker").args(["rmi", "-f", "strata-test-zstd:1", "strata-test-zstd:2", "strata-test-zstd:3", "strata-test-zstd:4"]).output();
+    remove_images("docker", &["strata-test-zstd:1", "strata-test-zstd:2", "strata-test-zstd:3", "strata-test-zstd:4"]);
 }
 
 /// #10.16: `strata run`: strata's own failure is 125, the container's status is passed through.
