@@ -99,7 +99,16 @@ impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
     /// Compresses on `pool`, which must not be the thread writing.
     pub fn with_pool(mut out: W, format: F, pool: Arc<rayon::ThreadPool>) -> io::Result<Self> {
         out.write_all(format.header())?;
-        Ok(ParallelWriter { out, format, pool, block: Vec::new(), pending: VecDeque::new(), share: StreamShare::new(), check: F::Check::default(), length: 0 })
+        Ok(ParallelWriter {
+            out,
+            format,
+            pool,
+            block: Vec::with_capacity(F::BLOCK),
+            pending: VecDeque::new(),
+            share: StreamShare::new(),
+            check: F::Check::default(),
+            length: 0,
+        })
     }
 
     /// Hands the current block to the pool, `last` if it ends the stream.
@@ -143,9 +152,6 @@ impl<W: Write, F: BlockFormat> Write for ParallelWriter<W, F> {
         }
         if self.block.len() == F::BLOCK {
             self.submit(false)?;
-        }
-        if self.block.capacity() == 0 {
-            self.block.reserve_exact(F::BLOCK);
         }
         let n = buf.len().min(F::BLOCK - self.block.len());
         self.block.extend_from_slice(&buf[..n]);
