@@ -163,10 +163,41 @@ pub fn read_archive(path: &Path) -> Archive {
 /// Loads a docker-archive into an engine (`podman` or `docker`) and runs `image` with `args`;
 /// returns standard output.
 pub fn load_and_run(engine: &str, archive: &Path, image: &str, args: &[&str]) -> String {
+    let _claim = ImageNames::claim(&[image]);
     run_ok(Command::new(engine).arg("load").stdin(std::fs::File::open(archive).unwrap()));
     let out = run_in(engine, image, args);
     remove_images(engine, &[image]);
     out
+}
+
+/// Image names a test holds in the engines while it loads, runs and removes an image of that
+/// name. Tests run at once and some load one fixed name (an image a Nix attribute names): one
+/// test removing it between another's load and run would take that test's image away.
+/// Dropping the claim (also when the test panics) frees the names for the next test.
+pub struct ImageNames(Vec<String>);
+
+static CLAIMED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl ImageNames {
+    /// Waits until no other test holds any of `names`, then holds them all: all at once, so
+    /// two tests claiming overlapping names never wait for each other forever.
+    pub fn claim(names: &[&str]) -> ImageNames {
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        while names.iter().any(|n| claimed.iter().any(|c| c == n)) {
+            claimed = RELEASED.wait(claimed).unwrap_or_else(|e| e.into_inner());
+        }
+        claimed.extend(names.iter().map(|n| n.to_string()));
+        ImageNames(names.iter().map(|n| n.to_string()).collect())
+    }
+}
+
+impl Drop for ImageNames {
+    fn drop(&mut self) {
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        claimed.retain(|c| !self.0.contains(c));
+        RELEASED.notify_all();
+    }
 }
 
 /// Cleans up the images a test made in an engine. Docker's are removed. podman's are only

@@ -173,9 +173,10 @@ fn keep_contents_dirlinks_lays_trees_through_links() {
 #[test]
 fn merged_images_load_together() {
     let merged = nixlib_build("merged");
-    let out = stdout_of(Command::new("docker").arg("load").stdin(std::fs::File::open(&merged).unwrap()));
     let tag = nixlib_eval("helloDocker.imageTag");
     let hello = format!("hello-docker:{}", tag.trim().trim_matches('"'));
+    let _claim = ImageNames::claim(&[&hello, "run-as-root:v1"]);
+    let out = stdout_of(Command::new("docker").arg("load").stdin(std::fs::File::open(&merged).unwrap()));
     assert!(out.contains(&format!("Loaded image: {hello}")) && out.contains("Loaded image: run-as-root:v1"), "{out}");
     assert_eq!(run_in("docker", &hello, &[]), "Hello, world!\n");
     assert!(run_in("docker", "run-as-root:v1", &[]).trim_end().ends_with("/data"));

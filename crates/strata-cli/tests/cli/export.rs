@@ -32,6 +32,7 @@ fn entries_of(tar_bytes: &[u8]) -> Entries {
 #[test]
 fn export_matches_docker_export() {
     let base = nixlib_build("dtRunAsRoot");
+    let _claim = ImageNames::claim(&["run-as-root:v1"]);
     run_ok(Command::new("docker").arg("load").stdin(std::fs::File::open(&base).unwrap()));
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("strata-export-test:{}", nonce());

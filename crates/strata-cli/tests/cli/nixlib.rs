@@ -17,9 +17,11 @@ fn docker_load(tarball: &str) -> String {
 fn build_image_loads_with_docker_load() {
     let result = nixlib_build("helloDocker");
     assert!(result.ends_with("-docker-image-hello-docker.tar.gz"), "{result}");
-    let image = docker_load(&result);
     let tag = nixlib_eval("helloDocker.imageTag");
-    assert_eq!(image, format!("hello-docker:{}", tag.trim().trim_matches('"')));
+    let expected = format!("hello-docker:{}", tag.trim().trim_matches('"'));
+    let _claim = ImageNames::claim(&[&expected]);
+    let image = docker_load(&result);
+    assert_eq!(image, expected);
     let tag = tag.trim().trim_matches('"');
     assert!(tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "the default tag is a store hash: {tag}");
     let out = stdout_of(Command::new("docker").args(["run", "--rm", "--network", "none", "-t", &image]));

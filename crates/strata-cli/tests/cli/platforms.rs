@@ -19,14 +19,18 @@ fn require_arm64_emulation() {
     );
 }
 
-/// Specs of one image `multi:1` for amd64 and arm64, each printing its `uname -m`.
-fn specs(dir: &Path) -> (PathBuf, PathBuf) {
+/// Specs of one image `NAME:1` for amd64 and arm64, each printing its `uname -m`. Each test
+/// names its image apart: tests run at once and share podman, where one test's clean-up would
+/// take away the other's image.
+fn specs(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     require_arm64_emulation();
     let spec = |file: &str, architecture: &str, busybox: &str| {
         write_spec(
             dir,
             file,
-            &format!("name = \"multi\"\ntag = \"1\"\narchitecture = \"{architecture}\"\n[config]\nEntrypoint = [\"{busybox}/bin/sh\", \"-c\", \"uname -m\"]\n"),
+            &format!(
+                "name = \"{name}\"\ntag = \"1\"\narchitecture = \"{architecture}\"\n[config]\nEntrypoint = [\"{busybox}/bin/sh\", \"-c\", \"uname -m\"]\n"
+            ),
         )
     };
     (spec("amd64.toml", "amd64", &fixture("busybox")), spec("arm64.toml", "arm64", &fixture("busyboxArm64")))
@@ -54,9 +58,9 @@ fn both() -> Vec<(String, String, Option<String>)> {
 #[test]
 fn a_two_platform_image_goes_to_a_registry_and_each_platform_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let (amd, arm) = specs(dir.path());
+    let (amd, arm) = specs(dir.path(), "multi-registry");
     let registry = Registry::start();
-    let target = format!("{}:1", registry.reference("strata-test/multi"));
+    let target = format!("{}:1", registry.reference("strata-test/multi-registry"));
     let reg = ["--creds", CREDS, "--tls-verify=false"];
     let out = run_ok(strata(&["build", amd.to_str().unwrap(), arm.to_str().unwrap(), "-o", &target, "--json"]).args(reg));
     let written: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -78,7 +82,7 @@ fn a_two_platform_image_goes_to_a_registry_and_each_platform_runs() {
 
     // By digest, the index is the image: copied with --all, every platform and the index
     // itself, whose digest stays; without, the host's image or --platform's.
-    let by_digest = format!("{}@{index_digest}", registry.reference("strata-test/multi"));
+    let by_digest = format!("{}@{index_digest}", registry.reference("strata-test/multi-registry"));
     let layout = dir.path().join("copied");
     run_ok(strata(&["copy", &by_digest, &format!("oci:{}:all", layout.display()), "--all"]).args(reg));
     let copied = run_ok(Command::new("skopeo").args(["inspect", "--raw", &format!("oci:{}:all", layout.display())])).stdout;
@@ -91,20 +95,20 @@ fn a_two_platform_image_goes_to_a_registry_and_each_platform_runs() {
     let archive = dir.path().join("arm.tar");
     run_ok(strata(&["copy", &target, &format!("docker-archive:{}", archive.display()), "--platform", "linux/arm64"]).args(reg));
     let loaded = stdout_of(Command::new("podman").arg("load").arg("-i").arg(&archive));
-    assert!(loaded.contains("multi:1"), "{loaded}");
-    assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--arch", "arm64", "multi:1"])).trim(), "aarch64");
-    remove_images("podman", &["multi:1"]);
+    assert!(loaded.contains(&format!("{host_ref}\n")), "{loaded}");
+    assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--arch", "arm64", host_ref])).trim(), "aarch64");
+    remove_images("podman", &[host_ref]);
 
     // strata run picks the platform asked for.
     let out = stdout_of(strata(&["run", &target, "--engine", "podman", "--platform", "linux/arm64"]).args(reg));
     assert_eq!(out.trim(), "aarch64");
-    remove_images("podman", &["multi:1", host_ref]);
+    remove_images("podman", &[host_ref]);
 }
 
 #[test]
 fn a_two_platform_oci_layout_is_read_by_skopeo_and_umoci_and_one_platform_loads() {
     let dir = tempfile::tempdir().unwrap();
-    let (amd, arm) = specs(dir.path());
+    let (amd, arm) = specs(dir.path(), "multi-layout");
     let (amd, arm) = (amd.to_str().unwrap(), arm.to_str().unwrap());
     let layout = format!("oci:{}:1", dir.path().join("layout").display());
     run_ok(strata(&["build", amd, arm, "-o", &layout]));
@@ -131,8 +135,8 @@ fn a_two_platform_oci_layout_is_read_by_skopeo_and_umoci_and_one_platform_loads(
     let archive = dir.path().join("arm.tar");
     run_ok(strata(&["build", amd, arm, "-o", &format!("docker-archive:{}", archive.display()), "--platform", "linux/arm64"]));
     run_ok(Command::new("podman").arg("load").arg("-i").arg(&archive));
-    assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--arch", "arm64", "multi:1"])).trim(), "aarch64");
-    remove_images("podman", &["multi:1"]);
+    assert_eq!(stdout_of(Command::new("podman").args(["run", "--rm", "--arch", "arm64", "multi-layout:1"])).trim(), "aarch64");
+    remove_images("podman", &["multi-layout:1"]);
     let stderr = fails(&mut strata(&["build", amd, arm, "-o", "docker-archive:/dev/null", "--platform", "linux/riscv64"]));
     assert!(stderr.contains("no image for linux/riscv64 among linux/amd64, linux/arm64"), "{stderr}");
     let stderr = fails(&mut strata(&["build", amd, amd, "-o", &format!("oci:{}:2", dir.path().join("twice").display())]));

@@ -258,12 +258,17 @@ fn created_times_are_strict_and_written_in_utc() {
     let spec = spec_with(dir.path(), "created = \"2024-05-06T07:08:09\"\n");
     let stderr = fails(strata(&["build", spec.to_str().unwrap(), "-o", "docker-archive:x.tar"]).current_dir(dir.path()));
     assert!(stderr.contains("created") && stderr.contains("spec.toml"), "{stderr}");
-    let spec = spec_with(dir.path(), &format!("created = \"2024-05-06t07:08:09+02:00\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"));
+    // Named apart from spec_with's image, which another test runs in podman at the same time.
+    let spec = write_spec(
+        dir.path(),
+        "spec.toml",
+        &format!("name = \"strata-test-created\"\ntag = \"t\"\ncreated = \"2024-05-06t07:08:09+02:00\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"),
+    );
     let archive = build_archive(dir.path(), &spec);
     let config = skopeo_json(&["inspect", "--config", &format!("docker-archive:{}", archive.display())]);
     assert_eq!(config["created"], "2024-05-06T05:08:09Z");
-    assert_eq!(load_and_run("podman", &archive, "strata-test-trust:t", &[]), "Hello, world!\n");
-    assert_eq!(load_and_run("docker", &archive, "strata-test-trust:t", &[]), "Hello, world!\n");
+    assert_eq!(load_and_run("podman", &archive, "strata-test-created:t", &[]), "Hello, world!\n");
+    assert_eq!(load_and_run("docker", &archive, "strata-test-created:t", &[]), "Hello, world!\n");
 }
 
 /// #10.9: What strata writes has mode 0666 less the umask, as tar and skopeo make files.
