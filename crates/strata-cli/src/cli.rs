@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strata_oci::compress::Compression;
 use strata_oci::platform::Platform;
 use strata_oci::reference::Engine;
-use strata_transport::registry::Credentials;
+use strata_transport::credentials::Credentials;
 
 use crate::exit::exit_codes_help;
 

@@ -25,6 +25,7 @@
 
 pub mod blobs;
 pub mod cache;
+pub mod credentials;
 pub mod dir;
 pub mod docker_archive;
 pub mod engine;

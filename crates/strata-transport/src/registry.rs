@@ -9,23 +9,20 @@
 //! there; only the rest is compressed (into a temporary file, as the registry wants its size
 //! up front) and uploaded. Layers go in parallel; the config, then the manifest, last.
 //!
-//! Secrets never reach an error, a log line or a `Debug` output: [`Credentials`] redacts.
+//! Secrets never reach an error, a log line or a `Debug` output: [`Credentials`] redacts
+//! (`crate::credentials` finds them).
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
-use serde::Deserialize;
 
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
@@ -37,6 +34,8 @@ use strata_scratch::ScratchFile;
 
 use crate::blobs::{layers_of, parse_json, BlobStore};
 use crate::cache::{CachedBlob, LayerCache};
+pub use crate::credentials::Credentials;
+use crate::credentials::CredentialsError;
 use crate::progress::{Progress, Stage};
 use crate::SourceError;
 
@@ -46,10 +45,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("--creds: expected USER:PASSWORD")]
-    BadCreds,
-    #[error("cannot read credentials from {path}: {why}")]
-    CredentialsFile { path: PathBuf, why: String },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     #[error("authentication to {host} failed{}: check the credentials (--creds, $REGISTRY_AUTH_FILE, ~/.docker/config.json)", user.as_ref().map(|u| format!(" for user {u:?}")).unwrap_or_default())]
     Unauthorized { host: String, user: Option<String> },
     #[error("{what} at {host}: {message}")]
@@ -75,27 +72,6 @@ fn client_ref(r: &RegistryRef) -> Reference {
     match (&r.digest, &r.tag) {
         (Some(d), _) => Reference::with_digest(r.host.clone(), r.repository.clone(), d.to_string()),
         (None, tag) => Reference::with_tag(r.host.clone(), r.repository.clone(), tag.clone().unwrap_or_else(|| "latest".into())),
-    }
-}
-
-/// A user name and a password that no formatting ever shows.
-#[derive(Clone)]
-pub struct Credentials {
-    pub user: String,
-    password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials({:?}, <redacted>)", self.user)
-    }
-}
-
-impl std::str::FromStr for Credentials {
-    type Err = RegistryError;
-    fn from_str(s: &str) -> Result<Credentials, RegistryError> {
-        let (user, password) = s.split_once(':').ok_or(RegistryError::BadCreds)?;
-        Ok(Credentials { user: user.to_owned(), password: password.to_owned() })
     }
 }
 
@@ -149,7 +125,7 @@ impl Session {
     fn new(host: &str, options: &RegistryOptions) -> Result<Session, RegistryError> {
         let creds = match &options.creds {
             Some(c) => Some(c.clone()),
-            None => stored_credentials(host)?,
+            None => crate::credentials::stored(host)?,
         };
         let config = ClientConfig {
             protocol: if options.tls_verify { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(vec![host.to_owned()]) },
@@ -262,51 +238,6 @@ fn plain_http(e: &OciDistributionError) -> bool {
 
 fn refused(e: &OciDistributionError) -> bool {
     root_cause(e).contains("Connection refused")
-}
-
-/// Credentials for `host` from `$REGISTRY_AUTH_FILE`, containers' `auth.json`, or Docker's
-/// config (and its credential helpers), in that order.
-fn stored_credentials(host: &str) -> Result<Option<Credentials>, RegistryError> {
-    let mut files: Vec<PathBuf> = std::env::var_os("REGISTRY_AUTH_FILE").map(PathBuf::from).into_iter().collect();
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        files.push(PathBuf::from(dir).join("containers/auth.json"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        files.push(PathBuf::from(home).join(".config/containers/auth.json"));
-    }
-    for path in files {
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        #[derive(Deserialize)]
-        struct AuthFile {
-            #[serde(default)]
-            auths: BTreeMap<String, AuthEntry>,
-        }
-        #[derive(Deserialize)]
-        struct AuthEntry {
-            auth: Option<String>,
-        }
-        // serde's message can quote the file's content, which holds secrets: say only where.
-        let file: AuthFile = serde_json::from_str(&text).map_err(|e| RegistryError::CredentialsFile {
-            path: path.clone(),
-            why: format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column()),
-        })?;
-        let entry = file.auths.iter().find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").split('/').next() == Some(host));
-        if let Some((_, AuthEntry { auth: Some(auth) })) = entry {
-            let decoded = base64::engine::general_purpose::STANDARD.decode(auth.trim()).ok().and_then(|b| String::from_utf8(b).ok());
-            let creds = decoded.and_then(|d| d.parse::<Credentials>().ok());
-            return creds.map(Some).ok_or_else(|| RegistryError::CredentialsFile { path, why: format!("the entry for {host} is not base64 of USER:PASSWORD") });
-        }
-    }
-    match docker_credential::get_credential(host) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => Ok(Some(Credentials { user, password })),
-        Ok(docker_credential::DockerCredential::IdentityToken(_)) => {
-            tracing::warn!("Docker's config has an identity token for {host}, which strata cannot use; going on without credentials");
-            Ok(None)
-        }
-        Err(_) => Ok(None),
-    }
 }
 
 /// What a push did, for the caller's report.
@@ -773,19 +704,6 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
 
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_never_show_the_password() {
-        let c: Credentials = "user:s3cret:with:colons".parse().unwrap();
-        assert_eq!(c.password, "s3cret:with:colons");
-        assert!(!format!("{c:?}").contains("s3cret"));
-        assert!("nocolon".parse::<Credentials>().is_err());
     }
 }
 

@@ -1,6 +1,7 @@
 //! Registries: push to and pull from a real CNCF distribution registry (one per test, on a
 //! free loopback port, with htpasswd auth), checked by skopeo and podman.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,15 +99,30 @@ fn a_wrong_password_is_reported_without_showing_it() {
         assert!(stderr.contains("authentication to 127.0.0.1") && stderr.contains("failed"), "{stderr}");
         assert!(!stdout.contains("Wr0ngPassw0rd") && !stderr.contains("Wr0ngPassw0rd"), "the password leaked: {stderr}");
     }
-    // Credentials from an auth file work as --creds does.
+    // Credentials stored by `podman login` and by `docker login` work as --creds does, each
+    // found where its login put them (podman's in $REGISTRY_AUTH_FILE, Docker's in
+    // $DOCKER_CONFIG), with nothing else to find them in.
+    let (user, password) = CREDS.split_once(':').unwrap();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let empty = dir.path().join("home");
+    std::fs::create_dir(&empty).unwrap();
+    let login = |cmd: &mut Command| {
+        let mut child = cmd.args(["-u", user, "--password-stdin", &host]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
     let auth = dir.path().join("auth.json");
-    let token = stdout_of(Command::new("base64").arg("-w0").arg(write_spec(dir.path(), "creds", CREDS)));
-    std::fs::write(&auth, format!(r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"{token}"}}}}}}"#, registry.port)).unwrap();
-    run_ok(
-        strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--tls-verify=false"])
-            .env("REGISTRY_AUTH_FILE", &auth)
-            .env("STRATA_CACHE_DIR", dir.path()),
-    );
+    login(Command::new("podman").args(["login", "--tls-verify=false", "--authfile"]).arg(&auth));
+    let docker_config = dir.path().join("docker");
+    login(Command::new("docker").arg("--config").arg(&docker_config).arg("login"));
+    for (variable, value) in [("REGISTRY_AUTH_FILE", &auth), ("DOCKER_CONFIG", &docker_config)] {
+        let mut cmd = strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--tls-verify=false"]);
+        for v in ["REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"] {
+            cmd.env_remove(v);
+        }
+        run_ok(cmd.env("HOME", &empty).env(variable, value).env("STRATA_CACHE_DIR", dir.path()));
+    }
 }
 
 /// The registry dies during a push: strata retries, then fails with a clear error; once the

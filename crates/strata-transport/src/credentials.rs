@@ -1,0 +1,161 @@
+//! Registry credentials: `--creds USER:PASSWORD`, else what `podman login` and `docker login`
+//! stored, looked up as containers/image does (containers-auth.json(5)):
+//!
+//! 1. `$REGISTRY_AUTH_FILE` if set, else `$XDG_RUNTIME_DIR/containers/auth.json` (podman's);
+//! 2. `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`;
+//! 3. Docker's `config.json` (in `$DOCKER_CONFIG`, else `~/.docker`).
+//!
+//! The first file with an entry for the registry wins; a file that is missing or has no entry
+//! is passed over. Each file is read by the `docker_credential` crate, so an entry may be an
+//! `auth` (base64 of `USER:PASSWORD`), a `username` and `password`, or a credential helper
+//! (`credHelpers`, `credsStore`), and Docker Hub's `https://index.docker.io/v1/` key answers
+//! for `docker.io`. Keys scoped to a repository (`quay.io/team`) are not consulted.
+//!
+//! Secrets never reach an error, a log line or a `Debug` output: [`Credentials`] redacts, and
+//! a broken file is reported by its path and the place of the fault, never by its content.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use docker_credential::{CredentialRetrievalError, DockerCredential};
+
+/// A user name and a password that no formatting ever shows.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub(crate) password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({:?}, <redacted>)", self.user)
+    }
+}
+
+impl std::str::FromStr for Credentials {
+    type Err = CredentialsError;
+    fn from_str(s: &str) -> Result<Credentials, CredentialsError> {
+        let (user, password) = s.split_once(':').ok_or(CredentialsError::BadCreds)?;
+        Ok(Credentials { user: user.to_owned(), password: password.to_owned() })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("--creds: expected USER:PASSWORD")]
+    BadCreds,
+    #[error("cannot read credentials from {path}: {why}")]
+    File { path: PathBuf, why: String },
+}
+
+/// A credentials file bigger than this is refused: `podman login` writes a few hundred bytes.
+const MAX_FILE_SIZE: u64 = 1 << 20;
+
+/// The stored credentials for `host`, if any file has them.
+pub fn stored(host: &str) -> Result<Option<Credentials>, CredentialsError> {
+    for path in files() {
+        if let Some(credentials) = from_file(&path, host)? {
+            tracing::debug!("credentials for {host} from {}", path.display());
+            return Ok(Some(credentials));
+        }
+    }
+    Ok(None)
+}
+
+/// The files to look in, in order.
+fn files() -> Vec<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let home = var("HOME");
+    let primary = var("REGISTRY_AUTH_FILE").or_else(|| var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")));
+    let config_home = var("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")));
+    let docker = var("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker")));
+    let mut files: Vec<PathBuf> = primary.into_iter().collect();
+    files.extend(config_home.map(|d| d.join("containers/auth.json")));
+    files.extend(docker.map(|d| d.join("config.json")));
+    files
+}
+
+/// `host`'s credentials in the file at `path`: `None` where the file is missing or has no
+/// entry for `host`.
+fn from_file(path: &Path, host: &str) -> Result<Option<Credentials>, CredentialsError> {
+    let fault = |why: String| CredentialsError::File { path: path.to_owned(), why };
+    let text = match std::fs::metadata(path) {
+        Err(_) => return Ok(None),
+        Ok(meta) if meta.len() > MAX_FILE_SIZE => return Err(fault(format!("{} bytes, more than a credentials file holds", meta.len()))),
+        Ok(_) => std::fs::read(path).map_err(|e| fault(e.to_string()))?,
+    };
+    // docker_credential says only that a file is unreadable: serde_json, asked to skip every
+    // value, says where (its messages name a place, never the text there).
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
+        return Err(fault(format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column())));
+    }
+    match docker_credential::get_credential_from_reader(text.as_slice(), host) {
+        Ok(DockerCredential::UsernamePassword(user, password)) => Ok(Some(Credentials { user, password })),
+        Ok(DockerCredential::IdentityToken(_)) => {
+            tracing::warn!("{} has an identity token for {host}, which strata cannot use; looking further", path.display());
+            Ok(None)
+        }
+        Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
+        Err(CredentialRetrievalError::ConfigReadError) => Err(fault("not an auth file: a key holds a value of the wrong type".into())),
+        Err(CredentialRetrievalError::CredentialDecodingError) => Err(fault(format!("the entry for {host} is not base64 of USER:PASSWORD"))),
+        Err(CredentialRetrievalError::CredentialMismatchError) => {
+            Err(fault(format!("the entry for {host} has an `auth` that disagrees with its `username` and `password`")))
+        }
+        // A helper's output may hold secrets: only its name is said.
+        Err(CredentialRetrievalError::HelperFailure { helper, .. }) => {
+            tracing::debug!("the credential helper {helper} (named in {}) has no credentials for {host}", path.display());
+            Ok(None)
+        }
+        Err(e @ (CredentialRetrievalError::HelperCommunicationError | CredentialRetrievalError::MalformedHelperResponse)) => {
+            Err(fault(format!("its credential helper for {host} failed: {e}")))
+        }
+        Err(CredentialRetrievalError::ConfigNotFound) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show_the_password() {
+        let c: Credentials = "user:s3cret:with:colons".parse().unwrap();
+        assert_eq!(c.password, "s3cret:with:colons");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!("nocolon".parse::<Credentials>().is_err());
+    }
+
+    fn lookup(text: &str, host: &str) -> Result<Option<(String, String)>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        std::fs::write(&path, text).unwrap();
+        from_file(&path, host).map(|c| c.map(|c| (c.user, c.password))).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn entries_are_found_in_every_spelling_logins_write() {
+        let pair = Some(("u".to_owned(), "p:w".to_owned()));
+        // base64 of "u:p:w"
+        assert_eq!(lookup(r#"{"auths":{"reg.example:5000":{"auth":"dTpwOnc="}}}"#, "reg.example:5000"), Ok(pair.clone()));
+        assert_eq!(lookup(r#"{"auths":{"https://reg.example/v2/":{"auth":"dTpwOnc="}}}"#, "reg.example"), Ok(pair.clone()));
+        assert_eq!(lookup(r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpwOnc="}}}"#, "docker.io"), Ok(pair.clone()));
+        assert_eq!(lookup(r#"{"auths":{"reg.example":{"username":"u","password":"p:w"}}}"#, "reg.example"), Ok(pair));
+        assert_eq!(lookup(r#"{"auths":{"other.example":{"auth":"dTpwOnc="}}}"#, "reg.example"), Ok(None));
+        assert_eq!(lookup(r#"{}"#, "reg.example"), Ok(None));
+    }
+
+    #[test]
+    fn broken_files_are_named_without_their_secrets() {
+        let secret = "c3RyYXRhOnMzY3JldA==";
+        for text in [
+            format!(r#"{{"auths":{{"reg.example":{{"auth":"{secret}" "oops"}}}}}}"#),
+            format!(r#"{{"auths":{{"reg.example":{{"auth":{{"nested":"{secret}"}}}}}}}}"#),
+            r#"{"auths":{"reg.example":{"auth":"%%% not base64"}}}"#.to_owned(),
+        ] {
+            let message = lookup(&text, "reg.example").unwrap_err();
+            assert!(message.contains("auth.json") && !message.contains(secret) && !message.contains("%%%"), "{message}");
+        }
+        let big = format!(r#"{{"auths":{{}}, "pad": "{}"}}"#, "x".repeat(2 << 20));
+        assert!(lookup(&big, "reg.example").unwrap_err().contains("more than a credentials file holds"));
+    }
+}
