@@ -176,18 +176,25 @@ pub fn load_and_run(engine: &str, archive: &Path, image: &str, args: &[&str]) ->
 /// Dropping the claim (also when the test panics) frees the names for the next test.
 pub struct ImageNames(Vec<String>);
 
-static CLAIMED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// The names claimed, each with the test (thread) holding it.
+static CLAIMED: std::sync::Mutex<Vec<(String, std::thread::ThreadId)>> = std::sync::Mutex::new(Vec::new());
 static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
 
 impl ImageNames {
     /// Waits until no other test holds any of `names`, then holds them all: all at once, so
-    /// two tests claiming overlapping names never wait for each other forever.
+    /// two tests claiming overlapping names never wait for each other forever. A test that
+    /// claims a name it holds already would wait for itself: it fails instead.
     pub fn claim(names: &[&str]) -> ImageNames {
+        let me = std::thread::current().id();
         let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
-        while names.iter().any(|n| claimed.iter().any(|c| c == n)) {
+        let held = |claimed: &[(String, std::thread::ThreadId)], by_me: bool| {
+            claimed.iter().any(|(c, holder)| (*holder == me) == by_me && names.contains(&c.as_str()))
+        };
+        assert!(!held(&claimed, true), "this test claims an image name of {names:?} twice");
+        while held(&claimed, false) {
             claimed = RELEASED.wait(claimed).unwrap_or_else(|e| e.into_inner());
         }
-        claimed.extend(names.iter().map(|n| n.to_string()));
+        claimed.extend(names.iter().map(|n| (n.to_string(), me)));
         ImageNames(names.iter().map(|n| n.to_string()).collect())
     }
 }
@@ -195,7 +202,7 @@ impl ImageNames {
 impl Drop for ImageNames {
     fn drop(&mut self) {
         let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
-        claimed.retain(|c| !self.0.contains(c));
+        claimed.retain(|(c, _)| !self.0.contains(c));
         RELEASED.notify_all();
     }
 }
