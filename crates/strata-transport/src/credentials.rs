@@ -101,13 +101,15 @@ fn from_file(path: &Path, host: &str) -> Result<Option<Credentials>, Credentials
         Err(CredentialRetrievalError::CredentialMismatchError) => {
             Err(fault(format!("the entry for {host} has an `auth` that disagrees with its `username` and `password`")))
         }
-        // A helper's output may hold secrets: only its name is said.
+        // As without credentials, a registry that wants them says so; a helper's output may
+        // hold secrets, so only its failure is said.
         Err(CredentialRetrievalError::HelperFailure { helper, .. }) => {
             tracing::debug!("the credential helper {helper} (named in {}) has no credentials for {host}", path.display());
             Ok(None)
         }
         Err(e @ (CredentialRetrievalError::HelperCommunicationError | CredentialRetrievalError::MalformedHelperResponse)) => {
-            Err(fault(format!("its credential helper for {host} failed: {e}")))
+            tracing::warn!("{}: the credential helper for {host}: {e}; going on without credentials", path.display());
+            Ok(None)
         }
         Err(CredentialRetrievalError::ConfigNotFound) => Ok(None),
     }
@@ -142,6 +144,8 @@ mod tests {
         assert_eq!(lookup(r#"{"auths":{"reg.example":{"username":"u","password":"p:w"}}}"#, "reg.example"), Ok(pair));
         assert_eq!(lookup(r#"{"auths":{"other.example":{"auth":"dTpwOnc="}}}"#, "reg.example"), Ok(None));
         assert_eq!(lookup(r#"{}"#, "reg.example"), Ok(None));
+        // A helper that is not installed (Docker Desktop's `credsStore` on another machine).
+        assert_eq!(lookup(r#"{"credsStore":"strata-test-absent","credHelpers":{"reg.example":"strata-test-absent"}}"#, "reg.example"), Ok(None));
     }
 
     #[test]
