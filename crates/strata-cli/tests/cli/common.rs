@@ -232,6 +232,22 @@ pub fn run_in(engine: &str, image: &str, args: &[&str]) -> String {
     stdout_of(&mut cmd)
 }
 
+/// A port nothing listens on, for a server of a test's own. Not one the kernel picks (port
+/// 0): those come from the range it also takes clients' source ports from, so one of the
+/// many connections tests make could take it before the server binds it, or another test be
+/// handed the same one. These are below that range (32768–60999 by default), and a run never
+/// hands out one twice.
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id() % 8000;
+    loop {
+        let port = 20000 + ((start + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub const CREDS: &str = "strata-user:s3cret-pass";
 
 /// A registry of our own, stopped when dropped.
@@ -255,7 +271,7 @@ impl Registry {
 
     fn serve(with_auth: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let htpasswd = stdout_of(Command::new("htpasswd").args(["-Bbn", "strata-user", "s3cret-pass"]));
         std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
         let config = format!(

