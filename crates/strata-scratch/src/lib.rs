@@ -2,7 +2,10 @@
 //!
 //! Outputs are never written in place. Each is made as a scratch file (or directory) named
 //! `.<stem>.<random>.partial`, beside its destination or in the temporary directory, and
-//! renamed into place once complete ([`ScratchFile::persist`]). Three promises hold:
+//! renamed into place once complete ([`ScratchFile::persist`]), flushed to disk first, so that
+//! a power cut too leaves the old content or the new. (A file staged inside a scratch
+//! directory for an archive, which is flushed itself, is renamed unflushed:
+//! [`ScratchFile::persist_new_staged`].) Three promises hold:
 //!
 //! - **Removed when not needed.** Dropping a scratch removes it (an error on the way, a
 //!   panic), and [`remove_all`] removes every live one: the CLI calls it on SIGINT and SIGTERM
@@ -184,8 +187,13 @@ impl ScratchFile {
     }
 
     /// Flushes the file to disk and renames it to `dest`, replacing what is there.
-    pub fn persist(mut self, dest: &Path) -> io::Result<()> {
+    pub fn persist(self, dest: &Path) -> io::Result<()> {
         self.as_file().sync_all()?;
+        self.rename(dest)
+    }
+
+    /// Renames the file to `dest` as it is, flushed or not.
+    fn rename(mut self, dest: &Path) -> io::Result<()> {
         let mut live = live();
         let file = self.file.take().expect("persisted once");
         let path = file.path().to_owned();
@@ -216,6 +224,16 @@ impl ScratchFile {
             return Ok(()); // dropping self removes the scratch
         }
         self.persist(dest)
+    }
+
+    /// Like [`persist_new`](Self::persist_new), but not flushed to disk: for a file staged in
+    /// a scratch directory for something else that is flushed itself (an archive's member), so
+    /// that a power cut loses the staging directory whole. Flushing it would only cost time.
+    pub fn persist_new_staged(self, dest: &Path) -> io::Result<()> {
+        if dest.exists() {
+            return Ok(());
+        }
+        self.rename(dest)
     }
 }
 

@@ -18,7 +18,7 @@ use strata_oci::image::{Image, LayerTar, SourceImage};
 use strata_scratch::{ScratchDir, ScratchFile};
 
 use crate::blobs::{layers_of, open_inside, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
-use crate::{write_layer_blobs, SinkError, SourceError, Transport, Written};
+use crate::{write_layer_blobs, Durability, SinkError, SourceError, Transport, Written};
 
 /// The `version` file's content, as skopeo writes it.
 pub const VERSION: &[u8] = b"Directory Transport Version: 1.1\n";
@@ -34,7 +34,7 @@ pub fn write_dir<L: LayerTar>(image: &Image<L>, dir: &Path, compression: Compres
     }
     let mut staging = ScratchDir::beside(dir).map_err(write_err)?;
     let root = staging.path().to_owned();
-    let layers = write_layer_blobs(image, compression, &root, &root, cx)?;
+    let layers = write_layer_blobs(image, compression, &root, &root, Durability::Flushed, cx)?;
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
     let config = image.config_checked(&diff_ids)?;
     let manifest = image.manifest_checked(&config, &layers)?;

@@ -30,7 +30,7 @@ use strata_scratch::ScratchDir;
 use crate::blobs::{archive_member, invalid, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
 use crate::cache::CachedBlob;
 use crate::progress::{Counted, Stage};
-use crate::{copy_base_layer, write_layer_blobs, OuterTar, SinkError, SourceError, Transport, Written};
+use crate::{copy_base_layer, write_layer_blobs, Durability, OuterTar, SinkError, SourceError, Transport, Written};
 
 /// Writes `image` as a docker-archive to `out`, tagged `reference` if given, else with the
 /// image's own name and tag.
@@ -53,7 +53,7 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
         layers.iter().zip(diff_ids).map(blob).collect()
     } else {
         let staging = ScratchDir::temporary().map_err(|source| SinkError::Write { path: std::env::temp_dir(), source })?;
-        let blobs = write_layer_blobs(image, compression, staging.path(), staging.path(), cx)?;
+        let blobs = write_layer_blobs(image, compression, staging.path(), staging.path(), Durability::Staged, cx)?;
         for (name, blob) in names.iter().zip(&blobs) {
             tar.file(name, &staging.path().join(blob.digest.hex()))?;
         }

@@ -395,6 +395,27 @@ pub(crate) fn known_blob<L: LayerTar>(
     key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))).or_else(|| image.recorded_blob(index, compression))
 }
 
+/// Whether blobs must survive a power cut once they have their names (an OCI layout's, a
+/// `dir:` image's: each is flushed to disk first), or are staged in a scratch directory for
+/// an archive or a stream that is itself flushed or read (a power cut loses the scratch
+/// directory whole: flushing them would only cost time, a second write of every byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    Flushed,
+    Staged,
+}
+
+impl Durability {
+    /// Names the scratch file `temp` `dest`, unless `dest` is there already (a blob of the
+    /// same digest).
+    pub(crate) fn name_blob(self, temp: ScratchFile, dest: &Path) -> std::io::Result<()> {
+        match self {
+            Durability::Flushed => temp.persist_new(dest),
+            Durability::Staged => temp.persist_new_staged(dest),
+        }
+    }
+}
+
 /// Writes every layer of `image` as a blob file named by its digest into `blobs`, through
 /// scratch files in `scratch`: built layers compressed and hashed, base layers copied as
 /// they are or re-encoded (and verified either way), in parallel. A layer whose blob is known
@@ -404,6 +425,7 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
     compression: Compression,
     scratch: &Path,
     blobs: &Path,
+    durability: Durability,
     cx: &Transport,
 ) -> Result<Vec<LayerBlob>, SinkError> {
     let cache = &cx.cache;
@@ -427,7 +449,7 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
         let (blob, mut file) = write_layer_blob(image, i, compression, BufWriter::with_capacity(1 << 20, temp.as_file()), temp.path(), &*cx.progress)?;
         file.flush().map_err(write_err)?;
         drop(file);
-        temp.persist_new(&blobs.join(blob.digest.hex())).map_err(write_err)?;
+        durability.name_blob(temp, &blobs.join(blob.digest.hex())).map_err(write_err)?;
         if let Some((fingerprint, codec)) = key {
             cache.put(&fingerprint, codec, &CachedBlob::of(&blob));
         }

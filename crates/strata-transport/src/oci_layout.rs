@@ -13,7 +13,7 @@
 //!   creating the same new layout: the second finds the first's in place and adds to it.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ use strata_oci::reference::{ImageName, OciRef};
 use strata_scratch::{is_scratch_name, ScratchDir, ScratchFile};
 
 use crate::blobs::{archive_member, invalid, layers_of, open_inside, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
-use crate::{write_file_atomically, write_layer_blobs, OuterTar, SinkError, SourceError, Transport, Written, WrittenIndex};
+use crate::{write_file_atomically, write_layer_blobs, Durability, OuterTar, SinkError, SourceError, Transport, Written, WrittenIndex};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// containerd's annotation for the image's full name.
@@ -44,7 +44,7 @@ pub fn write_layout<L: LayerTar>(
     compression: Compression,
     cx: &Transport,
 ) -> Result<Written, SinkError> {
-    into_layout(dir, |layout| write_blobs(image, layout, layout, reference, compression, cx))
+    into_layout(dir, |layout| write_blobs(image, layout, reference, compression, Durability::Flushed, cx))
 }
 
 /// Writes `images` (one a platform) into the OCI layout `dir` as one image: their blobs and
@@ -57,7 +57,7 @@ pub fn write_index_layout<L: LayerTar>(
     keep: Option<&[u8]>,
     cx: &Transport,
 ) -> Result<WrittenIndex, SinkError> {
-    into_layout(dir, |layout| write_index_blobs(images, layout, reference, compression, keep, cx))
+    into_layout(dir, |layout| write_index_blobs(images, layout, reference, compression, keep, Durability::Flushed, cx))
 }
 
 /// Creates the layout `dir` (or adds to the existing one): `fill` writes blobs into the
@@ -103,7 +103,7 @@ pub fn write_archive<L: LayerTar>(
     compression: Compression,
     cx: &Transport,
 ) -> Result<Written, SinkError> {
-    into_archive(path, image.mtime, |layout| write_blobs(image, layout, layout, reference, compression, cx))
+    into_archive(path, image.mtime, |layout| write_blobs(image, layout, reference, compression, Durability::Staged, cx))
 }
 
 /// Writes `images` (one a platform) as an OCI archive at `path` whose `index.json` names
@@ -117,7 +117,7 @@ pub fn write_index_archive<L: LayerTar>(
     cx: &Transport,
 ) -> Result<WrittenIndex, SinkError> {
     let mtime = images.first().map_or(0, |i| i.mtime);
-    into_archive(path, mtime, |layout| write_index_blobs(images, layout, reference, compression, keep, cx))
+    into_archive(path, mtime, |layout| write_index_blobs(images, layout, reference, compression, keep, Durability::Staged, cx))
 }
 
 /// A layout made in a scratch directory by `fill` (as [`into_layout`]), then tarred to `path`.
@@ -169,25 +169,25 @@ fn write_oci_layout_file(dir: &Path) -> Result<(), SinkError> {
     write_small_file(dir, &path, OCI_LAYOUT)
 }
 
-/// Writes the layers, config and manifest of `image` as blobs of the layout `dir` (scratch
-/// files in `scratch`); returns the manifest's `index.json` entry and what was written.
+/// Writes the layers, config and manifest of `image` as blobs of the layout `dir` (through
+/// scratch files in `dir`); returns the manifest's `index.json` entry and what was written.
 fn write_blobs<L: LayerTar>(
     image: &Image<L>,
     dir: &Path,
-    scratch: &Path,
     reference: Option<&OciRef>,
     compression: Compression,
+    durability: Durability,
     cx: &Transport,
 ) -> Result<(Descriptor, Written), SinkError> {
     let blobs_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs_dir).map_err(|source| SinkError::Write { path: blobs_dir.clone(), source })?;
-    let layers = write_layer_blobs(image, compression, scratch, &blobs_dir, cx)?;
+    let layers = write_layer_blobs(image, compression, dir, &blobs_dir, durability, cx)?;
 
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
     let config = image.config_checked(&diff_ids)?;
     let manifest = image.manifest_checked(&config, &layers)?;
-    let config_digest = write_blob(scratch, &blobs_dir, &config)?;
-    let manifest_digest = write_blob(scratch, &blobs_dir, &manifest)?;
+    let config_digest = write_blob(dir, &blobs_dir, &config, durability)?;
+    let manifest_digest = write_blob(dir, &blobs_dir, &manifest, durability)?;
 
     let (ref_name, name) = match reference {
         Some(OciRef::Name(name)) => (name.to_string(), name.clone()),
@@ -210,13 +210,14 @@ fn write_index_blobs<L: LayerTar>(
     reference: Option<&OciRef>,
     compression: Compression,
     keep: Option<&[u8]>,
+    durability: Durability,
     cx: &Transport,
 ) -> Result<(Descriptor, WrittenIndex), SinkError> {
     let blobs_dir = dir.join("blobs/sha256");
     let mut written = Vec::new();
     let mut manifests = Vec::new();
     for image in images {
-        let (entry, image_written) = write_blobs(image, dir, dir, None, compression, cx)?;
+        let (entry, image_written) = write_blobs(image, dir, None, compression, durability, cx)?;
         let digest = image_written.manifest_digest.expect("an OCI layout has manifests");
         let bytes = fs::read(blobs_dir.join(digest.hex())).map_err(|source| SinkError::Write { path: blobs_dir.clone(), source })?;
         debug_assert_eq!(entry.size(), bytes.len() as u64);
@@ -225,7 +226,7 @@ fn write_index_blobs<L: LayerTar>(
     }
     let listed: Vec<(Platform, &[u8])> = manifests.iter().map(|(p, b)| (p.clone(), b.as_slice())).collect();
     let index = crate::index_bytes(&listed, keep);
-    let index_digest = write_blob(dir, &blobs_dir, &index)?;
+    let index_digest = write_blob(dir, &blobs_dir, &index, durability)?;
     let first = images.first().expect("an index of no images is refused before");
     let (ref_name, name) = match reference {
         Some(OciRef::Name(name)) => (name.to_string(), name.clone()),
@@ -293,11 +294,14 @@ fn read_index(path: &Path) -> Result<ImageIndex, SinkError> {
 }
 
 /// Writes a blob named by its digest (through a scratch file in `scratch`); returns the digest.
-fn write_blob(scratch: &Path, blobs_dir: &Path, bytes: &[u8]) -> Result<Digest, SinkError> {
+fn write_blob(scratch: &Path, blobs_dir: &Path, bytes: &[u8], durability: Durability) -> Result<Digest, SinkError> {
     let digest = Digest::of(bytes);
     let path = blobs_dir.join(digest.hex());
     if !path.exists() {
-        write_small_file(scratch, &path, bytes)?;
+        let write_err = |source| SinkError::Write { path: path.clone(), source };
+        let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
+        temp.as_file().write_all(bytes).map_err(write_err)?;
+        durability.name_blob(temp, &path).map_err(write_err)?;
     }
     Ok(digest)
 }
