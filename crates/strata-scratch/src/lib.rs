@@ -212,9 +212,14 @@ impl ScratchFile {
     /// Writes `bytes` to `dest` whole: into a scratch file `stem` in `dir` (where the scratch
     /// files of `dest` belong), flushed, then renamed over `dest`.
     pub fn write_whole(dir: &Path, stem: &str, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+        ScratchFile::holding(dir, stem, bytes)?.persist(dest)
+    }
+
+    /// A scratch file `stem` in `dir` holding `bytes`, not yet persisted.
+    pub fn holding(dir: &Path, stem: &str, bytes: &[u8]) -> io::Result<ScratchFile> {
         let scratch = ScratchFile::new_in(dir, stem)?;
         io::Write::write_all(&mut scratch.as_file(), bytes)?;
-        scratch.persist(dest)
+        Ok(scratch)
     }
 
     /// Like [`persist`](Self::persist), but leaves an existing `dest` as it is (for blobs

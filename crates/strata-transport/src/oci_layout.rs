@@ -13,7 +13,7 @@
 //!   creating the same new layout: the second finds the first's in place and adds to it.
 
 use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -298,10 +298,9 @@ fn write_blob(scratch: &Path, blobs_dir: &Path, bytes: &[u8], durability: Durabi
     let digest = Digest::of(bytes);
     let path = blobs_dir.join(digest.hex());
     if !path.exists() {
-        let write_err = |source| SinkError::Write { path: path.clone(), source };
-        let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
-        temp.as_file().write_all(bytes).map_err(write_err)?;
-        durability.name_blob(temp, &path).map_err(write_err)?;
+        ScratchFile::holding(scratch, "strata-blob", bytes)
+            .and_then(|temp| durability.name_blob(temp, &path))
+            .map_err(|source| SinkError::Write { path: path.clone(), source })?;
     }
     Ok(digest)
 }

@@ -44,10 +44,6 @@ config = {{ Cmd = ["hello"], ExposedPorts = {{ "8080/tcp" = {{}} }} }}
     )
 }
 
-fn rmi(engine: &str, image: &str) {
-    remove_images(engine, &[image]);
-}
-
 #[test]
 fn runtime_podman_runs_the_hook_then_the_command() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +61,7 @@ fn runtime_podman_runs_the_hook_then_the_command() {
     assert_eq!(run_in("podman", image, &["sh", "-c", "echo $$"]), "Supercharged by strata!\n1\n");
     let inspect = stdout_of(Command::new("podman").args(["image", "inspect", image, "--format", "{{.Config.User}} {{.Config.ExposedPorts}}"]));
     assert!(inspect.starts_with("app map[8080/tcp:{}]"), "{inspect}");
-    rmi("podman", image);
+    remove_images("podman", &[image]);
 }
 
 #[test]
@@ -81,7 +77,7 @@ fn piped_into_docker_load() {
     assert_eq!(run_in("docker", image, &["id", "-u"]), "Supercharged by strata!\n0\n", "no user: root");
     let tmp = run_in("docker", image, &["ls", "-ld", "/tmp"]);
     assert!(tmp.contains("drwxrwxrwt"), "{tmp}");
-    rmi("docker", image);
+    remove_images("docker", &[image]);
 }
 
 /// Two builds give one digest; a changed package changes only the layers that hold or link it.
@@ -209,7 +205,7 @@ fn a_flox_environment_is_containerized_as_flox_does() {
     assert_eq!(config["WorkingDir"], "/tmp");
     assert_eq!(config["Labels"]["team"], "web");
     assert!(config["ExposedPorts"].get("8080/tcp").is_some(), "{config}");
-    rmi("podman", image);
+    remove_images("podman", &[image]);
 
     let file = dir.path().join("env.tar");
     let args = ["containerize", "-d", env.to_str().unwrap(), "-f", file.to_str().unwrap(), "--tag", "v2", "--label", "tier=edge", "--nixpkgs", &nixpkgs];
@@ -219,7 +215,7 @@ fn a_flox_environment_is_containerized_as_flox_does() {
     assert_eq!(run_in("docker", "my-env:v2", &[]), "hook: from vars\nHello, world!\n");
     let labels = stdout_of(Command::new("docker").args(["image", "inspect", "my-env:v2", "--format", "{{json .Config.Labels}}"]));
     assert_eq!(labels.trim(), r#"{"team":"web","tier":"edge"}"#);
-    rmi("docker", "my-env:v2");
+    remove_images("docker", &["my-env:v2"]);
 }
 
 /// A flox manifest's mistakes name the file and the key: a package nixpkgs does not have, an
