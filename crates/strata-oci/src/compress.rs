@@ -8,6 +8,8 @@ use std::io::{self, Write};
 
 use oci_spec::image::MediaType;
 
+use crate::digest::HashingWriter;
+use crate::manifest::LayerBlob;
 use crate::parallel::ParallelWriter;
 use crate::pgzip::Gzip;
 use crate::pzstd::Zstd;
@@ -93,11 +95,59 @@ impl Compression {
             Compression::Zstd => Encoder::Zstd(ParallelWriter::new(out, Zstd::new(ZSTD_LEVEL)?)?),
         })
     }
+
+    /// Wraps `out` in this codec's encoder for a layer: the tar written to it and the blob it
+    /// writes are hashed on the way (together, see [`crate::parallel`]), and
+    /// [`LayerEncoder::finish`] gives the blob's record.
+    pub fn layer_encoder<W: Write>(self, out: W) -> io::Result<LayerEncoder<W>> {
+        let encoder = match self {
+            Compression::None => Encoder::Plain(HashingWriter::new(out)),
+            Compression::Gzip => Encoder::Gzip(ParallelWriter::hashing(out, Gzip::new(GZIP_LEVEL)?)?),
+            Compression::Zstd => Encoder::Zstd(ParallelWriter::hashing(out, Zstd::new(ZSTD_LEVEL)?)?),
+        };
+        Ok(LayerEncoder { codec: self, encoder })
+    }
 }
 
-/// A writer that compresses into `W`; [`Encoder::finish`] ends the stream.
-pub enum Encoder<W: Write> {
-    Plain(W),
+/// A layer's tar goes in, its blob comes out into `W`, both hashed: see
+/// [`Compression::layer_encoder`].
+pub struct LayerEncoder<W: Write> {
+    codec: Compression,
+    /// Uncompressed, the tar is the blob: one digest.
+    encoder: Encoder<W, HashingWriter<W>>,
+}
+
+impl<W: Write> LayerEncoder<W> {
+    /// Ends the blob: its record (diff ID, digest, size, media type), and `out`.
+    pub fn finish(self) -> io::Result<(LayerBlob, W)> {
+        let media_type = self.codec.layer_media_type();
+        let (out, hashed) = match self.encoder {
+            Encoder::Plain(tar) => {
+                let (digest, size, out) = tar.finish();
+                return Ok((LayerBlob { diff_id: digest, digest, size, media_type }, out));
+            }
+            Encoder::Gzip(e) => e.finish_hashed()?,
+            Encoder::Zstd(e) => e.finish_hashed()?,
+        };
+        let hashed = hashed.expect("a layer encoder hashes");
+        Ok((LayerBlob { diff_id: hashed.input, digest: hashed.output, size: hashed.output_len, media_type }, out))
+    }
+}
+
+impl<W: Write> Write for LayerEncoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.encoder.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.encoder.flush()
+    }
+}
+
+/// A writer that compresses into `W`; [`Encoder::finish`] ends the stream. (`P` is what
+/// writes uncompressed bytes to `W`: `W` itself, or a hashing writer for a layer.)
+pub enum Encoder<W: Write, P: Write = W> {
+    Plain(P),
     Gzip(ParallelWriter<W, Gzip>),
     Zstd(ParallelWriter<W, Zstd>),
 }
@@ -112,7 +162,7 @@ impl<W: Write> Encoder<W> {
     }
 }
 
-impl<W: Write> Write for Encoder<W> {
+impl<W: Write, P: Write> Write for Encoder<W, P> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Encoder::Plain(w) => w.write(buf),
@@ -150,6 +200,30 @@ mod tests {
             let mut back = Vec::new();
             c.decoder(&a[..]).unwrap().read_to_end(&mut back).unwrap();
             assert_eq!(back, data, "{c:?} does not round-trip");
+        }
+    }
+
+    /// A layer encoder's record names the tar that went in and the blob that came out, at
+    /// lengths around the blocks' and SHA-256's, written in pieces that straddle both.
+    #[test]
+    fn a_layer_encoder_records_the_digests_of_its_tar_and_its_blob() {
+        use crate::digest::Digest;
+        let sample = crate::parallel::testing::sample;
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            for len in [0, 1, 55, 64, 65, (1 << 20) - 1, 1 << 20, (2 << 20) + 3, (5 << 20) + 12_345] {
+                let data = sample(len);
+                let mut encoder = c.layer_encoder(Vec::new()).unwrap();
+                for piece in data.chunks(100_003) {
+                    encoder.write_all(piece).unwrap();
+                }
+                let (blob, out) = encoder.finish().unwrap();
+                assert_eq!(blob.diff_id, Digest::of(&data), "{c:?}, {len} bytes: diff ID");
+                assert_eq!((blob.digest, blob.size), (Digest::of(&out), out.len() as u64), "{c:?}, {len} bytes: blob");
+                assert_eq!(blob.media_type, c.layer_media_type());
+                let mut plain = c.encoder(Vec::new()).unwrap();
+                plain.write_all(&data).unwrap();
+                assert_eq!(plain.finish().unwrap(), out, "{c:?}, {len} bytes: hashing changed the blob");
+            }
         }
     }
 }

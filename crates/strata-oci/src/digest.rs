@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 /// A `sha256:` content digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest([u8; 32]);
+pub struct Digest(pub(crate) [u8; 32]);
 
 impl Digest {
     pub fn of(bytes: &[u8]) -> Digest {
@@ -90,18 +90,18 @@ impl TryFrom<&oci_spec::image::Digest> for Digest {
 /// Passes bytes through to `inner`, hashing and counting them.
 pub struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
+    hasher: crate::sha256::Sha256,
     written: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
+        HashingWriter { inner, hasher: crate::sha256::Sha256::new(), written: 0 }
     }
 
     /// The digest and length of everything written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
-        (Digest(self.hasher.finalize().into()), self.written, self.inner)
+        (Digest(self.hasher.finish()), self.written, self.inner)
     }
 
     /// How many bytes went through so far.

@@ -18,7 +18,7 @@ use oci_spec::image::{History, ImageConfiguration, MediaType, RootFs};
 
 use crate::canonical::canonical_json;
 use crate::compress::Compression;
-use crate::digest::{Digest, HashingWriter, VerifiedReader};
+use crate::digest::{Digest, VerifiedReader};
 use crate::manifest::{manifest_blob, LayerBlob};
 use crate::platform::Platform;
 use crate::reference::{check_tag, ImageName};
@@ -416,12 +416,9 @@ impl<L: LayerTar> Image<L> {
 pub fn record_blobs<L: LayerTar>(layer: &L, codecs: &[Compression]) -> Result<RecordedBlobs, TarError> {
     let mut blobs = RecordedBlobs::new();
     let mut put = |codec: Compression| -> Result<(), TarError> {
-        let compressed = HashingWriter::new(io::sink());
-        let mut tar = HashingWriter::new(codec.encoder(compressed).map_err(TarError::Write)?);
+        let mut tar = codec.layer_encoder(io::sink()).map_err(TarError::Write)?;
         layer.write_tar(&mut tar)?;
-        let (diff_id, _, encoder) = tar.finish();
-        let (digest, size, _) = encoder.finish().map_err(TarError::Write)?.finish();
-        blobs.insert(codec.id().to_owned(), LayerBlob { diff_id, digest, size, media_type: codec.layer_media_type() });
+        blobs.insert(codec.id().to_owned(), tar.finish().map_err(TarError::Write)?.0);
         Ok(())
     };
     if codecs.is_empty() {

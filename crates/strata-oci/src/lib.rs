@@ -2,6 +2,7 @@
 //! What every other crate of strata speaks:
 //!
 //! - [`digest`]: `sha256:` digests, and a writer that hashes what goes through it;
+//!   [`sha256`]: SHA-256 that hashes two streams at once (a tar and its compressed blob);
 //! - [`reference`](crate::reference): the one grammar of image references for every
 //!   transport (`docker-archive:`, `oci:`, `oci-archive:`, `docker://`, `docker-daemon:`,
 //!   `podman:`), Docker's grammar of names, tags and digests;
@@ -26,5 +27,6 @@ pub mod pgzip;
 pub mod platform;
 pub mod pzstd;
 pub mod reference;
+pub mod sha256;
 pub mod time;
 pub mod ustar;

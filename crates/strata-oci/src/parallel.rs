@@ -15,13 +15,21 @@
 //! jobs can never be one of the threads that would run them.
 //!
 //! Memory is bounded: the streams open at once share two blocks a core handed to the pool
-//! (each holding its input, then its output), each stream at least two; and each fills one
+//! (each holding its input and its output), each stream at least two; and each fills one
 //! more. How many a stream may hand over changes when it is compressed, never its bytes.
+//!
+//! A layer's writer ([`ParallelWriter::hashing`]) also hashes what goes in (the tar: the
+//! diff ID) and what comes out (the blob), when a block is written out: its input and its
+//! output then hash together ([`Sha256::update_pair`]), for a third less time than one after
+//! the other.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, LazyLock};
+
+use crate::digest::Digest;
+use crate::sha256::Sha256;
 
 /// How one block is compressed, and what goes before and after the blocks.
 pub trait BlockFormat: Copy + Send + 'static {
@@ -73,7 +81,8 @@ impl Drop for StreamShare {
     }
 }
 
-type Job<C> = mpsc::Receiver<io::Result<(Vec<u8>, C)>>;
+/// A block handed to the pool: its output and check, and its input back.
+type Job<C> = mpsc::Receiver<(io::Result<(Vec<u8>, C)>, Vec<u8>)>;
 
 /// A writer that compresses into `W` in `F`'s blocks on the pool; [`finish`](Self::finish)
 /// ends the stream.
@@ -89,6 +98,32 @@ pub struct ParallelWriter<W: Write, F: BlockFormat> {
     share: StreamShare,
     check: F::Check,
     length: u64,
+    /// The input's and the output's digests, if asked for.
+    digests: Option<Box<StreamDigests>>,
+    /// A block's input buffer, written out and free to fill again.
+    spare: Option<Vec<u8>>,
+}
+
+/// What [`ParallelWriter::finish_hashed`] tells of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashed {
+    pub input: Digest,
+    pub input_len: u64,
+    pub output: Digest,
+    pub output_len: u64,
+}
+
+struct StreamDigests {
+    input: Sha256,
+    output: Sha256,
+    output_len: u64,
+}
+
+impl StreamDigests {
+    fn output(&mut self, bytes: &[u8]) {
+        self.output.update(bytes);
+        self.output_len += bytes.len() as u64;
+    }
 }
 
 impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
@@ -96,9 +131,23 @@ impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
         Self::with_pool(out, format, POOL.clone())
     }
 
+    /// Like [`new`](Self::new), hashing the input and the output: see
+    /// [`finish_hashed`](Self::finish_hashed).
+    pub fn hashing(out: W, format: F) -> io::Result<Self> {
+        Self::on_pool(out, format, POOL.clone(), true)
+    }
+
     /// Compresses on `pool`, which must not be the thread writing.
-    pub fn with_pool(mut out: W, format: F, pool: Arc<rayon::ThreadPool>) -> io::Result<Self> {
+    pub fn with_pool(out: W, format: F, pool: Arc<rayon::ThreadPool>) -> io::Result<Self> {
+        Self::on_pool(out, format, pool, false)
+    }
+
+    fn on_pool(mut out: W, format: F, pool: Arc<rayon::ThreadPool>, hashing: bool) -> io::Result<Self> {
         out.write_all(format.header())?;
+        let mut digests = hashing.then(|| Box::new(StreamDigests { input: Sha256::new(), output: Sha256::new(), output_len: 0 }));
+        if let Some(d) = &mut digests {
+            d.output(format.header());
+        }
         Ok(ParallelWriter {
             out,
             format,
@@ -108,6 +157,8 @@ impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
             share: StreamShare::new(),
             check: F::Check::default(),
             length: 0,
+            digests,
+            spare: None,
         })
     }
 
@@ -116,11 +167,12 @@ impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
         while self.pending.len() >= self.share.in_flight(self.pool.current_num_threads()) {
             self.write_oldest()?;
         }
-        let block = std::mem::replace(&mut self.block, Vec::with_capacity(if last { 0 } else { F::BLOCK }));
+        let next = if last { Vec::new() } else { self.spare.take().unwrap_or_else(|| Vec::with_capacity(F::BLOCK)) };
+        let block = std::mem::replace(&mut self.block, next);
         let format = self.format;
         let (done, job) = mpsc::sync_channel(1);
         self.pool.spawn(move || {
-            let _ = done.send(format.compress(&block, last));
+            let _ = done.send((format.compress(&block, last), block));
         });
         self.pending.push_back(job);
         Ok(())
@@ -128,20 +180,37 @@ impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
 
     fn write_oldest(&mut self) -> io::Result<()> {
         let job = self.pending.pop_front().expect("a pending job");
-        let (compressed, check) = job.recv().map_err(|_| io::Error::other("a compression job was lost"))??;
+        let (compressed, mut input) = job.recv().map_err(|_| io::Error::other("a compression job was lost"))?;
+        let (compressed, check) = compressed?;
         F::combine(&mut self.check, check);
+        if let Some(d) = &mut self.digests {
+            Sha256::update_pair(&mut d.input, &input, &mut d.output, &compressed);
+            d.output_len += compressed.len() as u64;
+        }
+        input.clear();
+        self.spare = Some(input);
         self.out.write_all(&compressed)
     }
 
     /// Compresses what is left, writes the stream's end and returns `out`.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub fn finish(self) -> io::Result<W> {
+        Ok(self.finish_hashed()?.0)
+    }
+
+    /// [`finish`](Self::finish), with the digests and lengths of the input and the output
+    /// if the writer was made [`hashing`](Self::hashing).
+    pub fn finish_hashed(mut self) -> io::Result<(W, Option<Hashed>)> {
         self.submit(true)?;
         while !self.pending.is_empty() {
             self.write_oldest()?;
         }
         let trailer = self.format.trailer(std::mem::take(&mut self.check), self.length);
         self.out.write_all(&trailer)?;
-        Ok(self.out)
+        let hashed = self.digests.take().map(|mut d| {
+            d.output(&trailer);
+            Hashed { input: Digest(d.input.finish()), input_len: self.length, output: Digest(d.output.finish()), output_len: d.output_len }
+        });
+        Ok((self.out, hashed))
     }
 }
 

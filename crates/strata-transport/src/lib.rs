@@ -473,35 +473,37 @@ pub(crate) fn write_layer_blob<L: LayerTar, W: Write>(
 ) -> Result<(LayerBlob, W), SinkError> {
     let write_err = |source| SinkError::Write { path: path.to_owned(), source };
     let layer = image.layer_sources()[index];
-    let out = HashingWriter::new(out);
-    let (diff_id, media_type, out) = match layer {
+    let (base, j) = match layer {
         LayerSource::Built(recipe) => {
             let stage = if compression == Compression::None { Stage::Hashing } else { Stage::Compressing };
             progress.start(index, stage, recipe.tar_len());
-            let mut tar = HashingWriter::new(Counted { inner: compression.encoder(out).map_err(write_err)?, layer: index, progress });
+            let mut tar = Counted { inner: compression.layer_encoder(out).map_err(write_err)?, layer: index, progress };
             recipe.write_tar(&mut tar)?;
-            let (diff_id, _, encoder) = tar.finish();
-            (diff_id, compression.layer_media_type(), encoder.inner.finish().map_err(write_err)?)
+            let written = tar.inner.finish().map_err(write_err)?;
+            progress.finish(index);
+            return Ok(written);
         }
-        LayerSource::Base(base, j) => match image.recode_into(&layer) {
-            Some(codec) => {
-                // The tar's size is not known before it is decompressed.
-                progress.start(index, Stage::Compressing, 0);
-                let counted = Counted { inner: codec.encoder(out).map_err(write_err)?, layer: index, progress };
-                let encoder = recode_base_layer(base, j, codec, counted)?;
-                (base.layers[j].diff_id, codec.layer_media_type(), encoder.inner.finish().map_err(write_err)?)
-            }
-            None => {
-                progress.start(index, Stage::Copying, base.layers[j].size);
-                let mut counted = Counted { inner: out, layer: index, progress };
-                copy_base_layer(base, j, &mut counted)?;
-                (base.layers[j].diff_id, base.layers[j].media_type.clone(), counted.inner)
-            }
-        },
+        LayerSource::Base(base, j) => (base, j),
+    };
+    let out = HashingWriter::new(out);
+    let (media_type, out) = match image.recode_into(&layer) {
+        Some(codec) => {
+            // The tar's size is not known before it is decompressed.
+            progress.start(index, Stage::Compressing, 0);
+            let counted = Counted { inner: codec.encoder(out).map_err(write_err)?, layer: index, progress };
+            let encoder = recode_base_layer(base, j, codec, counted)?;
+            (codec.layer_media_type(), encoder.inner.finish().map_err(write_err)?)
+        }
+        None => {
+            progress.start(index, Stage::Copying, base.layers[j].size);
+            let mut counted = Counted { inner: out, layer: index, progress };
+            copy_base_layer(base, j, &mut counted)?;
+            (base.layers[j].media_type.clone(), counted.inner)
+        }
     };
     progress.finish(index);
     let (digest, size, out) = out.finish();
-    Ok((LayerBlob { diff_id, digest, size, media_type }, out))
+    Ok((LayerBlob { diff_id: base.layers[j].diff_id, digest, size, media_type }, out))
 }
 
 /// Copies layer `index` of `base` to `out`, checking its digest and size.
