@@ -5,11 +5,14 @@
 //! 2. `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`;
 //! 3. Docker's `config.json` (in `$DOCKER_CONFIG`, else `~/.docker`).
 //!
-//! The first file with an entry for the registry wins; a file that is missing or has no entry
-//! is passed over. Each file is read by the `docker_credential` crate, so an entry may be an
-//! `auth` (base64 of `USER:PASSWORD`), a `username` and `password`, or a credential helper
-//! (`credHelpers`, `credsStore`), and Docker Hub's `https://index.docker.io/v1/` key answers
-//! for `docker.io`. Keys scoped to a repository (`quay.io/team`) are not consulted.
+//! The first file with an entry for the repository wins; a file that is missing or has no
+//! entry is passed over. In a file, the most specific key wins: for `quay.io/team/app`, the
+//! key `quay.io/team/app`, then `quay.io/team`, then the registry's own (what `podman login
+//! quay.io/team` writes is found first). Each file is read by the `docker_credential` crate,
+//! so an entry may be an `auth` (base64 of `USER:PASSWORD`), a `username` and `password`, or
+//! a credential helper (`credHelpers`, `credsStore`), and Docker Hub's
+//! `https://index.docker.io/v1/` key answers for `docker.io`. That crate looks registries up,
+//! not repositories: the scoped key is picked here ([`scoped_key`]) and handed to it.
 //!
 //! Secrets never reach an error, a log line or a `Debug` output: [`Credentials`] redacts, and
 //! a broken file is reported by its path and the place of the fault, never by its content.
@@ -51,11 +54,11 @@ pub enum CredentialsError {
 /// A credentials file bigger than this is refused: `podman login` writes a few hundred bytes.
 const MAX_FILE_SIZE: u64 = 1 << 20;
 
-/// The stored credentials for `host`, if any file has them.
-pub fn stored(host: &str) -> Result<Option<Credentials>, CredentialsError> {
+/// The stored credentials for `repository` (`team/app`) on `host`, if any file has them.
+pub fn stored(host: &str, repository: &str) -> Result<Option<Credentials>, CredentialsError> {
     for path in files() {
-        if let Some(credentials) = from_file(&path, host)? {
-            tracing::debug!("credentials for {host} from {}", path.display());
+        if let Some((key, credentials)) = from_file(&path, host, repository)? {
+            tracing::debug!("credentials for {host}/{repository} from {} (key {key})", path.display());
             return Ok(Some(credentials));
         }
     }
@@ -75,9 +78,30 @@ fn files() -> Vec<PathBuf> {
     files
 }
 
-/// `host`'s credentials in the file at `path`: `None` where the file is missing or has no
-/// entry for `host`.
-fn from_file(path: &Path, host: &str) -> Result<Option<Credentials>, CredentialsError> {
+/// The most specific key of `auths` in `text` scoped to a part of `repository` on `host`
+/// (`host/team/app`, then `host/team`); `None` if there is none, or `text` has no `auths`
+/// object (the file is then read for the registry's key, and judged, by `docker_credential`).
+fn scoped_key(text: &[u8], host: &str, repository: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        auths: std::collections::HashMap<String, serde::de::IgnoredAny>,
+    }
+    let keys = serde_json::from_slice::<Keys>(text).ok()?.auths;
+    let mut scope = format!("{host}/{repository}");
+    loop {
+        if keys.contains_key(&scope) {
+            return Some(scope);
+        }
+        scope.truncate(scope.rfind('/')?);
+        if scope.len() <= host.len() {
+            return None;
+        }
+    }
+}
+
+/// The credentials for `repository` on `host` in the file at `path`, with the key they are
+/// under: `None` where the file is missing or has no entry for them.
+fn from_file(path: &Path, host: &str, repository: &str) -> Result<Option<(String, Credentials)>, CredentialsError> {
     let fault = |why: String| CredentialsError::File { path: path.to_owned(), why };
     let text = match std::fs::metadata(path) {
         Err(_) => return Ok(None),
@@ -89,8 +113,11 @@ fn from_file(path: &Path, host: &str) -> Result<Option<Credentials>, Credentials
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
         return Err(fault(format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column())));
     }
+    // A scoped key is looked up as it is written: it has an entry, so no helper is asked.
+    let key = scoped_key(&text, host, repository).unwrap_or_else(|| host.to_owned());
+    let host = key.as_str(); // what the messages below name
     match docker_credential::get_credential_from_reader(text.as_slice(), host) {
-        Ok(DockerCredential::UsernamePassword(user, password)) => Ok(Some(Credentials { user, password })),
+        Ok(DockerCredential::UsernamePassword(user, password)) => Ok(Some((key.clone(), Credentials { user, password }))),
         Ok(DockerCredential::IdentityToken(_)) => {
             tracing::warn!("{} has an identity token for {host}, which strata cannot use; looking further", path.display());
             Ok(None)
@@ -131,7 +158,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth.json");
         std::fs::write(&path, text).unwrap();
-        from_file(&path, host).map(|c| c.map(|c| (c.user, c.password))).map_err(|e| e.to_string())
+        from_file(&path, host, "team/app").map(|c| c.map(|(_, c)| (c.user, c.password))).map_err(|e| e.to_string())
+    }
+
+    /// As containers-auth.json(5) says: `reg.example/team/app`, then `reg.example/team`, then
+    /// `reg.example`; whole path segments only.
+    #[test]
+    fn the_most_specific_key_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        // base64 of "team:1", "app:2", "all:3".
+        let (team, app, all) =
+            (r#""reg.example/team":{"auth":"dGVhbTox"}"#, r#""reg.example/team/app":{"auth":"YXBwOjI="}"#, r#""reg.example":{"auth":"YWxsOjM="}"#);
+        let user = |entries: &[&str], repository: &str| {
+            std::fs::write(&path, format!(r#"{{"auths":{{{}}}}}"#, entries.join(","))).unwrap();
+            from_file(&path, "reg.example", repository).unwrap().map(|(_, c)| c.user)
+        };
+        assert_eq!(user(&[team, app, all], "team/app").as_deref(), Some("app"));
+        assert_eq!(user(&[team, app, all], "team/app/sub").as_deref(), Some("app"));
+        assert_eq!(user(&[team, app, all], "team/other").as_deref(), Some("team"));
+        assert_eq!(user(&[team, app, all], "team").as_deref(), Some("team"));
+        assert_eq!(user(&[team, app, all], "teamx/app").as_deref(), Some("all"));
+        assert_eq!(user(&[team, app], "other/app"), None);
+        assert_eq!(user(&[app, all], "team/other").as_deref(), Some("all"));
     }
 
     #[test]

@@ -122,10 +122,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(host: &str, options: &RegistryOptions) -> Result<Session, RegistryError> {
+    /// A session for `repository`'s registry, with the credentials stored for it.
+    fn new(repository: &RegistryRef, options: &RegistryOptions) -> Result<Session, RegistryError> {
+        let host = repository.host.as_str();
         let creds = match &options.creds {
             Some(c) => Some(c.clone()),
-            None => crate::credentials::stored(host)?,
+            None => crate::credentials::stored(host, &repository.repository)?,
         };
         let config = ClientConfig {
             protocol: if options.tls_verify { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(vec![host.to_owned()]) },
@@ -260,7 +262,7 @@ pub struct Pushed {
 
 /// Pushes `image` to `dest`.
 pub fn push<L: LayerTar>(image: &Image<L>, dest: &RegistryRef, compression: Compression, cx: &crate::Transport) -> Result<Pushed, RegistryError> {
-    let session = Session::new(&dest.host, &cx.registry)?;
+    let session = Session::new(dest, &cx.registry)?;
     let runtime = session.runtime.clone();
     runtime.block_on(push_async(&session, image, dest, compression, &cx.cache, &cx.progress, Target::Tag))
 }
@@ -274,7 +276,7 @@ pub fn push_index<L: LayerTar>(
     keep: Option<&[u8]>,
     cx: &crate::Transport,
 ) -> Result<crate::WrittenIndex, RegistryError> {
-    let session = Session::new(&dest.host, &cx.registry)?;
+    let session = Session::new(dest, &cx.registry)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
         let mut pushed = Vec::new();
@@ -564,7 +566,7 @@ fn with_top_manifest<T>(
 /// A session with `source`'s registry, authenticated to pull from its repository, and the
 /// reference that names it there.
 fn pull_session(source: &RegistryRef, options: &RegistryOptions) -> Result<(Session, Reference), RegistryError> {
-    let session = Session::new(&source.host, options)?;
+    let session = Session::new(source, options)?;
     let reference = client_ref(source);
     session.runtime.clone().block_on(session.authenticate(&reference, RegistryOperation::Pull))?;
     Ok((session, reference))
@@ -751,7 +753,7 @@ pub struct StoredSignature {
 /// The signatures stored for the manifest `digest` in `repository` (cosign's tag), each
 /// payload read and checked against its digest; none if the tag is not there.
 pub fn signatures(repository: &RegistryRef, digest: &Digest, options: &RegistryOptions) -> Result<Vec<StoredSignature>, RegistryError> {
-    let session = Session::new(&repository.host, options)?;
+    let session = Session::new(repository, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async { stored_signatures(&session, repository, digest).await })
 }
@@ -785,7 +787,7 @@ pub const PAYLOAD_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v
 /// a layer of the manifest at tag `sha256-<hex>.sig` (added to the signatures already there,
 /// if any), the signature its annotation.
 pub fn push_signature(repository: &RegistryRef, digest: &Digest, signature: StoredSignature, options: &RegistryOptions) -> Result<(), RegistryError> {
-    let session = Session::new(&repository.host, options)?;
+    let session = Session::new(repository, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
         let reference = Reference::with_tag(repository.host.clone(), repository.repository.clone(), signature_tag(digest));
@@ -868,7 +870,7 @@ pub fn attach(
     content: Vec<u8>,
     options: &RegistryOptions,
 ) -> Result<Referrer, RegistryError> {
-    let session = Session::new(&repository.host, options)?;
+    let session = Session::new(repository, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
         let (subject_digest, subject_size) = subject;

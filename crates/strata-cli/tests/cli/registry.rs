@@ -106,23 +106,40 @@ fn a_wrong_password_is_reported_without_showing_it() {
     let host = format!("127.0.0.1:{}", registry.port);
     let empty = dir.path().join("home");
     std::fs::create_dir(&empty).unwrap();
-    let login = |cmd: &mut Command| {
-        let mut child = cmd.args(["-u", user, "--password-stdin", &host]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let login = |cmd: &mut Command, target: &str| {
+        let mut child = cmd.args(["-u", user, "--password-stdin", target]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    let auth = dir.path().join("auth.json");
-    login(Command::new("podman").args(["login", "--tls-verify=false", "--authfile"]).arg(&auth));
-    let docker_config = dir.path().join("docker");
-    login(Command::new("docker").arg("--config").arg(&docker_config).arg("login"));
-    for (variable, value) in [("REGISTRY_AUTH_FILE", &auth), ("DOCKER_CONFIG", &docker_config)] {
-        let mut cmd = strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference("strata-test/x"), "--tls-verify=false"]);
+    let podman_login = |authfile: &Path, target: &str| login(Command::new("podman").args(["login", "--tls-verify=false", "--authfile"]).arg(authfile), target);
+    // strata pushing to `repository`, with nothing to find credentials in but `variable`.
+    let push = |repository: &str, variable: &str, value: &Path| {
+        let mut cmd = strata(&["build", spec.to_str().unwrap(), "-o", &registry.reference(repository), "--tls-verify=false"]);
         for v in ["REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME"] {
             cmd.env_remove(v);
         }
-        run_ok(cmd.env("HOME", &empty).env(variable, value).env("STRATA_CACHE_DIR", dir.path()));
+        cmd.env("HOME", &empty).env(variable, value).env("STRATA_CACHE_DIR", dir.path());
+        cmd
+    };
+    let auth = dir.path().join("auth.json");
+    podman_login(&auth, &host);
+    let docker_config = dir.path().join("docker");
+    login(Command::new("docker").arg("--config").arg(&docker_config).arg("login"), &host);
+    for (variable, value) in [("REGISTRY_AUTH_FILE", &auth), ("DOCKER_CONFIG", &docker_config)] {
+        run_ok(&mut push("strata-test/x", variable, value));
     }
+    // A login scoped to a namespace (`podman login HOST/strata-test`, the only entry in its
+    // file) answers for the repositories under it, and for no other.
+    let scoped = dir.path().join("scoped.json");
+    podman_login(&scoped, &format!("{host}/strata-test"));
+    let written = std::fs::read_to_string(&scoped).unwrap();
+    assert!(written.contains(&format!("\"{host}/strata-test\"")), "podman wrote no scoped key: {written}");
+    run_ok(&mut push("strata-test/x", "REGISTRY_AUTH_FILE", &scoped));
+    let elsewhere = push("elsewhere/x", "REGISTRY_AUTH_FILE", &scoped).output().unwrap();
+    let stderr = String::from_utf8_lossy(&elsewhere.stderr);
+    assert_eq!(elsewhere.status.code(), Some(1), "pushed to elsewhere/x without credentials: {stderr}");
+    assert!(stderr.contains("authentication to 127.0.0.1"), "{stderr}");
 }
 
 /// The registry dies during a push: strata retries, then fails with a clear error; once the
