@@ -101,7 +101,7 @@ impl<W: Write> HashingWriter<W> {
 
     /// The digest and length of everything written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
-        (Digest(self.hasher.finish()), self.written, self.inner)
+        (self.hasher.finish(), self.written, self.inner)
     }
 
     /// How many bytes went through so far.

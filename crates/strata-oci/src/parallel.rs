@@ -208,7 +208,7 @@ impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
         self.out.write_all(&trailer)?;
         let hashed = self.digests.take().map(|mut d| {
             d.output(&trailer);
-            Hashed { input: Digest(d.input.finish()), input_len: self.length, output: Digest(d.output.finish()), output_len: d.output_len }
+            Hashed { input: d.input.finish(), input_len: self.length, output: d.output.finish(), output_len: d.output_len }
         });
         Ok((self.out, hashed))
     }

@@ -16,6 +16,8 @@
 //! small: the buffering and padding of FIPS 180-4 around `sha2`'s compression, and the
 //! two-stream rounds (`shani`). Tests hold every path to `sha2`'s digests.
 
+use crate::digest::Digest;
+
 /// A SHA-256 being computed: [`update`](Self::update) with bytes,
 /// [`update_pair`](Self::update_pair) with the bytes of two streams at once,
 /// [`finish`](Self::finish) for the digest.
@@ -59,7 +61,7 @@ impl Sha256 {
     }
 
     /// The digest of everything hashed.
-    pub fn finish(mut self) -> [u8; 32] {
+    pub fn finish(mut self) -> Digest {
         // FIPS 180-4, 5.1.1: a one bit, zeros up to 8 bytes short of a block's end, then the
         // message's length in bits, big-endian.
         let mut tail = [0u8; 128];
@@ -72,7 +74,7 @@ impl Sha256 {
         for (out, word) in digest.chunks_exact_mut(4).zip(self.state) {
             out.copy_from_slice(&word.to_be_bytes());
         }
-        digest
+        Digest(digest)
     }
 
     /// Completes the buffered start of a block from `data`, hashing it once whole; returns
@@ -243,12 +245,12 @@ mod tests {
             let data = bytes(len, len as u32);
             let mut h = Sha256::new();
             h.update(&data);
-            assert_eq!(h.finish(), reference(&data), "{len} bytes at once");
+            assert_eq!(h.finish().0, reference(&data), "{len} bytes at once");
             let mut h = Sha256::new();
             for piece in data.chunks(7) {
                 h.update(piece);
             }
-            assert_eq!(h.finish(), reference(&data), "{len} bytes, 7 at a time");
+            assert_eq!(h.finish().0, reference(&data), "{len} bytes, 7 at a time");
         }
     }
 
@@ -276,8 +278,8 @@ mod tests {
                     Sha256::update_pair(&mut a, pa, &mut b, pb);
                 }
             }
-            assert_eq!(a.finish(), reference(&data_a), "stream a, {len_a} bytes by {piece_a}");
-            assert_eq!(b.finish(), reference(&data_b), "stream b, {len_b} bytes by {piece_b}");
+            assert_eq!(a.finish().0, reference(&data_a), "stream a, {len_a} bytes by {piece_a}");
+            assert_eq!(b.finish().0, reference(&data_b), "stream b, {len_b} bytes by {piece_b}");
         }
     }
 

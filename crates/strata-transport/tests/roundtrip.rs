@@ -27,6 +27,8 @@ struct TarBytes {
     tar: Vec<u8>,
     comment: String,
     reads: Arc<AtomicUsize>,
+    /// Fails after writing this many bytes of its tar.
+    fails_after: Option<usize>,
 }
 
 impl TarBytes {
@@ -37,7 +39,7 @@ impl TarBytes {
         tar.extend_from_slice(header.as_bytes());
         tar.extend_from_slice(data);
         tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
-        TarBytes { tar, comment: format!("file {name}"), reads: Arc::default() }
+        TarBytes { tar, comment: format!("file {name}"), reads: Arc::default(), fails_after: None }
     }
 }
 
@@ -47,6 +49,10 @@ impl LayerTar for TarBytes {
     }
     fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), TarError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        if let Some(n) = self.fails_after {
+            out.write_all(&self.tar[..n]).map_err(TarError::Write)?;
+            return Err(TarError::Source("a file changed while it was read".into()));
+        }
         out.write_all(&self.tar).map_err(TarError::Write)
     }
     fn fingerprint(&self) -> Digest {
@@ -199,6 +205,41 @@ fn the_layer_cache_spares_work_and_never_gives_a_wrong_digest() {
     let trusted = stream(&cx);
     assert!(String::from_utf8_lossy(&trusted).contains(&planted.to_string()), "the stream hashed a layer the cache knows");
     assert_eq!(first, stream(&Transport::isolated()), "without a cache the stream is the same");
+}
+
+/// A stream of layers of many sizes (hashed by the writer, by the helper, and by the writer
+/// together with layers fed to it, chunk boundaries anywhere): every diff ID is its tar's, as
+/// the archive read back (which checks them) and the digests of the tars say; the same bytes
+/// every time. A layer whose tar fails fails the stream, whoever hashes it.
+#[test]
+fn a_stream_hashes_every_layer_right_whoever_hashes_it() {
+    let sizes = [1, 300 << 10, (1 << 20) + 77, 5_000, 700 << 10, 2 << 20, 0, (256 << 10) - 512, 3 << 20, 90_000];
+    let layers: Vec<TarBytes> = sizes.iter().enumerate().map(|(i, &len)| TarBytes::file(&format!("f{i}"), &vec![i as u8 ^ 0x5a; len])).collect();
+    let expected: Vec<Digest> = layers.iter().map(|l| Digest::of(&l.tar)).collect();
+    let original = image(layers.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stream.tar");
+    let mut bytes = Vec::new();
+    for _ in 0..3 {
+        let mut out = Vec::new();
+        let written = write_docker_archive(&original, &mut out, Compression::None, None, &transport()).unwrap();
+        assert_eq!(written.layers.iter().map(|l| l.diff_id).collect::<Vec<_>>(), expected);
+        assert!(bytes.is_empty() || bytes == out, "the stream changed");
+        bytes = out;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let read = open_image(&reference(&format!("docker-archive:{}", path.display())), &Platform::host(), &transport().registry).unwrap();
+    assert_eq!(read.layers.iter().map(|l| l.diff_id).collect::<Vec<_>>(), expected);
+
+    for broken in 0..layers.len() {
+        let mut layers = layers.clone();
+        if layers[broken].tar.len() < 2048 {
+            continue;
+        }
+        layers[broken].fails_after = Some(layers[broken].tar.len() / 2);
+        let err = write_docker_archive(&image(layers), std::io::sink(), Compression::None, None, &transport()).unwrap_err();
+        assert!(err.to_string().contains("a file changed while it was read"), "layer {broken}: {err}");
+    }
 }
 
 /// The files below `dir`.
