@@ -25,12 +25,10 @@ use strata_oci::compress::Compression;
 use strata_oci::digest::{Digest, HashingWriter};
 use strata_oci::image::{Image, LayerSource, LayerTar, SourceImage, TarError};
 use strata_oci::manifest::LayerBlob;
-use strata_oci::sha256::Sha256;
 use strata_scratch::ScratchDir;
 
 use crate::blobs::{archive_member, invalid, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
 use crate::cache::CachedBlob;
-use crate::paired::{Feeder, PairedWriter};
 use crate::progress::{Counted, Stage};
 use crate::{copy_base_layer, write_layer_blobs, Durability, OuterTar, SinkError, SourceError, Transport, Written};
 
@@ -165,15 +163,6 @@ fn stream_layers<W: Write, L: LayerTar>(layers: &[LayerSource<L>], names: &[Stri
                 }
             });
         }
-        // The writer hashes the layers it claims together with layers claimed from the back
-        // (which it reaches last), made on threads of their own.
-        let claim_from_back = || {
-            (0..n).rev().find_map(|k| match recipes[k] {
-                Some(recipe) if !claimed[k].swap(true, Ordering::SeqCst) => Some((k, recipe)),
-                _ => None,
-            })
-        };
-        let mut feeder = Feeder::new(s, progress, claim_from_back);
         let written = (|| {
             let mut in_flight = vec![None; n];
             for (k, layer) in layers.iter().enumerate() {
@@ -193,15 +182,12 @@ fn stream_layers<W: Write, L: LayerTar>(layers: &[LayerSource<L>], names: &[Stri
                     recipe.write_tar_direct(&mut tar.out)?;
                 } else {
                     progress.start(k, Stage::Hashing, recipe.tar_len());
-                    let mut hashing = Counted { inner: PairedWriter { inner: &mut tar.out, own: Sha256::new(), feeder: &mut feeder }, layer: k, progress };
+                    let mut hashing = HashingWriter::new(Counted { inner: &mut tar.out, layer: k, progress });
                     recipe.write_tar(&mut hashing)?;
-                    in_flight[k] = Some(hashing.inner.own.finish());
+                    in_flight[k] = Some(hashing.finish().0);
                     progress.finish(k);
                 }
                 tar.pad(recipe.tar_len())?;
-            }
-            for (k, diff_id) in feeder.finish() {
-                let _ = hashed_by_helper[k].set(diff_id);
             }
             Ok(in_flight)
         })();

@@ -31,7 +31,6 @@ pub mod docker_archive;
 pub mod engine;
 pub mod flatten;
 pub mod oci_layout;
-mod paired;
 pub mod progress;
 pub mod registry;
 

@@ -207,10 +207,10 @@ fn the_layer_cache_spares_work_and_never_gives_a_wrong_digest() {
     assert_eq!(first, stream(&Transport::isolated()), "without a cache the stream is the same");
 }
 
-/// A stream of layers of many sizes (hashed by the writer, by the helper, and by the writer
-/// together with layers fed to it, chunk boundaries anywhere): every diff ID is its tar's, as
-/// the archive read back (which checks them) and the digests of the tars say; the same bytes
-/// every time. A layer whose tar fails fails the stream, whoever hashes it.
+/// A stream of layers of many sizes (some hashed by the writer as it writes them, some by a
+/// helper ahead of it): every diff ID is its tar's, as the archive read back (which checks
+/// them) and the digests of the tars say; the same bytes every time. A layer whose tar fails
+/// fails the stream, whoever hashes it.
 #[test]
 fn a_stream_hashes_every_layer_right_whoever_hashes_it() {
     let sizes = [1, 300 << 10, (1 << 20) + 77, 5_000, 700 << 10, 2 << 20, 0, (256 << 10) - 512, 3 << 20, 90_000];
