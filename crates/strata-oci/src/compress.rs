@@ -226,4 +226,34 @@ mod tests {
             }
         }
     }
+
+    /// Layers written at once on the one pool each get their own digests, whichever finishes
+    /// first, and a writer dropped halfway harms none of the others.
+    #[test]
+    fn layers_written_at_once_each_get_their_own_digests() {
+        use crate::digest::Digest;
+        let sample = crate::parallel::testing::sample;
+        std::thread::scope(|s| {
+            for t in 0..4usize {
+                s.spawn(move || {
+                    for round in 0..4 {
+                        let c = [Compression::Gzip, Compression::Zstd][(t + round) % 2];
+                        let mut data = sample((6 << 20) + 1000 * t + round);
+                        data.rotate_left(t * 4099 + round); // another stream's bytes
+                        let mut encoder = c.layer_encoder(Vec::new()).unwrap();
+                        for piece in data.chunks(65_536 + t) {
+                            encoder.write_all(piece).unwrap();
+                        }
+                        if round == 1 && t == 3 {
+                            drop(encoder); // failed halfway
+                            continue;
+                        }
+                        let (blob, out) = encoder.finish().unwrap();
+                        assert_eq!(blob.diff_id, Digest::of(&data), "{c:?}, writer {t}, round {round}");
+                        assert_eq!(blob.digest, Digest::of(&out), "{c:?}, writer {t}, round {round}");
+                    }
+                });
+            }
+        });
+    }
 }
