@@ -44,15 +44,15 @@ impl Sha256 {
     }
 
     pub fn update(&mut self, data: &[u8]) {
-        self.len += data.len() as u64;
+        self.len = self.len.wrapping_add(data.len() as u64);
         let rest = self.top_up(data);
         self.absorb(rest);
     }
 
     /// `a.update(data_a)` and `b.update(data_b)`, with the blocks both have hashed together.
     pub fn update_pair(a: &mut Sha256, data_a: &[u8], b: &mut Sha256, data_b: &[u8]) {
-        a.len += data_a.len() as u64;
-        b.len += data_b.len() as u64;
+        a.len = a.len.wrapping_add(data_a.len() as u64);
+        b.len = b.len.wrapping_add(data_b.len() as u64);
         let (rest_a, rest_b) = (a.top_up(data_a), b.top_up(data_b));
         let together = rest_a.len().min(rest_b.len()) / 64 * 64;
         compress_pair(&mut a.state, &rest_a[..together], &mut b.state, &rest_b[..together]);
@@ -63,12 +63,12 @@ impl Sha256 {
     /// The digest of everything hashed.
     pub fn finish(mut self) -> Digest {
         // FIPS 180-4, 5.1.1: a one bit, zeros up to 8 bytes short of a block's end, then the
-        // message's length in bits, big-endian.
+        // message's length in bits (modulo 2^64), big-endian.
         let mut tail = [0u8; 128];
         tail[..self.buffered].copy_from_slice(&self.buffer[..self.buffered]);
         tail[self.buffered] = 0x80;
         let end = if self.buffered < 56 { 64 } else { 128 };
-        tail[end - 8..end].copy_from_slice(&(self.len * 8).to_be_bytes());
+        tail[end - 8..end].copy_from_slice(&self.len.wrapping_mul(8).to_be_bytes());
         compress(&mut self.state, &tail[..end]);
         let mut digest = [0u8; 32];
         for (out, word) in digest.chunks_exact_mut(4).zip(self.state) {
