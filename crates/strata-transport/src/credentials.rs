@@ -113,7 +113,8 @@ fn from_file(path: &Path, host: &str, repository: &str) -> Result<Option<(String
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
         return Err(fault(format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column())));
     }
-    // A scoped key is looked up as it is written: it has an entry, so no helper is asked.
+    // A scoped key is looked up as it is written (a helper is asked for it only if its entry
+    // holds no credentials).
     let key = scoped_key(&text, host, repository).unwrap_or_else(|| host.to_owned());
     let host = key.as_str(); // what the messages below name
     match docker_credential::get_credential_from_reader(text.as_slice(), host) {
