@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use sha2::{Digest as _, Sha256};
+use crate::sha256::Sha256;
 
 /// A `sha256:` content digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -16,7 +16,9 @@ pub struct Digest(pub(crate) [u8; 32]);
 
 impl Digest {
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest(Sha256::digest(bytes).into())
+        let mut hasher = Sha256::new();
+        hasher.update(bytes);
+        hasher.finish()
     }
 
     /// The 64 hex characters, without the `sha256:` prefix.
@@ -90,13 +92,13 @@ impl TryFrom<&oci_spec::image::Digest> for Digest {
 /// Passes bytes through to `inner`, hashing and counting them.
 pub struct HashingWriter<W> {
     inner: W,
-    hasher: crate::sha256::Sha256,
+    hasher: Sha256,
     written: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: crate::sha256::Sha256::new(), written: 0 }
+        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
     }
 
     /// The digest and length of everything written, and the inner writer.
