@@ -271,7 +271,18 @@ impl ScratchDir {
         sweep(parent, stem);
         loop {
             let dir = registered(|| with_builder(stem, 0o777, |b| b.tempdir_in(parent)), tempfile::TempDir::path)?;
-            let lock = File::open(dir.path())?;
+            // Made, then opened: another process sweeping `parent` may remove it in between
+            // (it is not locked yet, so it looks like a killed run's), or after the open and
+            // before the lock (`lock_and_check`). Either way another is made.
+            let lock = match File::open(dir.path()) {
+                Ok(lock) => lock,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    live().remove(dir.path());
+                    let _ = dir.keep();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if lock_and_check(&lock, dir.path())? {
                 return Ok(ScratchDir { dir: Some(dir), _lock: lock });
             }
