@@ -274,16 +274,12 @@ impl ScratchDir {
             // Made, then opened: another process sweeping `parent` may remove it in between
             // (it is not locked yet, so it looks like a killed run's), or after the open and
             // before the lock (`lock_and_check`). Either way another is made.
-            let lock = match File::open(dir.path()) {
-                Ok(lock) => lock,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    live().remove(dir.path());
-                    let _ = dir.keep();
-                    continue;
-                }
+            let locked = match File::open(dir.path()) {
+                Ok(lock) => lock_and_check(&lock, dir.path())?.then_some(lock),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             };
-            if lock_and_check(&lock, dir.path())? {
+            if let Some(lock) = locked {
                 return Ok(ScratchDir { dir: Some(dir), _lock: lock });
             }
             live().remove(dir.path());
