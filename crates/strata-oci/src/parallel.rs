@@ -108,7 +108,6 @@ pub struct ParallelWriter<W: Write, F: BlockFormat> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hashed {
     pub input: Digest,
-    pub input_len: u64,
     pub output: Digest,
     pub output_len: u64,
 }
@@ -197,7 +196,7 @@ impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
         Ok(self.finish_hashed()?.0)
     }
 
-    /// [`finish`](Self::finish), with the digests and lengths of the input and the output
+    /// [`finish`](Self::finish), with the digests of the input and the output (and its length)
     /// if the writer was made [`hashing`](Self::hashing).
     pub fn finish_hashed(mut self) -> io::Result<(W, Option<Hashed>)> {
         self.submit(true)?;
@@ -208,7 +207,7 @@ impl<W: Write, F: BlockFormat> ParallelWriter<W, F> {
         self.out.write_all(&trailer)?;
         let hashed = self.digests.take().map(|mut d| {
             d.output(&trailer);
-            Hashed { input: d.input.finish(), input_len: self.length, output: d.output.finish(), output_len: d.output_len }
+            Hashed { input: d.input.finish(), output: d.output.finish(), output_len: d.output_len }
         });
         Ok((self.out, hashed))
     }
