@@ -224,7 +224,7 @@ pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceErro
         layers: Vec<String>,
     }
     let mut store = BlobStore::archive(path)?;
-    let BlobStore::Archive { path: tar, files, by_digest, .. } = &mut store else { unreachable!("an archive's store") };
+    let BlobStore::Archive { path: tar, files, .. } = &store else { unreachable!("an archive's store") };
     let read_err = |source| SourceError::Read { path: path.to_owned(), source };
     let member = |name: &str| archive_member(tar, files, name);
     let manifest: Vec<Entry> = parse_json(&read_bounded(member("manifest.json")?, MAX_METADATA_SIZE).map_err(read_err)?, path, "manifest.json")?;
@@ -237,24 +237,33 @@ pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceErro
     if diff_ids.len() != entry.layers.len() {
         return Err(invalid(path, "the config's diff_ids and the manifest's layers differ in number"));
     }
-    // A docker-archive names layers by path, not digest: hash each one once, here, and check
-    // its tar against the config's diff ID.
-    let mut layers = Vec::new();
-    for (i, (name, diff_id)) in entry.layers.iter().zip(diff_ids).enumerate() {
+    // A docker-archive names layers by path, not digest: hash each one once, here (on every
+    // core, biggest first), and check its tar against the config's diff ID. A tar (what
+    // `docker save` writes) is its own blob: one digest is both.
+    let hash_layer = |i: usize| -> Result<LayerBlob, SourceError> {
+        let (name, diff_id) = (&entry.layers[i], &diff_ids[i]);
         let expected: Digest = diff_id.parse().map_err(|e| invalid(path, format!("diff_ids[{i}]: {e}")))?;
         let mut blob = HashingWriter::new(io::sink());
         let mut data = io::BufReader::new(TeeReader { inner: member(name)?, copy: &mut blob });
         let codec = Compression::sniff(io::BufRead::fill_buf(&mut data).map_err(read_err)?);
-        let mut tar = HashingWriter::new(io::sink());
-        io::copy(&mut codec.decoder(&mut data).map_err(read_err)?, &mut tar).map_err(read_err)?;
-        io::copy(&mut data, &mut io::sink()).map_err(read_err)?; // what a decoder left
+        let mut tar = (codec != Compression::None).then(|| HashingWriter::new(io::sink()));
+        if let Some(tar) = &mut tar {
+            io::copy(&mut codec.decoder(&mut data).map_err(read_err)?, tar).map_err(read_err)?;
+        }
+        io::copy(&mut data, &mut io::sink()).map_err(read_err)?; // a tar, or what a decoder left
         drop(data);
-        let ((digest, size, _), (actual, _, _)) = (blob.finish(), tar.finish());
+        let (digest, size, _) = blob.finish();
+        let actual = tar.map_or(digest, |tar| tar.finish().0);
         if actual != expected {
             return Err(SourceError::DiffIdMismatch { path: path.join(name), index: i, expected, actual });
         }
-        by_digest.insert(digest, name.clone());
-        layers.push(LayerBlob { digest, diff_id: expected, size, media_type: codec.layer_media_type() });
+        Ok(LayerBlob { digest, diff_id: expected, size, media_type: codec.layer_media_type() })
+    };
+    let member_size = |i: usize| files.get(&entry.layers[i]).map_or(0, |&(_, size)| size);
+    let layers = crate::for_each_biggest_first(entry.layers.len(), member_size, hash_layer)?;
+    let BlobStore::Archive { by_digest, .. } = &mut store else { unreachable!("an archive's store") };
+    for (name, layer) in entry.layers.iter().zip(&layers) {
+        by_digest.insert(layer.digest, name.clone());
     }
     let reference = entry.repo_tags.as_ref().and_then(|t| t.first().cloned());
     Ok(SourceImage { config_bytes, config, manifest_bytes: None, layers, reference, origin: None, blobs: Arc::new(store) })

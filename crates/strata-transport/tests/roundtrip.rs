@@ -230,6 +230,19 @@ fn a_stream_hashes_every_layer_right_whoever_hashes_it() {
     std::fs::write(&path, &bytes).unwrap();
     let read = open_image(&reference(&format!("docker-archive:{}", path.display())), &Platform::host(), &transport().registry).unwrap();
     assert_eq!(read.layers.iter().map(|l| l.diff_id).collect::<Vec<_>>(), expected);
+    assert!(read.layers.iter().all(|l| l.digest == l.diff_id), "a tar is its own blob");
+
+    // Read back, the layers are hashed on every core, biggest first: a byte changed in any of
+    // them is found, and the error names that layer.
+    for broken in [1, 4, 8] {
+        let mut corrupt = bytes.clone();
+        let fill = vec![broken as u8 ^ 0x5a; 512];
+        let at = corrupt.windows(512).position(|w| w == fill).expect("the layer's contents");
+        corrupt[at + 100] ^= 1;
+        std::fs::write(&path, &corrupt).unwrap();
+        let err = open_image(&reference(&format!("docker-archive:{}", path.display())), &Platform::host(), &transport().registry).unwrap_err();
+        assert!(err.to_string().contains(&format!("{broken:03}/layer.tar: the tar of layer {broken} has diff ID")), "layer {broken}: {err}");
+    }
 
     for broken in 0..layers.len() {
         let mut layers = layers.clone();
