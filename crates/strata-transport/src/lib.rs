@@ -466,6 +466,7 @@ impl Write for WriteBehind<'_> {
 /// scratch files in `scratch`: built layers compressed and hashed, base layers copied as
 /// they are or re-encoded (and verified either way), in parallel. A layer whose blob is known
 /// ([`known_blob`]) and which `blobs` holds already (of the size known) is not made again.
+/// Blobs are named behind their writers ([`NamedBehind`]); all are named on return.
 pub(crate) fn write_layer_blobs<L: LayerTar>(
     image: &Image<L>,
     compression: Compression,
@@ -482,28 +483,88 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
         LayerSource::Base(base, j) => base.layers[j].size,
     };
     let reused = AtomicUsize::new(0);
-    let written = for_each_biggest_first(layers.len(), weight, |i| -> Result<LayerBlob, SinkError> {
-        let key = cache_key(image, layers[i], compression);
-        if let Some(hit) = known_blob(image, i, compression, key, cache) {
-            let there = std::fs::symlink_metadata(blobs.join(hit.digest.hex()));
-            if there.is_ok_and(|m| m.is_file() && m.len() == hit.size) {
-                reused.fetch_add(1, Ordering::Relaxed);
-                return Ok(hit);
+    let written = std::thread::scope(|scope| {
+        let naming = NamedBehind::new(scope, durability == Durability::Flushed);
+        let written = for_each_biggest_first(layers.len(), weight, |i| -> Result<LayerBlob, SinkError> {
+            let key = cache_key(image, layers[i], compression);
+            if let Some(hit) = known_blob(image, i, compression, key, cache) {
+                let there = std::fs::symlink_metadata(blobs.join(hit.digest.hex()));
+                if there.is_ok_and(|m| m.is_file() && m.len() == hit.size) {
+                    reused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(hit);
+                }
             }
-        }
-        let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
-        let out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
-        let (blob, mut file) = write_layer_blob(image, i, compression, out, temp.path(), &*cx.progress)?;
-        file.flush().map_err(write_err)?;
-        drop(file);
-        durability.name_blob(temp, &blobs.join(blob.digest.hex())).map_err(write_err)?;
-        if let Some((fingerprint, codec)) = key {
-            cache.put(&fingerprint, codec, &CachedBlob::of(&blob));
-        }
-        Ok(blob)
+            let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
+            let out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
+            let (blob, mut file) = write_layer_blob(image, i, compression, out, temp.path(), &*cx.progress)?;
+            file.flush().map_err(write_err)?;
+            drop(file);
+            let (dest, cached) = (blobs.join(blob.digest.hex()), CachedBlob::of(&blob));
+            naming.run(move || {
+                durability.name_blob(temp, &dest).map_err(write_err)?;
+                if let Some((fingerprint, codec)) = key {
+                    cache.put(&fingerprint, codec, &cached);
+                }
+                Ok(())
+            })?;
+            Ok(blob)
+        });
+        let named = naming.wait();
+        let written = written?;
+        named.map(|()| written)
     })?;
     tracing::info!("{} of {} layer blobs were there already (known to the layer cache): not made again", reused.into_inner(), layers.len());
     Ok(written)
+}
+
+/// Blobs named (flushed to disk, then renamed: [`Durability::name_blob`]) on threads of
+/// their own, so that the thread that wrote a layer goes on to the next while the last is
+/// flushed. A flush waits on the disk (on the benchmark's machine, its cache flush takes
+/// 10 to 20 ms), and a writer waiting there feeds the compression threads nothing: measured
+/// on a cold zstd layout, the cores stood idle for 6% of the time, as much as with no flush
+/// at all. At most [`NamedBehind::AT_ONCE`] threads; past them, a blob is named by its writer,
+/// as a staged blob always is (a rename does not wait).
+struct NamedBehind<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    behind: bool,
+    running: Arc<AtomicUsize>,
+    threads: std::sync::Mutex<Vec<std::thread::ScopedJoinHandle<'scope, Result<(), SinkError>>>>,
+}
+
+impl<'scope, 'env> NamedBehind<'scope, 'env> {
+    const AT_ONCE: usize = 8;
+
+    fn new(scope: &'scope std::thread::Scope<'scope, 'env>, behind: bool) -> Self {
+        NamedBehind { scope, behind, running: Arc::default(), threads: Default::default() }
+    }
+
+    /// Runs `name` on a thread of its own, or here if [`Self::AT_ONCE`] are running (or
+    /// nothing is named behind); the error of one run here is returned now, that of one on a
+    /// thread by [`Self::wait`].
+    fn run(&self, name: impl FnOnce() -> Result<(), SinkError> + Send + 'scope) -> Result<(), SinkError> {
+        if !self.behind {
+            return name();
+        }
+        if self.running.fetch_add(1, Ordering::SeqCst) >= Self::AT_ONCE {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            return name();
+        }
+        let running = self.running.clone();
+        let thread = self.scope.spawn(move || {
+            let named = name();
+            running.fetch_sub(1, Ordering::SeqCst);
+            named
+        });
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(thread);
+        Ok(())
+    }
+
+    /// Waits until every blob is named; the first error, if any.
+    fn wait(self) -> Result<(), SinkError> {
+        let threads = self.threads.into_inner().unwrap_or_else(|e| e.into_inner());
+        let results: Vec<Result<(), SinkError>> = threads.into_iter().map(|t| t.join().expect("naming a blob panicked")).collect();
+        results.into_iter().collect()
+    }
 }
 
 /// Writes layer `index`'s blob to `out`: a built layer's tar through `compression`, hashed
@@ -639,6 +700,34 @@ mod tests {
         assert_eq!(out, (0..50).map(|i| i * 2).collect::<Vec<_>>());
         let err = for_each_biggest_first(50, |_| 0, |i| if i == 7 { Err(i) } else { Ok(i) });
         assert_eq!(err, Err(7));
+    }
+
+    /// Named behind or not, every naming has run when `wait` returns, more of them than run
+    /// at once; an error of any, behind or here, is returned.
+    #[test]
+    fn every_blob_is_named_before_the_wait_ends() {
+        for behind in [true, false] {
+            let ran = AtomicUsize::new(0);
+            let failed = std::thread::scope(|scope| {
+                let naming = NamedBehind::new(scope, behind);
+                let mut now = Ok(());
+                for i in 0..3 * NamedBehind::AT_ONCE {
+                    let ran = &ran;
+                    let run = naming.run(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        if i == 5 {
+                            return Err(SinkError::Write { path: PathBuf::from(format!("blob {i}")), source: io::Error::other("disk full") });
+                        }
+                        Ok(())
+                    });
+                    now = now.and(run);
+                }
+                now.and(naming.wait())
+            });
+            assert_eq!(ran.into_inner(), 3 * NamedBehind::AT_ONCE, "behind: {behind}");
+            assert!(failed.is_err_and(|e| e.to_string().contains("blob 5")), "behind: {behind}");
+        }
     }
 
     /// Written behind or not, every byte reaches the file, in pieces of any size.
