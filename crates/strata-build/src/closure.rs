@@ -8,7 +8,8 @@
 //!   whenever it cannot answer for sure: no readable database, another schema, a root not
 //!   registered, a store other than the local one. (SQLite reads a database in WAL mode only
 //!   through its `-shm` file: a user who may not create it, as in a multi-user install, can
-//!   read the database only while Nix has it open.) `nix` then answers, with its own errors;
+//!   read the database only while Nix has it open.) `nix` then answers, with its own errors.
+//!   The same read gives the SBOM what the store registered of each path ([`registrations`]);
 //! - a closure graph file, for use inside a Nix build where no daemon is reachable: the
 //!   format `exportReferencesGraph` writes (path, deriver, reference count, references), the
 //!   same with NAR hash and size before the deriver (`closureInfo`'s `registration`,
@@ -19,6 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use strata_oci::digest::Digest;
 
 use crate::store::{StorePath, STORE_DIR};
 
@@ -252,6 +255,57 @@ impl Closure {
 /// The database of the local store `nix` would use, if it is the one at /nix/store: `None`
 /// when `NIX_REMOTE` names another store (`ssh://…`, `local?root=…`). `NIX_STATE_DIR`
 /// moves it, as it moves Nix's.
+/// What the local Nix database registered of a store path: the derivation that made it (if
+/// it has one), its NAR hash (the one `nix-store --query --hash` prints) and its references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub deriver: Option<String>,
+    pub nar_hash: Digest,
+    pub references: BTreeSet<StorePath>,
+}
+
+/// The registrations of `paths` in the local Nix database, read-only as
+/// [`Closure::from_nix_database`] reads it; `None` whenever it cannot answer for every path
+/// (no readable database, another schema, a path not registered, a hash not Nix's SHA-256).
+pub fn registrations(paths: &[&StorePath]) -> Option<BTreeMap<StorePath, Registration>> {
+    use rusqlite::{Connection, OpenFlags};
+    let db = Connection::open_with_flags(local_nix_database()?, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
+    db.busy_timeout(std::time::Duration::from_millis(100)).ok()?;
+    let exact = |path: &str| StorePath::containing(path).ok().filter(|p| p.as_str() == path);
+    let mut found: BTreeMap<StorePath, Registration> = BTreeMap::new();
+    // In batches: SQLite bounds the parameters of one statement.
+    for batch in paths.chunks(500) {
+        let placeholders = vec!["?"; batch.len()].join(",");
+        let query = format!(
+            "SELECT p.path, p.hash, p.deriver, r.path FROM ValidPaths p
+                 LEFT JOIN Refs ON Refs.referrer = p.id
+                 LEFT JOIN ValidPaths r ON r.id = Refs.reference
+             WHERE p.path IN ({placeholders})"
+        );
+        let mut statement = db.prepare(&query).ok()?;
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(batch.iter().map(|p| p.as_str())), |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, Option<String>>(2)?, row.get::<_, Option<String>>(3)?))
+            })
+            .ok()?;
+        for row in rows {
+            let (path, hash, deriver, reference) = row.ok()?;
+            let path = exact(&path)?;
+            let registration = match found.entry(path) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    // Nix keeps `sha256:` and 64 hexadecimal digits.
+                    e.insert(Registration { deriver: deriver.filter(|d| !d.is_empty()), nar_hash: hash.parse().ok()?, references: BTreeSet::new() })
+                }
+            };
+            if let Some(reference) = reference {
+                registration.references.insert(exact(&reference)?);
+            }
+        }
+    }
+    paths.iter().all(|p| found.contains_key(*p)).then_some(found)
+}
+
 fn local_nix_database() -> Option<PathBuf> {
     let remote = std::env::var("NIX_REMOTE").unwrap_or_default();
     if !matches!(remote.as_str(), "" | "daemon" | "local" | "auto" | "unix:///nix/var/nix/daemon-socket/socket") {

@@ -3,8 +3,10 @@
 //! An image's layers and the store paths each holds (strata's history comments, or the layers'
 //! tars) are what [`Bom::of`] starts from. For every store path the local Nix store has, it
 //! adds what Nix knows: the name and version its derivation was given (`pname`, `version`,
-//! where the deriver is in the store), its NAR hash (computed here from the files, the hash
-//! `nix-store --query --hash` prints), and its references (the `DEPENDS_ON` graph). A store
+//! where the deriver is in the store), its NAR hash (the hash `nix-store --query --hash`
+//! prints: as the store's database registered it, or where that cannot be read, as inside a
+//! Nix build, computed here from the files, on every core), and its references (the
+//! `DEPENDS_ON` graph). A store
 //! path the local store lacks keeps the name and version its own name gives (Nix's
 //! `parseDrvName`), and no hash or dependencies: the document says which. Layers without
 //! store paths (a base image's) are listed as such: nothing is guessed about what they hold.
@@ -17,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use strata_oci::digest::Digest;
@@ -70,6 +73,9 @@ struct PathInfo {
     deriver: Option<String>,
     #[serde(default)]
     references: Vec<String>,
+    /// As the store registered it, where it was read from its database.
+    #[serde(skip)]
+    nar_hash: Option<Digest>,
 }
 
 impl Bom {
@@ -93,11 +99,19 @@ impl Bom {
                 .filter_map(|p| {
                     let path = StorePath::containing(p).ok()?;
                     let references = closure.references(&path).iter().map(|r| r.to_string()).collect();
-                    Some((p.clone(), PathInfo { path: None, deriver: None, references }))
+                    Some((p.clone(), PathInfo { path: None, deriver: None, references, nar_hash: None }))
                 })
                 .collect(),
-            None => path_infos(&local),
+            None => registered(&local).unwrap_or_else(|| path_infos(&local)),
         };
+        // What the store did not say: hashed here, each path on a core of its own.
+        let computed: BTreeMap<&String, Digest> = infos
+            .iter()
+            .filter(|(_, info)| info.nar_hash.is_none())
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(path, _)| Ok((path, crate::nixdb::nar_hash(Path::new(path)).map_err(|source| SbomError::Read { path: path.clone(), source })?.0)))
+            .collect::<Result<_, SbomError>>()?;
         let names = derivation_names(infos.values().filter_map(|i| i.deriver.clone()).collect());
         let mut packages = Vec::new();
         for (base_name, layer) in held {
@@ -110,10 +124,7 @@ impl Bom {
                 Some((pname, version)) => (pname.clone(), version.clone(), true),
                 None => (parsed_name.to_owned(), parsed_version.map(str::to_owned), false),
             };
-            let nar_hash = match info {
-                Some(_) => Some(crate::nixdb::nar_hash(Path::new(&path)).map_err(|source| SbomError::Read { path: path.clone(), source })?.0),
-                None => None,
-            };
+            let nar_hash = info.and_then(|i| i.nar_hash).or_else(|| computed.get(&path).copied());
             let references =
                 info.map(|i| i.references.iter().map(|r| r.trim_start_matches(&format!("{STORE_DIR}/")).to_owned()).filter(|r| *r != base_name).collect());
             packages.push(Package { base_name, name, version, from_derivation, nar_hash, references, layer, license: None });
@@ -283,6 +294,27 @@ fn uuid_of(digest: &Digest) -> String {
 /// Percent-encodes what a purl or URI path segment may not hold as it is.
 fn percent(text: &str) -> String {
     text.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// What the local Nix database registered of `paths` (all in the store): deriver (where the
+/// store has it), references and NAR hash by path; `None` if it cannot answer for them all.
+fn registered(paths: &[String]) -> Option<BTreeMap<String, PathInfo>> {
+    let store_paths: Vec<StorePath> = paths.iter().map(|p| StorePath::containing(p).ok().filter(|s| s.as_str() == p)).collect::<Option<_>>()?;
+    let registrations = crate::closure::registrations(&store_paths.iter().collect::<Vec<_>>())?;
+    Some(
+        registrations
+            .into_iter()
+            .map(|(path, r)| {
+                let info = PathInfo {
+                    path: None,
+                    deriver: r.deriver.filter(|d| Path::new(d).exists()),
+                    references: r.references.iter().map(|r| r.to_string()).collect(),
+                    nar_hash: Some(r.nar_hash),
+                };
+                (path.to_string(), info)
+            })
+            .collect(),
+    )
 }
 
 /// `nix path-info --json` of `paths` (all in the store): deriver and references by path.
