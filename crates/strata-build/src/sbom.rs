@@ -6,12 +6,11 @@
 //! where the deriver is in the store), its NAR hash (the hash `nix-store --query --hash`
 //! prints: as the store's database registered it, or where that cannot be read, as inside a
 //! Nix build, computed here from the files, on every core), and its references (the
-//! `DEPENDS_ON` graph). A store
-//! path the local store lacks keeps the name and version its own name gives (Nix's
-//! `parseDrvName`), and no hash or dependencies: the document says which. Layers without
-//! store paths (a base image's) are listed as such: nothing is guessed about what they hold.
-//! Licences come only from those who know them: the Nix library passes its roots' `meta`
-//! licences ([`Bom::licenses`]); the store does not keep `meta`.
+//! `DEPENDS_ON` graph). A store path the local store lacks keeps the name and version its
+//! own name gives (Nix's `parseDrvName`), and no hash or dependencies: the document says
+//! which. Layers without store paths (a base image's) are listed as such: nothing is guessed
+//! about what they hold. Licences come only from those who know them: the Nix library passes
+//! its roots' `meta` licences ([`Bom::licenses`]); the store does not keep `meta`.
 //!
 //! Two formats: SPDX 2.3 JSON ([`Bom::spdx`]) and CycloneDX 1.5 JSON ([`Bom::cyclonedx`]),
 //! both byte-for-byte reproducible (times and identifiers come from the image).
