@@ -252,9 +252,6 @@ impl Closure {
     }
 }
 
-/// The database of the local store `nix` would use, if it is the one at /nix/store: `None`
-/// when `NIX_REMOTE` names another store (`ssh://…`, `local?root=…`). `NIX_STATE_DIR`
-/// moves it, as it moves Nix's.
 /// What the local Nix database registered of a store path: the derivation that made it (if
 /// it has one), its NAR hash (the one `nix-store --query --hash` prints) and its references.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +303,9 @@ pub fn registrations(paths: &[&StorePath]) -> Option<BTreeMap<StorePath, Registr
     paths.iter().all(|p| found.contains_key(*p)).then_some(found)
 }
 
+/// The database of the local store `nix` would use, if it is the one at /nix/store: `None`
+/// when `NIX_REMOTE` names another store (`ssh://…`, `local?root=…`). `NIX_STATE_DIR`
+/// moves it, as it moves Nix's.
 fn local_nix_database() -> Option<PathBuf> {
     let remote = std::env::var("NIX_REMOTE").unwrap_or_default();
     if !matches!(remote.as_str(), "" | "daemon" | "local" | "auto" | "unix:///nix/var/nix/daemon-socket/socket") {
