@@ -484,3 +484,32 @@ fn decompressing_an_archive_never_fills_the_disk() {
     // With room, the same archive copies.
     run_ok(strata(&["copy", &format!("docker-archive:{}.gz", archive.display()), &format!("oci:{}:t", dir.path().join("out").display())]));
 }
+
+/// A destination whose disk fills up mid-write fails the command, saying where and why, and
+/// leaves nothing there: no image, no scratch file, for a layout (whose blobs are flushed and
+/// named on threads of their own) as for the archives.
+#[test]
+fn a_full_disk_fails_the_write_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_with(dir.path(), &format!("roots = [\"{}\"]\n", fixture("hello")));
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    // The image takes about 1 MB, zstd-compressed.
+    run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&small));
+    let s = small.display();
+    let runs: Vec<(String, std::process::Output, Vec<String>)> =
+        [format!("oci:{s}/layout:t"), format!("oci-archive:{s}/out.tar:t"), format!("docker-archive:{s}/out.tar")]
+            .into_iter()
+            .map(|dest| {
+                let out = strata(&["build", spec.to_str().unwrap(), "-o", &dest, "--compress", "zstd"]).output().unwrap();
+                (dest, out, names_in(&small))
+            })
+            .collect();
+    let _ = Command::new("umount").arg(&small).status();
+    for (dest, out, left) in runs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{dest}: {stderr}");
+        assert!(stderr.contains("No space left on device") && stderr.contains(&s.to_string()), "{dest}: {stderr}");
+        assert!(left.is_empty(), "{dest} left {left:?}");
+    }
+}
