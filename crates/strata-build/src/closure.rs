@@ -87,9 +87,7 @@ impl Closure {
     /// SQLite lets a reader share a database that Nix writes), or `None` if it cannot answer:
     /// the file is missing or unreadable, its tables are not Nix's, a root is not registered.
     pub fn from_nix_database(database: &Path, roots: &[&StorePath]) -> Option<Closure> {
-        use rusqlite::{Connection, OpenFlags};
-        let db = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
-        db.busy_timeout(std::time::Duration::from_millis(100)).ok()?;
+        let db = open_read_only(database)?;
         let placeholders = vec!["?"; roots.len()].join(",");
         // Every path reachable from the roots, then each with its references (none: NULL).
         let query = format!(
@@ -105,13 +103,12 @@ impl Closure {
         let rows = statement
             .query_map(rusqlite::params_from_iter(roots.iter().map(|p| p.as_str())), |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)))
             .ok()?;
-        let exact = |path: &str| StorePath::containing(path).ok().filter(|p| p.as_str() == path);
         let mut references: BTreeMap<StorePath, BTreeSet<StorePath>> = BTreeMap::new();
         for row in rows {
             let (path, reference) = row.ok()?;
-            let refs = references.entry(exact(&path)?).or_default();
+            let refs = references.entry(StorePath::exactly(&path)?).or_default();
             if let Some(reference) = reference {
-                refs.insert(exact(&reference)?);
+                refs.insert(StorePath::exactly(&reference)?);
             }
         }
         let complete = roots.iter().all(|r| references.contains_key(*r)) && references.values().flatten().all(|r| references.contains_key(r));
@@ -265,10 +262,7 @@ pub struct Registration {
 /// [`Closure::from_nix_database`] reads it; `None` whenever it cannot answer for every path
 /// (no readable database, another schema, a path not registered, a hash not Nix's SHA-256).
 pub fn registrations(paths: &[&StorePath]) -> Option<BTreeMap<StorePath, Registration>> {
-    use rusqlite::{Connection, OpenFlags};
-    let db = Connection::open_with_flags(local_nix_database()?, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
-    db.busy_timeout(std::time::Duration::from_millis(100)).ok()?;
-    let exact = |path: &str| StorePath::containing(path).ok().filter(|p| p.as_str() == path);
+    let db = open_read_only(&local_nix_database()?)?;
     let mut found: BTreeMap<StorePath, Registration> = BTreeMap::new();
     // In batches: SQLite bounds the parameters of one statement.
     for batch in paths.chunks(500) {
@@ -287,7 +281,7 @@ pub fn registrations(paths: &[&StorePath]) -> Option<BTreeMap<StorePath, Registr
             .ok()?;
         for row in rows {
             let (path, hash, deriver, reference) = row.ok()?;
-            let path = exact(&path)?;
+            let path = StorePath::exactly(&path)?;
             let registration = match found.entry(path) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
@@ -296,11 +290,20 @@ pub fn registrations(paths: &[&StorePath]) -> Option<BTreeMap<StorePath, Registr
                 }
             };
             if let Some(reference) = reference {
-                registration.references.insert(exact(&reference)?);
+                registration.references.insert(StorePath::exactly(&reference)?);
             }
         }
     }
     paths.iter().all(|p| found.contains_key(*p)).then_some(found)
+}
+
+/// A Nix database opened read-only, waiting a little while Nix writes it; `None` if it cannot
+/// be opened.
+fn open_read_only(database: &Path) -> Option<rusqlite::Connection> {
+    use rusqlite::{Connection, OpenFlags};
+    let db = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
+    db.busy_timeout(std::time::Duration::from_millis(100)).ok()?;
+    Some(db)
 }
 
 /// The database of the local store `nix` would use, if it is the one at /nix/store: `None`

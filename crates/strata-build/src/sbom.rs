@@ -298,7 +298,7 @@ fn percent(text: &str) -> String {
 /// What the local Nix database registered of `paths` (all in the store): deriver (where the
 /// store has it), references and NAR hash by path; `None` if it cannot answer for them all.
 fn registered(paths: &[String]) -> Option<BTreeMap<String, PathInfo>> {
-    let store_paths: Vec<StorePath> = paths.iter().map(|p| StorePath::containing(p).ok().filter(|s| s.as_str() == p)).collect::<Option<_>>()?;
+    let store_paths: Vec<StorePath> = paths.iter().map(|p| StorePath::exactly(p)).collect::<Option<_>>()?;
     let registrations = crate::closure::registrations(&store_paths.iter().collect::<Vec<_>>())?;
     Some(
         registrations

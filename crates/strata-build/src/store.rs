@@ -38,6 +38,11 @@ impl StorePath {
         Ok(StorePath(found.as_str().to_owned()))
     }
 
+    /// The store path that `path` is exactly (not a file inside one), if it is one.
+    pub fn exactly(path: &str) -> Option<StorePath> {
+        StorePath::containing(path).ok().filter(|p| p.as_str() == path)
+    }
+
     /// Every store path mentioned anywhere in `text`, in order of appearance.
     pub fn find_all(text: &str) -> impl Iterator<Item = StorePath> + '_ {
         STORE_PATH_RE.find_iter(text).map(|m| StorePath(m.as_str().to_owned()))
