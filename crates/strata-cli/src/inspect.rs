@@ -212,10 +212,7 @@ pub fn sbom(args: SbomArgs, cx: &Transport) -> Result<()> {
     };
     let text = serde_json::to_vec_pretty(&document)?;
     match &args.output {
-        Some(path) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            strata_scratch::ScratchFile::write_whole(dir, "strata-sbom", path, &text).with_context(|| format!("writing {}", path.display()))?
-        }
+        Some(path) => strata_scratch::OutputFile::write_whole(path, &text).with_context(|| format!("writing {}", path.display()))?,
         None => io::stdout().lock().write_all(&text)?,
     }
     Ok(())

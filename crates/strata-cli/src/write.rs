@@ -254,9 +254,9 @@ pub fn export(args: ExportArgs, cx: &Transport) -> Result<()> {
         None if std::io::stdout().is_terminal() => bail!("standard output is a terminal: give -o FILE, or pipe the tar somewhere"),
         None => strata_transport::flatten::flatten(&image, std::io::BufWriter::new(std::io::stdout().lock()), "")?,
         Some(path) => {
-            let scratch = strata_scratch::ScratchFile::beside(path).with_context(|| format!("writing {}", path.display()))?;
-            strata_transport::flatten::flatten(&image, std::io::BufWriter::new(scratch.as_file()), "")?;
-            scratch.persist(path).with_context(|| format!("writing {}", path.display()))?;
+            let output = strata_scratch::OutputFile::create(path).with_context(|| format!("writing {}", path.display()))?;
+            strata_transport::flatten::flatten(&image, std::io::BufWriter::new(output.as_file()), "")?;
+            output.commit().with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(())

@@ -74,6 +74,27 @@ pub fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// The directory a scratch beside `dest` goes in, checked before anything is written: it
+/// must exist and be a directory, and a file's `dest` must not be a directory (nor end in
+/// `/`). Left to the final rename, these failed after all the work, and the message named
+/// the scratch, not what is wrong.
+fn dir_beside(dest: &Path, making_file: bool) -> io::Result<&Path> {
+    let refuse = |kind, why: String| Err(io::Error::new(kind, why));
+    if making_file && dest.as_os_str().as_bytes().ends_with(b"/") {
+        return refuse(io::ErrorKind::IsADirectory, "a path ending in / names a directory, and this is written to a file".into());
+    }
+    if making_file && dest.is_dir() {
+        return refuse(io::ErrorKind::IsADirectory, "it is a directory, and this is written to a file".into());
+    }
+    let dir = parent_of(dest);
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(dir),
+        Ok(_) => refuse(io::ErrorKind::NotADirectory, format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => refuse(io::ErrorKind::NotFound, format!("the directory {} does not exist", dir.display())),
+        Err(e) => Err(e),
+    }
+}
+
 /// The stem for scratch beside `dest`: its file name.
 fn stem_of(dest: &Path) -> io::Result<String> {
     dest.file_name()
@@ -149,7 +170,7 @@ pub struct ScratchFile {
 impl ScratchFile {
     /// A scratch file beside `dest`, for writing `dest`.
     pub fn beside(dest: &Path) -> io::Result<ScratchFile> {
-        ScratchFile::new_in(parent_of(dest), &stem_of(dest)?)
+        ScratchFile::new_in(dir_beside(dest, true)?, &stem_of(dest)?)
     }
 
     /// A scratch file in the temporary directory.
@@ -259,7 +280,7 @@ pub struct ScratchDir {
 impl ScratchDir {
     /// A scratch directory beside `dest`, for making `dest`.
     pub fn beside(dest: &Path) -> io::Result<ScratchDir> {
-        ScratchDir::new_in(parent_of(dest), &stem_of(dest)?)
+        ScratchDir::new_in(dir_beside(dest, false)?, &stem_of(dest)?)
     }
 
     /// A scratch directory in the temporary directory.
@@ -335,9 +356,67 @@ pub fn is_scratch_name(name: &OsStr) -> bool {
     bytes.starts_with(b".") && bytes.ends_with(b".partial")
 }
 
+/// An output file a command writes (an archive, an exported tar, an SBOM): a scratch file
+/// [`beside`](ScratchFile::beside) it, renamed over it by [`commit`](Self::commit); or, when
+/// `dest` is already something other than a regular file or a directory (`/dev/stdout`,
+/// `/dev/null`, a fifo, a socket), `dest` itself, written in place as `tar -f` and `cp` do:
+/// renaming over it would replace the device or the fifo with a regular file.
+pub struct OutputFile {
+    dest: PathBuf,
+    target: OutputTarget,
+}
+
+enum OutputTarget {
+    InPlace(File),
+    Scratch(ScratchFile),
+}
+
+impl OutputFile {
+    /// Opens the output for `dest`; a destination that cannot be written (a directory, a
+    /// missing directory) fails here, before any work.
+    pub fn create(dest: &Path) -> io::Result<OutputFile> {
+        let target = if std::fs::metadata(dest).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+            OutputTarget::InPlace(std::fs::OpenOptions::new().write(true).open(dest)?)
+        } else {
+            OutputTarget::Scratch(ScratchFile::beside(dest)?)
+        };
+        Ok(OutputFile { dest: dest.to_owned(), target })
+    }
+
+    /// Writes `bytes` to `dest` whole, or leaves it as it was.
+    pub fn write_whole(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+        let output = OutputFile::create(dest)?;
+        io::Write::write_all(&mut output.as_file(), bytes)?;
+        output.commit()
+    }
+
+    /// Whether `dest` is written in place (a device, a fifo, a socket).
+    pub fn in_place(&self) -> bool {
+        matches!(self.target, OutputTarget::InPlace(_))
+    }
+
+    /// What to write to.
+    pub fn as_file(&self) -> &File {
+        match &self.target {
+            OutputTarget::InPlace(file) => file,
+            OutputTarget::Scratch(scratch) => scratch.as_file(),
+        }
+    }
+
+    /// Puts what was written in place: the scratch file, flushed, renamed over `dest`.
+    /// Dropped without a commit, the scratch file is removed and `dest` is as it was.
+    pub fn commit(self) -> io::Result<()> {
+        match self.target {
+            OutputTarget::InPlace(_) => Ok(()),
+            OutputTarget::Scratch(scratch) => scratch.persist(&self.dest),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -361,6 +440,38 @@ mod tests {
         let umask = unsafe { libc::umask(0o022) };
         unsafe { libc::umask(umask) };
         assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o666 & !umask);
+    }
+
+    /// What cannot be written is refused when the output is opened, saying why; nothing is
+    /// made. A file written whole replaces a regular file; a fifo is written through.
+    #[test]
+    fn outputs_refuse_what_cannot_be_written_and_write_fifos_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |dest: &Path| OutputFile::create(dest).err().unwrap_or_else(|| panic!("{} accepted", dest.display())).to_string();
+        assert!(refused(dir.path()).contains("it is a directory"));
+        assert!(refused(&dir.path().join("new/")).contains("a path ending in / names a directory"));
+        assert!(refused(&dir.path().join("missing/out")).contains(&format!("the directory {}/missing does not exist", dir.path().display())));
+        std::fs::write(dir.path().join("file"), b"old").unwrap();
+        assert!(refused(&dir.path().join("file/out")).contains("is not a directory"));
+        assert!(ScratchDir::beside(&dir.path().join("missing/layout")).is_err());
+        assert_eq!(names(dir.path()), ["file"]);
+
+        OutputFile::write_whole(&dir.path().join("file"), b"new").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("file")).unwrap(), b"new");
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || std::fs::read(fifo).unwrap()
+        });
+        let output = OutputFile::create(&fifo).unwrap();
+        assert!(output.in_place());
+        io::Write::write_all(&mut output.as_file(), b"through").unwrap();
+        output.commit().unwrap();
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "still a fifo");
+        assert_eq!(reader.join().unwrap(), b"through");
+        assert_eq!(names(dir.path()), ["fifo", "file"]);
     }
 
     #[test]

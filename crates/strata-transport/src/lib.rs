@@ -48,7 +48,7 @@ use strata_oci::manifest::LayerBlob;
 use strata_oci::platform::Platform;
 use strata_oci::reference::{Engine, ImageRef, OciRef};
 use strata_oci::ustar::header;
-use strata_scratch::ScratchFile;
+use strata_scratch::{OutputFile, ScratchFile};
 
 use blobs::BlobStore;
 use cache::{CachedBlob, LayerCache};
@@ -308,27 +308,23 @@ fn write_image_to<L: LayerTar>(image: &Image<L>, dest: &ImageRef, compression: C
     }
 }
 
-/// Runs `write` on a scratch file beside `path` and renames it to `path` if it succeeds;
-/// on failure the scratch file is removed and `path` is untouched. A `path` that is not a
-/// regular file (`/dev/null`, a fifo, `/dev/stdout`) is written to as it is, as tar does:
-/// renaming over it would replace the device.
+/// Writes `path` whole or not at all, through an [`OutputFile`]: `write` fills it; on
+/// failure `path` is untouched.
 pub(crate) fn write_file_atomically<T>(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Result<T, SinkError>) -> Result<T, SinkError> {
+    let output = OutputFile::create(path).map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
+    write_output(output, path, write)
+}
+
+/// Fills `output` (opened for `path`) with `write` and commits it.
+pub(crate) fn write_output<T>(output: OutputFile, path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Result<T, SinkError>) -> Result<T, SinkError> {
     let write_err = |source| SinkError::Write { path: path.to_owned(), source };
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        let file = std::fs::OpenOptions::new().write(true).open(path).map_err(write_err)?;
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let result = write(&mut out)?;
-        out.flush().map_err(write_err)?;
-        return Ok(result);
-    }
-    let scratch = ScratchFile::beside(path).map_err(write_err)?;
     let result = {
-        let mut out = BufWriter::with_capacity(1 << 20, scratch.as_file());
+        let mut out = BufWriter::with_capacity(1 << 20, output.as_file());
         let result = write(&mut out)?;
         out.flush().map_err(write_err)?;
         result
     };
-    scratch.persist(path).map_err(write_err)?;
+    output.commit().map_err(write_err)?;
     Ok(result)
 }
 

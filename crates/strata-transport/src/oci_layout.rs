@@ -25,10 +25,10 @@ use strata_oci::digest::Digest;
 use strata_oci::image::{Image, LayerTar, SourceImage};
 use strata_oci::platform::Platform;
 use strata_oci::reference::{ImageName, OciRef};
-use strata_scratch::{is_scratch_name, ScratchDir, ScratchFile};
+use strata_scratch::{is_scratch_name, OutputFile, ScratchDir, ScratchFile};
 
 use crate::blobs::{archive_member, invalid, layers_of, open_inside, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
-use crate::{write_file_atomically, write_layer_blobs, Durability, OuterTar, SinkError, SourceError, Transport, Written, WrittenIndex};
+use crate::{write_layer_blobs, write_output, Durability, OuterTar, SinkError, SourceError, Transport, Written, WrittenIndex};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// containerd's annotation for the image's full name.
@@ -122,11 +122,14 @@ pub fn write_index_archive<L: LayerTar>(
 
 /// A layout made in a scratch directory by `fill` (as [`into_layout`]), then tarred to `path`.
 fn into_archive<T>(path: &Path, mtime: u64, fill: impl FnOnce(&Path) -> Result<(Descriptor, T), SinkError>) -> Result<T, SinkError> {
-    let staging = ScratchDir::beside(path).map_err(|source| SinkError::Write { path: path.to_owned(), source })?;
+    let write_err = |source| SinkError::Write { path: path.to_owned(), source };
+    let archive = OutputFile::create(path).map_err(write_err)?;
+    // Beside the archive, on its file system; a device's directory (`/dev`) is no place.
+    let staging = if archive.in_place() { ScratchDir::temporary() } else { ScratchDir::beside(path) }.map_err(write_err)?;
     let layout = staging.path();
     let (entry, written) = fill(layout)?;
     add_to_index(layout, entry, Layout::Ours)?;
-    write_file_atomically(path, |out| {
+    write_output(archive, path, |out| {
         let mut tar = OuterTar { out, mtime, path: path.to_owned() };
         tar.bytes("oci-layout", OCI_LAYOUT)?;
         tar.file("index.json", &layout.join("index.json"))?;

@@ -55,10 +55,42 @@ fn a_missing_spec_and_a_bad_destination_are_named() {
     let hello = fixture("hello");
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{hello}\"]\n"));
-    for dest in ["docker-archive:/nonexistent/dir/x.tar", "oci:/nonexistent/dir/layout", "oci-archive:/nonexistent/x.tar"] {
+    // Refused before any layer is made, naming the directory that is missing (not the
+    // scratch file a rename would have failed on) and leaving nothing behind.
+    for (dest, missing) in [
+        ("docker-archive:/nonexistent/dir/x.tar", "/nonexistent/dir"),
+        ("oci:/nonexistent/dir/layout", "/nonexistent/dir"),
+        ("oci-archive:/nonexistent/x.tar", "/nonexistent"),
+        ("dir:/nonexistent/dir/image", "/nonexistent/dir"),
+    ] {
         let stderr = fails(&mut strata(&["build", spec.to_str().unwrap(), "-o", dest]));
-        assert!(stderr.contains("/nonexistent/"), "{dest}: {stderr}");
+        assert!(stderr.contains(&format!("the directory {missing} does not exist")) && !stderr.contains(".partial"), "{dest}: {stderr}");
     }
+    // An archive is a file: a directory is not replaced by one, nor written into.
+    let target = tempfile::tempdir().unwrap();
+    let t = target.path().display();
+    for (dest, why) in [
+        (format!("docker-archive:{t}"), "it is a directory"),
+        (format!("oci-archive:{t}"), "it is a directory"),
+        (format!("oci-archive:{t}/new/"), "a path ending in / names a directory"),
+        (format!("docker-archive:{}/x.tar", spec.display()), "is not a directory"),
+    ] {
+        let stderr = fails(&mut strata(&["build", spec.to_str().unwrap(), "-o", &dest]));
+        assert!(stderr.contains(why) && stderr.lines().count() == 1, "{dest}: {stderr}");
+    }
+    // So are the files `export` and `sbom` write.
+    let image = format!("docker-archive:{}", build_archive(target.path(), &spec).display());
+    for command in ["export", "sbom"] {
+        for (output, why) in
+            [(t.to_string(), "it is a directory".to_owned()), (format!("{t}/missing/out"), format!("the directory {t}/missing does not exist"))]
+        {
+            let stderr = fails(&mut strata(&[command, &image, "-o", &output]));
+            assert!(stderr.contains(&why) && !stderr.contains(".partial"), "{command} -o {output}: {stderr}");
+        }
+    }
+    std::fs::remove_file(image.trim_start_matches("docker-archive:")).unwrap();
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0, "the directory stays empty");
+    only_spec_left(dir.path());
     let stderr = fails(&mut strata(&["build", spec.to_str().unwrap(), "-o", "s3:bucket"]));
     assert!(stderr.contains("unknown transport"), "{stderr}");
     // A directory that is something else is not turned into an OCI layout.

@@ -2,7 +2,7 @@
 //! sources, two writers at once, signals and `kill -9` mid-write, secrets, and what other
 //! clients (podman, docker, buildah, ctr, skopeo, umoci) make of what strata writes.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -512,4 +512,43 @@ fn a_full_disk_fails_the_write_and_leaves_nothing_behind() {
         assert!(stderr.contains("No space left on device") && stderr.contains(&s.to_string()), "{dest}: {stderr}");
         assert!(left.is_empty(), "{dest} left {left:?}");
     }
+}
+
+/// An output that is a fifo (as `/dev/stdout`, `/dev/null` or `>(…)` are devices or pipes)
+/// is written in place, as `tar -f` writes one, never replaced by a regular file: the archive
+/// destinations, `export -o` and `sbom -o` alike. What comes out of the fifo is the output
+/// itself: a docker-archive skopeo reads, the image's files, an SBOM.
+#[test]
+fn a_fifo_as_the_output_is_written_through_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_with(dir.path(), &format!("roots = [\"{}\"]\n", fixture("hello")));
+    let archive = build_archive(dir.path(), &spec);
+    let fifo = dir.path().join("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let f = fifo.to_str().unwrap();
+    let through_fifo = |args: &[&str]| -> Vec<u8> {
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        run_ok(strata(args));
+        // Checked first: a reader whose fifo was replaced waits for a writer forever.
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "{args:?} replaced the fifo");
+        reader.join().unwrap()
+    };
+    let source = format!("docker-archive:{}", archive.display());
+    let streamed = through_fifo(&["build", spec.to_str().unwrap(), "-o", &format!("docker-archive:{f}")]);
+    assert_eq!(sha256_hex(&streamed), sha256_of(archive.to_str().unwrap()), "the docker-archive through the fifo is the one written to a file");
+    let oci_archive = through_fifo(&["copy", &source, &format!("oci-archive:{f}:t")]);
+    let copied = dir.path().join("copied.tar");
+    std::fs::write(&copied, &oci_archive).unwrap();
+    let inspected = skopeo_json(&["inspect", &format!("oci-archive:{}:t", copied.display())]);
+    assert_eq!(inspected["Layers"].as_array().map(Vec::len), read_archive(&archive).layers.len().into());
+    let files = through_fifo(&["export", &source, "-o", f]);
+    let mut tar = tar::Archive::new(&files[..]);
+    let names: Vec<String> = tar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|n| n.ends_with("/bin/hello")), "{names:?}");
+    let sbom: serde_json::Value = serde_json::from_slice(&through_fifo(&["sbom", &source, "-o", f])).unwrap();
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    assert_eq!(names_in(dir.path()), ["copied.tar", "fifo", "image.tar", "spec.toml"], "no scratch file left");
 }
