@@ -31,8 +31,16 @@ fn password(what: &str, confirm: bool) -> Result<Vec<u8>> {
 
 /// Writes `NAME.key` (mode 0600) and `NAME.pub`, refusing to replace either.
 pub fn generate(name: &Path) -> Result<()> {
-    let with = |ending: &str| PathBuf::from(format!("{}.{ending}", name.display()));
-    let (private_path, public_path) = (with("key"), with("pub"));
+    use std::os::unix::ffi::OsStrExt as _;
+    if name.file_name().is_none() || name.as_os_str().as_bytes().ends_with(b"/") {
+        bail!("{}: a key pair's name ends in a file name (NAME gives NAME.key and NAME.pub)", name.display());
+    }
+    let with = |ending: &str| {
+        let mut path = name.as_os_str().to_owned();
+        path.push(ending);
+        PathBuf::from(path)
+    };
+    let (private_path, public_path) = (with(".key"), with(".pub"));
     for path in [&private_path, &public_path] {
         if path.exists() {
             bail!("{} exists already: strata does not replace keys", path.display());

@@ -71,6 +71,9 @@ fn signed_pushes_are_verified_by_podman_and_strata() {
     // No password and no terminal: an error, never a wait.
     let out = strata(&["key", "generate", dir.path().join("other").to_str().unwrap()]).env_remove("COSIGN_PASSWORD").stdin(Stdio::null()).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("COSIGN_PASSWORD"));
+    // A name that is a directory would give hidden `.key` and `.pub` files in it.
+    let stderr = fails(strata(&["key", "generate", &format!("{}/", dir.path().display())]).env("COSIGN_PASSWORD", "x"));
+    assert!(stderr.contains("a key pair's name ends in a file name"), "{stderr}");
 
     let registry = Registry::start();
     let hello = fixture("hello");
