@@ -9,13 +9,14 @@
 //! | 125 | `strata run`: strata or the engine failed before the container ran (Docker's and podman's convention) |
 //! | any | `strata run`: the container's own status (128 + N when signal N ended it) |
 //! | 130, 143 | interrupted by SIGINT or SIGTERM (128 + the signal), unfinished files removed |
+//! | 141 | standard output's reader went away (`strata inspect … \| head`): quietly, as a process killed by SIGPIPE |
 
 use std::process::ExitCode;
 
 /// The help text's summary of [`Status`] (a macro, for `concat!` in clap's attributes).
 macro_rules! exit_codes_help {
     () => {
-        "Exit codes: 0 success, 1 failure, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM); `strata run`: the container's status, or 125 when strata itself failed."
+        "Exit codes: 0 success, 1 failure, 2 usage error, 130/143 interrupted (SIGINT/SIGTERM), 141 standard output's reader went away; `strata run`: the container's status, or 125 when strata itself failed."
     };
 }
 pub(crate) use exit_codes_help;

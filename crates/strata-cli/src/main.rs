@@ -56,12 +56,27 @@ fn main() -> ExitCode {
     let is_run = matches!(cli.command, Command::Run(_));
     match run(cli) {
         Ok(status) => status.into(),
+        Err(e) if broke_stdout(&e) => {
+            let _held = strata_scratch::remove_all();
+            Status::Signal(libc::SIGPIPE).into()
+        }
         Err(e) => {
             eprintln!("strata: error: {e:#}");
             // `strata run`'s own failures are told apart from the container's exit status.
             (if is_run { Status::RunFailure } else { Status::Failure }).into()
         }
     }
+}
+
+/// Whether `error` is standard output's reader going away (`strata inspect … | head`): no
+/// fault of strata's, to end quietly, as `cat` ends (killed by SIGPIPE). Asked of the pipe
+/// itself (poll reports an error on it once its reader is gone), so that a pipe broken
+/// elsewhere (`docker load` dying while strata feeds it) is still reported.
+fn broke_stdout(error: &anyhow::Error) -> bool {
+    let broken_pipe = error.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe));
+    let mut stdout = libc::pollfd { fd: libc::STDOUT_FILENO, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: poll(2) on one pollfd this function owns, without waiting.
+    broken_pipe && unsafe { libc::poll(&mut stdout, 1, 0) } == 1 && stdout.revents & libc::POLLERR != 0
 }
 
 /// On SIGINT or SIGTERM: removes every unfinished file and exits with 128 + the signal; while

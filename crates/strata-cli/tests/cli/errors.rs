@@ -205,3 +205,19 @@ fn a_file_that_vanishes_mid_build() {
     let left: Vec<String> = names_in(dir.path()).into_iter().filter(|n| n != "graph").collect();
     assert_eq!(left, ["spec.toml"], "left behind in the destination directory");
 }
+
+/// A reader that stops reading (`strata build … | head -c 100`) ends strata quietly with
+/// 141, as it ends `cat` (killed by SIGPIPE): no error message for what is no fault of
+/// strata's.
+#[test]
+fn a_reader_that_goes_away_ends_strata_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{}\"]\n", fixture("hello")));
+    let mut child = strata(&["build", spec.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut head = [0u8; 100];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take()); // the image is megabytes: strata is still writing
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
