@@ -1,6 +1,8 @@
 //! Registries: `docker://HOST/REPO[:TAG|@DIGEST]` over the OCI distribution API, through the
 //! `oci-client` crate, with what it lacks added here: retries with backoff, credentials
-//! from the usual files, and a memory of layer digests.
+//! from the usual files, a memory of layer digests, and bounds on what a registry sends
+//! (manifests, indexes and referrers lists are read here, to at most 4 MiB; blobs to their
+//! declared size).
 //!
 //! Pushing costs what changed. The layer cache (`crate::cache`) knows, per layer and
 //! codec, the blob's digest and size, and in which repositories strata pushed it. So for a
@@ -38,6 +40,10 @@ pub use crate::credentials::Credentials;
 use crate::credentials::CredentialsError;
 use crate::progress::{Progress, Stage};
 use crate::SourceError;
+
+/// The largest manifest, index or referrers list read, as containers/image bounds them
+/// (4 MiB): a registry that sends more is cut off there, never buffered whole.
+const MAX_MANIFEST_SIZE: usize = 4 << 20;
 
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
@@ -112,6 +118,11 @@ impl RegistryOptions {
 /// A connection to one registry.
 struct Session {
     client: Client,
+    /// For the reads strata bounds itself ([`Session::get_bounded`]), with `client`'s settings.
+    http: reqwest::Client,
+    protocol: ClientProtocol,
+    /// The bearer token of the last authentication, if the registry gave one.
+    token: std::sync::Mutex<Option<String>>,
     auth: RegistryAuth,
     user: Option<String>,
     host: String,
@@ -129,15 +140,20 @@ impl Session {
             Some(c) => Some(c.clone()),
             None => crate::credentials::stored(host, &repository.repository)?,
         };
-        let config = ClientConfig {
-            protocol: if options.tls_verify { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(vec![host.to_owned()]) },
-            accept_invalid_certificates: !options.tls_verify,
-            use_monolithic_push: true,
-            ..ClientConfig::default()
-        };
+        let protocol = if options.tls_verify { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(vec![host.to_owned()]) };
+        let config =
+            ClientConfig { protocol: protocol.clone(), accept_invalid_certificates: !options.tls_verify, use_monolithic_push: true, ..ClientConfig::default() };
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(!options.tls_verify)
+            .user_agent(config.user_agent)
+            .build()
+            .map_err(|e| RegistryError::Request { host: host.to_owned(), what: "starting an HTTP client".into(), message: e.to_string() })?;
         let runtime = options.runtime()?;
         Ok(Session {
             client: Client::new(config),
+            http,
+            protocol,
+            token: std::sync::Mutex::new(None),
             auth: creds.as_ref().map_or(RegistryAuth::Anonymous, |c| RegistryAuth::Basic(c.user.clone(), c.password.clone())),
             user: creds.map(|c| c.user),
             host: host.to_owned(),
@@ -182,7 +198,57 @@ impl Session {
     }
 
     async fn authenticate(&self, reference: &Reference, operation: RegistryOperation) -> Result<(), RegistryError> {
-        self.retry("authenticating", || self.client.auth(reference, &self.auth, operation)).await.map(|_| ())
+        let token = self.retry("authenticating", || self.client.auth(reference, &self.auth, operation)).await?;
+        *self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+        Ok(())
+    }
+
+    /// The manifest or index `reference` names, and the digest the registry says it has.
+    async fn get_manifest(&self, reference: &Reference) -> Result<(bytes::Bytes, Option<String>), OciDistributionError> {
+        let target = reference.digest().or(reference.tag()).unwrap_or("latest");
+        self.get_bounded(reference, &format!("manifests/{target}"), &ACCEPTED.join(", ")).await
+    }
+
+    /// GET of `path` in `reference`'s repository (`manifests/…`, `referrers/…`), read to at
+    /// most [`MAX_MANIFEST_SIZE`], with the digest the registry says the body has. Written
+    /// here rather than left to oci-client, whose `pull_manifest_raw` and `pull_referrers`
+    /// buffer whatever body comes: a hostile registry could fill the memory. Authenticated as
+    /// oci-client's requests are: the token of the last authentication, else the user's
+    /// credentials, sent only to the registry itself.
+    async fn get_bounded(&self, reference: &Reference, path: &str, accept: &str) -> Result<(bytes::Bytes, Option<String>), OciDistributionError> {
+        let registry = reference.resolve_registry();
+        let scheme = match &self.protocol {
+            ClientProtocol::HttpsExcept(plain) if plain.iter().any(|h| h == registry) => "http",
+            ClientProtocol::Http => "http",
+            _ => "https",
+        };
+        let url = format!("{scheme}://{registry}/v2/{}/{path}", reference.repository());
+        let mut request = self.http.get(&url).header(http::header::ACCEPT, accept);
+        let token = self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        request = match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let mut response = request.send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(match status.as_u16() {
+                401 => OciDistributionError::UnauthorizedError { url },
+                404 => OciDistributionError::ImageManifestNotFoundError(url),
+                code => OciDistributionError::ServerError { code, url, message: status.to_string() },
+            });
+        }
+        let said = response.headers().get("Docker-Content-Digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
+                let why = format!("{url} sends more than {} MiB, the most a manifest may have", MAX_MANIFEST_SIZE >> 20);
+                return Err(OciDistributionError::IoError(std::io::Error::new(std::io::ErrorKind::FileTooLarge, why)));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body.into(), said))
     }
 }
 
@@ -533,12 +599,12 @@ const ACCEPTED: [&str; 4] = [
 /// The manifest or index `reference` names, checked against the digest that named it
 /// (`expected`: the reference's, or an index entry's) and the one the registry says it has.
 async fn fetch_manifest(session: &Session, source: &RegistryRef, reference: &Reference, expected: Option<Digest>) -> Result<bytes::Bytes, RegistryError> {
-    let (bytes, said) = session.retry("reading the manifest", || session.client.pull_manifest_raw(reference, &session.auth, &ACCEPTED)).await?;
+    let (bytes, said) = session.retry("reading the manifest", || session.get_manifest(reference)).await?;
     let actual = Digest::of(&bytes);
     if let Some(expected) = expected.filter(|e| *e != actual) {
         return Err(RegistryError::DigestMismatch { what: format!("{source}: manifest"), expected, actual });
     }
-    if said != actual.to_string() {
+    if let Some(said) = said.filter(|said| *said != actual.to_string()) {
         return Err(RegistryError::DigestMismatch { what: format!("{source}: manifest"), expected: said.parse().unwrap_or(actual), actual });
     }
     Ok(bytes)
@@ -740,7 +806,12 @@ async fn ensure_blob(session: &Session, reference: &Reference, bytes: &[u8], wha
 
 /// The tag cosign stores an image's signatures at: `sha256-<manifest hex>.sig`.
 fn signature_tag(digest: &Digest) -> String {
-    format!("sha256-{}.sig", digest.hex())
+    format!("{}.sig", referrers_tag(digest))
+}
+
+/// The tag of the referrers tag schema's index for the manifest `digest`: `sha256-<hex>`.
+fn referrers_tag(digest: &Digest) -> String {
+    format!("sha256-{}", digest.hex())
 }
 
 /// One signature as cosign stores it: the simple-signing payload and its signature (base64).
@@ -761,7 +832,7 @@ pub fn signatures(repository: &RegistryRef, digest: &Digest, options: &RegistryO
 async fn stored_signatures(session: &Session, repository: &RegistryRef, digest: &Digest) -> Result<Vec<StoredSignature>, RegistryError> {
     let reference = Reference::with_tag(repository.host.clone(), repository.repository.clone(), signature_tag(digest));
     session.authenticate(&reference, RegistryOperation::Pull).await?;
-    let bytes = match session.client.pull_manifest_raw(&reference, &session.auth, &ACCEPTED).await {
+    let bytes = match session.get_manifest(&reference).await {
         Ok((bytes, _)) => bytes,
         Err(e) if not_found(&e) => return Ok(vec![]),
         Err(e) => return Err(session.error("reading the signatures", &e)),
@@ -875,7 +946,7 @@ pub fn attach(
     runtime.block_on(async {
         let (subject_digest, subject_size) = subject;
         let at = |tag: String| Reference::with_tag(repository.host.clone(), repository.repository.clone(), tag);
-        let reference = at(format!("sha256-{}", subject_digest.hex()));
+        let reference = at(referrers_tag(subject_digest));
         session.authenticate(&reference, RegistryOperation::Push).await?;
         let descriptor = |media_type: MediaType, bytes: &[u8]| {
             oci_spec::image::Descriptor::new(media_type, bytes.len() as u64, oci_spec::image::Digest::from(Digest::of(bytes)))
@@ -905,7 +976,7 @@ pub fn attach(
             return Ok(referrer);
         }
         // The referrers tag schema: the index at the subject's tag, with the artifact added.
-        let mut entries: Vec<oci_spec::image::Descriptor> = match session.client.pull_manifest_raw(&reference, &session.auth, &ACCEPTED).await {
+        let mut entries: Vec<oci_spec::image::Descriptor> = match session.get_manifest(&reference).await {
             Ok((bytes, _)) => serde_json::from_slice::<ImageIndex>(&bytes).map(|i| i.manifests().clone()).unwrap_or_default(),
             Err(e) if not_found(&e) => vec![],
             Err(e) => return Err(session.error("reading the referrers index", &e)),
@@ -923,19 +994,30 @@ pub fn attach(
 }
 
 /// What is attached to the manifest `digest` in `repository`: the registry's referrers API,
-/// else the referrers tag schema (oci-client falls back to it on a 404).
+/// else (where it answers 404) the referrers tag schema's index, else nothing.
 async fn referrers_of(session: &Session, repository: &RegistryRef, digest: &Digest) -> Result<Vec<Referrer>, RegistryError> {
     let subject = Reference::with_digest(repository.host.clone(), repository.repository.clone(), digest.to_string());
-    let index = session.retry("reading the referrers", || session.client.pull_referrers(&subject, None)).await?;
+    let tagged = Reference::with_tag(repository.host.clone(), repository.repository.clone(), referrers_tag(digest));
+    let listed = session
+        .retry("reading the referrers", || async {
+            match session.get_bounded(&subject, &format!("referrers/{digest}"), MediaType::ImageIndex.as_ref()).await {
+                Err(e) if not_found(&e) => match session.get_manifest(&tagged).await {
+                    Err(e) if not_found(&e) => Ok(None),
+                    other => other.map(|(bytes, _)| Some(bytes)),
+                },
+                other => other.map(|(bytes, _)| Some(bytes)),
+            }
+        })
+        .await?;
+    let Some(bytes) = listed else { return Ok(vec![]) };
+    let bad = |why: String| RegistryError::BadManifest { reference: format!("{repository}: referrers of {digest}"), why };
+    let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     index
-        .manifests
+        .manifests()
         .iter()
         .map(|m| {
-            let digest: Digest = m
-                .digest
-                .parse()
-                .map_err(|_| RegistryError::BadManifest { reference: repository.to_string(), why: format!("referrer digest {:?}", m.digest) })?;
-            Ok(Referrer { digest, size: m.size as u64, artifact_type: m.artifact_type.clone() })
+            let digest = Digest::try_from(m.digest()).map_err(|e| bad(e.to_string()))?;
+            Ok(Referrer { digest, size: m.size(), artifact_type: m.artifact_type().as_ref().map(ToString::to_string) })
         })
         .collect()
 }

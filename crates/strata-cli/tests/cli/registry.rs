@@ -308,3 +308,66 @@ fn registry_to_registry_copies_keep_the_digest() {
     assert_eq!(run_in("podman", &image, &[]), "Hello, world!\n");
     remove_images("podman", &[&image]);
 }
+
+/// A hostile registry: answers `/v2/`, a request whose path holds `endless` with a body
+/// `size` bytes long (sent in MiB pieces until the client stops reading), and any other with
+/// `manifest`. Returns its host and a count of the bytes of the long body it managed to send.
+fn hostile_registry(endless: &'static str, size: usize, manifest: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (counter, manifest) = (counter.clone(), manifest.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let (mut request, mut line) = (String::new(), String::new());
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        request.push_str(&line);
+                        line.clear();
+                    }
+                    let path = request.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                    let (length, body) = match path.as_str() {
+                        "" => return,
+                        "/v2/" => (0, &[][..]),
+                        p if p.contains(endless) => (size, &[][..]),
+                        _ => (manifest.len(), &manifest[..]),
+                    };
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\nContent-Length: {length}\r\n\r\n");
+                    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
+                    if length == size {
+                        let piece = vec![b' '; 1 << 20];
+                        for _ in 0..size / piece.len() {
+                            if stream.write_all(&piece).is_err() {
+                                return;
+                            }
+                            counter.fetch_add(piece.len(), Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (host, sent)
+}
+
+/// A registry that sends a manifest without end is cut off at 4 MiB (containers/image's
+/// bound), not read into memory: an image's manifest, and a list of referrers.
+#[test]
+fn an_endless_manifest_is_cut_off() {
+    let size = 256 << 20;
+    let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.to_vec();
+    let subject = format!("sha256:{}", sha256_hex(&index));
+    for (command, endless, image) in [("inspect", "/manifests/", "x:t".to_owned()), ("referrers", "/referrers/", format!("x@{subject}"))] {
+        let (host, sent) = hostile_registry(endless, size, index.clone());
+        let stderr = fails(&mut strata(&[command, &format!("docker://{host}/{image}"), "--tls-verify=false"]));
+        assert!(stderr.contains(endless) && stderr.contains("sends more than 4 MiB, the most a manifest may have"), "{command}: {stderr}");
+        let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(sent < size / 4, "{command}: the registry sent {sent} bytes before strata stopped reading");
+    }
+}
