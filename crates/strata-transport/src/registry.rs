@@ -2,7 +2,9 @@
 //! `oci-client` crate, with what it lacks added here: retries with backoff, credentials
 //! from the usual files, a memory of layer digests, and bounds on what a registry sends
 //! (manifests, indexes and referrers lists are read here, to at most 4 MiB; blobs to their
-//! declared size).
+//! declared size). Still read whole by oci-client: the token endpoint's answer and the body
+//! of an error, which a hostile registry could make endless; bounding them means taking
+//! over its authentication, which no registry here (htpasswd, basic auth) could test.
 //!
 //! Pushing costs what changed. The layer cache (`crate::cache`) knows, per layer and
 //! codec, the blob's digest and size, and in which repositories strata pushed it. So for a
