@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use strata_oci::bounded::{read_file, read_text};
 use strata_oci::platform::Platform;
 use strata_oci::time::parse_rfc3339;
 
@@ -358,16 +359,21 @@ pub struct ValidSpec {
     pub config_paths: ConfigPaths,
 }
 
+/// The most a spec, a modes file, a closure graph or an environment's manifest may hold:
+/// far more than any real one (a spec the Nix library writes for a closure of ten thousand
+/// paths is about 2 MiB), so that only a runaway input is refused.
+pub const MAX_INPUT_SIZE: u64 = 256 << 20;
+
 impl Spec {
     /// Reads a spec from a `.toml` or `.json` file.
     pub fn from_file(path: &Path) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => Spec::from_toml(&text),
-            Some("json") => Spec::from_json(&text),
+        let parse = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Spec::from_toml,
+            Some("json") => Spec::from_json,
             _ => return Err(SpecError::Format { path: path.to_owned() }),
-        }
-        .map_err(|source| SpecError::Invalid { path: path.to_owned(), source })
+        };
+        let text = read_text(path, MAX_INPUT_SIZE).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
+        parse(&text).map_err(|source| SpecError::Invalid { path: path.to_owned(), source })
     }
 
     /// Parses TOML; on error, the dotted key path and the message.
@@ -526,14 +532,9 @@ impl Spec {
 /// The rules of a modes file (see [`Spec::modes_files`]): one exact-path rule a line,
 /// `MODE PATH` or `MODE UID GID PATH` (a path is absolute, so the forms cannot be mistaken).
 fn modes_of(file: &Path) -> Result<Vec<PermRule>, String> {
-    const MAX: u64 = 64 << 20;
     let bad = |why: String| format!("{}: {why}", file.display());
-    let meta = std::fs::metadata(file).map_err(|e| bad(e.to_string()))?;
-    if meta.len() > MAX {
-        return Err(bad(format!("more than {MAX} bytes")));
-    }
     // Names need not be UTF-8: they are matched as perm rules match image paths (lossily).
-    let bytes = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
+    let bytes = read_file(file, MAX_INPUT_SIZE).map_err(|e| bad(e.to_string()))?;
     let text = String::from_utf8_lossy(&bytes);
     text.lines()
         .enumerate()

@@ -29,6 +29,11 @@ fn password(what: &str, confirm: bool) -> Result<Vec<u8>> {
     Ok(first.into_bytes())
 }
 
+/// A key file's text (cosign's PEM: a few hundred bytes; 64 KiB at most).
+fn read_key(path: &Path) -> Result<String> {
+    strata_oci::bounded::read_text(path, 64 << 10).with_context(|| format!("reading {}", path.display()))
+}
+
 /// Writes `NAME.key` (mode 0600) and `NAME.pub`, refusing to replace either.
 pub fn generate(name: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
@@ -78,7 +83,7 @@ impl Signer {
         if !matches!(dest, ImageRef::Registry(_)) {
             bail!("--sign-key signs what is pushed to a registry (docker://…), not {dest}");
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = read_key(path)?;
         let what = path.display().to_string();
         Ok(Signer { key: strata_sign::private_key(&text, &password(&what, false)?, &what)? })
     }
@@ -103,7 +108,7 @@ fn repository(reference: &RegistryRef) -> String {
 /// `strata verify`.
 pub fn verify(args: VerifyArgs, cx: &Transport) -> Result<()> {
     let ImageRef::Registry(reference) = args.image.parse()? else { bail!("{}: signatures are verified in registries (docker://…)", args.image) };
-    let text = std::fs::read_to_string(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
+    let text = read_key(&args.key)?;
     let key = strata_sign::public_key(&text, &args.key.display().to_string())?;
     let (digest, _) = manifest_of(&reference, &cx.registry).with_context(|| format!("reading {}", args.image))?;
     let stored = signatures(&reference, &digest, &cx.registry).with_context(|| format!("reading the signatures of {}", args.image))?;

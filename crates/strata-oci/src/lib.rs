@@ -12,10 +12,12 @@
 //! - [`manifest`]: the one record of a layer blob, and the manifest that lists them;
 //! - [`canonical`]: JSON written canonically, so equal images have equal digests;
 //! - [`image`]: an image, its config and its layers, built or copied;
-//! - [`time`]: RFC 3339 as configs hold it; [`ustar`]: the headers of the tars strata writes.
+//! - [`time`]: RFC 3339 as configs hold it; [`ustar`]: the headers of the tars strata writes;
+//! - [`bounded`]: reads of whole inputs that stop at a bound.
 //!
 //! The rest of strata depends on this crate; it depends on no strata crate.
 
+pub mod bounded;
 pub mod canonical;
 pub mod compress;
 mod deflate_tail;

@@ -154,15 +154,7 @@ pub(crate) fn open_inside(root: &Path, name: &str) -> io::Result<File> {
     Ok(file)
 }
 
-/// Reads all of `reader`, failing past `limit` bytes.
-pub fn read_bounded(reader: impl Read, limit: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    reader.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {limit} bytes")));
-    }
-    Ok(bytes)
-}
+pub use strata_oci::bounded::read_bounded;
 
 /// Name -> (offset of the data, size) of every regular file in a tar.
 pub(crate) fn index_tar(path: &Path) -> io::Result<BTreeMap<String, (u64, u64)>> {

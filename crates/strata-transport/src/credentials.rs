@@ -103,10 +103,10 @@ fn scoped_key(text: &[u8], host: &str, repository: &str) -> Option<String> {
 /// under: `None` where the file is missing or has no entry for them.
 fn from_file(path: &Path, host: &str, repository: &str) -> Result<Option<(String, Credentials)>, CredentialsError> {
     let fault = |why: String| CredentialsError::File { path: path.to_owned(), why };
-    let text = match std::fs::metadata(path) {
-        Err(_) => return Ok(None),
-        Ok(meta) if meta.len() > MAX_FILE_SIZE => return Err(fault(format!("{} bytes, more than a credentials file holds", meta.len()))),
-        Ok(_) => std::fs::read(path).map_err(|e| fault(e.to_string()))?,
+    let text = match strata_oci::bounded::read_file(path, MAX_FILE_SIZE) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => return Err(fault(format!("{e}, more than a credentials file holds"))),
+        result => result.map_err(|e| fault(e.to_string()))?,
     };
     // docker_credential says only that a file is unreadable: serde_json, asked to skip every
     // value, says where (its messages name a place, never the text there).

@@ -221,3 +221,27 @@ fn a_reader_that_goes_away_ends_strata_quietly() {
     assert_eq!(out.status.code(), Some(141), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+/// An input read whole that never ends (`/dev/zero`) is refused at its bound, naming it:
+/// a spec, a closure graph, a key, credentials. Nothing is read without end.
+#[test]
+fn inputs_without_end_are_refused_at_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = |name: &str| {
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        link.to_str().unwrap().to_owned()
+    };
+    let spec = write_spec(dir.path(), "spec.toml", &format!("name = \"x\"\nroots = [\"{}\"]\n", fixture("hello")));
+    let spec = spec.to_str().unwrap();
+    let auth = zero("auth.json");
+    for (args, named, why) in [
+        (vec!["build", &zero("zero.toml")], "zero.toml", "larger than 256 MiB"),
+        (vec!["build", spec, "--closure-graph", &zero("graph"), "-o", "oci:out"], "graph", "larger than 256 MiB"),
+        (vec!["verify", "docker://127.0.0.1:1/x:t", "--key", &zero("cosign.pub")], "cosign.pub", "larger than 65536 bytes"),
+        (vec!["inspect", "docker://127.0.0.1:1/x:t"], "auth.json", "more than a credentials file holds"),
+    ] {
+        let stderr = fails(strata(&args).env("REGISTRY_AUTH_FILE", &auth).current_dir(dir.path()));
+        assert!(stderr.contains(named) && stderr.contains(why), "{args:?}: {stderr}");
+    }
+}
