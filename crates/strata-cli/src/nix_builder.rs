@@ -56,7 +56,8 @@ use strata_build::assemble::ClosureSource;
 use strata_build::description::{Description, LayerRecord};
 use strata_build::layer::LayerRecipe;
 use strata_build::sbom::Bom;
-use strata_build::spec::{Spec, ValidSpec};
+use strata_build::spec::{Spec, ValidSpec, MAX_INPUT_SIZE};
+use strata_oci::bounded::{read_file, read_text};
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
 use strata_oci::image::{record_blobs, Image, LayerSource};
@@ -189,7 +190,7 @@ fn link_tree(out: &Path) -> Result<()> {
 /// The spec file's JSON, tagged `strataTag` when the spec has no tag.
 fn spec_with_tag() -> Result<Value> {
     let spec_path = env("strataSpec")?;
-    let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).with_context(|| format!("reading {spec_path}"))?)?;
+    let mut spec: Value = serde_json::from_slice(&read_file(Path::new(&spec_path), MAX_INPUT_SIZE).with_context(|| format!("reading {spec_path}"))?)?;
     if spec.get("tag").is_none_or(Value::is_null) {
         spec["tag"] = Value::String(env("strataTag")?);
     }
@@ -253,7 +254,7 @@ fn merge(out: &Path) -> Result<()> {
 /// with `describe` the description (that JSON plus `"digests"`, no interpreter line).
 fn stream_script(out: &Path, describe: bool) -> Result<()> {
     let spec = spec_with_tag()?;
-    let closure = std::fs::read_to_string("closure").context("reading the closure graph `closure` (exportReferencesGraph)")?;
+    let closure = read_text(Path::new("closure"), MAX_INPUT_SIZE).context("reading the closure graph `closure` (exportReferencesGraph)")?;
     let strata = std::env::current_exe().context("locating the strata binary")?;
     let mut body = serde_json::json!({ "spec": spec, "closure": closure });
     if describe {
@@ -308,7 +309,7 @@ fn pull(out: &Path) -> Result<()> {
 /// The bill of materials of a description, from what it recorded (see the module doc).
 fn sbom(out: &Path) -> Result<()> {
     let path = PathBuf::from(env("strataImage")?);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_text(&path, MAX_INPUT_SIZE).with_context(|| format!("reading {}", path.display()))?;
     let description = Description::parse(&text, &path)?;
     let recorded = description.recorded.clone().with_context(|| format!("{}: a description records its digests", path.display()))?;
     let closure = description.closure.clone();
@@ -343,7 +344,7 @@ fn sbom(out: &Path) -> Result<()> {
 /// `strata stream SCRIPT`: the interpreter of stream executables; plans the image described
 /// in `script` and returns it for writing, with the digests recorded at build time if any.
 pub fn read_stream_script(script: &Path) -> Result<Image<LayerRecipe>> {
-    let text = std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
+    let text = read_text(script, MAX_INPUT_SIZE).with_context(|| format!("reading {}", script.display()))?;
     let description = Description::parse(&text, script)?;
     let closure = ClosureSource::Graph(description.closure);
     let mut image = plan_image(description.spec, &closure, &RegistryOptions::default(), None).with_context(|| format!("{}", script.display()))?;
