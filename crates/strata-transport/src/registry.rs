@@ -199,9 +199,14 @@ impl Session {
         RegistryError::Request { host: self.host.clone(), what: what.to_owned(), message: describe(e) }
     }
 
+    /// The bearer token of the last authentication (a panic while it was held leaves it whole).
+    fn token(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn authenticate(&self, reference: &Reference, operation: RegistryOperation) -> Result<(), RegistryError> {
         let token = self.retry("authenticating", || self.client.auth(reference, &self.auth, operation)).await?;
-        *self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+        *self.token() = token;
         Ok(())
     }
 
@@ -225,14 +230,23 @@ impl Session {
             _ => "https",
         };
         let url = format!("{scheme}://{registry}/v2/{}/{path}", reference.repository());
-        let mut request = self.http.get(&url).header(http::header::ACCEPT, accept);
-        let token = self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        request = match (token, &self.auth) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-            (None, _) => request,
+        let send = || {
+            let request = self.http.get(&url).header(http::header::ACCEPT, accept);
+            match (self.token().clone(), &self.auth) {
+                (Some(token), _) => request.bearer_auth(token),
+                (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+                (None, _) => request,
+            }
+            .send()
         };
-        let mut response = request.send().await?;
+        let mut response = send().await?;
+        let had_token = self.token().is_some();
+        if response.status() == http::StatusCode::UNAUTHORIZED && had_token {
+            // The token has expired (a long push before): another, once.
+            let token = self.client.auth(reference, &self.auth, RegistryOperation::Pull).await?;
+            *self.token() = token;
+            response = send().await?;
+        }
         let status = response.status();
         if !status.is_success() {
             return Err(match status.as_u16() {

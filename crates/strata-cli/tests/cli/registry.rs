@@ -309,20 +309,35 @@ fn registry_to_registry_copies_keep_the_digest() {
     remove_images("podman", &[&image]);
 }
 
-/// A hostile registry: answers `/v2/`, a request whose path holds `endless` with a body
-/// `size` bytes long (sent in MiB pieces until the client stops reading), and any other with
-/// `manifest`. Returns its host and a count of the bytes of the long body it managed to send.
-fn hostile_registry(endless: &'static str, size: usize, manifest: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// What a [`scripted_registry`] answers a request with.
+struct Answer {
+    status: &'static str,
+    headers: String,
+    body: Vec<u8>,
+    /// Spaces sent after the body, a MiB at a time, until the client stops reading.
+    endless: usize,
+}
+
+impl Answer {
+    fn ok(body: &[u8]) -> Answer {
+        Answer { status: "200 OK", headers: "Content-Type: application/vnd.oci.image.index.v1+json\r\n".into(), body: body.to_vec(), endless: 0 }
+    }
+}
+
+/// A registry on a loopback port that answers each request (its path and headers, as one
+/// string) as `answer` says: for behaviour no real registry here shows (an endless body,
+/// bearer tokens). Returns its host and a count of the endless bytes it managed to send.
+fn scripted_registry(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{BufRead, BufReader};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let host = listener.local_addr().unwrap().to_string();
     let sent = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = sent.clone();
+    let (counter, answer) = (sent.clone(), std::sync::Arc::new(answer));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let (counter, manifest) = (counter.clone(), manifest.clone());
+            let (counter, answer) = (counter.clone(), answer.clone());
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 loop {
@@ -331,23 +346,18 @@ fn hostile_registry(endless: &'static str, size: usize, manifest: Vec<u8>) -> (S
                         request.push_str(&line);
                         line.clear();
                     }
-                    let path = request.split_whitespace().nth(1).unwrap_or_default().to_owned();
-                    let (length, body) = match path.as_str() {
-                        "" => return,
-                        "/v2/" => (0, &[][..]),
-                        p if p.contains(endless) => (size, &[][..]),
-                        _ => (manifest.len(), &manifest[..]),
-                    };
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\nContent-Length: {length}\r\n\r\n");
-                    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
-                    if length == size {
-                        let piece = vec![b' '; 1 << 20];
-                        for _ in 0..size / piece.len() {
-                            if stream.write_all(&piece).is_err() {
-                                return;
-                            }
-                            counter.fetch_add(piece.len(), Ordering::SeqCst);
+                    if request.is_empty() {
+                        return;
+                    }
+                    let a = answer(request.split_once(' ').map_or("", |(_, rest)| rest));
+                    let head = format!("HTTP/1.1 {}\r\n{}Content-Length: {}\r\n\r\n", a.status, a.headers, a.body.len() + a.endless);
+                    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&a.body));
+                    let piece = vec![b' '; 1 << 20];
+                    for _ in 0..a.endless / piece.len() {
+                        if stream.write_all(&piece).is_err() {
+                            return;
                         }
+                        counter.fetch_add(piece.len(), Ordering::SeqCst);
                     }
                 }
             });
@@ -356,18 +366,62 @@ fn hostile_registry(endless: &'static str, size: usize, manifest: Vec<u8>) -> (S
     (host, sent)
 }
 
+/// An empty image index, and its digest.
+fn empty_index() -> (Vec<u8>, String) {
+    let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.to_vec();
+    let digest = format!("sha256:{}", sha256_hex(&index));
+    (index, digest)
+}
+
 /// A registry that sends a manifest without end is cut off at 4 MiB (containers/image's
 /// bound), not read into memory: an image's manifest, and a list of referrers.
 #[test]
 fn an_endless_manifest_is_cut_off() {
     let size = 256 << 20;
-    let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.to_vec();
-    let subject = format!("sha256:{}", sha256_hex(&index));
+    let (index, subject) = empty_index();
     for (command, endless, image) in [("inspect", "/manifests/", "x:t".to_owned()), ("referrers", "/referrers/", format!("x@{subject}"))] {
-        let (host, sent) = hostile_registry(endless, size, index.clone());
+        let index = index.clone();
+        let (host, sent) = scripted_registry(move |request| match request {
+            r if r.starts_with("/v2/ ") => Answer::ok(b""),
+            r if r.contains(endless) => Answer { endless: size, ..Answer::ok(b"") },
+            _ => Answer::ok(&index),
+        });
         let stderr = fails(&mut strata(&[command, &format!("docker://{host}/{image}"), "--tls-verify=false"]));
         assert!(stderr.contains(endless) && stderr.contains("sends more than 4 MiB, the most a manifest may have"), "{command}: {stderr}");
         let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
         assert!(sent < size / 4, "{command}: the registry sent {sent} bytes before strata stopped reading");
     }
+}
+
+/// A registry of bearer tokens (the distribution auth spec), whose first token has expired
+/// by the time the manifest is read: strata asks for another and reads it with that.
+#[test]
+fn an_expired_token_is_renewed_for_a_manifest() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (index, subject) = empty_index();
+    let issued = std::sync::Arc::new(AtomicUsize::new(0));
+    let port = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let (tokens, realm) = (issued.clone(), port.clone());
+    let (host, _) = scripted_registry(move |request| {
+        let bearer = request.lines().find_map(|l| l.strip_prefix("authorization: Bearer ").or_else(|| l.strip_prefix("Authorization: Bearer "))).map(str::trim);
+        let unauthorized = || Answer {
+            status: "401 Unauthorized",
+            headers: format!("WWW-Authenticate: Bearer realm=\"http://{}/token\",service=\"test\"\r\n", realm.get().unwrap()),
+            body: vec![],
+            endless: 0,
+        };
+        match request {
+            r if r.starts_with("/token") => {
+                let n = tokens.fetch_add(1, Ordering::SeqCst) + 1;
+                Answer { headers: "Content-Type: application/json\r\n".into(), ..Answer::ok(format!("{{\"token\":\"t{n}\"}}").as_bytes()) }
+            }
+            _ if bearer.is_none() => unauthorized(),
+            // The first token expires before the manifest is read.
+            _ if bearer == Some("t1") && request.contains("/manifests/") => unauthorized(),
+            _ => Answer::ok(&index),
+        }
+    });
+    port.set(host.clone()).unwrap();
+    run_ok(strata(&["referrers", &format!("docker://{host}/x@{subject}"), "--tls-verify=false"]));
+    assert!(issued.load(Ordering::SeqCst) >= 2, "a second token was asked for");
 }
