@@ -239,7 +239,7 @@ struct Parts<'a> {
 ///
 /// ```text
 /// reference := name [":" tag] ["@" digest]
-/// name      := [host [":" port] "/"] component ("/" component)*     at most 255 characters
+/// name      := [host [":" port] "/"] component ("/" component)*     at most 255 characters, completed
 /// host      := label ("." label)* | "[" IPv6 "]"     label := [A-Za-z0-9] or [A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]
 /// component := [a-z0-9]+ (separator [a-z0-9]+)*     separator := "." | "_" | "__" | "-"+
 /// tag       := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
@@ -260,8 +260,11 @@ fn split_reference(text: &str) -> Result<Parts<'_>, String> {
     if name.is_empty() {
         return Err("the name is empty".to_owned());
     }
-    if name.len() > NAME_MAX {
-        return Err(format!("the name is longer than {NAME_MAX} characters"));
+    // Counted as Docker counts it (`ParseNormalizedNamed`): with the host and `library/` it
+    // completes, so that a name accepted here is accepted again as it is printed.
+    let (host, repository) = normalize(name);
+    if host.len() + 1 + repository.len() > NAME_MAX {
+        return Err(format!("the name is longer than {NAME_MAX} characters (as {host}/{repository})"));
     }
     let mut components = name.split('/').peekable();
     let first = components.next().unwrap_or_default();
@@ -482,7 +485,9 @@ mod tests {
         assert_eq!(parts("[2001:db8::1]:5000/repo"), ok("[2001:db8::1]:5000", "repo", some("latest"), None));
         assert_eq!(parts("xn--n3h.com/myimage"), ok("xn--n3h.com", "myimage", some("latest"), None));
         assert_eq!(parts("a__b/c---d.e_f"), ok("docker.io", "a__b/c---d.e_f", some("latest"), None));
-        let long = format!("{}/{}", "a".repeat(127), "a".repeat(128));
+        // 256 characters with its host; and 247 that Docker completes to 265 (`docker.io/…`).
+        let long = format!("reg.io/{}", "a".repeat(249));
+        let short_but_completed = format!("{}/{}", "a".repeat(123), "a".repeat(123));
         for bad in [
             "",
             ":justtag",
@@ -501,12 +506,17 @@ mod tests {
             "a:b:c",
             &format!("a:{}", "t".repeat(129)),
             &long,
+            &short_but_completed,
             "web:café",
             "wéb",
         ] {
             assert!(parts(bad).is_err(), "{bad:?} accepted: {:?}", parts(bad));
         }
         assert!(parts(&long[1..]).is_ok(), "255 characters are allowed");
+        // What is accepted is accepted again as it is printed (found by fuzzing).
+        let printed = RegistryRef::parse(&long[1..]).unwrap().to_string();
+        assert!(RegistryRef::parse(printed.trim_start_matches("docker:")).is_ok(), "{printed}");
+        assert!(parts(&format!("index.docker.io/o/{}", "a".repeat(240))).is_ok(), "258 characters, counted as docker.io/o/…, as Docker counts them");
         let err = ImageName::parse("web:café").unwrap_err();
         assert!(err.contains("\"café\" is not a valid tag"), "{err}");
         let err = check_name("Web").unwrap_err();
