@@ -213,12 +213,26 @@ fn print_json(json: bool, dest: &ImageRef, written: &Written) -> Result<()> {
     Ok(())
 }
 
-/// `strata containerize`: an environment manifest made into an image.
-/// `strata containerize`: the manifest named, else the flox environment's in `--dir` (or
-/// here); written where `-f`, `-o` or `--runtime` say, else to standard output when it is not
-/// a terminal, else (a flox environment, as flox does) to `NAME-container.tar`.
+/// `strata containerize`: an environment manifest made into an image: the manifest named,
+/// else the flox environment's in `--dir` (or here); written where `-f`, `-o` or `--runtime`
+/// say, else to standard output when it is not a terminal, else (a flox environment, as flox
+/// does) to `NAME-container.tar`.
 pub fn containerize(args: ContainerizeArgs, cx: &Transport) -> Result<()> {
-    let manifest = args.manifest.clone().unwrap_or_else(|| args.dir.clone().unwrap_or_else(|| ".".into()).join(".flox/env/manifest.toml"));
+    let manifest = match (&args.manifest, &args.dir) {
+        (Some(manifest), _) => manifest.clone(),
+        (None, dir) => {
+            let dir = dir.clone().unwrap_or_else(|| ".".into());
+            let manifest = dir.join(".flox/env/manifest.toml");
+            if !manifest.exists() {
+                bail!(
+                    "no flox environment in {} (no {}): run strata containerize where .flox is, or name the directory (-d DIR) or a manifest",
+                    dir.display(),
+                    manifest.display()
+                );
+            }
+            manifest
+        }
+    };
     let options = LoadOptions { tag: args.tag.clone(), labels: args.label.iter().cloned().collect(), nixpkgs: Some(args.nixpkgs.clone()) };
     let environment = Environment::load(&manifest, &options)?;
     let dest = match (args.runtime, &args.file, &args.output) {

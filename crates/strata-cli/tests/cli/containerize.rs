@@ -237,5 +237,5 @@ fn flox_manifest_errors_name_the_key() {
         assert!(stderr.contains(&manifest.display().to_string()) && stderr.contains(expected), "{expected}: {stderr}");
     }
     let stderr = fails(strata(&["containerize", "-f", "-"]).current_dir(dir.path()));
-    assert!(stderr.contains(".flox/env/manifest.toml"), "{stderr}");
+    assert!(stderr.contains("no flox environment in . (no ./.flox/env/manifest.toml)") && stderr.contains("-d DIR"), "{stderr}");
 }
