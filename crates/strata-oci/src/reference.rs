@@ -268,8 +268,12 @@ fn split_reference(text: &str) -> Result<Parts<'_>, String> {
     }
     let mut components = name.split('/').peekable();
     let first = components.next().unwrap_or_default();
-    // The first of two or more components may be a host: checked as one if it can only be one.
-    if !(components.peek().is_some() && is_host(first)) {
+    // The first of two or more components is a host where Docker takes it for one.
+    if components.peek().is_some() && names_a_host(first) {
+        if !is_host(first) {
+            return Err(format!("{first:?} is not a registry host (HOST[:PORT])"));
+        }
+    } else {
         check_component(first)?;
     }
     components.try_for_each(check_component)?;
@@ -321,12 +325,17 @@ fn check_component(component: &str) -> Result<(), String> {
     }
 }
 
-/// Docker's completion of a checked name into host and repository: a first component is a
-/// host if it has a `.` or `:`, is `localhost` or has a capital; otherwise the host is
-/// `docker.io`, whose one-component names live under `library/`.
+/// Whether Docker takes `first`, the first component of a name of two or more, for a
+/// registry host (`splitDockerDomain`): it has a `.` or `:`, is `localhost` or has a capital.
+fn names_a_host(first: &str) -> bool {
+    first.contains(['.', ':']) || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// Docker's completion of a checked name into host and repository: the first component if
+/// it [`names_a_host`], else `docker.io`, whose one-component names live under `library/`.
 fn normalize(name: &str) -> (String, String) {
     let (host, path) = match name.split_once('/') {
-        Some((first, path)) if first.contains(['.', ':']) || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase()) => (first, path),
+        Some((first, path)) if names_a_host(first) => (first, path),
         _ => ("docker.io", name),
     };
     let host = if host == "index.docker.io" { "docker.io" } else { host };
@@ -507,6 +516,7 @@ mod tests {
             &format!("a:{}", "t".repeat(129)),
             &long,
             &short_but_completed,
+            "[7777776e]/8",
             "web:café",
             "wéb",
         ] {
