@@ -143,8 +143,8 @@ impl Closure {
 
     /// Reads a closure graph file (registration format or `path-info` JSON).
     pub fn from_graph_file(file: &Path) -> Result<Closure, ClosureError> {
-        let text =
-            strata_oci::bounded::read_text(file, crate::spec::MAX_INPUT_SIZE).map_err(|source| ClosureError::ReadGraph { file: file.to_owned(), source })?;
+        let text = strata_oci::bounded::read_text(file, strata_oci::bounded::MAX_INPUT_SIZE)
+            .map_err(|source| ClosureError::ReadGraph { file: file.to_owned(), source })?;
         Closure::from_graph_text(&text, file)
     }
 

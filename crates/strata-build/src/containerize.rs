@@ -167,7 +167,7 @@ impl Environment {
     /// or `schema-version`), builds the packages it names with Nix, and prepares the image.
     pub fn load(manifest: &Path, options: &LoadOptions) -> Result<Environment, ContainerizeError> {
         let invalid = |key: &str, message: String| ContainerizeError::Invalid { path: manifest.to_owned(), key: key.to_owned(), message };
-        let text = strata_oci::bounded::read_text(manifest, crate::spec::MAX_INPUT_SIZE)
+        let text = strata_oci::bounded::read_text(manifest, strata_oci::bounded::MAX_INPUT_SIZE)
             .map_err(|source| ContainerizeError::Read { path: manifest.to_owned(), source })?;
         let table: toml::Table = parse_toml(&text).map_err(|e| invalid(&e.key, e.message))?;
         let is_flox = table.contains_key("version") || table.contains_key("schema-version");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use strata_oci::bounded::{read_file, read_text};
+use strata_oci::bounded::{read_file, read_text, MAX_INPUT_SIZE};
 use strata_oci::platform::Platform;
 use strata_oci::time::parse_rfc3339;
 
@@ -358,11 +358,6 @@ pub struct ValidSpec {
     pub keep_contents_dirlinks: bool,
     pub config_paths: ConfigPaths,
 }
-
-/// The most a spec, a modes file, a closure graph or an environment's manifest may hold:
-/// far more than any real one (a spec the Nix library writes for a closure of ten thousand
-/// paths is about 2 MiB), so that only a runaway input is refused.
-pub const MAX_INPUT_SIZE: u64 = 256 << 20;
 
 impl Spec {
     /// Reads a spec from a `.toml` or `.json` file.

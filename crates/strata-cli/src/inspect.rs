@@ -202,7 +202,7 @@ pub fn sbom(args: SbomArgs, cx: &Transport) -> Result<()> {
     let layers: Vec<(Digest, Vec<String>)> = view.layers.iter().zip(&view.packages).map(|((blob, _), packages)| (blob.digest, packages.clone())).collect();
     let mut bom = Bom::of(view.reference.clone(), digest, created, &layers, None)?;
     if let Some(file) = &args.licenses {
-        let text = strata_oci::bounded::read_file(file, strata_build::spec::MAX_INPUT_SIZE).with_context(|| format!("reading {}", file.display()))?;
+        let text = strata_oci::bounded::read_file(file, strata_oci::bounded::MAX_INPUT_SIZE).with_context(|| format!("reading {}", file.display()))?;
         let licenses: std::collections::BTreeMap<String, String> = serde_json::from_slice(&text).with_context(|| format!("{}: licences", file.display()))?;
         bom.licenses(&licenses);
     }

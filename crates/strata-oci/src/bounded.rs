@@ -7,6 +7,12 @@
 use std::io::{self, Read};
 use std::path::Path;
 
+/// The most an input of strata's own formats may hold (a spec, a modes file, a closure graph,
+/// an environment's manifest, a description, licences): far more than any real one (a spec
+/// the Nix library writes for a closure of ten thousand paths is about 2 MiB), so that only
+/// a runaway input is refused.
+pub const MAX_INPUT_SIZE: u64 = 256 << 20;
+
 /// Reads all of `reader`, failing past `limit` bytes.
 pub fn read_bounded(reader: impl Read, limit: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
