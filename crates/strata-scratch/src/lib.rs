@@ -357,10 +357,15 @@ pub fn is_scratch_name(name: &OsStr) -> bool {
 }
 
 /// An output file a command writes (an archive, an exported tar, an SBOM): a scratch file
-/// [`beside`](ScratchFile::beside) it, renamed over it by [`commit`](Self::commit); or, when
-/// `dest` is already something other than a regular file or a directory (`/dev/stdout`,
-/// `/dev/null`, a fifo, a socket), `dest` itself, written in place as `tar -f` and `cp` do:
-/// renaming over it would replace the device or the fifo with a regular file.
+/// [`beside`](ScratchFile::beside) it, renamed over it by [`commit`](Self::commit). Three
+/// kinds of `dest` are not replaced, as `tar -f` and `cp` would not replace them:
+///
+/// - this process's own standard output, however named (`/dev/stdout`, `/dev/fd/1`, a link
+///   to the file the shell redirected it to): written through it, as the shell opened it
+///   (`>>` appends);
+/// - anything but a regular file or a directory (`/dev/null`, a fifo, `>(…)`): written in
+///   place; renaming over it would replace the device or the fifo with a regular file;
+/// - a symbolic link to a regular file: the file it names is replaced, the link stays.
 pub struct OutputFile {
     dest: PathBuf,
     target: OutputTarget,
@@ -375,12 +380,23 @@ impl OutputFile {
     /// Opens the output for `dest`; a destination that cannot be written (a directory, a
     /// missing directory) fails here, before any work.
     pub fn create(dest: &Path) -> io::Result<OutputFile> {
-        let target = if std::fs::metadata(dest).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-            OutputTarget::InPlace(std::fs::OpenOptions::new().write(true).open(dest)?)
-        } else {
-            OutputTarget::Scratch(ScratchFile::beside(dest)?)
-        };
-        Ok(OutputFile { dest: dest.to_owned(), target })
+        let in_place = |file| Ok(OutputFile { dest: dest.to_owned(), target: OutputTarget::InPlace(file) });
+        if let Ok(meta) = std::fs::metadata(dest) {
+            // (Standard output may be closed: then it is nothing `dest` could be.)
+            if let Ok(stdout) = std::os::fd::AsFd::as_fd(&io::stdout()).try_clone_to_owned().map(File::from) {
+                if stdout.metadata().is_ok_and(|out| (out.dev(), out.ino()) == (meta.dev(), meta.ino())) {
+                    return in_place(stdout);
+                }
+            }
+            if !meta.is_file() && !meta.is_dir() {
+                return in_place(std::fs::OpenOptions::new().write(true).open(dest)?);
+            }
+            if meta.is_file() && std::fs::symlink_metadata(dest)?.is_symlink() {
+                let target = std::fs::canonicalize(dest)?;
+                return Ok(OutputFile { target: OutputTarget::Scratch(ScratchFile::beside(&target)?), dest: target });
+            }
+        }
+        Ok(OutputFile { dest: dest.to_owned(), target: OutputTarget::Scratch(ScratchFile::beside(dest)?) })
     }
 
     /// Writes `bytes` to `dest` whole, or leaves it as it was.

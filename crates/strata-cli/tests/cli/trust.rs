@@ -437,10 +437,11 @@ fn messages_are_plain_single_and_placed() {
     assert!(stderr.contains("missing.toml") && stderr.contains("roots[0]"), "{stderr}");
 }
 
-/// An output that is a device or a fifo (`/dev/null`, `/dev/stdout`, `>(…)`) is written to,
-/// never replaced by a regular file (as tar does): the archive destinations, `export -o` and
-/// `sbom -o` alike. What comes out of the fifo is the output itself: the docker-archive
-/// written to a file, an OCI archive skopeo reads, the image's files, an SBOM.
+/// An output that is a device, a fifo (`/dev/null`, `>(…)`), strata's own standard output
+/// (`/dev/stdout`) or a link is written through, never replaced by a regular file (as tar
+/// does): the archive destinations, `export -o` and `sbom -o` alike. What comes out of the
+/// fifo is the output itself: the docker-archive written to a file, an OCI archive skopeo
+/// reads, the image's files, an SBOM.
 #[test]
 fn devices_and_fifos_are_written_to_not_replaced() {
     let dir = tempfile::tempdir().unwrap();
@@ -481,6 +482,29 @@ fn devices_and_fifos_are_written_to_not_replaced() {
     let sbom: serde_json::Value = serde_json::from_slice(&through_fifo(&["sbom", &source, "-o", f])).unwrap();
     assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
     assert_eq!(names_in(dir.path()), ["copied.tar", "fifo", "image.tar", "spec.toml"], "no scratch file left");
+
+    // `-o /dev/stdout` with standard output sent to a file (appended to, here): written
+    // through standard output as the shell opened it, never a file put in /dev/stdout's place.
+    let log = dir.path().join("log");
+    std::fs::write(&log, "before\n").unwrap();
+    let appended = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    run_ok(strata(&["sbom", &source, "-o", "/dev/stdout"]).stdout(appended));
+    let stdout_link = std::fs::symlink_metadata("/dev/stdout").unwrap().file_type().is_symlink();
+    if !stdout_link {
+        // Put back what the machine had, before failing.
+        let _ = std::fs::remove_file("/dev/stdout");
+        let _ = std::os::unix::fs::symlink("/proc/self/fd/1", "/dev/stdout");
+    }
+    assert!(stdout_link, "/dev/stdout was replaced");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("before\n{") && text.contains("SPDX-2.3"), "{text:.100}");
+    // A link to a regular file: the file is replaced, the link stays.
+    let (link, target) = (dir.path().join("link.json"), dir.path().join("target.json"));
+    std::fs::write(&target, "old").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    run_ok(strata(&["sbom", &source, "-o", link.to_str().unwrap()]));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link stays a link");
+    assert!(std::fs::read_to_string(&target).unwrap().contains("SPDX-2.3"));
 }
 
 /// #10.3: an archive compressed whole is decompressed to $TMPDIR, never past nine tenths of
