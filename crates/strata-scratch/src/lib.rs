@@ -3,7 +3,8 @@
 //! Outputs are never written in place. Each is made as a scratch file (or directory) named
 //! `.<stem>.<random>.partial`, beside its destination or in the temporary directory, and
 //! renamed into place once complete ([`ScratchFile::persist`]), flushed to disk first, so that
-//! a power cut too leaves the old content or the new. (A file staged inside a scratch
+//! a power cut too leaves the old content or the new. (What a rename would wrongly replace,
+//! a device, a fifo, the process's own standard output, is written through: [`OutputFile`].) (A file staged inside a scratch
 //! directory for an archive, which is flushed itself, is renamed unflushed:
 //! [`ScratchFile::persist_new_staged`].) Three promises hold:
 //!
