@@ -33,12 +33,12 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
     String::from_utf8(read_file(path, limit)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not UTF-8 text: {}", e.utf8_error())))
 }
 
-/// `limit` for people: in MiB where it is whole MiB.
+/// `limit` for people: in MiB or KiB where it is a whole number of them.
 fn size(limit: u64) -> String {
-    if limit >= 1 << 20 && limit.is_multiple_of(1 << 20) {
-        format!("{} MiB", limit >> 20)
-    } else {
-        format!("{limit} bytes")
+    match limit {
+        l if l >= 1 << 20 && l.is_multiple_of(1 << 20) => format!("{} MiB", l >> 20),
+        l if l >= 1 << 10 && l.is_multiple_of(1 << 10) => format!("{} KiB", l >> 10),
+        l => format!("{l} bytes"),
     }
 }
 

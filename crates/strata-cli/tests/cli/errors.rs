@@ -238,7 +238,7 @@ fn inputs_without_end_are_refused_at_their_bound() {
     for (args, named, why) in [
         (vec!["build", &zero("zero.toml")], "zero.toml", "larger than 256 MiB"),
         (vec!["build", spec, "--closure-graph", &zero("graph"), "-o", "oci:out"], "graph", "larger than 256 MiB"),
-        (vec!["verify", "docker://127.0.0.1:1/x:t", "--key", &zero("cosign.pub")], "cosign.pub", "larger than 65536 bytes"),
+        (vec!["verify", "docker://127.0.0.1:1/x:t", "--key", &zero("cosign.pub")], "cosign.pub", "larger than 64 KiB"),
         (vec!["inspect", "docker://127.0.0.1:1/x:t"], "auth.json", "more than a credentials file holds"),
     ] {
         let stderr = fails(strata(&args).env("REGISTRY_AUTH_FILE", &auth).current_dir(dir.path()));
