@@ -78,3 +78,19 @@ fn copy_to_root_and_working_dir() {
     let store_entries: Vec<&String> = layers.iter().flat_map(|l| l.keys()).filter(|k| k.contains("working-dir-layer")).collect();
     assert!(store_entries.is_empty(), "{store_entries:?}");
 }
+
+/// An engine that stops reading the stream and fails: its own message is reported, not the
+/// broken pipe strata saw. (A stand-in `podman` first on PATH: no real engine can be made to
+/// fail mid-stream at will.)
+#[test]
+fn an_engine_failing_mid_stream_is_reported_in_its_own_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let podman = bin.join("podman");
+    std::fs::write(&podman, "#!/bin/sh\nhead -c 100 >/dev/null\necho 'Error: payload does not match' >&2\nexit 125\n").unwrap();
+    std::fs::set_permissions(&podman, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let stderr = fails(strata(&["build", hello_spec(dir.path(), "strata-test-failing").to_str().unwrap(), "-o", "podman:"]).env("PATH", path));
+    assert!(stderr.contains("`podman load` failed: Error: payload does not match") && !stderr.contains("Broken pipe"), "{stderr}");
+}
