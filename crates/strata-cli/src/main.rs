@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 /// itself (poll reports an error on it once its reader is gone), so that a pipe broken
 /// elsewhere (`docker load` dying while strata feeds it) is still reported.
 fn broke_stdout(error: &anyhow::Error) -> bool {
-    let broken_pipe = error.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe));
+    let broken_pipe = strata_transport::is_broken_pipe(error.as_ref());
     let mut stdout = libc::pollfd { fd: libc::STDOUT_FILENO, events: libc::POLLOUT, revents: 0 };
     // SAFETY: poll(2) on one pollfd this function owns, without waiting.
     broken_pipe && unsafe { libc::poll(&mut stdout, 1, 0) } == 1 && stdout.revents & libc::POLLERR != 0

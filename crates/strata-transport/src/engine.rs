@@ -42,24 +42,12 @@ pub(crate) fn load_into<L: LayerTar>(
     let failed = || SinkError::EngineLoad { engine, stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned() };
     match written {
         // The engine stopped reading and failed: its own message says why.
-        Err(e) if !output.status.success() && broke_pipe(&e) => Err(failed()),
+        Err(e) if !output.status.success() && crate::is_broken_pipe(&e) => Err(failed()),
         // Ours first otherwise: the engine only saw a stream that ended early.
         Err(e) => Err(e),
         Ok(_) if !output.status.success() => Err(failed()),
         Ok(written) => Ok(written),
     }
-}
-
-/// Whether `error` comes of a pipe whose reader went away.
-fn broke_pipe(error: &SinkError) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
 }
 
 /// Docker reads zstd layers from version 23 on.

@@ -328,6 +328,18 @@ pub(crate) fn write_output<T>(output: OutputFile, path: &Path, write: impl FnOnc
     Ok(result)
 }
 
+/// Whether `error`, or one of its causes, is a write to a pipe whose reader went away.
+pub fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Runs `work` on every index in `0..n` on all cores, biggest `weight` first (so the longest
 /// jobs start early and the cores finish together), and returns the results in index order.
 /// The first error stops the remaining work and is returned.
