@@ -36,16 +36,12 @@ use strata_oci::platform::Platform;
 pub use strata_oci::reference::RegistryRef;
 use strata_scratch::ScratchFile;
 
-use crate::blobs::{layers_of, parse_json, BlobStore};
+use crate::blobs::{layers_of, parse_json, BlobStore, MAX_METADATA_SIZE};
 use crate::cache::{CachedBlob, LayerCache};
 pub use crate::credentials::Credentials;
 use crate::credentials::CredentialsError;
 use crate::progress::{Progress, Stage};
 use crate::SourceError;
-
-/// The largest manifest, index or referrers list read, as containers/image bounds them
-/// (4 MiB): a registry that sends more is cut off there, never buffered whole.
-const MAX_MANIFEST_SIZE: usize = 4 << 20;
 
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
@@ -217,11 +213,12 @@ impl Session {
     }
 
     /// GET of `path` in `reference`'s repository (`manifests/…`, `referrers/…`), read to at
-    /// most [`MAX_MANIFEST_SIZE`], with the digest the registry says the body has. Written
-    /// here rather than left to oci-client, whose `pull_manifest_raw` and `pull_referrers`
-    /// buffer whatever body comes: a hostile registry could fill the memory. Authenticated as
-    /// oci-client's requests are: the token of the last authentication, else the user's
-    /// credentials, sent only to the registry itself.
+    /// most [`MAX_METADATA_SIZE`] (what every manifest and index read is bounded by), with the
+    /// digest the registry says the body has. Written here rather than left to oci-client,
+    /// whose `pull_manifest_raw` and `pull_referrers` buffer whatever body comes: a hostile
+    /// registry could fill the memory. Authenticated as oci-client's requests are: the token
+    /// of the last authentication, else the user's credentials, sent only to the registry
+    /// itself.
     async fn get_bounded(&self, reference: &Reference, path: &str, accept: &str) -> Result<(bytes::Bytes, Option<String>), OciDistributionError> {
         let registry = reference.resolve_registry();
         let scheme = match &self.protocol {
@@ -258,8 +255,8 @@ impl Session {
         let said = response.headers().get("Docker-Content-Digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
-                let why = format!("{url} sends more than {} MiB, the most a manifest may have", MAX_MANIFEST_SIZE >> 20);
+            if (body.len() + chunk.len()) as u64 > MAX_METADATA_SIZE {
+                let why = format!("{url} sends more than {} MiB, the most a manifest may have", MAX_METADATA_SIZE >> 20);
                 return Err(OciDistributionError::IoError(std::io::Error::new(std::io::ErrorKind::FileTooLarge, why)));
             }
             body.extend_from_slice(&chunk);
@@ -792,11 +789,11 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
 }
 
 /// The small blob `digest` (a config, a payload) of `reference`'s repository, whole: read up
-/// to its declared size (at most [`crate::blobs::MAX_METADATA_SIZE`]) and checked against its
+/// to its declared size (at most [`MAX_METADATA_SIZE`]) and checked against its
 /// digest; `what` names it in errors.
 async fn fetch_small_blob(session: &Session, reference: &Reference, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>, RegistryError> {
     let name = digest.to_string();
-    let left = size.min(crate::blobs::MAX_METADATA_SIZE);
+    let left = size.min(MAX_METADATA_SIZE);
     let bytes = session
         .retry(&format!("reading {what}"), || async {
             let mut blob = Bounded { inner: Vec::new(), left };
