@@ -18,7 +18,7 @@ pub fn read_bounded(reader: impl Read, limit: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     reader.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
-        return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("larger than {}", size(limit))));
+        return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("larger than {}", human_size(limit))));
     }
     Ok(bytes)
 }
@@ -33,8 +33,8 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
     String::from_utf8(read_file(path, limit)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not UTF-8 text: {}", e.utf8_error())))
 }
 
-/// `limit` for people: in MiB or KiB where it is a whole number of them.
-fn size(limit: u64) -> String {
+/// `limit` bytes for people: in MiB or KiB where it is a whole number of them.
+pub fn human_size(limit: u64) -> String {
     match limit {
         l if l >= 1 << 20 && l.is_multiple_of(1 << 20) => format!("{} MiB", l >> 20),
         l if l >= 1 << 10 && l.is_multiple_of(1 << 10) => format!("{} KiB", l >> 10),

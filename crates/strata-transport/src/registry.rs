@@ -1,10 +1,8 @@
-//! Registries: `docker://HOST/REPO[:TAG|@DIGEST]` over the OCI distribution API, through the
-//! `oci-client` crate, with what it lacks added here: retries with backoff, credentials
-//! from the usual files, a memory of layer digests, and bounds on what a registry sends
-//! (manifests, indexes and referrers lists are read here, to at most 4 MiB; blobs to their
-//! declared size). Still read whole by oci-client: the token endpoint's answer and the body
-//! of an error, which a hostile registry could make endless; bounding them means taking
-//! over its authentication, which no registry here (htpasswd, basic auth) could test.
+//! Registries: `docker://HOST/REPO[:TAG|@DIGEST]` over the OCI distribution API: pushes,
+//! pulls, signatures and referrers, with retries and backoff, credentials from the usual
+//! files, and a memory of layer digests. The requests themselves, their authentication and
+//! the bounds on everything a registry sends (a manifest, index or referrers list to 4 MiB,
+//! a blob to its declared size, a token, an error's body) are [`client`]'s.
 //!
 //! Pushing costs what changed. The layer cache (`crate::cache`) knows, per layer and
 //! codec, the blob's digest and size, and in which repositories strata pushed it. So for a
@@ -22,10 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 
 use strata_oci::compress::Compression;
@@ -42,6 +36,9 @@ pub use crate::credentials::Credentials;
 use crate::credentials::CredentialsError;
 use crate::progress::{Progress, Stage};
 use crate::SourceError;
+
+mod client;
+use client::{Access, Client, HttpError};
 
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
@@ -67,15 +64,17 @@ pub enum RegistryError {
     PlainHttp { host: String },
     #[error("nothing listens at {host} (connection refused): is the registry running, and is the port right?")]
     Refused { host: String },
+    #[error("{host}'s certificate is not trusted ({why}): add its authority to the system's, or pass --tls-verify=false")]
+    Untrusted { host: String, why: String },
     #[error(transparent)]
     NotAsRecorded(#[from] strata_oci::image::NotAsRecorded),
 }
 
-/// oci-client's reference for `r`.
-fn client_ref(r: &RegistryRef) -> Reference {
+/// What names `r`'s manifest in its repository: its digest, else its tag (`latest` if none).
+fn manifest_target(r: &RegistryRef) -> String {
     match (&r.digest, &r.tag) {
-        (Some(d), _) => Reference::with_digest(r.host.clone(), r.repository.clone(), d.to_string()),
-        (None, tag) => Reference::with_tag(r.host.clone(), r.repository.clone(), tag.clone().unwrap_or_else(|| "latest".into())),
+        (Some(d), _) => d.to_string(),
+        (None, tag) => tag.clone().unwrap_or_else(|| "latest".into()),
     }
 }
 
@@ -113,15 +112,9 @@ impl RegistryOptions {
     }
 }
 
-/// A connection to one registry.
+/// A connection to one repository of one registry.
 struct Session {
     client: Client,
-    /// For the reads strata bounds itself ([`Session::get_bounded`]), with `client`'s settings.
-    http: reqwest::Client,
-    protocol: ClientProtocol,
-    /// The bearer token of the last authentication, if the registry gave one.
-    token: std::sync::Mutex<Option<String>>,
-    auth: RegistryAuth,
     user: Option<String>,
     host: String,
     runtime: Arc<tokio::runtime::Runtime>,
@@ -138,33 +131,21 @@ impl Session {
             Some(c) => Some(c.clone()),
             None => crate::credentials::stored(host, &repository.repository)?,
         };
-        let protocol = if options.tls_verify { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(vec![host.to_owned()]) };
-        let config =
-            ClientConfig { protocol: protocol.clone(), accept_invalid_certificates: !options.tls_verify, use_monolithic_push: true, ..ClientConfig::default() };
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(!options.tls_verify)
-            .user_agent(config.user_agent)
-            .build()
-            .map_err(|e| RegistryError::Request { host: host.to_owned(), what: "starting an HTTP client".into(), message: e.to_string() })?;
-        let runtime = options.runtime()?;
-        Ok(Session {
-            client: Client::new(config),
-            http,
-            protocol,
-            token: std::sync::Mutex::new(None),
-            auth: creds.as_ref().map_or(RegistryAuth::Anonymous, |c| RegistryAuth::Basic(c.user.clone(), c.password.clone())),
-            user: creds.map(|c| c.user),
+        let user = creds.as_ref().map(|c| c.user.clone());
+        let client = Client::new(host, &repository.repository, creds, options.tls_verify).map_err(|e| RegistryError::Request {
             host: host.to_owned(),
-            runtime,
-            answered: std::sync::atomic::AtomicBool::new(false),
-        })
+            what: "starting an HTTP client".into(),
+            message: e.to_string(),
+        })?;
+        let runtime = options.runtime()?;
+        Ok(Session { client, user, host: host.to_owned(), runtime, answered: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// Runs `op` with retries on dropped connections and 5xx answers; maps the final error.
     async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, RegistryError>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+        Fut: std::future::Future<Output = Result<T, HttpError>>,
     {
         let mut pause = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
@@ -177,6 +158,7 @@ impl Session {
                 }
                 Err(e) if plain_http(&e) => return Err(RegistryError::PlainHttp { host: self.host.clone() }),
                 Err(e) if !answered && refused(&e) => return Err(RegistryError::Refused { host: self.host.clone() }),
+                Err(e) if untrusted(&e) => return Err(RegistryError::Untrusted { host: self.host.clone(), why: root_cause(&e) }),
                 Err(e) if attempt < ATTEMPTS && retryable(&e) => {
                     tracing::warn!("{what} at {}: {}; trying again in {pause:?}", self.host, describe(&e));
                     tokio::time::sleep(pause).await;
@@ -188,108 +170,46 @@ impl Session {
         unreachable!("the last attempt returns")
     }
 
-    fn error(&self, what: &str, e: &OciDistributionError) -> RegistryError {
+    fn error(&self, what: &str, e: &HttpError) -> RegistryError {
         if is_unauthorized(e) {
             return RegistryError::Unauthorized { host: self.host.clone(), user: self.user.clone() };
         }
         RegistryError::Request { host: self.host.clone(), what: what.to_owned(), message: describe(e) }
     }
 
-    /// The bearer token of the last authentication (a panic while it was held leaves it whole).
-    fn token(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    async fn authenticate(&self, access: Access) -> Result<(), RegistryError> {
+        self.retry("authenticating", || self.client.authenticate(access)).await
     }
 
-    async fn authenticate(&self, reference: &Reference, operation: RegistryOperation) -> Result<(), RegistryError> {
-        let token = self.retry("authenticating", || self.client.auth(reference, &self.auth, operation)).await?;
-        *self.token() = token;
-        Ok(())
-    }
-
-    /// The manifest or index `reference` names, and the digest the registry says it has.
-    async fn get_manifest(&self, reference: &Reference) -> Result<(bytes::Bytes, Option<String>), OciDistributionError> {
-        let target = reference.digest().or(reference.tag()).unwrap_or("latest");
-        self.get_bounded(reference, &format!("manifests/{target}"), &ACCEPTED.join(", ")).await
-    }
-
-    /// GET of `path` in `reference`'s repository (`manifests/…`, `referrers/…`), read to at
-    /// most [`MAX_METADATA_SIZE`] (what every manifest and index read is bounded by), with the
-    /// digest the registry says the body has. Written here rather than left to oci-client,
-    /// whose `pull_manifest_raw` and `pull_referrers` buffer whatever body comes: a hostile
-    /// registry could fill the memory. Authenticated as oci-client's requests are: the token
-    /// of the last authentication, else the user's credentials, sent only to the registry
-    /// itself.
-    async fn get_bounded(&self, reference: &Reference, path: &str, accept: &str) -> Result<(bytes::Bytes, Option<String>), OciDistributionError> {
-        let registry = reference.resolve_registry();
-        let scheme = match &self.protocol {
-            ClientProtocol::HttpsExcept(plain) if plain.iter().any(|h| h == registry) => "http",
-            ClientProtocol::Http => "http",
-            _ => "https",
-        };
-        let url = format!("{scheme}://{registry}/v2/{}/{path}", reference.repository());
-        let send = || {
-            let request = self.http.get(&url).header(http::header::ACCEPT, accept);
-            match (self.token().clone(), &self.auth) {
-                (Some(token), _) => request.bearer_auth(token),
-                (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-                (None, _) => request,
-            }
-            .send()
-        };
-        let mut response = send().await?;
-        let had_token = self.token().is_some();
-        if response.status() == http::StatusCode::UNAUTHORIZED && had_token {
-            // The token has expired (a long push before): another, once.
-            let token = self.client.auth(reference, &self.auth, RegistryOperation::Pull).await?;
-            *self.token() = token;
-            response = send().await?;
-        }
-        let status = response.status();
-        if !status.is_success() {
-            return Err(match status.as_u16() {
-                401 => OciDistributionError::UnauthorizedError { url },
-                404 => OciDistributionError::ImageManifestNotFoundError(url),
-                code => OciDistributionError::ServerError { code, url, message: status.to_string() },
-            });
-        }
-        let said = response.headers().get("Docker-Content-Digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if (body.len() + chunk.len()) as u64 > MAX_METADATA_SIZE {
-                let why = format!("{url} sends more than {} MiB, the most a manifest may have", MAX_METADATA_SIZE >> 20);
-                return Err(OciDistributionError::IoError(std::io::Error::new(std::io::ErrorKind::FileTooLarge, why)));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((body.into(), said))
+    /// The manifest or index `target` (a tag or a digest) names, and the digest the registry
+    /// says it has.
+    async fn get_manifest(&self, target: &str) -> Result<(Vec<u8>, Option<String>), HttpError> {
+        self.client.get_bounded(&format!("manifests/{target}"), &ACCEPTED.join(", "), MAX_METADATA_SIZE, "the most a manifest may have").await
     }
 }
 
-fn retryable(e: &OciDistributionError) -> bool {
+fn retryable(e: &HttpError) -> bool {
     match e {
-        OciDistributionError::RequestError(r) => {
-            r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() || r.status().is_some_and(|s| s.is_server_error())
-        }
-        OciDistributionError::ServerError { code, .. } => *code >= 500,
-        // Sent more than the blob's size: the same would come again.
-        OciDistributionError::IoError(e) => e.kind() != std::io::ErrorKind::FileTooLarge,
-        _ => false,
+        HttpError::Transport(r) => r.is_connect() || r.is_timeout() || r.is_request() || r.is_body(),
+        HttpError::Status { status, .. } => status.is_server_error() || *status == reqwest::StatusCode::TOO_MANY_REQUESTS,
+        // A dropped connection while a blob is written down; not a blob larger than declared,
+        // which would come again.
+        HttpError::Io(e) => e.kind() != std::io::ErrorKind::FileTooLarge,
+        HttpError::TooLarge { .. } | HttpError::Token { .. } | HttpError::Protocol { .. } => false,
     }
 }
 
-fn is_unauthorized(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => true,
-        OciDistributionError::ServerError { code, .. } => *code == 401,
-        OciDistributionError::RequestError(r) => r.status().is_some_and(|s| s.as_u16() == 401),
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| e.code == oci_client::errors::OciErrorCode::Unauthorized),
-        _ => false,
-    }
+fn is_unauthorized(e: &HttpError) -> bool {
+    e.status() == Some(reqwest::StatusCode::UNAUTHORIZED)
 }
 
-/// The error's message with every cause, each once, and the URL's query (upload state
-/// tokens) left out.
-fn describe(e: &OciDistributionError) -> String {
+fn not_found(e: &HttpError) -> bool {
+    e.status() == Some(reqwest::StatusCode::NOT_FOUND)
+}
+
+/// The error's message with every cause, each once, and URLs' queries (an upload's state,
+/// a signed URL's secret) left out.
+fn describe(e: &HttpError) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = next {
@@ -299,11 +219,32 @@ fn describe(e: &OciDistributionError) -> String {
         }
         next = err.source();
     }
-    parts.join(": ").split('?').next().unwrap_or_default().to_owned()
+    without_queries(&parts.join(": "))
+}
+
+/// `text` with each URL's query left out: from a `?` to the end of the URL (a space, a `)`,
+/// or the `: ` after it).
+fn without_queries(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '?' {
+            out.push(c);
+            continue;
+        }
+        while let Some(&next) = chars.peek() {
+            let colon_ends = next == ':' && chars.clone().nth(1).is_none_or(char::is_whitespace);
+            if next.is_whitespace() || next == ')' || colon_ends {
+                break;
+            }
+            chars.next();
+        }
+    }
+    out
 }
 
 /// The innermost cause of `e`.
-fn root_cause(e: &OciDistributionError) -> String {
+fn root_cause(e: &HttpError) -> String {
     let mut err: &dyn std::error::Error = e;
     while let Some(source) = err.source() {
         err = source;
@@ -312,13 +253,18 @@ fn root_cause(e: &OciDistributionError) -> String {
 }
 
 /// A TLS handshake answered in plain HTTP (rustls sees a record that is not TLS).
-fn plain_http(e: &OciDistributionError) -> bool {
+fn plain_http(e: &HttpError) -> bool {
     let cause = root_cause(e);
     cause.contains("InvalidContentType") || cause.contains("corrupt message")
 }
 
-fn refused(e: &OciDistributionError) -> bool {
+fn refused(e: &HttpError) -> bool {
     root_cause(e).contains("Connection refused")
+}
+
+/// A certificate rustls refused: the same would come again.
+fn untrusted(e: &HttpError) -> bool {
+    root_cause(e).contains("invalid peer certificate")
 }
 
 /// What a push did, for the caller's report.
@@ -368,10 +314,8 @@ pub fn push_index<L: LayerTar>(
         let listed: Vec<(Platform, &[u8])> = pushed.iter().map(|(p, one)| (p.clone(), one.manifest.as_slice())).collect();
         let index = crate::index_bytes(&listed, keep);
         let index_digest = Digest::of(&index);
-        let reference = client_ref(dest);
-        let body = bytes::Bytes::from(index);
-        let content_type = reqwest_header(MediaType::ImageIndex.to_string());
-        session.retry("uploading the index", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
+        let (target, media_type) = (manifest_target(dest), MediaType::ImageIndex.to_string());
+        session.retry("uploading the index", || session.client.put_manifest(&target, &media_type, &index)).await?;
         let images = pushed
             .into_iter()
             .map(|(platform, one)| {
@@ -412,12 +356,11 @@ async fn push_async<L: LayerTar>(
     progress: &Arc<dyn Progress>,
     target: Target,
 ) -> Result<Pushed, RegistryError> {
-    let reference = client_ref(dest);
-    session.authenticate(&reference, RegistryOperation::Push).await?;
+    session.authenticate(Access::Push).await?;
     let here = format!("{}/{}", dest.host, dest.repository);
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let push = Push { session, reference: &reference, here: &here, cache, progress, image, compression, made: AtomicUsize::new(0) };
+    let push = Push { session, here: &here, cache, progress, image, compression, made: AtomicUsize::new(0) };
 
     let results: Vec<(LayerBlob, Outcome)> =
         futures_util::stream::iter(layers.iter().enumerate()).map(|(i, layer)| push_layer(&push, *layer, i)).buffered(cores.max(2)).try_collect().await?;
@@ -428,15 +371,14 @@ async fn push_async<L: LayerTar>(
     let config_digest = Digest::of(&config);
     let blobs: Vec<LayerBlob> = results.iter().map(|(l, _)| l.clone()).collect();
     let manifest = image.manifest_checked(&config, &blobs)?;
-    ensure_blob(session, &reference, &config, "the config").await?;
+    ensure_blob(session, &config, "the config").await?;
     let manifest_digest = Digest::of(&manifest);
-    let body = bytes::Bytes::from(manifest.clone());
-    let content_type = reqwest_header(MediaType::ImageManifest.to_string());
-    let manifest_ref = match target {
-        Target::Tag => reference.clone(),
-        Target::Digest => Reference::with_digest(dest.host.clone(), dest.repository.clone(), manifest_digest.to_string()),
+    let manifest_at = match target {
+        Target::Tag => manifest_target(dest),
+        Target::Digest => manifest_digest.to_string(),
     };
-    session.retry("uploading the manifest", || session.client.push_manifest_raw(&manifest_ref, body.clone(), content_type.clone())).await?;
+    let media_type = MediaType::ImageManifest.to_string();
+    session.retry("uploading the manifest", || session.client.put_manifest(&manifest_at, &media_type, &manifest)).await?;
 
     cache.remember_pushed(results.iter().map(|(layer, _)| &layer.digest), &here);
     let count = |o: Outcome| results.iter().filter(|(_, r)| *r == o).count();
@@ -452,15 +394,10 @@ async fn push_async<L: LayerTar>(
     })
 }
 
-fn reqwest_header(value: String) -> http::HeaderValue {
-    http::HeaderValue::from_str(&value).expect("media types are valid header values")
-}
-
 /// Makes sure one layer is in the repository: already there, mounted, or uploaded.
 /// What every layer of one push shares.
 struct Push<'a, L> {
     session: &'a Session,
-    reference: &'a Reference,
     /// `HOST/REPOSITORY` pushed to.
     here: &'a str,
     cache: &'a LayerCache,
@@ -471,7 +408,7 @@ struct Push<'a, L> {
 }
 
 async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
-    let Push { session, reference, here, cache, progress, image, compression, .. } = *push;
+    let Push { session, here, cache, progress, image, compression, .. } = *push;
     let recode = image.recode_into(&layer);
     // What names the blob before it is made; a base layer copied as it is has its digest already.
     let key = crate::cache_key(image, layer, compression);
@@ -484,7 +421,7 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         _ => None,
     };
     if let Some(known) = &known {
-        if let Some(outcome) = find_or_mount(session, reference, here, cache, &known.digest, origin).await? {
+        if let Some(outcome) = find_or_mount(session, here, cache, &known.digest, origin).await? {
             return Ok((known.clone(), outcome));
         }
     }
@@ -492,13 +429,8 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         // Copied as it is: streamed from the source, verified on the way, never staged on disk
         // (a registry-to-registry copy writes each blob once, where the pull puts it).
         let blob = base.layers[j].clone();
-        let digest = blob.digest.to_string();
-        session
-            .retry(&format!("uploading layer {index}"), || async {
-                let stream = counted(blob_stream(base.clone(), j), index, blob.size, progress);
-                session.client.push_blob_stream(reference, stream, &digest, Some(blob.size)).await
-            })
-            .await?;
+        let body = || Ok(reqwest::Body::wrap_stream(counted(blob_stream(base.clone(), j), index, blob.size, progress)));
+        session.retry(&format!("uploading layer {index}"), || session.client.upload(&blob.digest, blob.size, body)).await?;
         return Ok((blob, Outcome::Uploaded));
     }
     // Not in the registry: make the blob (compressing a built layer) in a scratch file, on
@@ -520,46 +452,30 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         cache.put(&fingerprint, codec, &CachedBlob::of(&made));
     }
     if known.is_none() {
-        if let Some(outcome) = find_or_mount(session, reference, here, cache, &made.digest, None).await? {
+        if let Some(outcome) = find_or_mount(session, here, cache, &made.digest, None).await? {
             return Ok((made, outcome));
         }
     }
-    let path = staging.path().to_owned();
-    let digest = made.digest.to_string();
-    session
-        .retry(&format!("uploading {what}"), || async {
-            let file = tokio::fs::File::open(&path).await?;
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map_err(OciDistributionError::IoError);
-            session.client.push_blob_stream(reference, counted(stream, index, made.size, progress), &digest, Some(made.size)).await
-        })
-        .await?;
+    let body = || {
+        let file = tokio::fs::File::from_std(staging.reopen()?);
+        Ok(reqwest::Body::wrap_stream(counted(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20), index, made.size, progress)))
+    };
+    session.retry(&format!("uploading {what}"), || session.client.upload(&made.digest, made.size, body)).await?;
     Ok((made, Outcome::Uploaded))
 }
 
 /// `Present` if the repository has the blob, `Mounted` if another repository of the same
 /// registry had it (the one it was pulled from, or one strata pushed it to) and it could be
 /// mounted, else `None`.
-async fn find_or_mount(
-    session: &Session,
-    reference: &Reference,
-    here: &str,
-    cache: &LayerCache,
-    digest: &Digest,
-    origin: Option<String>,
-) -> Result<Option<Outcome>, RegistryError> {
-    let d = digest.to_string();
-    if session.retry("checking a layer", || session.client.blob_exists(reference, &d)).await? {
+async fn find_or_mount(session: &Session, here: &str, cache: &LayerCache, digest: &Digest, origin: Option<String>) -> Result<Option<Outcome>, RegistryError> {
+    if session.retry("checking a layer", || session.client.has_blob(digest)).await? {
         return Ok(Some(Outcome::Present));
     }
     let host_prefix = format!("{}/", session.host);
     let others: Vec<String> = origin.into_iter().chain(cache.pushed_to(digest)).filter(|r| r.starts_with(&host_prefix) && r.as_str() != here).collect();
     for other in others {
-        let from = Reference::with_tag(session.host.clone(), other[host_prefix.len()..].to_owned(), "latest".to_owned());
-        let from_pull = session.client.auth(&from, &session.auth, RegistryOperation::Pull).await;
-        if from_pull.is_ok()
-            && session.client.mount_blob(reference, &from, &d).await.is_ok()
-            && session.client.blob_exists(reference, &d).await.unwrap_or(false)
-        {
+        // A mount that fails (no access to the other repository, the blob gone) is an upload.
+        if session.client.mount(digest, &other[host_prefix.len()..]).await.unwrap_or(false) && session.client.has_blob(digest).await.unwrap_or(false) {
             return Ok(Some(Outcome::Mounted));
         }
     }
@@ -577,10 +493,10 @@ pub struct Pulled {
 /// Reads a manifest (choosing this platform's from an index), its config, and its layer
 /// list from a registry; blobs are fetched later through [`RegistryBlobs`].
 pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<Pulled, RegistryError> {
-    let (session, mut reference) = pull_session(source, options)?;
+    let session = pull_session(source, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
-        let mut bytes = fetch_manifest(&session, source, &reference, source.digest).await?;
+        let mut bytes = fetch_manifest(&session, source, &manifest_target(source), source.digest).await?;
         if is_index(&bytes) {
             let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
             let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| bad(format!("index: {e}")))?;
@@ -590,14 +506,13 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
                 .find(|m| m.platform().as_ref().is_some_and(|p| platform.matches(p)))
                 .ok_or_else(|| bad(format!("the index has no image for {platform}")))?;
             let chosen_digest = Digest::try_from(chosen.digest()).map_err(|e| bad(format!("index: {e}")))?;
-            reference = Reference::with_digest(source.host.clone(), source.repository.clone(), chosen_digest.to_string());
-            bytes = fetch_manifest(&session, source, &reference, Some(chosen_digest)).await?;
+            bytes = fetch_manifest(&session, source, &chosen_digest.to_string(), Some(chosen_digest)).await?;
         }
         let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
         let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
         let config_digest: Digest = Digest::try_from(manifest.config().digest()).map_err(|e| bad(format!("config: {e}")))?;
-        let config = fetch_small_blob(&session, &reference, &config_digest, manifest.config().size(), &format!("{source}: config")).await?;
-        Ok(Pulled { config, manifest_bytes: bytes.to_vec(), manifest, blobs: RegistryBlobs { session: Arc::new(session), reference: reference.clone() } })
+        let config = fetch_small_blob(&session, &config_digest, manifest.config().size(), &format!("{source}: config")).await?;
+        Ok(Pulled { config, manifest_bytes: bytes, manifest, blobs: RegistryBlobs { session: Arc::new(session) } })
     })
 }
 
@@ -609,10 +524,11 @@ const ACCEPTED: [&str; 4] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/// The manifest or index `reference` names, checked against the digest that named it
-/// (`expected`: the reference's, or an index entry's) and the one the registry says it has.
-async fn fetch_manifest(session: &Session, source: &RegistryRef, reference: &Reference, expected: Option<Digest>) -> Result<bytes::Bytes, RegistryError> {
-    let (bytes, said) = session.retry("reading the manifest", || session.get_manifest(reference)).await?;
+/// The manifest or index `target` (a tag or digest of `source`'s repository) names, checked
+/// against the digest that named it (`expected`: the reference's, or an index entry's) and
+/// the one the registry says it has.
+async fn fetch_manifest(session: &Session, source: &RegistryRef, target: &str, expected: Option<Digest>) -> Result<Vec<u8>, RegistryError> {
+    let (bytes, said) = session.retry("reading the manifest", || session.get_manifest(target)).await?;
     let actual = Digest::of(&bytes);
     if let Some(expected) = expected.filter(|e| *e != actual) {
         return Err(RegistryError::DigestMismatch { what: format!("{source}: manifest"), expected, actual });
@@ -632,34 +548,31 @@ fn is_index(bytes: &[u8]) -> bool {
 fn with_top_manifest<T>(
     reference: &RegistryRef,
     options: &RegistryOptions,
-    then: impl AsyncFnOnce(&Session, bytes::Bytes) -> Result<T, RegistryError>,
+    then: impl AsyncFnOnce(&Session, Vec<u8>) -> Result<T, RegistryError>,
 ) -> Result<T, RegistryError> {
-    let (session, client_reference) = pull_session(reference, options)?;
+    let session = pull_session(reference, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
-        let bytes = fetch_manifest(&session, reference, &client_reference, reference.digest).await?;
+        let bytes = fetch_manifest(&session, reference, &manifest_target(reference), reference.digest).await?;
         then(&session, bytes).await
     })
 }
 
-/// A session with `source`'s registry, authenticated to pull from its repository, and the
-/// reference that names it there.
-fn pull_session(source: &RegistryRef, options: &RegistryOptions) -> Result<(Session, Reference), RegistryError> {
+/// A session with `source`'s repository, authenticated to pull from it.
+fn pull_session(source: &RegistryRef, options: &RegistryOptions) -> Result<Session, RegistryError> {
     let session = Session::new(source, options)?;
-    let reference = client_ref(source);
-    session.runtime.clone().block_on(session.authenticate(&reference, RegistryOperation::Pull))?;
-    Ok((session, reference))
+    session.runtime.clone().block_on(session.authenticate(Access::Pull))?;
+    Ok(session)
 }
 
 /// The image index `source` names, if it names one.
 pub(crate) fn index_of(source: &RegistryRef, options: &RegistryOptions) -> Result<Option<Vec<u8>>, RegistryError> {
-    with_top_manifest(source, options, async |_, bytes| Ok(is_index(&bytes).then(|| bytes.to_vec())))
+    with_top_manifest(source, options, async |_, bytes| Ok(is_index(&bytes).then_some(bytes)))
 }
 
 /// Fetches blobs of one repository.
 pub struct RegistryBlobs {
     session: Arc<Session>,
-    reference: Reference,
 }
 
 impl RegistryBlobs {
@@ -667,8 +580,7 @@ impl RegistryBlobs {
     /// whose digest and size are known already (each fixed-output derivation of
     /// `pullImageFromManifest` fetches one).
     pub fn of(source: &RegistryRef, options: &RegistryOptions) -> Result<RegistryBlobs, RegistryError> {
-        let (session, reference) = pull_session(source, options)?;
-        Ok(RegistryBlobs { session: Arc::new(session), reference })
+        Ok(RegistryBlobs { session: Arc::new(pull_session(source, options)?) })
     }
 
     /// Downloads blob `digest` into an anonymous temporary file and returns it, rewound.
@@ -677,14 +589,15 @@ impl RegistryBlobs {
     pub fn fetch(&self, digest: &Digest, size: u64) -> Result<std::fs::File, RegistryError> {
         let session = &self.session;
         session.runtime.block_on(async {
-            let name = digest.to_string();
             session
                 .retry(&format!("downloading {digest}"), || async {
-                    let file = tempfile::tempfile()?;
-                    let mut out = Bounded { inner: tokio::fs::File::from_std(file.try_clone()?), left: size };
-                    session.client.pull_blob(&self.reference, name.as_str(), &mut out).await?;
-                    tokio::io::AsyncWriteExt::flush(&mut out).await?;
-                    let mut file = file;
+                    let mut response = session.client.get_blob(digest).await?;
+                    let mut file = tempfile::tempfile()?;
+                    let mut left = size;
+                    while let Some(chunk) = response.chunk().await? {
+                        left = left.checked_sub(chunk.len() as u64).ok_or_else(|| more_than_declared(digest, size))?;
+                        std::io::Write::write_all(&mut file, &chunk)?;
+                    }
                     std::io::Seek::rewind(&mut file)?;
                     Ok(file)
                 })
@@ -717,9 +630,9 @@ fn counted<S>(
     index: usize,
     size: u64,
     progress: &Arc<dyn Progress>,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static
 where
-    S: futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static,
+    S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
 {
     progress.start(index, Stage::Uploading, size);
     let progress = progress.clone();
@@ -735,7 +648,7 @@ where
 
 /// Layer `index` of `base` as a stream of chunks, read (and verified: a corrupt blob ends
 /// the stream with an error) on a blocking thread.
-fn blob_stream(base: SourceImage, index: usize) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> {
+fn blob_stream(base: SourceImage, index: usize) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
         let mut reader = match base.open_layer(index) {
@@ -757,48 +670,22 @@ fn blob_stream(base: SourceImage, index: usize) -> impl futures_util::Stream<Ite
             }
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item.map_err(OciDistributionError::IoError), rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
-/// A writer that takes at most `left` more bytes, then fails.
-struct Bounded<W> {
-    inner: W,
-    left: u64,
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        if buf.len() as u64 > self.left {
-            let err = std::io::Error::new(std::io::ErrorKind::FileTooLarge, "the registry sent more bytes than the blob's size");
-            return std::task::Poll::Ready(Err(err));
-        }
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &polled {
-            self.left -= *n as u64;
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+/// A blob that came longer than its descriptor said.
+fn more_than_declared(digest: &Digest, size: u64) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("the registry sent more of {digest} than its {size} bytes"))
 }
 
 /// The small blob `digest` (a config, a payload) of `reference`'s repository, whole: read up
 /// to its declared size (at most [`MAX_METADATA_SIZE`]) and checked against its
 /// digest; `what` names it in errors.
-async fn fetch_small_blob(session: &Session, reference: &Reference, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>, RegistryError> {
-    let name = digest.to_string();
-    let left = size.min(MAX_METADATA_SIZE);
+async fn fetch_small_blob(session: &Session, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>, RegistryError> {
+    let limit = size.min(MAX_METADATA_SIZE);
     let bytes = session
         .retry(&format!("reading {what}"), || async {
-            let mut blob = Bounded { inner: Vec::new(), left };
-            session.client.pull_blob(reference, name.as_str(), &mut blob).await?;
-            Ok(blob.inner)
+            client::read_bounded(session.client.get_blob(digest).await?, limit, "the size its descriptor gives (4 MiB at most)").await
         })
         .await?;
     if Digest::of(&bytes) != *digest {
@@ -808,11 +695,11 @@ async fn fetch_small_blob(session: &Session, reference: &Reference, digest: &Dig
 }
 
 /// Makes sure the small blob `bytes` is in `reference`'s repository (pushed unless it is).
-async fn ensure_blob(session: &Session, reference: &Reference, bytes: &[u8], what: &str) -> Result<(), RegistryError> {
-    let name = Digest::of(bytes).to_string();
-    if !session.retry(&format!("checking {what}"), || session.client.blob_exists(reference, &name)).await? {
-        let body = bytes::Bytes::from(bytes.to_vec());
-        session.retry(&format!("uploading {what}"), || session.client.push_blob(reference, body.clone(), &name)).await?;
+async fn ensure_blob(session: &Session, bytes: &[u8], what: &str) -> Result<(), RegistryError> {
+    let digest = Digest::of(bytes);
+    if !session.retry(&format!("checking {what}"), || session.client.has_blob(&digest)).await? {
+        let body = || Ok(reqwest::Body::from(bytes.to_vec()));
+        session.retry(&format!("uploading {what}"), || session.client.upload(&digest, bytes.len() as u64, body)).await?;
     }
     Ok(())
 }
@@ -843,9 +730,8 @@ pub fn signatures(repository: &RegistryRef, digest: &Digest, options: &RegistryO
 }
 
 async fn stored_signatures(session: &Session, repository: &RegistryRef, digest: &Digest) -> Result<Vec<StoredSignature>, RegistryError> {
-    let reference = Reference::with_tag(repository.host.clone(), repository.repository.clone(), signature_tag(digest));
-    session.authenticate(&reference, RegistryOperation::Pull).await?;
-    let bytes = match session.get_manifest(&reference).await {
+    session.authenticate(Access::Pull).await?;
+    let bytes = match session.get_manifest(&signature_tag(digest)).await {
         Ok((bytes, _)) => bytes,
         Err(e) if not_found(&e) => return Ok(vec![]),
         Err(e) => return Err(session.error("reading the signatures", &e)),
@@ -856,7 +742,7 @@ async fn stored_signatures(session: &Session, repository: &RegistryRef, digest: 
     for layer in manifest.layers() {
         let Some(signature) = layer.annotations().as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION)).cloned() else { continue };
         let layer_digest = Digest::try_from(layer.digest()).map_err(|e| bad(e.to_string()))?;
-        let payload = fetch_small_blob(session, &reference, &layer_digest, layer.size(), "a signature's payload").await?;
+        let payload = fetch_small_blob(session, &layer_digest, layer.size(), "a signature's payload").await?;
         found.push(StoredSignature { payload, signature });
     }
     Ok(found)
@@ -874,8 +760,7 @@ pub fn push_signature(repository: &RegistryRef, digest: &Digest, signature: Stor
     let session = Session::new(repository, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
-        let reference = Reference::with_tag(repository.host.clone(), repository.repository.clone(), signature_tag(digest));
-        session.authenticate(&reference, RegistryOperation::Push).await?;
+        session.authenticate(Access::Push).await?;
         let mut all = stored_signatures(&session, repository, digest).await?;
         if !all.contains(&signature) {
             all.push(signature);
@@ -883,7 +768,7 @@ pub fn push_signature(repository: &RegistryRef, digest: &Digest, signature: Stor
         let mut layers = Vec::new();
         for s in &all {
             let payload_digest = Digest::of(&s.payload);
-            ensure_blob(&session, &reference, &s.payload, "a signature's payload").await?;
+            ensure_blob(&session, &s.payload, "a signature's payload").await?;
             let mut layer = oci_spec::image::Descriptor::new(
                 MediaType::Other(PAYLOAD_MEDIA_TYPE.into()),
                 s.payload.len() as u64,
@@ -900,7 +785,7 @@ pub fn push_signature(repository: &RegistryRef, digest: &Digest, signature: Stor
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
         }));
         let config_digest = Digest::of(&config);
-        ensure_blob(&session, &reference, &config, "the signature's config").await?;
+        ensure_blob(&session, &config, "the signature's config").await?;
         let manifest = oci_spec::image::ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
@@ -908,22 +793,10 @@ pub fn push_signature(repository: &RegistryRef, digest: &Digest, signature: Stor
             .layers(layers)
             .build()
             .expect("every required manifest field is set");
-        let body = bytes::Bytes::from(strata_oci::canonical::canonical_json(&manifest));
-        let content_type = reqwest_header(MediaType::ImageManifest.to_string());
-        session.retry("uploading the signature", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
+        let (body, tag, media_type) = (strata_oci::canonical::canonical_json(&manifest), signature_tag(digest), MediaType::ImageManifest.to_string());
+        session.retry("uploading the signature", || session.client.put_manifest(&tag, &media_type, &body)).await?;
         Ok(())
     })
-}
-
-fn not_found(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        OciDistributionError::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, oci_client::errors::OciErrorCode::ManifestUnknown | oci_client::errors::OciErrorCode::NameUnknown))
-        }
-        _ => false,
-    }
 }
 
 /// The digest and size of the manifest (or index) `reference` names.
@@ -958,14 +831,13 @@ pub fn attach(
     let runtime = session.runtime.clone();
     runtime.block_on(async {
         let (subject_digest, subject_size) = subject;
-        let at = |tag: String| Reference::with_tag(repository.host.clone(), repository.repository.clone(), tag);
-        let reference = at(referrers_tag(subject_digest));
-        session.authenticate(&reference, RegistryOperation::Push).await?;
+        let tag = referrers_tag(subject_digest);
+        session.authenticate(Access::Push).await?;
         let descriptor = |media_type: MediaType, bytes: &[u8]| {
             oci_spec::image::Descriptor::new(media_type, bytes.len() as u64, oci_spec::image::Digest::from(Digest::of(bytes)))
         };
         for blob in [EMPTY_CONFIG, content.as_slice()] {
-            ensure_blob(&session, &reference, blob, "an artifact's blob").await?;
+            ensure_blob(&session, blob, "an artifact's blob").await?;
         }
         let subject_descriptor = oci_spec::image::Descriptor::new(MediaType::ImageManifest, subject_size, oci_spec::image::Digest::from(*subject_digest));
         let mut manifest = oci_spec::image::ImageManifestBuilder::default()
@@ -979,17 +851,15 @@ pub fn attach(
         manifest.set_subject(Some(subject_descriptor));
         let bytes = strata_oci::canonical::canonical_json(&manifest);
         let digest = Digest::of(&bytes);
-        let by_digest = Reference::with_digest(repository.host.clone(), repository.repository.clone(), digest.to_string());
-        let body = bytes::Bytes::from(bytes.clone());
-        let content_type = reqwest_header(MediaType::ImageManifest.to_string());
-        session.retry("uploading the artifact", || session.client.push_manifest_raw(&by_digest, body.clone(), content_type.clone())).await?;
+        let (by_digest, media_type) = (digest.to_string(), MediaType::ImageManifest.to_string());
+        session.retry("uploading the artifact", || session.client.put_manifest(&by_digest, &media_type, &bytes)).await?;
         let referrer = Referrer { digest, size: bytes.len() as u64, artifact_type: Some(artifact_type.to_owned()) };
         let listed = referrers_of(&session, repository, subject_digest).await?;
         if listed.iter().any(|r| r.digest == digest) {
             return Ok(referrer);
         }
         // The referrers tag schema: the index at the subject's tag, with the artifact added.
-        let mut entries: Vec<oci_spec::image::Descriptor> = match session.get_manifest(&reference).await {
+        let mut entries: Vec<oci_spec::image::Descriptor> = match session.get_manifest(&tag).await {
             Ok((bytes, _)) => serde_json::from_slice::<ImageIndex>(&bytes).map(|i| i.manifests().clone()).unwrap_or_default(),
             Err(e) if not_found(&e) => vec![],
             Err(e) => return Err(session.error("reading the referrers index", &e)),
@@ -999,9 +869,8 @@ pub fn attach(
         entries.push(entry);
         let index =
             oci_spec::image::ImageIndexBuilder::default().schema_version(2u32).media_type(MediaType::ImageIndex).manifests(entries).build().expect("an index");
-        let body = bytes::Bytes::from(strata_oci::canonical::canonical_json(&index));
-        let content_type = reqwest_header(MediaType::ImageIndex.to_string());
-        session.retry("uploading the referrers index", || session.client.push_manifest_raw(&reference, body.clone(), content_type.clone())).await?;
+        let (body, media_type) = (strata_oci::canonical::canonical_json(&index), MediaType::ImageIndex.to_string());
+        session.retry("uploading the referrers index", || session.client.put_manifest(&tag, &media_type, &body)).await?;
         Ok(referrer)
     })
 }
@@ -1009,11 +878,10 @@ pub fn attach(
 /// What is attached to the manifest `digest` in `repository`: the registry's referrers API,
 /// else (where it answers 404) the referrers tag schema's index, else nothing.
 async fn referrers_of(session: &Session, repository: &RegistryRef, digest: &Digest) -> Result<Vec<Referrer>, RegistryError> {
-    let subject = Reference::with_digest(repository.host.clone(), repository.repository.clone(), digest.to_string());
-    let tagged = Reference::with_tag(repository.host.clone(), repository.repository.clone(), referrers_tag(digest));
+    let (tagged, api) = (referrers_tag(digest), format!("referrers/{digest}"));
     let listed = session
         .retry("reading the referrers", || async {
-            match session.get_bounded(&subject, &format!("referrers/{digest}"), MediaType::ImageIndex.as_ref()).await {
+            match session.client.get_bounded(&api, MediaType::ImageIndex.as_ref(), MAX_METADATA_SIZE, "the most a manifest may have").await {
                 Err(e) if not_found(&e) => match session.get_manifest(&tagged).await {
                     Err(e) if not_found(&e) => Ok(None),
                     other => other.map(|(bytes, _)| Some(bytes)),
@@ -1041,4 +909,17 @@ pub fn referrers(reference: &RegistryRef, options: &RegistryOptions) -> Result<(
         let digest = Digest::of(&bytes);
         Ok((digest, referrers_of(session, reference, &digest).await?))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_told_without_the_queries_of_their_urls() {
+        let upload = HttpError::Protocol { url: "http://r/v2/x/blobs/uploads/u?_state=s3cret&digest=sha256:1".into(), why: "no location".into() };
+        assert_eq!(describe(&upload), "http://r/v2/x/blobs/uploads/u: no location");
+        let sending = HttpError::Io(std::io::Error::other("error sending request for url (https://r/b?X-Amz-Signature=s3cret): connection closed"));
+        assert_eq!(describe(&sending), "error sending request for url (https://r/b): connection closed");
+    }
 }

@@ -260,25 +260,58 @@ pub struct Registry {
 impl Registry {
     /// A registry that asks for [`CREDS`].
     pub fn start() -> Registry {
-        Registry::serve(true)
+        Registry::serve(Auth::Htpasswd)
     }
 
     /// A registry anyone may read and write (as public images are read: Nix builds have no
     /// credentials).
     pub fn open() -> Registry {
-        Registry::serve(false)
+        Registry::serve(Auth::None)
     }
 
-    fn serve(with_auth: bool) -> Registry {
+    /// A registry of bearer tokens, as Docker Hub's, GHCR's and Quay's are (Docker's token
+    /// spec): the registry checks each request's token, signed by a token service that
+    /// answers for [`CREDS`] ([`serve_tokens`]).
+    pub fn with_tokens() -> Registry {
+        Registry::serve(Auth::Tokens)
+    }
+
+    /// An open registry that speaks HTTPS only, with a certificate nobody signed (for
+    /// 127.0.0.1), `tls.crt` in its directory.
+    pub fn self_signed() -> Registry {
+        Registry::serve(Auth::None).with_tls()
+    }
+
+    fn with_tls(mut self) -> Registry {
+        self.stop();
+        let d = self.dir.path().display().to_string();
+        self_signed_certificate(&self.dir.path().join("tls"), "127.0.0.1", &["-addext", "subjectAltName=IP:127.0.0.1"]);
+        let config = std::fs::read_to_string(self.dir.path().join("config.yml")).unwrap();
+        let tls = format!("http: {{ addr: 127.0.0.1:{}, tls: {{ certificate: {d}/tls.crt, key: {d}/tls.key }} }}", self.port);
+        std::fs::write(self.dir.path().join("config.yml"), config.replace(&format!("http: {{ addr: 127.0.0.1:{} }}", self.port), &tls)).unwrap();
+        self.restart();
+        self
+    }
+
+    fn serve(auth: Auth) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let htpasswd = stdout_of(Command::new("htpasswd").args(["-Bbn", "strata-user", "s3cret-pass"]));
-        std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+        let d = dir.path().display();
+        let auth = match auth {
+            Auth::None => String::new(),
+            Auth::Htpasswd => {
+                let htpasswd = stdout_of(Command::new("htpasswd").args(["-Bbn", "strata-user", "s3cret-pass"]));
+                std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+                format!("auth: {{ htpasswd: {{ realm: test, path: {d}/htpasswd }} }}\n")
+            }
+            Auth::Tokens => {
+                let realm = serve_tokens(dir.path());
+                format!("auth: {{ token: {{ realm: \"{realm}\", service: {TOKEN_SERVICE}, issuer: {TOKEN_ISSUER}, rootcertbundle: {d}/token.crt }} }}\n")
+            }
+        };
         let config = format!(
             "version: 0.1\nlog: {{ level: info }}\nstorage: {{ filesystem: {{ rootdirectory: {d}/data }}, delete: {{ enabled: true }} }}\n\
-             http: {{ addr: 127.0.0.1:{port} }}\n{auth}",
-            d = dir.path().display(),
-            auth = if with_auth { format!("auth: {{ htpasswd: {{ realm: test, path: {}/htpasswd }} }}\n", dir.path().display()) } else { String::new() }
+             http: {{ addr: 127.0.0.1:{port} }}\n{auth}"
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let mut registry = Registry { dir, port, child: None };
@@ -334,6 +367,98 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// How a [`Registry`] asks for credentials.
+enum Auth {
+    None,
+    /// Basic authentication, for [`CREDS`].
+    Htpasswd,
+    Tokens,
+}
+
+const TOKEN_SERVICE: &str = "strata-test";
+const TOKEN_ISSUER: &str = "strata-test-issuer";
+
+/// A key and a certificate it signs itself for `name`, made by openssl: `STEM.key`, `STEM.crt`.
+fn self_signed_certificate(stem: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let (key, cert) = (stem.with_extension("key"), stem.with_extension("crt"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &format!("/CN={name}")])
+        .args(extra)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (run scripts/setup)");
+    assert!(made.status.success(), "openssl req: {}", String::from_utf8_lossy(&made.stderr));
+    (key, cert)
+}
+
+/// Starts a token service (Docker's token spec) on a loopback port, a thread of this test
+/// binary, and returns its realm. It makes a key and a self-signed certificate in `dir`
+/// (`token.key`, `token.crt`, with openssl), and answers `GET /token?service=…&scope=…`
+/// with a JWT signed by that key (RS256, the certificate in its `x5c` header), which the
+/// registry checks against `token.crt`: every action asked for, given [`CREDS`]; none
+/// without credentials (an anonymous token); 401 given wrong ones.
+fn serve_tokens(dir: &Path) -> String {
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Write};
+    let (key, cert) = self_signed_certificate(&dir.join("token"), "strata-test-tokens", &[]);
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(CREDS));
+    let listener = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    let realm = format!("http://{}/token", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut lines = BufReader::new(stream.try_clone().unwrap()).lines().map_while(Result::ok);
+            let target = lines.next().unwrap_or_default().split(' ').nth(1).unwrap_or_default().to_owned();
+            let authorization = lines.by_ref().take_while(|l| !l.is_empty()).find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("authorization").then(|| value.trim().to_owned())
+            });
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            let scopes = query.split('&').filter_map(|p| p.strip_prefix("scope=")).map(|s| s.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","));
+            let access: Vec<serde_json::Value> = scopes
+                .filter_map(|scope| {
+                    let mut parts = scope.splitn(3, ':');
+                    let (kind, name, actions) = (parts.next()?.to_owned(), parts.next()?.to_owned(), parts.next()?.to_owned());
+                    Some(serde_json::json!({ "type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>() }))
+                })
+                .collect();
+            let (status, body) = match authorization {
+                Some(a) if a != basic => ("401 Unauthorized", r#"{"details":"wrong user name or password"}"#.to_owned()),
+                given => {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                    let header = serde_json::json!({ "typ": "JWT", "alg": "RS256", "x5c": [der] });
+                    let claims = serde_json::json!({
+                        "iss": TOKEN_ISSUER, "aud": TOKEN_SERVICE, "sub": if given.is_some() { "strata-user" } else { "" },
+                        "iat": now, "nbf": now - 10, "exp": now + 300, "jti": format!("{now}-{}", std::process::id()),
+                        "access": if given.is_some() { access } else { vec![] },
+                    });
+                    let signed = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
+                    let mut openssl = Command::new("openssl")
+                        .args(["dgst", "-sha256", "-sign"])
+                        .arg(&key)
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    openssl.stdin.take().unwrap().write_all(signed.as_bytes()).unwrap();
+                    let signature = openssl.wait_with_output().unwrap().stdout;
+                    let token = format!("{signed}.{}", url.encode(signature));
+                    ("200 OK", serde_json::json!({ "token": token, "expires_in": 300 }).to_string())
+                }
+            };
+            let answer = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    realm
 }
 
 /// `PROGRAM FIXTURE --arg strataBin STRATA -A attr` for the Nix library's fixtures

@@ -1,5 +1,7 @@
 //! Registries: push to and pull from a real CNCF distribution registry (one per test, on a
-//! free loopback port, with htpasswd auth), checked by skopeo and podman.
+//! free loopback port; with htpasswd auth, bearer tokens or TLS), checked by skopeo and
+//! podman; and scripted registries (a thread of the test binary) for what no real one here
+//! does.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -350,7 +352,9 @@ fn scripted_registry(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) ->
                         return;
                     }
                     let a = answer(request.split_once(' ').map_or("", |(_, rest)| rest));
-                    let head = format!("HTTP/1.1 {}\r\n{}Content-Length: {}\r\n\r\n", a.status, a.headers, a.body.len() + a.endless);
+                    // An endless body says no length: it ends when the connection does.
+                    let length = if a.endless > 0 { "Connection: close".to_owned() } else { format!("Content-Length: {}", a.body.len()) };
+                    let head = format!("HTTP/1.1 {}\r\n{}{length}\r\n\r\n", a.status, a.headers);
                     let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&a.body));
                     let piece = vec![b' '; 1 << 20];
                     for _ in 0..a.endless / piece.len() {
@@ -358,6 +362,9 @@ fn scripted_registry(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) ->
                             return;
                         }
                         counter.fetch_add(piece.len(), Ordering::SeqCst);
+                    }
+                    if a.endless > 0 {
+                        return;
                     }
                 }
             });
@@ -393,6 +400,33 @@ fn an_endless_manifest_is_cut_off() {
     }
 }
 
+/// Neither a token service nor an error can fill the memory: a token is read to 1 MiB, an
+/// error's body to 64 KiB (for its message), and no further.
+#[test]
+fn an_endless_token_or_error_is_cut_off() {
+    let size = 256 << 20;
+    let cases = [("/token", "200 OK", "sends more than 1 MiB, the most a token may have"), ("/manifests/", "404 Not Found", "answered 404 Not Found")];
+    for (endless, status, expected) in cases {
+        let port = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+        let realm = port.clone();
+        let (host, sent) = scripted_registry(move |request| match request {
+            r if r.contains(endless) => Answer { status, endless: size, ..Answer::ok(b"") },
+            r if r.starts_with("/token") => Answer::ok(br#"{"token":"t"}"#),
+            r if r.starts_with("/v2/ ") => Answer {
+                status: "401 Unauthorized",
+                headers: format!("WWW-Authenticate: Bearer realm=\"http://{}/token\",service=\"test\"\r\n", realm.get().unwrap()),
+                ..Answer::ok(b"")
+            },
+            _ => Answer::ok(b""),
+        });
+        port.set(host.clone()).unwrap();
+        let stderr = fails(&mut strata(&["inspect", &format!("docker://{host}/x:t"), "--tls-verify=false"]));
+        assert!(stderr.contains(endless) && stderr.contains(expected), "{endless}: {stderr}");
+        let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(sent < size / 4, "{endless}: the registry sent {sent} bytes before strata stopped reading");
+    }
+}
+
 /// A registry of bearer tokens (the distribution auth spec), whose first token has expired
 /// by the time the manifest is read: strata asks for another and reads it with that.
 #[test]
@@ -424,4 +458,53 @@ fn an_expired_token_is_renewed_for_a_manifest() {
     port.set(host.clone()).unwrap();
     run_ok(strata(&["referrers", &format!("docker://{host}/x@{subject}"), "--tls-verify=false"]));
     assert!(issued.load(Ordering::SeqCst) >= 2, "a second token was asked for");
+}
+
+/// A registry of bearer tokens, as Docker Hub's, GHCR's and Quay's are: the distribution
+/// registry checks a token with each request, signed by a token service. strata pushes and
+/// reads with the tokens it asks for, and a copy to another repository mounts the layers
+/// with a token for both repositories; skopeo, with tokens of its own, reads the same
+/// image. No credentials, or wrong ones, are refused, naming the user and not the password.
+#[test]
+fn a_registry_of_tokens_is_pushed_to_read_and_mounted_from() {
+    let registry = Registry::with_tokens();
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("{}:v1", registry.reference("strata-test/app"));
+    run_ok(strata_reg(dir.path(), &["build", hello_spec(dir.path(), "Hello, world!").to_str().unwrap(), "-o", &target]));
+    assert_eq!(registry.uploads(), 3, "two layers and the config");
+    let digest = |r: &str| stdout_of(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}", "--tls-verify=false", "--creds", CREDS, r]));
+    let pushed = digest(&target);
+    assert!(pushed.starts_with("sha256:"), "{pushed}");
+
+    let copied = format!("{}:v1", registry.reference("strata-test/copied"));
+    run_ok(strata_reg(&dir.path().join("empty-cache"), &["copy", &target, &copied]));
+    assert_eq!(registry.uploads(), 4, "the layers mounted from strata-test/app, only the config uploaded");
+    assert_eq!(digest(&copied), pushed);
+    let inspected = stdout_of(strata_reg(dir.path(), &["inspect", &copied]));
+    assert!(inspected.contains(pushed.trim()), "{inspected}");
+
+    let anonymous = fails(strata(&["inspect", &target, "--tls-verify=false"]).env("STRATA_CACHE_DIR", dir.path()));
+    assert!(anonymous.contains(&format!("authentication to 127.0.0.1:{} failed", registry.port)), "{anonymous}");
+    let wrong = fails(strata(&["inspect", &target, "--tls-verify=false", "--creds", "strata-user:Wr0ngPassw0rd"]).env("STRATA_CACHE_DIR", dir.path()));
+    assert!(wrong.contains("failed for user \"strata-user\"") && !wrong.contains("Wr0ngPassw0rd"), "{wrong}");
+}
+
+/// A registry that speaks HTTPS only, with a certificate nobody signed: refused while TLS
+/// is verified, at once and saying why; with `--tls-verify=false`, pushed to and read over
+/// HTTPS (it refuses plain HTTP), as skopeo does; skopeo reads what strata pushed.
+#[test]
+fn a_self_signed_registry_is_used_with_tls_verify_false() {
+    let registry = Registry::self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("{}:v1", registry.reference("strata-test/app"));
+    let spec = hello_spec(dir.path(), "Hello, world!");
+    let refused = fails(strata(&["build", spec.to_str().unwrap(), "-o", &target]).env("STRATA_CACHE_DIR", dir.path()));
+    assert!(refused.contains(&format!("127.0.0.1:{}'s certificate is not trusted", registry.port)) && refused.contains("--tls-verify=false"), "{refused}");
+    assert!(!refused.contains("trying again"), "not retried: {refused}");
+
+    run_ok(strata_reg(dir.path(), &["build", spec.to_str().unwrap(), "-o", &target]));
+    assert_eq!(registry.uploads(), 3, "two layers and the config");
+    let inspect = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &target]));
+    let inspected = stdout_of(strata_reg(dir.path(), &["inspect", &target]));
+    assert!(inspected.contains(inspect.trim()), "{inspected}");
 }
