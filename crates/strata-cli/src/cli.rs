@@ -35,6 +35,11 @@ pub struct Cli {
     /// Verify registries' TLS certificates; false also allows plain HTTP
     #[arg(long, global = true, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub tls_verify: bool,
+    /// A registry's certificates: *.crt authorities to trust, NAME.cert and NAME.key a client
+    /// certificate [default: its HOST[:PORT] directory in ~/.config/containers/certs.d,
+    /// /etc/containers/certs.d or /etc/docker/certs.d]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
     /// Neither read nor write the layer cache: every layer is hashed and compressed anew
     #[arg(long, global = true, env = "STRATA_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_cache: bool,

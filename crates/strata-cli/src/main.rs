@@ -103,7 +103,7 @@ fn handle_signals() -> std::io::Result<()> {
 /// Runs the subcommand; its exit code on success.
 fn run(cli: Cli) -> Result<Status> {
     let cx = Transport {
-        registry: RegistryOptions::new(cli.creds, cli.tls_verify),
+        registry: RegistryOptions::new(cli.creds, cli.tls_verify).with_cert_dir(cli.cert_dir),
         cache: if cli.no_cache { LayerCache::disabled() } else { LayerCache::from_env() },
         progress: bars::progress(cli.quiet),
     };

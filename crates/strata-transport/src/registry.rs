@@ -37,7 +37,9 @@ use crate::credentials::CredentialsError;
 use crate::progress::{Progress, Stage};
 use crate::SourceError;
 
+mod certs;
 mod client;
+pub use certs::CertificateError;
 use client::{Access, Client, HttpError};
 
 /// How many times a request is tried before giving up, and the first pause between tries.
@@ -48,6 +50,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub enum RegistryError {
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    #[error("the registry's TLS settings: {0}")]
+    Certificates(#[from] CertificateError),
     #[error("authentication to {host} failed{}: check the credentials (--creds, $REGISTRY_AUTH_FILE, ~/.docker/config.json)", user.as_ref().map(|u| format!(" for user {u:?}")).unwrap_or_default())]
     Unauthorized { host: String, user: Option<String> },
     #[error("{what} at {host}: {message}")]
@@ -64,8 +68,10 @@ pub enum RegistryError {
     PlainHttp { host: String },
     #[error("nothing listens at {host} (connection refused): is the registry running, and is the port right?")]
     Refused { host: String },
-    #[error("{host}'s certificate is not trusted ({why}): add its authority to the system's, or pass --tls-verify=false")]
+    #[error("{host}'s certificate is not trusted ({why}): put its authority in its containers-certs.d directory or --cert-dir, or pass --tls-verify=false")]
     Untrusted { host: String, why: String },
+    #[error("{host} refused the TLS handshake ({why}): where it asks for a client certificate, put NAME.cert and NAME.key in its containers-certs.d directory or --cert-dir")]
+    Handshake { host: String, why: String },
     #[error(transparent)]
     NotAsRecorded(#[from] strata_oci::image::NotAsRecorded),
 }
@@ -83,8 +89,11 @@ fn manifest_target(r: &RegistryRef) -> String {
 pub struct RegistryOptions {
     /// Given on the command line; else looked up per registry.
     pub creds: Option<Credentials>,
-    /// `false`: plain HTTP, or HTTPS without certificate checks.
+    /// `false`: HTTPS without certificate checks, or plain HTTP.
     pub tls_verify: bool,
+    /// Where a registry's authorities and client certificate are, instead of its directory in
+    /// containers-certs.d(5)'s places (skopeo's `--cert-dir`).
+    pub cert_dir: Option<PathBuf>,
     /// The one tokio runtime behind every synchronous call made with these options, made on
     /// first use (no registry, no runtime).
     runtime: std::sync::OnceLock<Arc<tokio::runtime::Runtime>>,
@@ -100,7 +109,12 @@ impl RegistryOptions {
     /// Options for every registry a command talks to. TLS goes through rustls with the
     /// process's default crypto provider, which the program installs (a library does not).
     pub fn new(creds: Option<Credentials>, tls_verify: bool) -> RegistryOptions {
-        RegistryOptions { creds, tls_verify, runtime: std::sync::OnceLock::new() }
+        RegistryOptions { creds, tls_verify, cert_dir: None, runtime: std::sync::OnceLock::new() }
+    }
+
+    /// These options, with a registry's certificates read from `dir` (see [`certs`]).
+    pub fn with_cert_dir(self, dir: Option<PathBuf>) -> RegistryOptions {
+        RegistryOptions { cert_dir: dir, ..self }
     }
 
     fn runtime(&self) -> Result<Arc<tokio::runtime::Runtime>, RegistryError> {
@@ -132,7 +146,8 @@ impl Session {
             None => crate::credentials::stored(host, &repository.repository)?,
         };
         let user = creds.as_ref().map(|c| c.user.clone());
-        let client = Client::new(host, &repository.repository, creds, options.tls_verify).map_err(|e| RegistryError::Request {
+        let tls = certs::for_registry(host, options.cert_dir.as_deref())?;
+        let client = Client::new(host, &repository.repository, creds, options.tls_verify, tls).map_err(|e| RegistryError::Request {
             host: host.to_owned(),
             what: "starting an HTTP client".into(),
             message: e.to_string(),
@@ -159,6 +174,7 @@ impl Session {
                 Err(e) if plain_http(&e) => return Err(RegistryError::PlainHttp { host: self.host.clone() }),
                 Err(e) if !answered && refused(&e) => return Err(RegistryError::Refused { host: self.host.clone() }),
                 Err(e) if untrusted(&e) => return Err(RegistryError::Untrusted { host: self.host.clone(), why: root_cause(&e) }),
+                Err(e) if handshake_refused(&e) => return Err(RegistryError::Handshake { host: self.host.clone(), why: root_cause(&e) }),
                 Err(e) if attempt < ATTEMPTS && retryable(&e) => {
                     tracing::warn!("{what} at {}: {}; trying again in {pause:?}", self.host, describe(&e));
                     tokio::time::sleep(pause).await;
@@ -265,6 +281,12 @@ fn refused(e: &HttpError) -> bool {
 /// A certificate rustls refused: the same would come again.
 fn untrusted(e: &HttpError) -> bool {
     root_cause(e).contains("invalid peer certificate")
+}
+
+/// A TLS handshake the registry ended with an alert (no client certificate, or one it does
+/// not trust): the same would come again.
+fn handshake_refused(e: &HttpError) -> bool {
+    root_cause(e).contains("received fatal alert")
 }
 
 /// What a push did, for the caller's report.

@@ -277,17 +277,46 @@ impl Registry {
     }
 
     /// An open registry that speaks HTTPS only, with a certificate nobody signed (for
-    /// 127.0.0.1), `tls.crt` in its directory.
+    /// 127.0.0.1).
     pub fn self_signed() -> Registry {
-        Registry::serve(Auth::None).with_tls()
+        let registry = Registry::serve(Auth::None);
+        let (key, cert) = certificate(&registry.dir.path().join("tls"), "127.0.0.1", &["-addext", "subjectAltName=IP:127.0.0.1"]);
+        registry.with_tls(&key, &cert, None)
     }
 
-    fn with_tls(mut self) -> Registry {
+    /// An open registry that speaks HTTPS only, its certificate signed by an authority of its
+    /// own, as a company's is; and a directory with what a client needs, as
+    /// containers-certs.d(5) lays it out: the authority, `ca.crt`, and a client certificate
+    /// it signed, `client.cert` and `client.key`, which the registry asks for if `mutual`.
+    pub fn with_authority(mutual: bool) -> (Registry, PathBuf) {
+        let registry = Registry::serve(Auth::None);
+        let (pki, certs) = (registry.dir.path().join("pki"), registry.dir.path().join("certs"));
+        std::fs::create_dir_all(&pki).unwrap();
+        std::fs::create_dir_all(&certs).unwrap();
+        let (ca_key, ca) = certificate(&pki.join("ca"), "strata-test-authority", &[]);
+        let signed = |usage: &str, extra: &[&str]| {
+            let mut args = vec!["-CA", ca.to_str().unwrap(), "-CAkey", ca_key.to_str().unwrap(), "-addext", "basicConstraints=critical,CA:FALSE"];
+            args.extend(["-addext", usage]);
+            args.extend(extra);
+            args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        let server = signed("extendedKeyUsage=serverAuth", &["-addext", "subjectAltName=IP:127.0.0.1"]);
+        let (key, cert) = certificate(&pki.join("server"), "127.0.0.1", &server.iter().map(String::as_str).collect::<Vec<_>>());
+        let client = signed("extendedKeyUsage=clientAuth", &[]);
+        let (client_key, client_cert) = certificate(&pki.join("client"), "strata-test-client", &client.iter().map(String::as_str).collect::<Vec<_>>());
+        std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+        std::fs::copy(client_key, certs.join("client.key")).unwrap();
+        std::fs::copy(client_cert, certs.join("client.cert")).unwrap();
+        (registry.with_tls(&key, &cert, mutual.then_some(ca.as_path())), certs)
+    }
+
+    /// This registry, restarted to speak HTTPS only with `key` and `cert`, asking clients for
+    /// a certificate `client_ca` signed if given.
+    fn with_tls(mut self, key: &Path, cert: &Path, client_ca: Option<&Path>) -> Registry {
         self.stop();
-        let d = self.dir.path().display().to_string();
-        self_signed_certificate(&self.dir.path().join("tls"), "127.0.0.1", &["-addext", "subjectAltName=IP:127.0.0.1"]);
         let config = std::fs::read_to_string(self.dir.path().join("config.yml")).unwrap();
-        let tls = format!("http: {{ addr: 127.0.0.1:{}, tls: {{ certificate: {d}/tls.crt, key: {d}/tls.key }} }}", self.port);
+        let clientcas = client_ca.map(|ca| format!(", clientcas: [{}]", ca.display())).unwrap_or_default();
+        let tls = format!("http: {{ addr: 127.0.0.1:{}, tls: {{ certificate: {}, key: {}{clientcas} }} }}", self.port, cert.display(), key.display());
         std::fs::write(self.dir.path().join("config.yml"), config.replace(&format!("http: {{ addr: 127.0.0.1:{} }}", self.port), &tls)).unwrap();
         self.restart();
         self
@@ -380,8 +409,9 @@ enum Auth {
 const TOKEN_SERVICE: &str = "strata-test";
 const TOKEN_ISSUER: &str = "strata-test-issuer";
 
-/// A key and a certificate it signs itself for `name`, made by openssl: `STEM.key`, `STEM.crt`.
-fn self_signed_certificate(stem: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+/// A key and a certificate for `name`, made by openssl: `STEM.key`, `STEM.crt`. Signed by
+/// itself, unless `extra` names an authority (`-CA`, `-CAkey`).
+fn certificate(stem: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     let (key, cert) = (stem.with_extension("key"), stem.with_extension("crt"));
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &format!("/CN={name}")])
@@ -405,7 +435,7 @@ fn self_signed_certificate(stem: &Path, name: &str, extra: &[&str]) -> (PathBuf,
 fn serve_tokens(dir: &Path) -> String {
     use base64::Engine;
     use std::io::{BufRead, BufReader, Write};
-    let (key, cert) = self_signed_certificate(&dir.join("token"), "strata-test-tokens", &[]);
+    let (key, cert) = certificate(&dir.join("token"), "strata-test-tokens", &[]);
     let pem = std::fs::read_to_string(&cert).unwrap();
     let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -508,3 +508,43 @@ fn a_self_signed_registry_is_used_with_tls_verify_false() {
     let inspected = stdout_of(strata_reg(dir.path(), &["inspect", &target]));
     assert!(inspected.contains(inspect.trim()), "{inspected}");
 }
+
+/// A registry whose certificate an authority of its own signed, as a company's is, and
+/// which asks clients for a certificate: trusted, TLS verified, through what
+/// containers-certs.d(5) keeps (`--cert-dir`, else the registry's directory in
+/// ~/.config/containers/certs.d), the client certificate shown from there; refused
+/// without it. skopeo, given the same directory, reads what strata pushed.
+#[test]
+fn private_authorities_and_client_certificates_come_from_certs_d() {
+    let (registry, certs) = Registry::with_authority(true);
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("{}:v1", registry.reference("strata-test/app"));
+    let spec = hello_spec(dir.path(), "Hello, world!");
+    let build = |extra: &[&str], home: &Path| {
+        let mut cmd = strata(&["build", spec.to_str().unwrap(), "-o", &target]);
+        cmd.args(extra).env("STRATA_CACHE_DIR", dir.path().join("cache")).env("HOME", home);
+        cmd
+    };
+    let untrusted = fails(&mut build(&[], dir.path()));
+    assert!(untrusted.contains(&format!("127.0.0.1:{}'s certificate is not trusted", registry.port)), "{untrusted}");
+    // The authority alone: the registry is trusted, but refuses a client without a certificate.
+    let authority_only = dir.path().join("authority-only");
+    std::fs::create_dir(&authority_only).unwrap();
+    std::fs::copy(certs.join("ca.crt"), authority_only.join("ca.crt")).unwrap();
+    let no_client = fails(&mut build(&["--cert-dir", authority_only.to_str().unwrap()], dir.path()));
+    assert!(no_client.contains("refused the TLS handshake") && no_client.contains("client certificate"), "{no_client}");
+    assert!(!no_client.contains("not trusted") && !no_client.contains("trying again"), "{no_client}");
+
+    run_ok(build(&["--cert-dir", certs.to_str().unwrap()], dir.path()));
+    let digest = stdout_of(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}", "--cert-dir", certs.to_str().unwrap(), &target]));
+    assert!(digest.starts_with("sha256:"), "{digest}");
+
+    let home = dir.path().join("home");
+    let in_home = home.join(format!(".config/containers/certs.d/127.0.0.1:{}", registry.port));
+    std::fs::create_dir_all(&in_home).unwrap();
+    for name in ["ca.crt", "client.cert", "client.key"] {
+        std::fs::copy(certs.join(name), in_home.join(name)).unwrap();
+    }
+    let inspected = stdout_of(strata(&["inspect", &target]).env("HOME", &home));
+    assert!(inspected.contains(digest.trim()), "{inspected}");
+}

@@ -37,6 +37,7 @@ use reqwest::{RequestBuilder, Response, StatusCode, Url};
 use strata_oci::bounded::human_size;
 use strata_oci::digest::Digest;
 
+use super::certs::RegistryTls;
 use super::Credentials;
 
 /// The most a token service's answer may hold: tokens are JWTs of a few KiB.
@@ -110,14 +111,18 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(host: &str, repository: &str, creds: Option<Credentials>, tls_verify: bool) -> Result<Client, HttpError> {
+    /// A client of `repository` at `host`, trusting the system's authorities and `tls`'s
+    /// (and showing its client certificate, if any).
+    pub(crate) fn new(host: &str, repository: &str, creds: Option<Credentials>, tls_verify: bool, tls: RegistryTls) -> Result<Client, HttpError> {
         let base = Url::parse(&format!("https://{host}/")).map_err(|e| HttpError::Protocol { url: host.to_owned(), why: e.to_string() })?;
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(!tls_verify)
-            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()?;
+        let mut http = reqwest::Client::builder().danger_accept_invalid_certs(!tls_verify);
+        for root in tls.roots {
+            http = http.add_root_certificate(root);
+        }
+        if let Some(identity) = tls.identity {
+            http = http.identity(identity);
+        }
+        let http = http.user_agent(concat!("strata/", env!("CARGO_PKG_VERSION"))).connect_timeout(CONNECT_TIMEOUT).read_timeout(READ_TIMEOUT).build()?;
         let (access, auth) = (Mutex::new(Access::Pull), Mutex::new(Auth::Anonymous));
         Ok(Client { http, base: Mutex::new(base), tls_verify, repository: repository.to_owned(), creds, access, auth })
     }
