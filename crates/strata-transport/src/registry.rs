@@ -112,7 +112,8 @@ impl RegistryOptions {
         RegistryOptions { creds, tls_verify, cert_dir: None, runtime: std::sync::OnceLock::new() }
     }
 
-    /// These options, with a registry's certificates read from `dir` (see [`certs`]).
+    /// These options, with registries' certificates read from `dir` rather than from their
+    /// containers-certs.d(5) directories.
     pub fn with_cert_dir(self, dir: Option<PathBuf>) -> RegistryOptions {
         RegistryOptions { cert_dir: dir, ..self }
     }
