@@ -10,7 +10,9 @@
 //! key `quay.io/team/app`, then `quay.io/team`, then the registry's own (what `podman login
 //! quay.io/team` writes is found first). Each file is read by the `docker_credential` crate,
 //! so an entry may be an `auth` (base64 of `USER:PASSWORD`), a `username` and `password`, or
-//! a credential helper (`credHelpers`, `credsStore`), and Docker Hub's
+//! a credential helper (`credHelpers`, `credsStore`), or an `identitytoken` (an OAuth2
+//! refresh token, as `az acr login` stores; exchanged at the registry's token service), and
+//! Docker Hub's
 //! `https://index.docker.io/v1/` key answers for `docker.io`. That crate looks registries up,
 //! not repositories: the scoped key is picked here ([`scoped_key`]) and handed to it.
 //!
@@ -22,11 +24,21 @@ use std::path::{Path, PathBuf};
 
 use docker_credential::{CredentialRetrievalError, DockerCredential};
 
-/// A user name and a password that no formatting ever shows.
+/// A user name and a secret that no formatting ever shows.
 #[derive(Clone)]
 pub struct Credentials {
+    /// Empty for an identity token, which names no user.
     pub user: String,
-    pub(crate) password: String,
+    pub(crate) secret: Secret,
+}
+
+#[derive(Clone)]
+pub(crate) enum Secret {
+    /// Sent as Basic authentication, to the registry or its token service.
+    Password(String),
+    /// An OAuth2 refresh token, exchanged at the token service for access tokens (Docker's
+    /// `identitytoken`); a registry of Basic authentication cannot take it.
+    IdentityToken(String),
 }
 
 impl fmt::Debug for Credentials {
@@ -39,7 +51,7 @@ impl std::str::FromStr for Credentials {
     type Err = CredentialsError;
     fn from_str(s: &str) -> Result<Credentials, CredentialsError> {
         let (user, password) = s.split_once(':').ok_or(CredentialsError::BadCreds)?;
-        Ok(Credentials { user: user.to_owned(), password: password.to_owned() })
+        Ok(Credentials { user: user.to_owned(), secret: Secret::Password(password.to_owned()) })
     }
 }
 
@@ -118,11 +130,8 @@ fn from_file(path: &Path, host: &str, repository: &str) -> Result<Option<(String
     let key = scoped_key(&text, host, repository).unwrap_or_else(|| host.to_owned());
     let host = key.as_str(); // what the messages below name
     match docker_credential::get_credential_from_reader(text.as_slice(), host) {
-        Ok(DockerCredential::UsernamePassword(user, password)) => Ok(Some((key.clone(), Credentials { user, password }))),
-        Ok(DockerCredential::IdentityToken(_)) => {
-            tracing::warn!("{} has an identity token for {host}, which strata cannot use; looking further", path.display());
-            Ok(None)
-        }
+        Ok(DockerCredential::UsernamePassword(user, password)) => Ok(Some((key.clone(), Credentials { user, secret: Secret::Password(password) }))),
+        Ok(DockerCredential::IdentityToken(token)) => Ok(Some((key.clone(), Credentials { user: String::new(), secret: Secret::IdentityToken(token) }))),
         Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
         Err(CredentialRetrievalError::ConfigReadError) => Err(fault("not an auth file: a key holds a value of the wrong type".into())),
         Err(CredentialRetrievalError::CredentialDecodingError) => Err(fault(format!("the entry for {host} is not base64 of USER:PASSWORD"))),
@@ -147,10 +156,18 @@ fn from_file(path: &Path, host: &str, repository: &str) -> Result<Option<(String
 mod tests {
     use super::*;
 
+    /// The secret of `c`, an identity token marked as one.
+    fn secret(c: &Credentials) -> String {
+        match &c.secret {
+            Secret::Password(password) => password.clone(),
+            Secret::IdentityToken(token) => format!("identity token {token}"),
+        }
+    }
+
     #[test]
     fn credentials_never_show_the_password() {
         let c: Credentials = "user:s3cret:with:colons".parse().unwrap();
-        assert_eq!(c.password, "s3cret:with:colons");
+        assert_eq!(secret(&c), "s3cret:with:colons");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!("nocolon".parse::<Credentials>().is_err());
     }
@@ -159,7 +176,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth.json");
         std::fs::write(&path, text).unwrap();
-        from_file(&path, host, "team/app").map(|c| c.map(|(_, c)| (c.user, c.password))).map_err(|e| e.to_string())
+        from_file(&path, host, "team/app").map(|c| c.map(|(_, c)| (c.user.clone(), secret(&c)))).map_err(|e| e.to_string())
     }
 
     /// As containers-auth.json(5) says: `reg.example/team/app`, then `reg.example/team`, then
@@ -192,6 +209,9 @@ mod tests {
         assert_eq!(lookup(r#"{"auths":{"https://reg.example/v2/":{"auth":"dTpwOnc="}}}"#, "reg.example"), Ok(pair.clone()));
         assert_eq!(lookup(r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpwOnc="}}}"#, "docker.io"), Ok(pair.clone()));
         assert_eq!(lookup(r#"{"auths":{"reg.example":{"username":"u","password":"p:w"}}}"#, "reg.example"), Ok(pair));
+        let token = Some((String::new(), "identity token r3fresh".to_owned()));
+        let acr = r#"{"auths":{"reg.example":{"auth":"MDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAwOg==","identitytoken":"r3fresh"}}}"#;
+        assert_eq!(lookup(acr, "reg.example"), Ok(token));
         assert_eq!(lookup(r#"{"auths":{"other.example":{"auth":"dTpwOnc="}}}"#, "reg.example"), Ok(None));
         assert_eq!(lookup(r#"{}"#, "reg.example"), Ok(None));
         // A helper that is not installed (Docker Desktop's `credsStore` on another machine).

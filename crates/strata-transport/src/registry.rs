@@ -146,7 +146,7 @@ impl Session {
             Some(c) => Some(c.clone()),
             None => crate::credentials::stored(host, &repository.repository)?,
         };
-        let user = creds.as_ref().map(|c| c.user.clone());
+        let user = creds.as_ref().map(|c| c.user.clone()).filter(|u| !u.is_empty());
         let tls = certs::for_registry(host, options.cert_dir.as_deref())?;
         let client = Client::new(host, &repository.repository, creds, options.tls_verify, tls).map_err(|e| RegistryError::Request {
             host: host.to_owned(),

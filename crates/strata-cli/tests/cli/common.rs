@@ -235,14 +235,19 @@ pub fn run_in(engine: &str, image: &str, args: &[&str]) -> String {
 /// A port nothing listens on, for a server of a test's own. Not one the kernel picks (port
 /// 0): those come from the range it also takes clients' source ports from, so one of the
 /// many connections tests make could take it before the server binds it, or another test be
-/// handed the same one. These are below that range (32768–60999 by default), and a run never
-/// hands out one twice.
+/// handed the same one. These are below that range (32768–60999 by default). Each test runs
+/// in a process of its own (nextest), and a port is free between the check and the server's
+/// start: so each port handed out is also locked (a file lock in the temporary directory,
+/// held until the process ends), and no other test process takes it meanwhile.
 pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
     let start = std::process::id() % 8000;
     loop {
         let port = 20000 + ((start + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) % 12000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let Ok(lock) = std::fs::File::create(std::env::temp_dir().join(format!("strata-test-port-{port}.lock"))) else { continue };
+        if lock.try_lock().is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(lock);
             return port;
         }
     }
@@ -426,12 +431,17 @@ fn certificate(stem: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     (key, cert)
 }
 
+/// The identity token (an OAuth2 refresh token) the token service of
+/// [`Registry::with_tokens`] takes, as `az acr login` would store it.
+pub const IDENTITY_TOKEN: &str = "strata-identity-token";
+
 /// Starts a token service (Docker's token spec) on a loopback port, a thread of this test
 /// binary, and returns its realm. It makes a key and a self-signed certificate in `dir`
-/// (`token.key`, `token.crt`, with openssl), and answers `GET /token?service=…&scope=…`
-/// with a JWT signed by that key (RS256, the certificate in its `x5c` header), which the
-/// registry checks against `token.crt`: every action asked for, given [`CREDS`]; none
-/// without credentials (an anonymous token); 401 given wrong ones.
+/// (`token.key`, `token.crt`, with openssl), and answers `GET /token?service=…&scope=…`,
+/// and the `POST` of an OAuth2 refresh-token grant, with a JWT signed by that key (RS256,
+/// the certificate in its `x5c` header), which the registry checks against `token.crt`:
+/// every action asked for, given [`CREDS`] (Basic) or [`IDENTITY_TOKEN`]; none without
+/// credentials (an anonymous token); 401 given wrong ones.
 fn serve_tokens(dir: &Path) -> String {
     use base64::Engine;
     use std::io::{BufRead, BufReader, Write};
@@ -445,14 +455,37 @@ fn serve_tokens(dir: &Path) -> String {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut lines = BufReader::new(stream.try_clone().unwrap()).lines().map_while(Result::ok);
-            let target = lines.next().unwrap_or_default().split(' ').nth(1).unwrap_or_default().to_owned();
-            let authorization = lines.by_ref().take_while(|l| !l.is_empty()).find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("authorization").then(|| value.trim().to_owned())
-            });
-            let query = target.split_once('?').map_or("", |(_, q)| q);
-            let scopes = query.split('&').filter_map(|p| p.strip_prefix("scope=")).map(|s| s.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut request, mut line) = (Vec::new(), String::new());
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                request.push(std::mem::take(&mut line).trim_end().to_owned());
+            }
+            let (method, target) = request.first().and_then(|l| l.split_once(' ')).map_or(("", ""), |(m, rest)| (m, rest.split(' ').next().unwrap_or("")));
+            let header = |name: &str| {
+                request.iter().skip(1).find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+            };
+            // GET: the parameters in the query; POST: in the form it sends, of a length given
+            // or in chunks (as skopeo sends it).
+            let mut body = vec![0; header("content-length").and_then(|n| n.parse().ok()).unwrap_or(0)];
+            let _ = reader.read_exact(&mut body);
+            while header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+                let mut size = String::new();
+                let _ = reader.read_line(&mut size);
+                let mut chunk = vec![0; usize::from_str_radix(size.trim(), 16).unwrap_or(0) + 2];
+                if reader.read_exact(&mut chunk).is_err() || chunk.len() == 2 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..chunk.len() - 2]);
+            }
+            let form = if method == "POST" { String::from_utf8_lossy(&body).into_owned() } else { target.split_once('?').map_or("", |(_, q)| q).to_owned() };
+            let params: Vec<(String, String)> = form.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_owned(), form_decode(v))).collect();
+            let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            let authorization = match param("grant_type").as_deref() {
+                Some("refresh_token") => param("refresh_token").map(|t| if t == IDENTITY_TOKEN { basic.clone() } else { t }),
+                _ => header("authorization"),
+            };
+            // A grant may hold several scopes in one parameter, separated by spaces.
+            let scopes = params.iter().filter(|(k, _)| k == "scope").flat_map(|(_, v)| v.split(' ').map(str::to_owned).collect::<Vec<_>>());
             let access: Vec<serde_json::Value> = scopes
                 .filter_map(|scope| {
                     let mut parts = scope.splitn(3, ':');
@@ -489,6 +522,26 @@ fn serve_tokens(dir: &Path) -> String {
         }
     });
     realm
+}
+
+/// `text` of a URL's query or a form, decoded (`+` a space, `%XX` a byte).
+fn form_decode(text: &str) -> String {
+    let (bytes, mut out, mut i) = (text.as_bytes(), Vec::new(), 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match text.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `PROGRAM FIXTURE --arg strataBin STRATA -A attr` for the Nix library's fixtures

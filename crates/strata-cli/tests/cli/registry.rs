@@ -548,3 +548,40 @@ fn private_authorities_and_client_certificates_come_from_certs_d() {
     let inspected = stdout_of(strata(&["inspect", &target]).env("HOME", &home));
     assert!(inspected.contains(digest.trim()), "{inspected}");
 }
+
+/// An identity token stored by a login (`identitytoken`, as `az acr login` stores it), with
+/// no password: exchanged at the token service for tokens (an OAuth2 refresh-token grant),
+/// for a push and a read; skopeo, given the same file, reads the image the same way. A token
+/// the service does not take is refused.
+#[test]
+fn stored_identity_tokens_are_exchanged_for_tokens() {
+    let registry = Registry::with_tokens();
+    let dir = tempfile::tempdir().unwrap();
+    let docker = dir.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    // As `docker login` writes it for Azure's registries: the user of identity tokens, no password.
+    let login = |token: &str| {
+        let user = "MDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAwOg=="; // 00000000-0000-0000-0000-000000000000:
+        let entry = serde_json::json!({ "auths": { format!("127.0.0.1:{}", registry.port): { "auth": user, "identitytoken": token } } });
+        std::fs::write(docker.join("config.json"), entry.to_string()).unwrap();
+    };
+    let logged_in = |args: &[&str]| {
+        let mut cmd = strata(args);
+        cmd.args(["--tls-verify=false"]).env("STRATA_CACHE_DIR", dir.path().join("cache")).env("HOME", dir.path()).env("DOCKER_CONFIG", &docker);
+        cmd.env_remove("REGISTRY_AUTH_FILE").env_remove("XDG_RUNTIME_DIR").env_remove("XDG_CONFIG_HOME");
+        cmd
+    };
+    let target = format!("{}:v1", registry.reference("strata-test/app"));
+    login(IDENTITY_TOKEN);
+    run_ok(logged_in(&["build", hello_spec(dir.path(), "Hello, world!").to_str().unwrap(), "-o", &target]));
+    assert_eq!(registry.uploads(), 3, "two layers and the config");
+    let auth_file = docker.join("config.json");
+    let digest =
+        stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", "--authfile"]).arg(&auth_file).arg(&target));
+    let inspected = stdout_of(&mut logged_in(&["inspect", &target]));
+    assert!(digest.starts_with("sha256:") && inspected.contains(digest.trim()), "{digest}: {inspected}");
+
+    login("a-token-nobody-gave");
+    let refused = fails(&mut logged_in(&["inspect", &target]));
+    assert!(refused.contains(&format!("authentication to 127.0.0.1:{} failed", registry.port)) && !refused.contains("a-token-nobody-gave"), "{refused}");
+}

@@ -39,6 +39,7 @@ use strata_oci::digest::Digest;
 
 use super::certs::RegistryTls;
 use super::Credentials;
+use crate::credentials::Secret;
 
 /// The most a token service's answer may hold: tokens are JWTs of a few KiB.
 pub(crate) const MAX_TOKEN_SIZE: u64 = 1 << 20;
@@ -188,10 +189,11 @@ impl Client {
         }
     }
 
+    /// `request` with the user's password, if there is one.
     fn with_basic(&self, request: RequestBuilder) -> RequestBuilder {
         match &self.creds {
-            Some(c) => request.basic_auth(&c.user, Some(&c.password)),
-            None => request,
+            Some(Credentials { user, secret: Secret::Password(password) }) => request.basic_auth(user, Some(password)),
+            _ => request,
         }
     }
 
@@ -215,29 +217,31 @@ impl Client {
         }
         let basic = parsed.iter().any(|c| c.scheme.eq_ignore_ascii_case("basic"));
         let mut auth = self.auth();
-        if basic && self.creds.is_some() && !matches!(*auth, Auth::Basic) {
+        let password = matches!(self.creds, Some(Credentials { secret: Secret::Password(_), .. }));
+        if basic && password && !matches!(*auth, Auth::Basic) {
             *auth = Auth::Basic;
             return Ok(true);
         }
         Ok(false)
     }
 
-    /// A token of `realm` for the repository (and read access to `also`).
+    /// A token of `realm` for the repository (and read access to `also`): asked for with a
+    /// `GET` (with the user's password, if any), or, given an identity token, the `POST` of
+    /// an OAuth2 refresh-token grant (Docker's token spec, `oauth.md`).
     async fn token(&self, realm: &Url, service: Option<&str>, also: Option<&str>) -> Result<String, HttpError> {
         let access = *self.access.lock().unwrap_or_else(PoisonError::into_inner);
         let actions = if access == Access::Push { "pull,push" } else { "pull" };
-        let mut url = realm.clone();
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(service) = service {
-                query.append_pair("service", service);
+        let mut params: Vec<(&str, String)> = service.map(|s| ("service", s.to_owned())).into_iter().collect();
+        params.push(("scope", format!("repository:{}:{actions}", self.repository)));
+        params.extend(also.map(|other| ("scope", format!("repository:{other}:pull"))));
+        let request = match &self.creds {
+            Some(Credentials { secret: Secret::IdentityToken(refresh), .. }) => {
+                params.extend([("grant_type", "refresh_token".to_owned()), ("client_id", "strata".to_owned()), ("refresh_token", refresh.clone())]);
+                self.http.post(realm.clone()).form(&params)
             }
-            query.append_pair("scope", &format!("repository:{}:{actions}", self.repository));
-            if let Some(other) = also {
-                query.append_pair("scope", &format!("repository:{other}:pull"));
-            }
-        }
-        let response = self.with_basic(self.http.get(url)).send().await?;
+            _ => self.with_basic(self.http.get(realm.clone()).query(&params)),
+        };
+        let response = request.send().await?;
         if !response.status().is_success() {
             return Err(status_error(response).await);
         }
