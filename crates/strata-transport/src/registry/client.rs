@@ -115,7 +115,7 @@ impl Client {
     /// A client of `repository` at `host`, trusting the system's authorities and `tls`'s
     /// (and showing its client certificate, if any).
     pub(crate) fn new(host: &str, repository: &str, creds: Option<Credentials>, tls_verify: bool, tls: RegistryTls) -> Result<Client, HttpError> {
-        let base = Url::parse(&format!("https://{host}/")).map_err(|e| HttpError::Protocol { url: host.to_owned(), why: e.to_string() })?;
+        let base = Url::parse(&format!("https://{}/", api_host(host))).map_err(|e| HttpError::Protocol { url: host.to_owned(), why: e.to_string() })?;
         let mut http = reqwest::Client::builder().danger_accept_invalid_certs(!tls_verify);
         for root in tls.roots {
             http = http.add_root_certificate(root);
@@ -327,6 +327,17 @@ impl Client {
     }
 }
 
+/// Where the API of the registry `host` (as references name it) is served: Docker Hub's is
+/// named `docker.io` but served at `registry-1.docker.io`, as Docker and containers/image
+/// resolve it; any other registry, at its own name.
+fn api_host(host: &str) -> &str {
+    if host == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        host
+    }
+}
+
 /// `response` if its status is one of `wanted`, else its error.
 async fn expect(response: Response, wanted: &[StatusCode]) -> Result<Response, HttpError> {
     if wanted.contains(&response.status()) {
@@ -404,6 +415,13 @@ pub(crate) async fn read_bounded(mut response: Response, limit: u64, what: &'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_hub_is_reached_where_its_api_is() {
+        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("ghcr.io"), "ghcr.io");
+        assert_eq!(api_host("127.0.0.1:5000"), "127.0.0.1:5000");
+    }
 
     #[test]
     fn error_bodies_are_told_briefly() {
