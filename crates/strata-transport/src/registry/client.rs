@@ -14,16 +14,21 @@
 //! and go-containerregistry do it:
 //!
 //! 1. [`Client::authenticate`] asks `GET /v2/` without credentials. No challenge: nothing
-//!    is needed. `Basic`: the user's credentials go with every request. `Bearer realm=…,
+//!    is needed. `Basic`: the user's password goes with every request. `Bearer realm=…,
 //!    service=…`: a token is asked of the realm for the repository's scope
-//!    (`repository:NAME:pull` or `:pull,push`), with the user's credentials if there are
-//!    any, and goes with every request.
+//!    (`repository:NAME:pull` or `:pull,push`), by a `GET` with the user's password if
+//!    there is one, or by the `POST` of an OAuth2 refresh-token grant for a stored identity
+//!    token; it goes with every request.
 //! 2. A request answered 401 is answered by its own challenge (a token expired during a long
 //!    push, a scope the registry wants widened) and sent once more; a second 401 is the
 //!    caller's error, "authentication failed".
 //! 3. Credentials and tokens go only to the registry's own origin (an upload's `Location` or
 //!    a blob's redirect elsewhere gets none: reqwest drops the header across origins) and to
 //!    the realm it names, never to a plain-HTTP realm unless TLS is not verified.
+//!
+//! The connection: HTTPS, verified against the system's authorities and the registry's own
+//! ([`super::certs`]); where TLS is not verified, HTTPS without checks, else plain HTTP (as
+//! skopeo). Docker Hub (`docker.io`) is reached where its API is, `registry-1.docker.io`.
 //!
 //! The challenge is parsed by the http-auth crate; the rest is a handful of requests, each
 //! named by the spec (`end-1` … `end-13`).
