@@ -107,6 +107,11 @@ pub enum Command {
         after_help = "Exit status 0 when a signature stored for the image's manifest digest is valid for the key and names the image's repository; 1, with the reason, otherwise."
     )]
     Verify(VerifyArgs),
+    /// Check credentials with a registry and store them for later commands, as podman login does
+    #[command(after_help = LOGIN_HELP)]
+    Login(LoginArgs),
+    /// Remove stored credentials for a registry (or all of them), as podman logout does
+    Logout(LogoutArgs),
     /// List what is attached to an image in a registry (OCI 1.1 referrers: SBOMs, …)
     #[command(after_help = "The registry's referrers API where it has one, else the referrers tag schema (an index at tag sha256-<manifest hex>).")]
     Referrers {
@@ -185,6 +190,39 @@ pub enum KeyAction {
         /// The key pair's name (a path without the .key/.pub ending)
         name: PathBuf,
     },
+}
+
+const LOGIN_HELP: &str = "The registry, or the token service it names, must take the credentials; then they are stored as podman login stores them: an `auth` entry (base64 of USER:PASSWORD) under REGISTRY in --authfile, else $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else ~/.config/containers/auth.json (the first file strata reads credentials from), written by its owner only (mode 0600), every other entry kept.\nREGISTRY is HOST[:PORT], or HOST[:PORT]/NAMESPACE for credentials of one namespace (quay.io/team).\nThe password is --password-stdin's, else -p's (seen by other users in the process list), else asked on the terminal.";
+
+#[derive(clap::Args)]
+pub struct LoginArgs {
+    /// HOST[:PORT], or HOST[:PORT]/NAMESPACE
+    pub registry: String,
+    /// The user name [default: asked on the terminal]
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// The password (others may see it in the process list: prefer --password-stdin)
+    #[arg(short, long, conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Read the password from standard input (its first line)
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// The auth file to store the credentials in
+    #[arg(long, value_name = "PATH")]
+    pub authfile: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct LogoutArgs {
+    /// HOST[:PORT], or HOST[:PORT]/NAMESPACE
+    #[arg(required_unless_present = "all")]
+    pub registry: Option<String>,
+    /// Remove the credentials of every registry
+    #[arg(short, long, conflicts_with = "registry")]
+    pub all: bool,
+    /// The auth file to remove them from [default: where `strata login` stores them]
+    #[arg(long, value_name = "PATH")]
+    pub authfile: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

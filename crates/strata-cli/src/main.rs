@@ -12,6 +12,7 @@ mod exit;
 mod flake;
 mod input;
 mod inspect;
+mod login;
 mod nix_builder;
 mod run;
 mod sign;
@@ -120,6 +121,8 @@ fn run(cli: Cli) -> Result<Status> {
         Command::Sbom(args) => inspect::sbom(args, &cx)?,
         Command::Key { action: KeyAction::Generate { name } } => sign::generate(&name)?,
         Command::Verify(args) => sign::verify(args, &cx)?,
+        Command::Login(args) => login::login(args, &cx)?,
+        Command::Logout(args) => login::logout(args)?,
         Command::Referrers { image, json } => inspect::referrers(&image, json, &cx)?,
         Command::Cache { action } => about::cache(&cx.cache, action.unwrap_or(CacheAction::Show))?,
         Command::Completions { shell } => about::completions(shell),

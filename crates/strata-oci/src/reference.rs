@@ -209,6 +209,48 @@ impl RegistryRef {
     }
 }
 
+/// What a login applies to: a registry (`quay.io`, `127.0.0.1:5000`), or a namespace in it
+/// (`quay.io/team`), as `podman login` names them. A `docker://` before it, or a URL
+/// (`https://HOST/v1/`, Docker's key for Docker Hub), are allowed, as logins allow them;
+/// Docker Hub is `docker.io` however it is spelt (`index.docker.io`, `registry-1.docker.io`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginScope {
+    pub host: String,
+    pub namespace: Option<String>,
+}
+
+impl LoginScope {
+    pub fn parse(text: &str) -> Result<LoginScope, BadReference> {
+        let bad = |why: String| BadReference { reference: text.to_owned(), why };
+        let url = ["https://", "http://"].iter().find_map(|p| text.strip_prefix(p));
+        let bare = url.or_else(|| text.strip_prefix("docker://")).unwrap_or(text).trim_end_matches('/');
+        // A URL may end in the API's version, as Docker's key for Docker Hub does.
+        let bare = if url.is_some() { bare.strip_suffix("/v1").or_else(|| bare.strip_suffix("/v2")).unwrap_or(bare) } else { bare };
+        let (host, namespace) = match bare.split_once('/') {
+            Some((host, path)) => (host, Some(path)),
+            None => (bare, None),
+        };
+        if !is_host(host) {
+            return Err(bad(format!("{host:?} is not a registry: expected HOST[:PORT][/NAMESPACE]")));
+        }
+        for component in namespace.iter().flat_map(|n| n.split('/')) {
+            check_component(component).map_err(bad)?;
+        }
+        let host = if matches!(host, "index.docker.io" | "registry-1.docker.io") { "docker.io" } else { host };
+        Ok(LoginScope { host: host.to_owned(), namespace: namespace.map(str::to_owned) })
+    }
+}
+
+/// `HOST[/NAMESPACE]`: the key of the login in an auth file.
+impl fmt::Display for LoginScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{}/{namespace}", self.host),
+            None => write!(f, "{}", self.host),
+        }
+    }
+}
+
 impl fmt::Display for RegistryRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "docker://{}/{}", self.host, self.repository)?;
@@ -420,6 +462,19 @@ impl fmt::Display for ImageRef {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logins_name_a_registry_or_a_namespace_in_it() {
+        let scope = |text: &str| super::LoginScope::parse(text).map(|s| s.to_string()).map_err(|e| e.why);
+        assert_eq!(scope("quay.io"), Ok("quay.io".into()));
+        assert_eq!(scope("https://quay.io/team/"), Ok("quay.io/team".into()));
+        assert_eq!(scope("docker://127.0.0.1:5000"), Ok("127.0.0.1:5000".into()));
+        assert_eq!(scope("https://index.docker.io/v1/"), Ok("docker.io".into()));
+        assert_eq!(scope("registry-1.docker.io"), Ok("docker.io".into()));
+        assert!(scope("quay.io/Team").unwrap_err().contains("lowercase"));
+        assert!(scope("not a host").unwrap_err().contains("is not a registry"));
+        assert!(scope("").is_err());
+    }
+
     use super::*;
 
     fn p(s: &str) -> ImageRef {

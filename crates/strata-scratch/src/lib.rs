@@ -4,9 +4,9 @@
 //! `.<stem>.<random>.partial`, beside its destination or in the temporary directory, and
 //! renamed into place once complete ([`ScratchFile::persist`]), flushed to disk first, so that
 //! a power cut too leaves the old content or the new. (What a rename would wrongly replace,
-//! a device, a fifo, the process's own standard output, is written through: [`OutputFile`].) (A file staged inside a scratch
-//! directory for an archive, which is flushed itself, is renamed unflushed:
-//! [`ScratchFile::persist_new_staged`].) Three promises hold:
+//! a device, a fifo, the process's own standard output, is written through: [`OutputFile`].
+//! A file staged inside a scratch directory for an archive, which is flushed itself, is
+//! renamed unflushed: [`ScratchFile::persist_new_staged`].) Three promises hold:
 //!
 //! - **Removed when not needed.** Dropping a scratch removes it (an error on the way, a
 //!   panic), and [`remove_all`] removes every live one: the CLI calls it on SIGINT and SIGTERM

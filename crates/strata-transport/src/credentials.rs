@@ -47,11 +47,18 @@ impl fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// A user name and a password.
+    pub fn new(user: String, password: String) -> Credentials {
+        Credentials { user, secret: Secret::Password(password) }
+    }
+}
+
 impl std::str::FromStr for Credentials {
     type Err = CredentialsError;
     fn from_str(s: &str) -> Result<Credentials, CredentialsError> {
         let (user, password) = s.split_once(':').ok_or(CredentialsError::BadCreds)?;
-        Ok(Credentials { user: user.to_owned(), secret: Secret::Password(password.to_owned()) })
+        Ok(Credentials::new(user.to_owned(), password.to_owned()))
     }
 }
 
@@ -123,14 +130,14 @@ fn from_file(path: &Path, host: &str, repository: &str) -> Result<Option<(String
     // docker_credential says only that a file is unreadable: serde_json, asked to skip every
     // value, says where (its messages name a place, never the text there).
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
-        return Err(fault(format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column())));
+        return Err(fault(not_json(&e)));
     }
     // A scoped key is looked up as it is written (a helper is asked for it only if its entry
     // holds no credentials).
     let key = scoped_key(&text, host, repository).unwrap_or_else(|| host.to_owned());
     let host = key.as_str(); // what the messages below name
     match docker_credential::get_credential_from_reader(text.as_slice(), host) {
-        Ok(DockerCredential::UsernamePassword(user, password)) => Ok(Some((key.clone(), Credentials { user, secret: Secret::Password(password) }))),
+        Ok(DockerCredential::UsernamePassword(user, password)) => Ok(Some((key.clone(), Credentials::new(user, password)))),
         Ok(DockerCredential::IdentityToken(token)) => Ok(Some((key.clone(), Credentials { user: String::new(), secret: Secret::IdentityToken(token) }))),
         Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
         Err(CredentialRetrievalError::ConfigReadError) => Err(fault("not an auth file: a key holds a value of the wrong type".into())),
@@ -150,6 +157,84 @@ fn from_file(path: &Path, host: &str, repository: &str) -> Result<Option<(String
         }
         Err(CredentialRetrievalError::ConfigNotFound) => Ok(None),
     }
+}
+
+/// Why a file is not JSON, by the place of the fault: serde_json's messages name a place,
+/// never the text there (which may be a secret).
+fn not_json(e: &serde_json::Error) -> String {
+    format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column())
+}
+
+/// Where `strata login` stores credentials, as `podman login` does: `$REGISTRY_AUTH_FILE`,
+/// else `$XDG_RUNTIME_DIR/containers/auth.json`, else
+/// `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json` (the first file [`stored`] reads
+/// that is set); `None` where none of them is.
+pub fn login_file() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("REGISTRY_AUTH_FILE")
+        .or_else(|| var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")))
+        .or_else(|| var("XDG_CONFIG_HOME").or_else(|| var("HOME").map(|h| h.join(".config"))).map(|d| d.join("containers/auth.json")))
+}
+
+/// Stores `creds` under `key` (`HOST[/NAMESPACE]`) in the auth file `file`, as `podman
+/// login` does (an `auth`, base64 of `USER:PASSWORD`; an identity token as Docker stores
+/// one), keeping every other entry.
+pub fn store(file: &Path, key: &str, creds: &Credentials) -> Result<(), CredentialsError> {
+    use base64::Engine;
+    let auth = |user: &str, password: &str| base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let entry = match &creds.secret {
+        Secret::Password(password) => serde_json::json!({ "auth": auth(&creds.user, password) }),
+        Secret::IdentityToken(token) => serde_json::json!({ "auth": auth("<token>", ""), "identitytoken": token }),
+    };
+    edit(file, |auths| {
+        auths.insert(key.to_owned(), entry);
+    })
+}
+
+/// Removes the entry `key` from the auth file `file` (every entry if `None`), keeping the
+/// rest of the file; how many there were.
+pub fn forget(file: &Path, key: Option<&str>) -> Result<usize, CredentialsError> {
+    if std::fs::symlink_metadata(file).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Ok(0); // nothing to forget, and no file to make
+    }
+    let mut removed = 0;
+    edit(file, |auths| match key {
+        Some(key) => removed = usize::from(auths.remove(key).is_some()),
+        None => removed = std::mem::take(auths).len(),
+    })?;
+    Ok(removed)
+}
+
+/// Changes the `auths` of the auth file `file` (made if missing, with its directory, for its
+/// owner only): read, changed and written whole under a lock on its directory, so that
+/// logins running at once each keep the other's entry; written only by its owner (mode
+/// 0600), and a link to it stays a link.
+fn edit(file: &Path, change: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Result<(), CredentialsError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fault = |why: String| CredentialsError::File { path: file.to_owned(), why };
+    let dir = strata_scratch::parent_of(file);
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| fault(format!("cannot make its directory: {e}")))?;
+    let lock = std::fs::File::open(dir).map_err(|e| fault(e.to_string()))?;
+    lock.lock().map_err(|e| fault(format!("cannot lock its directory: {e}")))?;
+    let mut config = match strata_oci::bounded::read_file(file, MAX_FILE_SIZE) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(e) => return Err(fault(e.to_string())),
+        Ok(text) => serde_json::from_slice(&text).map_err(|e| fault(not_json(&e)))?,
+    };
+    let not_auth_file = || fault("not an auth file: it or its `auths` is not an object".into());
+    let auths = config.as_object_mut().ok_or_else(not_auth_file)?.entry("auths").or_insert_with(|| serde_json::json!({}));
+    change(auths.as_object_mut().ok_or_else(not_auth_file)?);
+    let mut text = serde_json::to_vec_pretty(&config).expect("JSON values serialize");
+    text.push(b'\n');
+    let write = || -> std::io::Result<()> {
+        let output = strata_scratch::OutputFile::create(file)?;
+        if !output.in_place() {
+            output.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        std::io::Write::write_all(&mut output.as_file(), &text)?;
+        output.commit()
+    };
+    write().map_err(|e| fault(e.to_string()))
 }
 
 #[cfg(test)]
@@ -177,6 +262,30 @@ mod tests {
         let path = dir.path().join("auth.json");
         std::fs::write(&path, text).unwrap();
         from_file(&path, host, "team/app").map(|c| c.map(|(_, c)| (c.user.clone(), secret(&c)))).map_err(|e| e.to_string())
+    }
+
+    /// Logins at once into one file each keep the other's entry (the file is changed under a
+    /// lock), and what they store is read back.
+    #[test]
+    fn logins_at_once_keep_each_others_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("containers/auth.json");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let file = &file;
+                s.spawn(move || store(file, &format!("reg{i}.example"), &Credentials::new(format!("u{i}"), format!("p:{i}"))).unwrap());
+            }
+        });
+        for i in 0..8 {
+            let (_, c) = from_file(&file, &format!("reg{i}.example"), "app").unwrap().unwrap();
+            assert_eq!((c.user.clone(), secret(&c)), (format!("u{i}"), format!("p:{i}")));
+        }
+        assert_eq!(forget(&file, Some("reg3.example")).unwrap(), 1);
+        assert_eq!(forget(&file, Some("reg3.example")).unwrap(), 0);
+        assert_eq!(forget(&file, None).unwrap(), 7);
+        let missing = dir.path().join("missing/auth.json");
+        assert_eq!(forget(&missing, None).unwrap(), 0);
+        assert!(!missing.parent().unwrap().exists(), "a logout makes no file");
     }
 
     /// As containers-auth.json(5) says: `reg.example/team/app`, then `reg.example/team`, then

@@ -146,9 +146,14 @@ impl Session {
             Some(c) => Some(c.clone()),
             None => crate::credentials::stored(host, &repository.repository)?,
         };
+        Session::with(host, &repository.repository, creds, options)
+    }
+
+    /// A session for `repository` (empty: the registry itself) at `host`, with `creds`.
+    fn with(host: &str, repository: &str, creds: Option<Credentials>, options: &RegistryOptions) -> Result<Session, RegistryError> {
         let user = creds.as_ref().map(|c| c.user.clone()).filter(|u| !u.is_empty());
         let tls = certs::for_registry(host, options.cert_dir.as_deref())?;
-        let client = Client::new(host, &repository.repository, creds, options.tls_verify, tls).map_err(|e| RegistryError::Request {
+        let client = Client::new(host, repository, creds, options.tls_verify, tls).map_err(|e| RegistryError::Request {
             host: host.to_owned(),
             what: "starting an HTTP client".into(),
             message: e.to_string(),
@@ -288,6 +293,14 @@ fn untrusted(e: &HttpError) -> bool {
 /// not trust): the same would come again.
 fn handshake_refused(e: &HttpError) -> bool {
     root_cause(e).contains("received fatal alert")
+}
+
+/// Checks `creds` with the registry at `host`, as `docker login` and `podman login` do: the
+/// registry, or its token service, takes them (a registry that asks for none takes any).
+pub fn login(host: &str, creds: Credentials, options: &RegistryOptions) -> Result<(), RegistryError> {
+    let session = Session::with(host, "", Some(creds), options)?;
+    let runtime = session.runtime.clone();
+    runtime.block_on(session.retry("logging in", || session.client.login()))
 }
 
 /// What a push did, for the caller's report.

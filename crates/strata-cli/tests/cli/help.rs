@@ -6,8 +6,25 @@ use std::process::Command;
 
 use crate::common::*;
 
-const SUBCOMMANDS: [&str; 15] =
-    ["build", "containerize", "run", "stream", "copy", "inspect", "diff", "sbom", "export", "key", "verify", "referrers", "cache", "completions", "man"];
+const SUBCOMMANDS: [&str; 17] = [
+    "build",
+    "containerize",
+    "run",
+    "stream",
+    "copy",
+    "inspect",
+    "diff",
+    "sbom",
+    "export",
+    "key",
+    "verify",
+    "login",
+    "logout",
+    "referrers",
+    "cache",
+    "completions",
+    "man",
+];
 
 #[test]
 fn completions_parse_and_name_every_subcommand() {

@@ -585,3 +585,54 @@ fn stored_identity_tokens_are_exchanged_for_tokens() {
     let refused = fails(&mut logged_in(&["inspect", &target]));
     assert!(refused.contains(&format!("authentication to 127.0.0.1:{} failed", registry.port)) && !refused.contains("a-token-nobody-gave"), "{refused}");
 }
+
+/// `strata login` checks the credentials with the registry (Basic, or its token service)
+/// before storing them, as podman does, in the auth file podman and skopeo read: a wrong
+/// password stores nothing; what it stores serves a later push without `--creds`, and
+/// skopeo; every other entry of the file is kept. `strata logout` removes the entry only.
+#[test]
+fn login_stores_credentials_where_podman_reads_them_and_logout_removes_them() {
+    use std::os::unix::fs::PermissionsExt;
+    for registry in [Registry::start(), Registry::with_tokens()] {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("containers/auth.json");
+        std::fs::create_dir(dir.path().join("containers")).unwrap();
+        let other = r#"{"auths":{"other.example":{"auth":"b3RoZXI6cGFzcw=="}},"credHelpers":{"helped.example":"secretservice"}}"#;
+        std::fs::write(&auth, other).unwrap();
+        let host = format!("127.0.0.1:{}", registry.port);
+        let logged_in = |args: &[&str], stdin: &str| {
+            let mut cmd = strata(args);
+            cmd.args(["--tls-verify=false"]).env("REGISTRY_AUTH_FILE", &auth).env("STRATA_CACHE_DIR", dir.path().join("cache"));
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+        let wrong = logged_in(&["login", &host, "-u", "strata-user", "--password-stdin"], "Wr0ngPassw0rd\n");
+        assert!(!wrong.status.success() && text(&wrong.stderr).contains(&format!("authentication to {host} failed")), "{}", text(&wrong.stderr));
+        assert_eq!(std::fs::read_to_string(&auth).unwrap(), other, "nothing stored");
+
+        let right = logged_in(&["login", &format!("https://{host}/"), "-u", "strata-user", "--password-stdin"], "s3cret-pass\n");
+        assert!(right.status.success() && text(&right.stdout).contains("Login Succeeded"), "{}", text(&right.stderr));
+        let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+        assert_eq!(stored["auths"][&host]["auth"], "c3RyYXRhLXVzZXI6czNjcmV0LXBhc3M=", "base64 of {CREDS}: {stored}");
+        assert_eq!(stored["auths"]["other.example"]["auth"], "b3RoZXI6cGFzcw==");
+        assert_eq!(stored["credHelpers"]["helped.example"], "secretservice");
+        assert_eq!(std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let target = format!("{}:v1", registry.reference("strata-test/app"));
+        let pushed = logged_in(&["build", hello_spec(dir.path(), "Hello, world!").to_str().unwrap(), "-o", &target], "");
+        assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+        let digest = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", "--authfile"]).arg(&auth).arg(&target));
+        assert!(digest.starts_with("sha256:"), "{digest}");
+
+        let out = logged_in(&["logout", &host], "");
+        assert!(out.status.success() && text(&out.stdout).contains(&format!("Removed login credentials for {host}")), "{}", text(&out.stderr));
+        let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+        assert!(stored["auths"].get(&host).is_none() && stored["auths"]["other.example"]["auth"] == "b3RoZXI6cGFzcw==", "{stored}");
+        let again = logged_in(&["logout", &host], "");
+        assert!(!again.status.success() && text(&again.stderr).contains(&format!("not logged in to {host}")), "{}", text(&again.stderr));
+    }
+}

@@ -171,6 +171,14 @@ impl Client {
         }
     }
 
+    /// Checks the credentials, as `docker login` does: the registry answers `GET /v2/` with
+    /// 200 given them (or the token they got).
+    pub(crate) async fn login(&self) -> Result<(), HttpError> {
+        self.authenticate(Access::Pull).await?;
+        let url = format!("{}v2/", self.base());
+        expect(self.send(None, || Ok(self.http.get(&url))).await?, &[StatusCode::OK]).await.map(drop)
+    }
+
     /// Sends the request `build` makes, with the credentials or token the registry asked
     /// for; answered 401, it meets the challenge and sends it once more. `also` is another
     /// repository the request needs to read (a mount's source).
@@ -237,7 +245,10 @@ impl Client {
         let access = *self.access.lock().unwrap_or_else(PoisonError::into_inner);
         let actions = if access == Access::Push { "pull,push" } else { "pull" };
         let mut params: Vec<(&str, String)> = service.map(|s| ("service", s.to_owned())).into_iter().collect();
-        params.push(("scope", format!("repository:{}:{actions}", self.repository)));
+        // A login names no repository: its token is for the registry alone.
+        if !self.repository.is_empty() {
+            params.push(("scope", format!("repository:{}:{actions}", self.repository)));
+        }
         params.extend(also.map(|other| ("scope", format!("repository:{other}:pull"))));
         let request = match &self.creds {
             Some(Credentials { secret: Secret::IdentityToken(refresh), .. }) => {
