@@ -636,3 +636,44 @@ fn login_stores_credentials_where_podman_reads_them_and_logout_removes_them() {
         assert!(!again.status.success() && text(&again.stderr).contains(&format!("not logged in to {host}")), "{}", text(&again.stderr));
     }
 }
+
+/// Credentials go to the registry only: a blob it sends elsewhere (a redirect to storage of
+/// another origin, as registries on S3 or a CDN do) is fetched without them.
+#[test]
+fn a_redirect_elsewhere_gets_no_credentials() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let config = br#"{"architecture":"amd64","config":{},"os":"linux","rootfs":{"diff_ids":[],"type":"layers"}}"#.to_vec();
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [],
+    })
+    .to_string();
+    let (credentialed, fetched) = (std::sync::Arc::new(AtomicUsize::new(0)), std::sync::Arc::new(AtomicUsize::new(0)));
+    let (seen, served) = (credentialed.clone(), fetched.clone());
+    let (storage, _) = scripted_registry(move |request| {
+        served.fetch_add(1, Ordering::SeqCst);
+        if request.to_ascii_lowercase().contains("\nauthorization:") {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        Answer { headers: String::new(), ..Answer::ok(&config) }
+    });
+    let (host, _) = scripted_registry(move |request| {
+        let authorized = request.to_ascii_lowercase().contains("\nauthorization: basic");
+        match request {
+            _ if !authorized => Answer { status: "401 Unauthorized", headers: "WWW-Authenticate: Basic realm=\"test\"\r\n".into(), ..Answer::ok(b"") },
+            r if r.contains("/blobs/") => {
+                Answer { status: "307 Temporary Redirect", headers: format!("Location: http://{storage}/config?signed=s3cret\r\n"), ..Answer::ok(b"") }
+            }
+            r if r.contains("/manifests/") => {
+                Answer { headers: "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n".into(), ..Answer::ok(manifest.as_bytes()) }
+            }
+            _ => Answer::ok(b""),
+        }
+    });
+    let out = stdout_of(strata(&["inspect", &format!("docker://{host}/x:t"), "--tls-verify=false", "--creds", CREDS]));
+    assert!(out.contains("amd64"), "{out}");
+    assert!(fetched.load(Ordering::SeqCst) >= 1, "the config was fetched from the storage");
+    assert_eq!(credentialed.load(Ordering::SeqCst), 0, "the storage got no credentials");
+}
