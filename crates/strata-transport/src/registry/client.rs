@@ -50,9 +50,10 @@ use crate::credentials::Secret;
 pub(crate) const MAX_TOKEN_SIZE: u64 = 1 << 20;
 /// The most of an error's body read for its message; the rest is left unread.
 pub(crate) const MAX_ERROR_SIZE: u64 = 64 << 10;
-/// How long a connection may take to open, and how long a response may stay silent (a
-/// registry finishing a large upload answers its last request only once it has checked the
-/// blob's digest).
+/// How long a connection may take to open, and how long a registry may stay silent, before
+/// its answer or within it. Not for an upload's `PUT`: reqwest counts its silence from the
+/// request's start, while the body is still being sent (an hour for a big layer on a slow
+/// link), and a registry answers only once it has checked the blob's digest.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -105,6 +106,8 @@ pub(crate) enum Access {
 /// A client of one repository of one registry.
 pub(crate) struct Client {
     http: reqwest::Client,
+    /// `http`, without its read timeout: for the requests that carry a blob.
+    uploads: reqwest::Client,
     /// `https://HOST/`, or `http://HOST/` for a registry that does not speak HTTPS when TLS
     /// is not verified (found by [`Client::authenticate`]).
     base: Mutex<Url>,
@@ -121,16 +124,19 @@ impl Client {
     /// (and showing its client certificate, if any).
     pub(crate) fn new(host: &str, repository: &str, creds: Option<Credentials>, tls_verify: bool, tls: RegistryTls) -> Result<Client, HttpError> {
         let base = Url::parse(&format!("https://{}/", api_host(host))).map_err(|e| HttpError::Protocol { url: host.to_owned(), why: e.to_string() })?;
-        let mut http = reqwest::Client::builder().danger_accept_invalid_certs(!tls_verify);
-        for root in tls.roots {
-            http = http.add_root_certificate(root);
-        }
-        if let Some(identity) = tls.identity {
-            http = http.identity(identity);
-        }
-        let http = http.user_agent(concat!("strata/", env!("CARGO_PKG_VERSION"))).connect_timeout(CONNECT_TIMEOUT).read_timeout(READ_TIMEOUT).build()?;
+        let builder = || {
+            let mut http = reqwest::Client::builder().danger_accept_invalid_certs(!tls_verify);
+            for root in &tls.roots {
+                http = http.add_root_certificate(root.clone());
+            }
+            if let Some(identity) = &tls.identity {
+                http = http.identity(identity.clone());
+            }
+            http.user_agent(concat!("strata/", env!("CARGO_PKG_VERSION"))).connect_timeout(CONNECT_TIMEOUT)
+        };
+        let (http, uploads) = (builder().read_timeout(READ_TIMEOUT).build()?, builder().build()?);
         let (access, auth) = (Mutex::new(Access::Pull), Mutex::new(Auth::Anonymous));
-        Ok(Client { http, base: Mutex::new(base), tls_verify, repository: repository.to_owned(), creds, access, auth })
+        Ok(Client { http, uploads, base: Mutex::new(base), tls_verify, repository: repository.to_owned(), creds, access, auth })
     }
 
     fn base(&self) -> Url {
@@ -335,7 +341,7 @@ impl Client {
         put.query_pairs_mut().append_pair("digest", &digest.to_string());
         let own = put.origin() == self.base().origin();
         let send = || {
-            let request = self.http.put(put.clone()).header(CONTENT_TYPE, "application/octet-stream").header(CONTENT_LENGTH, size).body(body()?);
+            let request = self.uploads.put(put.clone()).header(CONTENT_TYPE, "application/octet-stream").header(CONTENT_LENGTH, size).body(body()?);
             Ok(request)
         };
         let response = if own { self.send(None, send).await? } else { send()?.send().await? };
