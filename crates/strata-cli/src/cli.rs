@@ -32,9 +32,10 @@ pub struct Cli {
     /// auth.json, or ~/.docker/config.json and its credential helpers]
     #[arg(long, global = true, value_name = "USER:PASSWORD")]
     pub creds: Option<Credentials>,
-    /// Verify registries' TLS certificates; false also allows plain HTTP
-    #[arg(long, global = true, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
-    pub tls_verify: bool,
+    /// Verify registries' TLS certificates; false also allows plain HTTP [default: true,
+    /// unless registries.conf says `insecure = true` of the registry]
+    #[arg(long, global = true, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub tls_verify: Option<bool>,
     /// A registry's certificates: *.crt authorities to trust, NAME.cert and NAME.key a client
     /// certificate [default: its HOST[:PORT] directory in ~/.config/containers/certs.d,
     /// /etc/containers/certs.d or /etc/docker/certs.d]

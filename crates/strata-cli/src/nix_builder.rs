@@ -121,7 +121,7 @@ fn pull_blob(out: &Path) -> Result<()> {
     let source = registry_source()?;
     let digest: Digest = env("strataDigest")?.parse()?;
     let size: u64 = env("strataSize")?.parse().context("strataSize")?;
-    let registry = RegistryOptions::new(None, env("strataTlsVerify")? != "0");
+    let registry = RegistryOptions::new(None, Some(env("strataTlsVerify")? != "0"));
     let blobs = strata_transport::registry::RegistryBlobs::of(&source, &registry).with_context(|| format!("reaching {source}"))?;
     let file = blobs.fetch(&digest, size).with_context(|| format!("downloading {digest} from {source}"))?;
     let mut reader = strata_oci::digest::VerifiedReader::new(file, digest, size, PathBuf::from(format!("{source}: {digest}")));
@@ -295,7 +295,7 @@ fn layer_record(out: &Path) -> Result<()> {
 fn pull(out: &Path) -> Result<()> {
     let source = ImageRef::Registry(registry_source()?);
     let platform: Platform = env("strataPlatform")?.parse()?;
-    let registry = RegistryOptions::new(None, env("strataTlsVerify")? != "0");
+    let registry = RegistryOptions::new(None, Some(env("strataTlsVerify")? != "0"));
     let pulled = open_image(&source, &platform, &registry).with_context(|| format!("pulling {source}"))?;
     let image: Image<LayerRecipe> = Image::copy_of(pulled, None);
     let dest = env("strataDest")?;

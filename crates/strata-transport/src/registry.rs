@@ -39,8 +39,10 @@ use crate::SourceError;
 
 mod certs;
 mod client;
+mod conf;
 pub use certs::CertificateError;
 use client::{Access, Client, HttpError};
+pub use conf::ConfError;
 
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
@@ -52,6 +54,10 @@ pub enum RegistryError {
     Credentials(#[from] CredentialsError),
     #[error("the registry's TLS settings: {0}")]
     Certificates(#[from] CertificateError),
+    #[error("registries.conf: {0}")]
+    Conf(#[from] ConfError),
+    #[error("{reference} is blocked (`blocked = true` in {})", file.display())]
+    Blocked { reference: String, file: PathBuf },
     #[error("authentication to {host} failed{}: check the credentials (--creds, $REGISTRY_AUTH_FILE, ~/.docker/config.json)", user.as_ref().map(|u| format!(" for user {u:?}")).unwrap_or_default())]
     Unauthorized { host: String, user: Option<String> },
     #[error("{what} at {host}: {message}")]
@@ -89,33 +95,45 @@ fn manifest_target(r: &RegistryRef) -> String {
 pub struct RegistryOptions {
     /// Given on the command line; else looked up per registry.
     pub creds: Option<Credentials>,
-    /// `false`: HTTPS without certificate checks, or plain HTTP.
-    pub tls_verify: bool,
+    /// `false`: HTTPS without certificate checks, or plain HTTP. `None`: as registries.conf
+    /// says of the registry (`insecure`), else verified.
+    pub tls_verify: Option<bool>,
     /// Where a registry's authorities and client certificate are, instead of its directory in
     /// containers-certs.d(5)'s places (skopeo's `--cert-dir`).
     pub cert_dir: Option<PathBuf>,
     /// The one tokio runtime behind every synchronous call made with these options, made on
     /// first use (no registry, no runtime).
     runtime: std::sync::OnceLock<Arc<tokio::runtime::Runtime>>,
+    /// registries.conf, read on first use.
+    conf: Arc<std::sync::OnceLock<conf::RegistriesConf>>,
 }
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        RegistryOptions::new(None, true)
+        RegistryOptions::new(None, None)
     }
 }
 
 impl RegistryOptions {
     /// Options for every registry a command talks to. TLS goes through rustls with the
     /// process's default crypto provider, which the program installs (a library does not).
-    pub fn new(creds: Option<Credentials>, tls_verify: bool) -> RegistryOptions {
-        RegistryOptions { creds, tls_verify, cert_dir: None, runtime: std::sync::OnceLock::new() }
+    pub fn new(creds: Option<Credentials>, tls_verify: Option<bool>) -> RegistryOptions {
+        RegistryOptions { creds, tls_verify, cert_dir: None, runtime: std::sync::OnceLock::new(), conf: Default::default() }
     }
 
     /// These options, with registries' certificates read from `dir` rather than from their
     /// containers-certs.d(5) directories.
     pub fn with_cert_dir(self, dir: Option<PathBuf>) -> RegistryOptions {
         RegistryOptions { cert_dir: dir, ..self }
+    }
+
+    /// What registries.conf says of `reference` (`HOST/REPOSITORY`).
+    fn conf_of(&self, reference: &str) -> Result<Option<conf::Entry>, RegistryError> {
+        if self.conf.get().is_none() {
+            let loaded = conf::RegistriesConf::load()?;
+            let _ = self.conf.set(loaded);
+        }
+        Ok(self.conf.get().and_then(|c| c.find(reference)).cloned())
     }
 
     fn runtime(&self) -> Result<Arc<tokio::runtime::Runtime>, RegistryError> {
@@ -149,11 +167,22 @@ impl Session {
         Session::with(host, &repository.repository, creds, options)
     }
 
+    /// A session to read from `repository`, unless registries.conf blocks it.
+    fn for_reading(repository: &RegistryRef, options: &RegistryOptions) -> Result<Session, RegistryError> {
+        let name = format!("{}/{}", repository.host, repository.repository);
+        if let Some(entry) = options.conf_of(&name)?.filter(|e| e.blocked) {
+            return Err(RegistryError::Blocked { reference: name, file: entry.file });
+        }
+        Session::new(repository, options)
+    }
+
     /// A session for `repository` (empty: the registry itself) at `host`, with `creds`.
     fn with(host: &str, repository: &str, creds: Option<Credentials>, options: &RegistryOptions) -> Result<Session, RegistryError> {
         let user = creds.as_ref().map(|c| c.user.clone()).filter(|u| !u.is_empty());
         let tls = certs::for_registry(host, options.cert_dir.as_deref())?;
-        let client = Client::new(host, repository, creds, options.tls_verify, tls).map_err(|e| RegistryError::Request {
+        let insecure = options.conf_of(&format!("{host}/{repository}"))?.is_some_and(|e| e.insecure);
+        let tls_verify = options.tls_verify.unwrap_or(!insecure);
+        let client = Client::new(host, repository, creds, tls_verify, tls).map_err(|e| RegistryError::Request {
             host: host.to_owned(),
             what: "starting an HTTP client".into(),
             message: e.to_string(),
@@ -596,7 +625,7 @@ fn with_top_manifest<T>(
 
 /// A session with `source`'s repository, authenticated to pull from it.
 fn pull_session(source: &RegistryRef, options: &RegistryOptions) -> Result<Session, RegistryError> {
-    let session = Session::new(source, options)?;
+    let session = Session::for_reading(source, options)?;
     session.runtime.clone().block_on(session.authenticate(Access::Pull))?;
     Ok(session)
 }
@@ -760,7 +789,7 @@ pub struct StoredSignature {
 /// The signatures stored for the manifest `digest` in `repository` (cosign's tag), each
 /// payload read and checked against its digest; none if the tag is not there.
 pub fn signatures(repository: &RegistryRef, digest: &Digest, options: &RegistryOptions) -> Result<Vec<StoredSignature>, RegistryError> {
-    let session = Session::new(repository, options)?;
+    let session = Session::for_reading(repository, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async { stored_signatures(&session, repository, digest).await })
 }

@@ -677,3 +677,46 @@ fn a_redirect_elsewhere_gets_no_credentials() {
     assert!(fetched.load(Ordering::SeqCst) >= 1, "the config was fetched from the storage");
     assert_eq!(credentialed.load(Ordering::SeqCst), 0, "the storage got no credentials");
 }
+
+/// registries.conf, as podman and skopeo read it: a registry it marks `insecure` is used in
+/// plain HTTP without `--tls-verify=false` (which, given `true`, overrides it); a repository
+/// it marks `blocked` is not read from (pushes are not blocked), and the error names the
+/// file. skopeo, given the same file, reads the insecure registry the same way.
+#[test]
+fn registries_conf_marks_registries_insecure_or_blocked() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("registries.conf");
+    let host = format!("127.0.0.1:{}", registry.port);
+    std::fs::write(
+        &conf,
+        format!(
+            "unqualified-search-registries = [\"docker.io\"]\n\
+             [[registry]]\nlocation = \"{host}\"\ninsecure = true\n\
+             [[registry]]\nprefix = \"{host}/strata-test/private\"\nlocation = \"{host}/strata-test/private\"\ninsecure = true\nblocked = true\n"
+        ),
+    )
+    .unwrap();
+    let configured = |args: &[&str]| {
+        let mut cmd = strata(args);
+        cmd.args(["--creds", CREDS]).env("CONTAINERS_REGISTRIES_CONF", &conf).env("HOME", dir.path()).env("STRATA_CACHE_DIR", dir.path().join("cache"));
+        cmd
+    };
+    let spec = hello_spec(dir.path(), "Hello, world!");
+    let target = format!("{}:v1", registry.reference("strata-test/app"));
+    run_ok(configured(&["build", spec.to_str().unwrap(), "-o", &target]));
+    let digest = stdout_of(Command::new("skopeo").arg("--registries-conf").arg(&conf).args(["inspect", "--format", "{{.Digest}}", "--creds", CREDS, &target]));
+    let inspected = stdout_of(&mut configured(&["inspect", &target]));
+    assert!(digest.starts_with("sha256:") && inspected.contains(digest.trim()), "{digest}: {inspected}");
+
+    let verified = fails(&mut configured(&["inspect", &target, "--tls-verify=true"]));
+    assert!(verified.contains("plain HTTP"), "--tls-verify=true overrides the file: {verified}");
+    let without =
+        fails(strata(&["inspect", &target, "--creds", CREDS]).env("HOME", dir.path()).env("CONTAINERS_REGISTRIES_CONF", dir.path().join("none.conf")));
+    assert!(without.contains("plain HTTP"), "TLS is verified where no file says otherwise: {without}");
+
+    let private = format!("{}:v1", registry.reference("strata-test/private"));
+    run_ok(configured(&["copy", &target, &private]));
+    let blocked = fails(&mut configured(&["inspect", &private]));
+    assert!(blocked.contains(&format!("{host}/strata-test/private is blocked")) && blocked.contains(conf.to_str().unwrap()), "{blocked}");
+}
