@@ -1,8 +1,10 @@
 //! Registries: `docker://HOST/REPO[:TAG|@DIGEST]` over the OCI distribution API: pushes,
-//! pulls, signatures and referrers, with retries and backoff, credentials from the usual
-//! files, and a memory of layer digests. The requests themselves, their authentication and
-//! the bounds on everything a registry sends (a manifest, index or referrers list to 4 MiB,
-//! a blob to its declared size, a token, an error's body) are [`client`]'s.
+//! pulls, signatures and referrers, and the check of `strata login`, with retries and
+//! backoff, credentials from the usual files, and a memory of layer digests. The requests
+//! themselves, their authentication and the bounds on everything a registry sends (a
+//! manifest, index or referrers list to 4 MiB, a blob to its declared size, a token, an
+//! error's body) are [`client`]'s; what the machine's container configuration says of a
+//! registry, `certs`' (containers-certs.d) and `conf`'s (containers-registries.conf).
 //!
 //! Pushing costs what changed. The layer cache (`crate::cache`) knows, per layer and
 //! codec, the blob's digest and size, and in which repositories strata pushed it. So for a
