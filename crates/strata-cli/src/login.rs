@@ -3,7 +3,6 @@
 //! (strata-transport's `credentials`, which does the reading and the writing).
 
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use strata_oci::reference::LoginScope;
@@ -13,14 +12,9 @@ use strata_transport::Transport;
 
 use crate::cli::{LoginArgs, LogoutArgs};
 
-/// The auth file given, else where logins go.
-fn auth_file(given: Option<PathBuf>) -> Result<PathBuf> {
-    given.or_else(login_file).context("no auth file: give --authfile, or set REGISTRY_AUTH_FILE, XDG_RUNTIME_DIR or HOME")
-}
-
 pub fn login(args: LoginArgs, cx: &Transport) -> Result<()> {
     let scope = LoginScope::parse(&args.registry)?;
-    let file = auth_file(args.authfile)?;
+    let file = args.authfile.unwrap_or_else(login_file);
     let creds = match cx.registry.creds.clone() {
         Some(creds) if args.username.is_none() && args.password.is_none() && !args.password_stdin => creds,
         _ => Credentials::new(username(args.username)?, password(args.password, args.password_stdin)?),
@@ -32,7 +26,7 @@ pub fn login(args: LoginArgs, cx: &Transport) -> Result<()> {
 }
 
 pub fn logout(args: LogoutArgs) -> Result<()> {
-    let file = auth_file(args.authfile)?;
+    let file = args.authfile.unwrap_or_else(login_file);
     let scope = args.registry.as_deref().map(LoginScope::parse).transpose()?;
     let key = scope.as_ref().map(ToString::to_string);
     match (forget(&file, key.as_deref())?, key) {

@@ -1,7 +1,9 @@
 //! Registry credentials: `--creds USER:PASSWORD`, else what `podman login` and `docker login`
 //! stored, looked up as containers/image does (containers-auth.json(5)):
 //!
-//! 1. `$REGISTRY_AUTH_FILE` if set, else `$XDG_RUNTIME_DIR/containers/auth.json` (podman's);
+//! 1. `$REGISTRY_AUTH_FILE` if set, else `$XDG_RUNTIME_DIR/containers/auth.json` (podman's),
+//!    else `/run/containers/$UID/auth.json` (podman's without `XDG_RUNTIME_DIR`): the file
+//!    `strata login` writes too ([`login_file`]);
 //! 2. `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`;
 //! 3. Docker's `config.json` (in `$DOCKER_CONFIG`, else `~/.docker`).
 //!
@@ -84,14 +86,17 @@ pub fn stored(host: &str, repository: &str) -> Result<Option<Credentials>, Crede
     Ok(None)
 }
 
+/// The environment variable `name`, if set and not empty, as a path.
+fn var(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
 /// The files to look in, in order.
 fn files() -> Vec<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let home = var("HOME");
-    let primary = var("REGISTRY_AUTH_FILE").or_else(|| var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")));
     let config_home = var("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")));
     let docker = var("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker")));
-    let mut files: Vec<PathBuf> = primary.into_iter().collect();
+    let mut files = vec![login_file()];
     files.extend(config_home.map(|d| d.join("containers/auth.json")));
     files.extend(docker.map(|d| d.join("config.json")));
     files
@@ -165,15 +170,16 @@ fn not_json(e: &serde_json::Error) -> String {
     format!("not valid JSON ({:?} error at line {}, column {})", e.classify(), e.line(), e.column())
 }
 
-/// Where `strata login` stores credentials, as `podman login` does: `$REGISTRY_AUTH_FILE`,
-/// else `$XDG_RUNTIME_DIR/containers/auth.json`, else
-/// `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json` (the first file [`stored`] reads
-/// that is set); `None` where none of them is.
-pub fn login_file() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("REGISTRY_AUTH_FILE")
-        .or_else(|| var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")))
-        .or_else(|| var("XDG_CONFIG_HOME").or_else(|| var("HOME").map(|h| h.join(".config"))).map(|d| d.join("containers/auth.json")))
+/// The primary auth file, the first [`stored`] reads and the one `strata login` writes, as
+/// podman's: `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`, else
+/// `/run/containers/$UID/auth.json` (where podman, skopeo and buildah keep it without
+/// `XDG_RUNTIME_DIR`: root's logins under sudo, cron or CI).
+pub fn login_file() -> PathBuf {
+    var("REGISTRY_AUTH_FILE").or_else(|| var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json"))).unwrap_or_else(|| {
+        // SAFETY: getuid(2) cannot fail and touches no memory.
+        let uid = unsafe { libc::getuid() };
+        PathBuf::from(format!("/run/containers/{uid}/auth.json"))
+    })
 }
 
 /// Stores `creds` under `key` (`HOST[/NAMESPACE]`) in the auth file `file`, as `podman

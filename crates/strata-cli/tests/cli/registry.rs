@@ -720,3 +720,42 @@ fn registries_conf_marks_registries_insecure_or_blocked() {
     let blocked = fails(&mut configured(&["inspect", &private]));
     assert!(blocked.contains(&format!("{host}/strata-test/private is blocked")) && blocked.contains(conf.to_str().unwrap()), "{blocked}");
 }
+
+/// Without `XDG_RUNTIME_DIR` (root under sudo, cron or CI), podman's tools keep logins in
+/// `/run/containers/$UID/auth.json`: what `skopeo login` stores there serves strata's push,
+/// and `strata logout` removes it from there, so that skopeo no longer finds it.
+#[test]
+fn logins_without_a_runtime_dir_are_where_podman_keeps_them() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let bare = |cmd: &mut Command| {
+        cmd.env_remove("XDG_RUNTIME_DIR").env_remove("REGISTRY_AUTH_FILE").env("HOME", dir.path()).env("STRATA_CACHE_DIR", dir.path().join("cache"));
+    };
+    /// Logs skopeo out of the registry however the test ends.
+    struct LoggedIn(Vec<String>);
+    impl Drop for LoggedIn {
+        fn drop(&mut self) {
+            let _ = Command::new("skopeo").args(&self.0).env_remove("XDG_RUNTIME_DIR").env_remove("REGISTRY_AUTH_FILE").output();
+        }
+    }
+    let (user, password) = CREDS.split_once(':').unwrap();
+    let mut login = Command::new("skopeo");
+    login.args(["login", "--tls-verify=false", "-u", user, "-p", password, &host]);
+    bare(&mut login);
+    run_ok(login);
+    let _logged_in = LoggedIn(vec!["logout".into(), host.clone()]);
+
+    let target = format!("{}:v1", registry.reference("strata-test/app"));
+    let mut push = strata(&["build", hello_spec(dir.path(), "Hello, world!").to_str().unwrap(), "-o", &target, "--tls-verify=false"]);
+    bare(&mut push);
+    run_ok(push);
+    let mut logout = strata(&["logout", &host]);
+    bare(&mut logout);
+    assert!(stdout_of(&mut logout).contains(&format!("Removed login credentials for {host}")));
+    let mut inspect = Command::new("skopeo");
+    inspect.args(["inspect", "--tls-verify=false", &target]);
+    bare(&mut inspect);
+    let out = inspect.output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("authentication required"), "{}", String::from_utf8_lossy(&out.stderr));
+}
