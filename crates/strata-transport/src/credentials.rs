@@ -129,6 +129,9 @@ fn from_file(path: &Path, host: &str, repository: &str) -> Result<Option<(String
     let fault = |why: String| CredentialsError::File { path: path.to_owned(), why };
     let text = match strata_oci::bounded::read_file(path, MAX_FILE_SIZE) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // Behind a directory this user may not enter (root's `/run/containers`, seen by a
+        // Nix build user): not this user's file.
+        Err(_) if std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied) => return Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => return Err(fault(format!("{e}, more than a credentials file holds"))),
         result => result.map_err(|e| fault(e.to_string()))?,
     };
