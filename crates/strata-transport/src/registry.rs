@@ -193,7 +193,8 @@ impl Session {
         Ok(Session { client, user, host: host.to_owned(), runtime, answered: std::sync::atomic::AtomicBool::new(false) })
     }
 
-    /// Runs `op` with retries on dropped connections and 5xx answers; maps the final error.
+    /// Runs `op` with retries on dropped connections, 5xx and 429 answers; maps the final
+    /// error.
     async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, RegistryError>
     where
         F: Fn() -> Fut,
