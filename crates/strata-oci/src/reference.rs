@@ -462,19 +462,6 @@ impl fmt::Display for ImageRef {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn logins_name_a_registry_or_a_namespace_in_it() {
-        let scope = |text: &str| super::LoginScope::parse(text).map(|s| s.to_string()).map_err(|e| e.why);
-        assert_eq!(scope("quay.io"), Ok("quay.io".into()));
-        assert_eq!(scope("https://quay.io/team/"), Ok("quay.io/team".into()));
-        assert_eq!(scope("docker://127.0.0.1:5000"), Ok("127.0.0.1:5000".into()));
-        assert_eq!(scope("https://index.docker.io/v1/"), Ok("docker.io".into()));
-        assert_eq!(scope("registry-1.docker.io"), Ok("docker.io".into()));
-        assert!(scope("quay.io/Team").unwrap_err().contains("lowercase"));
-        assert!(scope("not a host").unwrap_err().contains("is not a registry"));
-        assert!(scope("").is_err());
-    }
-
     use super::*;
 
     fn p(s: &str) -> ImageRef {
@@ -664,5 +651,18 @@ mod tests {
         }
         assert!(check_tag("latest").is_ok() && check_tag("1.4.2_rc-1").is_ok());
         assert!(check_tag(".x").is_err() && check_tag("a:b").is_err() && check_tag("").is_err() && check_tag("a#b").is_err());
+    }
+
+    #[test]
+    fn logins_name_a_registry_or_a_namespace_in_it() {
+        let scope = |text: &str| LoginScope::parse(text).map(|s| s.to_string()).map_err(|e| e.why);
+        assert_eq!(scope("quay.io"), Ok("quay.io".into()));
+        assert_eq!(scope("https://quay.io/team/"), Ok("quay.io/team".into()));
+        assert_eq!(scope("docker://127.0.0.1:5000"), Ok("127.0.0.1:5000".into()));
+        assert_eq!(scope("https://index.docker.io/v1/"), Ok("docker.io".into()));
+        assert_eq!(scope("registry-1.docker.io"), Ok("docker.io".into()));
+        assert!(scope("quay.io/Team").unwrap_err().contains("lowercase"));
+        assert!(scope("not a host").unwrap_err().contains("is not a registry"));
+        assert!(scope("").is_err());
     }
 }
