@@ -209,19 +209,38 @@ impl Session {
                     self.answered.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(e) if plain_http(&e) => return Err(RegistryError::PlainHttp { host: self.host.clone() }),
-                Err(e) if !answered && refused(&e) => return Err(RegistryError::Refused { host: self.host.clone() }),
-                Err(e) if untrusted(&e) => return Err(RegistryError::Untrusted { host: self.host.clone(), why: root_cause(&e) }),
-                Err(e) if handshake_refused(&e) => return Err(RegistryError::Handshake { host: self.host.clone(), why: root_cause(&e) }),
-                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
-                    tracing::warn!("{what} at {}: {}; trying again in {pause:?}", self.host, describe(&e));
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(e) => return Err(self.error(what, &e)),
+                Err(e) => match self.hopeless(&e, answered) {
+                    Some(error) => return Err(error),
+                    None if attempt < ATTEMPTS && retryable(&e) => {
+                        tracing::warn!("{what} at {}: {}; trying again in {pause:?}", self.host, describe(&e));
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    }
+                    None => return Err(self.error(what, &e)),
+                },
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// The error `e` stands for when trying again is no use, told by its innermost cause: a
+    /// TLS handshake answered in plain HTTP (rustls sees a record that is not TLS); a
+    /// connection refused before the registry ever answered (after, a registry restarting);
+    /// a certificate rustls refused; a handshake the registry ended with an alert (no client
+    /// certificate, or one it does not trust).
+    fn hopeless(&self, e: &HttpError, answered: bool) -> Option<RegistryError> {
+        let (cause, host) = (root_cause(e), self.host.clone());
+        if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
+            Some(RegistryError::PlainHttp { host })
+        } else if !answered && cause.contains("Connection refused") {
+            Some(RegistryError::Refused { host })
+        } else if cause.contains("invalid peer certificate") {
+            Some(RegistryError::Untrusted { host, why: cause })
+        } else if cause.contains("received fatal alert") {
+            Some(RegistryError::Handshake { host, why: cause })
+        } else {
+            None
+        }
     }
 
     fn error(&self, what: &str, e: &HttpError) -> RegistryError {
@@ -304,27 +323,6 @@ fn root_cause(e: &HttpError) -> String {
         err = source;
     }
     err.to_string()
-}
-
-/// A TLS handshake answered in plain HTTP (rustls sees a record that is not TLS).
-fn plain_http(e: &HttpError) -> bool {
-    let cause = root_cause(e);
-    cause.contains("InvalidContentType") || cause.contains("corrupt message")
-}
-
-fn refused(e: &HttpError) -> bool {
-    root_cause(e).contains("Connection refused")
-}
-
-/// A certificate rustls refused: the same would come again.
-fn untrusted(e: &HttpError) -> bool {
-    root_cause(e).contains("invalid peer certificate")
-}
-
-/// A TLS handshake the registry ended with an alert (no client certificate, or one it does
-/// not trust): the same would come again.
-fn handshake_refused(e: &HttpError) -> bool {
-    root_cause(e).contains("received fatal alert")
 }
 
 /// Checks `creds` with the registry at `host`, as `docker login` and `podman login` do: the

@@ -147,8 +147,13 @@ impl Client {
         self.auth.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The API's root, `…/v2/`, which answers whether and how to authenticate.
+    fn root(&self) -> String {
+        format!("{}v2/", self.base())
+    }
+
     fn url(&self, path: &str) -> String {
-        format!("{}v2/{}/{path}", self.base(), self.repository)
+        format!("{}{}/{path}", self.root(), self.repository)
     }
 
     /// Learns what the registry asks for (`end-1`) and gets a token for `access` if it
@@ -159,7 +164,7 @@ impl Client {
             let mut asked = self.access.lock().unwrap_or_else(PoisonError::into_inner);
             *asked = (*asked).max(access);
         }
-        let ping = || self.http.get(format!("{}v2/", self.base())).send();
+        let ping = || self.http.get(self.root()).send();
         let response = match ping().await {
             Err(_) if !self.tls_verify && self.base().scheme() == "https" => {
                 self.base.lock().unwrap_or_else(PoisonError::into_inner).set_scheme("http").expect("http is a scheme for any https URL");
@@ -181,8 +186,8 @@ impl Client {
     /// 200 given them (or the token they got).
     pub(crate) async fn login(&self) -> Result<(), HttpError> {
         self.authenticate(Access::Pull).await?;
-        let url = format!("{}v2/", self.base());
-        expect(self.send(None, || Ok(self.http.get(&url))).await?, &[StatusCode::OK]).await.map(drop)
+        let root = self.root();
+        expect(self.send(None, || Ok(self.http.get(&root))).await?, &[StatusCode::OK]).await.map(drop)
     }
 
     /// Sends the request `build` makes, with the credentials or token the registry asked
