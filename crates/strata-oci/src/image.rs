@@ -38,8 +38,21 @@ pub enum TarError {
 pub trait LayerTar: Clone + Send + Sync + 'static {
     /// The exact length of the tar.
     fn tar_len(&self) -> u64;
-    /// Writes the tar to `out`, in large buffered reads (`out` may hash or compress them).
-    fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), TarError>;
+    /// The tar, read piece by piece.
+    fn pieces(&self) -> Box<dyn TarPieces + '_>;
+    /// Writes the tar to `out`, in large pieces (`out` may hash or compress them).
+    fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), TarError> {
+        let mut pieces = self.pieces();
+        loop {
+            let piece = pieces.fill()?;
+            if piece.is_empty() {
+                return Ok(());
+            }
+            let n = piece.len();
+            out.write_all(piece).map_err(TarError::Write)?;
+            pieces.consume(n);
+        }
+    }
     /// Writes the tar for bytes nobody needs to see on the way (the kernel may move them).
     fn write_tar_direct<W: Write>(&self, out: &mut W) -> Result<(), TarError> {
         self.write_tar(out)
@@ -57,6 +70,16 @@ pub trait LayerTar: Clone + Send + Sync + 'static {
     fn author(&self) -> Option<&str> {
         None
     }
+}
+
+/// A tar read piece by piece, as [`io::BufRead`] reads, but each piece lent from where the
+/// producer has it (a header it made, a window of a mapped file): so bytes reach a hash
+/// uncopied, and two tars can feed one two-stream hash ([`crate::sha256::Sha256::update_pair`]).
+pub trait TarPieces {
+    /// The next bytes of the tar; empty at its end.
+    fn fill(&mut self) -> Result<&[u8], TarError>;
+    /// Takes the first `n` bytes of what [`fill`](Self::fill) lent.
+    fn consume(&mut self, n: usize);
 }
 
 /// Where the blobs of an image read back come from (a directory, an archive, a registry).

@@ -1,7 +1,6 @@
 //! The transports on synthetic images, no daemon, no Nix: what each writer writes, its
 //! reader reads back with the same digests; re-encoding keeps diff IDs; corrupt blobs fail.
 
-use std::io::Write;
 use std::path::Path;
 
 use oci_spec::image::ImageConfiguration;
@@ -9,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use strata_oci::compress::Compression;
 use strata_oci::digest::Digest;
-use strata_oci::image::{ConfigRecipe, Image, LayerTar, Recode, TarError};
+use strata_oci::image::{ConfigRecipe, Image, LayerTar, Recode, TarError, TarPieces};
 use strata_oci::platform::Platform;
 use strata_oci::reference::ImageRef;
 
@@ -47,19 +46,34 @@ impl LayerTar for TarBytes {
     fn tar_len(&self) -> u64 {
         self.tar.len() as u64
     }
-    fn write_tar<W: Write>(&self, out: &mut W) -> Result<(), TarError> {
+    fn pieces(&self) -> Box<dyn TarPieces + '_> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        if let Some(n) = self.fails_after {
-            out.write_all(&self.tar[..n]).map_err(TarError::Write)?;
-            return Err(TarError::Source("a file changed while it was read".into()));
-        }
-        out.write_all(&self.tar).map_err(TarError::Write)
+        Box::new(Pieces { rest: &self.tar[..self.fails_after.unwrap_or(self.tar.len())], fails: self.fails_after.is_some() })
     }
     fn fingerprint(&self) -> Digest {
         Digest::of(&self.tar)
     }
     fn comment(&self) -> &str {
         &self.comment
+    }
+}
+
+/// A tar lent in pieces of uneven sizes (so that two hashed in a pair end apart), failing at
+/// its end if `fails`.
+struct Pieces<'a> {
+    rest: &'a [u8],
+    fails: bool,
+}
+
+impl TarPieces for Pieces<'_> {
+    fn fill(&mut self) -> Result<&[u8], TarError> {
+        if self.rest.is_empty() && self.fails {
+            return Err(TarError::Source("a file changed while it was read".into()));
+        }
+        Ok(&self.rest[..self.rest.len().min(1 + self.rest.len() % 99_991)])
+    }
+    fn consume(&mut self, n: usize) {
+        self.rest = &self.rest[n..];
     }
 }
 
