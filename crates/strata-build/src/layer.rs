@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use strata_oci::ustar::{header, USTAR_MAX_ID, USTAR_MAX_SIZE};
 use tar::EntryType;
 
+use crate::mapped::Window;
 use crate::spec::PermRule;
 use crate::store::StorePath;
 use strata_oci::digest::{Digest, HashingWriter};
@@ -627,8 +628,8 @@ impl TarPieces for TarReader<'_> {
     }
 }
 
-/// Files of at least this many bytes that nobody may write are mapped into memory rather
-/// than read (see [`FileContents`]); smaller ones cost less to read than to map.
+/// Files of at least this many bytes are mapped into memory rather than read (see
+/// [`FileContents`]); smaller ones cost less to read than to map.
 const MIN_MAPPED_SIZE: u64 = COPY_BUFFER as u64;
 /// How much of a file is mapped at once: enough that mapping is rare, little enough that the
 /// pages mapped (which count as the process's memory) stay few.
@@ -637,14 +638,11 @@ const MAP_WINDOW: u64 = 2 << 20;
 /// The contents of one file of a layer, lent piece by piece, exactly as many bytes as the
 /// recipe says (a file grown or shrunk since is [`LayerError::Changed`]).
 ///
-/// A file of [`MIN_MAPPED_SIZE`] or more that nobody may write (no `w` in its mode, as every
-/// file of a Nix store) is mapped, a window at a time, and its pages lent as they are: no
-/// copy into a buffer, which cost a sixth of a cold stream's time. Others are read into a
-/// buffer, as is a file the file system cannot map. A mapped file that shrinks while it is
-/// read would end the process with `SIGBUS` (as it would ripgrep's or git's), which is why
-/// only files nobody may write are mapped: to shrink one, its owner (or root) must first
-/// give back the right to write it. A store file's owner is root, or in a single-user
-/// store the user running strata: nobody who could not change the image's bytes anyway.
+/// A file of [`MIN_MAPPED_SIZE`] or more is mapped, a window at a time, and its pages lent as
+/// they are: no copy into a buffer, which cost a sixth of a cold stream's time. Others are
+/// read into a buffer, as is a file the file system cannot map. A file that shrinks while a
+/// window of it is mapped cannot crash strata ([`crate::mapped`]): the window says so, and
+/// the file is reported as changed.
 struct FileContents<'p> {
     path: &'p Path,
     file: File,
@@ -652,7 +650,7 @@ struct FileContents<'p> {
     /// Bytes of the file before the current piece.
     offset: u64,
     /// The current piece: a window of the file, or bytes read into `buf`; `at` of it taken.
-    window: Option<memmap2::Mmap>,
+    window: Option<Window>,
     buf: Vec<u8>,
     at: usize,
     mapped: bool,
@@ -662,13 +660,13 @@ impl<'p> FileContents<'p> {
     fn open(path: &'p Path, size: u64) -> Result<FileContents<'p>, LayerError> {
         let file = open_store_file(path).map_err(|source| LayerError::Read { path: path.to_owned(), source })?;
         let meta = file.metadata().map_err(|source| LayerError::Read { path: path.to_owned(), source })?;
-        let mapped = size >= MIN_MAPPED_SIZE && meta.len() == size && meta.mode() & 0o222 == 0;
+        let mapped = size >= MIN_MAPPED_SIZE && meta.len() == size;
         Ok(FileContents { path, file, size, offset: 0, window: None, buf: Vec::new(), at: 0, mapped })
     }
 
     fn piece(&self) -> &[u8] {
         match &self.window {
-            Some(window) => &window[self.at..],
+            Some(window) => &window.bytes()[self.at..],
             None => &self.buf[self.at..],
         }
     }
@@ -684,22 +682,32 @@ impl<'p> FileContents<'p> {
             return Ok(true);
         }
         let read_err = |source| LayerError::Read { path: self.path.to_owned(), source };
-        self.offset += self.window.take().map_or(self.buf.len(), |w| w.len()) as u64;
+        let changed = || LayerError::Changed { path: self.path.to_owned(), expected: self.size };
+        match self.window.take() {
+            Some(window) => {
+                // A file cut short may read as zeros where it was cut rather than fault (a large
+                // page of the page cache cut in its middle is zeroed, not dropped): so its size
+                // is asked too, once the window is read.
+                let end = self.offset + window.bytes().len() as u64;
+                if window.shrank() || self.file.metadata().map_err(read_err)?.len() < end {
+                    return Err(changed());
+                }
+                self.offset = end;
+            }
+            None => self.offset += self.buf.len() as u64,
+        }
         self.buf.clear();
         self.at = 0;
         let left = self.size - self.offset;
         if left == 0 {
             return match self.file.read_at(&mut [0], self.size) {
                 Ok(0) => Ok(false),
-                Ok(_) => Err(LayerError::Changed { path: self.path.to_owned(), expected: self.size }),
+                Ok(_) => Err(changed()),
                 Err(e) => Err(read_err(e)),
             };
         }
         if self.mapped {
-            let len = left.min(MAP_WINDOW) as usize;
-            // SAFETY: the mapping is only read, and lives no longer than `self`. The file is one
-            // nobody may write (see the type's essay), so its pages stay as they were mapped.
-            match unsafe { memmap2::MmapOptions::new().offset(self.offset).len(len).populate().map(&self.file) } {
+            match Window::map(&self.file, self.offset, left.min(MAP_WINDOW) as usize) {
                 Ok(window) => {
                     self.window = Some(window);
                     return Ok(true);
@@ -710,7 +718,7 @@ impl<'p> FileContents<'p> {
         self.buf.resize(left.min(COPY_BUFFER as u64) as usize, 0);
         loop {
             match self.file.read_at(&mut self.buf, self.offset) {
-                Ok(0) => return Err(LayerError::Changed { path: self.path.to_owned(), expected: self.size }),
+                Ok(0) => return Err(changed()),
                 Ok(n) => {
                     self.buf.truncate(n);
                     return Ok(true);
@@ -1028,6 +1036,42 @@ mod tests {
         assert!(matches!(read_tar(&recipe), Err(LayerError::Read { .. })));
     }
 
+    /// A mapped file truncated while it is read is an error naming it, not a crash: pages of
+    /// the window lent, or all of it, or of the next, are gone (read as zeros where the kernel
+    /// faults, `crate::mapped`, or where it zeroes them; either way the file is changed).
+    #[test]
+    fn a_mapped_file_that_shrinks_while_it_is_read_is_an_error() {
+        // Pieces taken before the file shrinks (the header, then windows), and what is left.
+        for (taken, keep) in [(1usize, 0), (1, MAP_WINDOW / 2), (2, 3 * MAP_WINDOW / 2), (2, MAP_WINDOW + 4096), (2, MAP_WINDOW), (3, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("big");
+            std::fs::write(&path, vec![9u8; 3 * MAP_WINDOW as usize]).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+            let (entries, _) = scan_tree(dir.path(), b"").unwrap();
+            let recipe = LayerRecipe::new(vec![], entries, &[], 1, String::new()).unwrap();
+            let mut reader = recipe.reader();
+            for _ in 0..taken {
+                let n = reader.fill().unwrap().len();
+                reader.consume(n);
+            }
+            reader.fill().unwrap(); // the next window is mapped, lent, not taken
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(keep).unwrap();
+            let err = loop {
+                match reader.fill() {
+                    Ok([]) => panic!("{taken} pieces taken, {keep} bytes kept: a tar of a file that shrank"),
+                    Ok(piece) => {
+                        let n = piece.len();
+                        reader.consume(n);
+                    }
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(err, LayerError::Changed { .. }), "{err}");
+            assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        }
+    }
+
     /// The layer's tar through [`TarReader`], or why it could not be read.
     fn read_tar(recipe: &LayerRecipe) -> Result<Vec<u8>, LayerError> {
         let mut reader = recipe.reader();
@@ -1043,8 +1087,9 @@ mod tests {
         }
     }
 
-    /// Files nobody may write are mapped, a window at a time, others read: the tar is the same
-    /// either way, piece by piece, written whole, or through the kernel's copies.
+    /// Big files are mapped, a window at a time, small ones read: the tar is the same either
+    /// way, whatever the files' modes, piece by piece, written whole, or through the kernel's
+    /// copies.
     #[test]
     fn mapped_and_read_files_make_the_same_tar() {
         let contents = |seed: u8, len: usize| (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect::<Vec<u8>>();
@@ -1063,7 +1108,7 @@ mod tests {
             let (entries, _) = scan_tree(dir.path(), b"").unwrap();
             let recipe = LayerRecipe::new(vec![], entries, &[], 1, String::new()).unwrap();
             let mapped = |name: &str| FileContents::open(&dir.path().join(name), files.iter().find(|f| f.0 == name).unwrap().1.len() as u64).unwrap().mapped;
-            assert_eq!([mapped("big"), mapped("edge"), mapped("small")], [mode & 0o222 == 0, mode & 0o222 == 0, false]);
+            assert_eq!([mapped("big"), mapped("edge"), mapped("small")], [true, true, false]);
             let pieces = read_tar(&recipe).unwrap();
             let (mut whole, mut direct) = (Vec::new(), Vec::new());
             LayerTar::write_tar(&recipe, &mut whole).unwrap();

@@ -10,7 +10,7 @@
 //!   from a closure graph file ([`store`]: store paths themselves).
 //! - [`plan`]: which store paths go in which layer, stable across rebuilds.
 //! - [`layer`]: a layer as a recipe of tar entries whose deterministic tar can be written on
-//!   demand, its size known in advance.
+//!   demand, its size known in advance (its files mapped into memory: `mapped`).
 //! - [`assemble`]: all of it together, over an already opened base image.
 //!
 //! Second front ends: [`containerize`] (an environment manifest made into a spec plus a
@@ -27,6 +27,7 @@ pub mod closure;
 pub mod containerize;
 pub mod description;
 pub mod layer;
+mod mapped;
 pub mod nix;
 pub mod nixdb;
 pub mod plan;
