@@ -76,7 +76,8 @@ pub trait LayerTar: Clone + Send + Sync + 'static {
 /// producer has it (a header it made, a window of a mapped file): so bytes reach a hash
 /// uncopied, and two tars can feed one two-stream hash ([`crate::sha256::Sha256::update_pair`]).
 pub trait TarPieces {
-    /// The next bytes of the tar; empty at its end.
+    /// The next bytes of the tar; empty at its end. Called again before
+    /// [`consume`](Self::consume), the same bytes. After an error, the tar is read no further.
     fn fill(&mut self) -> Result<&[u8], TarError>;
     /// Takes the first `n` bytes of what [`fill`](Self::fill) lent.
     fn consume(&mut self, n: usize);
