@@ -1072,6 +1072,39 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Taken in bites of any size (as a hash in a pair takes them), the pieces are the
+        /// tar the kernel's copies write, whatever the files' sizes around a window's edges.
+        #[test]
+        fn pieces_taken_in_any_bites_are_the_tar(
+            sizes in proptest::collection::vec(proptest::prop_oneof![0u64..2048, MIN_MAPPED_SIZE - 600..MIN_MAPPED_SIZE + 600, MAP_WINDOW - 600..MAP_WINDOW + 600], 1..5),
+            bites in proptest::collection::vec(1usize..(3 << 20), 1..16),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            for (i, size) in sizes.iter().enumerate() {
+                std::fs::write(dir.path().join(format!("f{i}")), vec![i as u8 + 1; *size as usize]).unwrap();
+            }
+            let (entries, _) = scan_tree(dir.path(), b"").unwrap();
+            let recipe = LayerRecipe::new(vec![], entries, &[], 1, String::new()).unwrap();
+            let mut direct = Vec::new();
+            recipe.write_tar_direct(&mut direct).unwrap();
+            let mut reader = recipe.reader();
+            let mut pieces = Vec::new();
+            for bite in bites.iter().cycle() {
+                let piece = reader.fill().unwrap();
+                if piece.is_empty() {
+                    break;
+                }
+                let n = piece.len().min(*bite);
+                pieces.extend_from_slice(&piece[..n]);
+                reader.consume(n);
+            }
+            proptest::prop_assert_eq!(pieces.len() as u64, recipe.tar_len());
+            proptest::prop_assert!(pieces == direct, "the pieces are not the tar");
+        }
+    }
+
     /// The layer's tar through [`TarReader`], or why it could not be read.
     fn read_tar(recipe: &LayerRecipe) -> Result<Vec<u8>, LayerError> {
         let mut reader = recipe.reader();
