@@ -29,8 +29,7 @@ pub struct Window {
 }
 
 impl Window {
-    /// Maps `len` bytes of `file` from `offset` (a multiple of the page size), its pages read
-    /// in now. Fails if the handler cannot be installed or the table is full (the caller
+    /// Maps `len` bytes of `file` from `offset`, its pages read in now. Fails if the handler cannot be installed or the table is full (the caller
     /// reads instead), or if the file cannot be mapped.
     pub fn map(file: &File, offset: u64, len: usize) -> io::Result<Window> {
         install()?;
