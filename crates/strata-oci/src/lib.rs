@@ -20,7 +20,7 @@
 pub mod bounded;
 pub mod canonical;
 pub mod compress;
-mod deflate_tail;
+pub mod deflate_tail;
 pub mod digest;
 pub mod image;
 pub mod manifest;
