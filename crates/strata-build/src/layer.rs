@@ -506,7 +506,7 @@ impl LayerRecipe {
 
     /// The layer's tar, read piece by piece: see [`TarReader`].
     pub fn reader(&self) -> TarReader<'_> {
-        TarReader { recipe: self, next: 0, scratch: Vec::new(), at: 0, file: None, ended: false }
+        TarReader { recipe: self, next: 0, scratch: Vec::new(), at: 0, file: None, spare: Vec::new(), ended: false }
     }
 
     /// Writes the tar for bytes nobody needs to see on the way: file
@@ -575,6 +575,8 @@ pub struct TarReader<'r> {
     at: usize,
     /// The file whose contents come once `scratch` is taken.
     file: Option<FileContents<'r>>,
+    /// The read buffer of the file before, for the next one.
+    spare: Vec<u8>,
     /// The trailer is in `scratch`, or taken.
     ended: bool,
 }
@@ -592,12 +594,13 @@ impl TarReader<'_> {
                     return Ok(self.file.as_ref().map_or(&[], |f| f.piece()));
                 }
                 self.scratch.resize(padding(file.size), 0);
+                self.spare = std::mem::take(&mut file.buf);
                 self.file = None;
             } else if let Some(entry) = self.recipe.entries.get(self.next) {
                 self.next += 1;
                 entry.head(self.recipe.mtime, &mut self.scratch);
                 if let EntryKind::File { source, size, .. } = &entry.kind {
-                    self.file = Some(FileContents::open(source, *size)?);
+                    self.file = Some(FileContents::open(source, *size, std::mem::take(&mut self.spare))?);
                 }
             } else if !self.ended {
                 self.scratch.extend_from_slice(&TRAILER);
@@ -649,25 +652,27 @@ struct FileContents<'p> {
     size: u64,
     /// Bytes of the file before the current piece.
     offset: u64,
-    /// The current piece: a window of the file, or bytes read into `buf`; `at` of it taken.
+    /// The current piece: a window of the file, or the first `read` bytes of `buf` (a buffer
+    /// handed from file to file, zeroed only when it grows); `at` of it taken.
     window: Option<Window>,
     buf: Vec<u8>,
+    read: usize,
     at: usize,
     mapped: bool,
 }
 
 impl<'p> FileContents<'p> {
-    fn open(path: &'p Path, size: u64) -> Result<FileContents<'p>, LayerError> {
+    fn open(path: &'p Path, size: u64, buf: Vec<u8>) -> Result<FileContents<'p>, LayerError> {
         let file = open_store_file(path).map_err(|source| LayerError::Read { path: path.to_owned(), source })?;
         let meta = file.metadata().map_err(|source| LayerError::Read { path: path.to_owned(), source })?;
         let mapped = size >= MIN_MAPPED_SIZE && meta.len() == size;
-        Ok(FileContents { path, file, size, offset: 0, window: None, buf: Vec::new(), at: 0, mapped })
+        Ok(FileContents { path, file, size, offset: 0, window: None, buf, read: 0, at: 0, mapped })
     }
 
     fn piece(&self) -> &[u8] {
         match &self.window {
             Some(window) => &window.bytes()[self.at..],
-            None => &self.buf[self.at..],
+            None => &self.buf[self.at..self.read],
         }
     }
 
@@ -694,9 +699,9 @@ impl<'p> FileContents<'p> {
                 }
                 self.offset = end;
             }
-            None => self.offset += self.buf.len() as u64,
+            None => self.offset += self.read as u64,
         }
-        self.buf.clear();
+        self.read = 0;
         self.at = 0;
         let left = self.size - self.offset;
         if left == 0 {
@@ -715,12 +720,15 @@ impl<'p> FileContents<'p> {
                 Err(_) => self.mapped = false, // a file system that cannot map: read instead
             }
         }
-        self.buf.resize(left.min(COPY_BUFFER as u64) as usize, 0);
+        let want = left.min(COPY_BUFFER as u64) as usize;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
         loop {
-            match self.file.read_at(&mut self.buf, self.offset) {
+            match self.file.read_at(&mut self.buf[..want], self.offset) {
                 Ok(0) => return Err(changed()),
                 Ok(n) => {
-                    self.buf.truncate(n);
+                    self.read = n;
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -750,6 +758,7 @@ fn link_identical_files(entries: &mut [Entry]) -> Result<(), LayerError> {
         }
     }
     let mut links: Vec<(usize, usize)> = Vec::new();
+    let mut buf = Vec::new(); // grown for the first file read, if any
     for group in candidates.into_values().filter(|g| g.len() > 1) {
         let file = |i: usize| match &entries[i].kind {
             EntryKind::File { source, size, stamp } => (source, *size, (stamp.device, stamp.inode)),
@@ -765,7 +774,7 @@ fn link_identical_files(entries: &mut [Entry]) -> Result<(), LayerError> {
                 links.push((i, first));
                 continue;
             }
-            let first = if inodes.len() > 1 { *first_of_contents.entry(digest_of_file(source, size)?).or_insert(i) } else { i };
+            let first = if inodes.len() > 1 { *first_of_contents.entry(digest_of_file(source, size, &mut buf)?).or_insert(i) } else { i };
             first_of_inode.insert(inode, first);
             if first != i {
                 links.push((i, first));
@@ -778,14 +787,16 @@ fn link_identical_files(entries: &mut [Entry]) -> Result<(), LayerError> {
     Ok(())
 }
 
-/// The SHA-256 of the `size` bytes of the file at `source`.
-fn digest_of_file(source: &Path, size: u64) -> Result<Digest, LayerError> {
-    let mut contents = FileContents::open(source, size)?;
+/// The SHA-256 of the `size` bytes of the file at `source`, read (if it is not mapped)
+/// through `buf`.
+fn digest_of_file(source: &Path, size: u64, buf: &mut Vec<u8>) -> Result<Digest, LayerError> {
+    let mut contents = FileContents::open(source, size, std::mem::take(buf))?;
     let mut hash = Sha256::new();
     while contents.fill()? {
         hash.update(contents.piece());
         contents.consume(contents.piece().len());
     }
+    *buf = contents.buf;
     Ok(hash.finish())
 }
 
@@ -1140,7 +1151,8 @@ mod tests {
             }
             let (entries, _) = scan_tree(dir.path(), b"").unwrap();
             let recipe = LayerRecipe::new(vec![], entries, &[], 1, String::new()).unwrap();
-            let mapped = |name: &str| FileContents::open(&dir.path().join(name), files.iter().find(|f| f.0 == name).unwrap().1.len() as u64).unwrap().mapped;
+            let mapped =
+                |name: &str| FileContents::open(&dir.path().join(name), files.iter().find(|f| f.0 == name).unwrap().1.len() as u64, Vec::new()).unwrap().mapped;
             assert_eq!([mapped("big"), mapped("edge"), mapped("small")], [true, true, false]);
             let pieces = read_tar(&recipe).unwrap();
             let (mut whole, mut direct) = (Vec::new(), Vec::new());
