@@ -193,7 +193,7 @@ pub enum KeyAction {
     },
 }
 
-const LOGIN_HELP: &str = "The registry, or the token service it names, must take the credentials; then they are stored as podman login stores them: an `auth` entry (base64 of USER:PASSWORD) under REGISTRY in --authfile, else $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else /run/containers/$UID/auth.json (the first file strata reads credentials from), written by its owner only (mode 0600), every other entry kept.\nREGISTRY is HOST[:PORT], or HOST[:PORT]/NAMESPACE for credentials of one namespace (quay.io/team).\nThe password is --password-stdin's, else -p's (seen by other users in the process list), else asked on the terminal.";
+const LOGIN_HELP: &str = "The registry, or the token service it names, must take the credentials; then they are stored as podman login stores them: an `auth` entry (base64 of USER:PASSWORD) under REGISTRY in --authfile, else $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, else /run/containers/$UID/auth.json (on macOS, ~/.config/containers/auth.json: the first file strata reads credentials from), written by its owner only (mode 0600), every other entry kept.\nREGISTRY is HOST[:PORT], or HOST[:PORT]/NAMESPACE for credentials of one namespace (quay.io/team).\nThe password is --password-stdin's, else -p's (seen by other users in the process list), else asked on the terminal.";
 
 #[derive(clap::Args)]
 pub struct LoginArgs {

@@ -314,21 +314,15 @@ impl ScratchDir {
     }
 
     /// Puts the directory at `dest`, replacing what is there in one step: the two are
-    /// exchanged (`renameat2` with `RENAME_EXCHANGE`), and the old content, now here, is
-    /// removed with this scratch directory. Where `dest` does not exist, [`persist`](Self::persist).
+    /// exchanged (`renameat2` with `RENAME_EXCHANGE` on Linux, `renameatx_np` with
+    /// `RENAME_SWAP` on macOS), and the old content, now here, is removed with this scratch
+    /// directory. Where `dest` does not exist, [`persist`](Self::persist).
     pub fn replace(&mut self, dest: &Path) -> io::Result<()> {
         if std::fs::symlink_metadata(dest).is_err() {
             return self.persist(dest);
         }
-        let cstr =
-            |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"));
-        let (from, to) = (cstr(self.path())?, cstr(dest)?);
-        // SAFETY: both are NUL-terminated paths that live through the call.
-        let done = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_EXCHANGE) };
-        if done != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        Ok(renameat_with(CWD, self.path(), CWD, dest, RenameFlags::EXCHANGE)?)
     }
 
     /// Renames the directory to `dest`, which must not exist (or be an empty directory).
@@ -454,9 +448,9 @@ mod tests {
         scratch.persist(&dest).unwrap();
         assert_eq!(names(dir.path()), ["out.tar"]);
         // The test process's umask is 022 on CI and developer machines alike.
-        let umask = unsafe { libc::umask(0o022) };
-        unsafe { libc::umask(umask) };
-        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o666 & !umask);
+        let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+        rustix::process::umask(umask);
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o666 & !umask.as_raw_mode() as u32);
     }
 
     /// What cannot be written is refused when the output is opened, saying why; nothing is

@@ -2,8 +2,8 @@
 //! stored, looked up as containers/image does (containers-auth.json(5)):
 //!
 //! 1. `$REGISTRY_AUTH_FILE` if set, else `$XDG_RUNTIME_DIR/containers/auth.json` (podman's),
-//!    else `/run/containers/$UID/auth.json` (podman's without `XDG_RUNTIME_DIR`): the file
-//!    `strata login` writes too ([`login_file`]);
+//!    else `/run/containers/$UID/auth.json` (podman's without `XDG_RUNTIME_DIR`; on macOS,
+//!    `~/.config/containers/auth.json`): the file `strata login` writes too ([`login_file`]);
 //! 2. `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`;
 //! 3. Docker's `config.json` (in `$DOCKER_CONFIG`, else `~/.docker`).
 //!
@@ -174,15 +174,21 @@ fn not_json(e: &serde_json::Error) -> String {
 }
 
 /// The primary auth file, the first [`stored`] reads and the one `strata login` writes, as
-/// podman's: `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`, else
-/// `/run/containers/$UID/auth.json` (where podman, skopeo and buildah keep it without
-/// `XDG_RUNTIME_DIR`: root's logins under sudo, cron or CI).
+/// podman's: `$REGISTRY_AUTH_FILE`; else, on Linux, `$XDG_RUNTIME_DIR/containers/auth.json`,
+/// or `/run/containers/$UID/auth.json` without `XDG_RUNTIME_DIR` (where podman, skopeo and
+/// buildah keep it for root's logins under sudo, cron or CI); elsewhere (macOS),
+/// `~/.config/containers/auth.json`.
 pub fn login_file() -> PathBuf {
-    var("REGISTRY_AUTH_FILE").or_else(|| var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json"))).unwrap_or_else(|| {
-        // SAFETY: getuid(2) cannot fail and touches no memory.
-        let uid = unsafe { libc::getuid() };
-        PathBuf::from(format!("/run/containers/{uid}/auth.json"))
-    })
+    if let Some(file) = var("REGISTRY_AUTH_FILE") {
+        return file;
+    }
+    if cfg!(target_os = "linux") {
+        var("XDG_RUNTIME_DIR")
+            .map(|d| d.join("containers/auth.json"))
+            .unwrap_or_else(|| PathBuf::from(format!("/run/containers/{}/auth.json", rustix::process::getuid().as_raw())))
+    } else {
+        var("HOME").unwrap_or_default().join(".config/containers/auth.json")
+    }
 }
 
 /// Stores `creds` under `key` (`HOST[/NAMESPACE]`) in the auth file `file`, as `podman

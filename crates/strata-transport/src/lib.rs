@@ -36,6 +36,7 @@ pub mod registry;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -458,8 +459,12 @@ impl Write for WriteBehind<'_> {
         let n = (&*self.file).write(buf)?;
         self.written += n as u64;
         if self.enabled && self.written - self.started >= Self::EVERY {
+            // Linux alone has the call; elsewhere the flush does all the writing.
+            #[cfg(target_os = "linux")]
             // SAFETY: a plain system call on an open file descriptor; its result is a hint's.
-            unsafe { libc::sync_file_range(self.file.as_raw_fd(), self.started as i64, (self.written - self.started) as i64, libc::SYNC_FILE_RANGE_WRITE) };
+            unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), self.started as i64, (self.written - self.started) as i64, libc::SYNC_FILE_RANGE_WRITE)
+            };
             self.started = self.written;
         }
         Ok(n)
