@@ -60,6 +60,10 @@ pub enum RegistryError {
     Conf(#[from] ConfError),
     #[error("{reference} is blocked (`blocked = true` in {})", file.display())]
     Blocked { reference: String, file: PathBuf },
+    #[error("registries.conf puts {reference} at {place:?}, which is not a reference: {why}")]
+    BadPlace { reference: String, place: String, why: String },
+    #[error("{error} (and its mirrors in registries.conf failed: {})", mirrors.join("; "))]
+    MirrorsFailed { error: Box<RegistryError>, mirrors: Vec<String> },
     #[error("authentication to {host} failed{}: check the credentials (--creds, $REGISTRY_AUTH_FILE, ~/.docker/config.json)", user.as_ref().map(|u| format!(" for user {u:?}")).unwrap_or_default())]
     Unauthorized { host: String, user: Option<String> },
     #[error("{what} at {host}: {message}")]
@@ -129,13 +133,34 @@ impl RegistryOptions {
         RegistryOptions { cert_dir: dir, ..self }
     }
 
-    /// What registries.conf says of `reference` (`HOST/REPOSITORY`).
-    fn conf_of(&self, reference: &str) -> Result<Option<conf::Entry>, RegistryError> {
+    /// registries.conf, read on first use.
+    fn conf(&self) -> Result<&conf::RegistriesConf, RegistryError> {
         if self.conf.get().is_none() {
             let loaded = conf::RegistriesConf::load()?;
             let _ = self.conf.set(loaded);
         }
-        Ok(self.conf.get().and_then(|c| c.find(reference)).cloned())
+        Ok(self.conf.get().expect("set above"))
+    }
+
+    /// What registries.conf says of `reference` (`HOST/REPOSITORY`).
+    fn conf_of(&self, reference: &str) -> Result<Option<conf::Entry>, RegistryError> {
+        Ok(self.conf()?.find(reference).cloned())
+    }
+
+    /// Where `source` is read from, in order (registries.conf's mirrors of it, then its
+    /// location: see `conf`), each with whether TLS is optional there; an error if the file
+    /// blocks it.
+    fn pull_sources(&self, source: &RegistryRef) -> Result<Vec<(RegistryRef, bool)>, RegistryError> {
+        let name = format!("{}/{}", source.host, source.repository);
+        if let Some(entry) = self.conf_of(&name)?.filter(|e| e.blocked) {
+            return Err(RegistryError::Blocked { reference: name, file: entry.file });
+        }
+        let mut places = Vec::new();
+        for place in self.conf()?.pull_sources(&name, source.digest.is_some()) {
+            let parsed = RegistryRef::parse(&place.name).map_err(|why| RegistryError::BadPlace { reference: name.clone(), place: place.name.clone(), why })?;
+            places.push((RegistryRef { tag: source.tag.clone(), digest: source.digest, ..parsed }, place.insecure));
+        }
+        Ok(places)
     }
 
     fn runtime(&self) -> Result<Arc<tokio::runtime::Runtime>, RegistryError> {
@@ -161,12 +186,19 @@ struct Session {
 impl Session {
     /// A session for `repository`'s registry, with the credentials stored for it.
     fn new(repository: &RegistryRef, options: &RegistryOptions) -> Result<Session, RegistryError> {
+        let insecure = options.conf_of(&format!("{}/{}", repository.host, repository.repository))?.is_some_and(|e| e.insecure);
+        Session::at(repository, insecure, options)
+    }
+
+    /// A session for `repository`'s registry where registries.conf says whether it is
+    /// `insecure`, with the credentials stored for it.
+    fn at(repository: &RegistryRef, insecure: bool, options: &RegistryOptions) -> Result<Session, RegistryError> {
         let host = repository.host.as_str();
         let creds = match &options.creds {
             Some(c) => Some(c.clone()),
             None => crate::credentials::stored(host, &repository.repository)?,
         };
-        Session::with(host, &repository.repository, creds, options)
+        Session::with(host, &repository.repository, creds, insecure, options)
     }
 
     /// A session to read from `repository`, unless registries.conf blocks it.
@@ -178,11 +210,12 @@ impl Session {
         Session::new(repository, options)
     }
 
-    /// A session for `repository` (empty: the registry itself) at `host`, with `creds`.
-    fn with(host: &str, repository: &str, creds: Option<Credentials>, options: &RegistryOptions) -> Result<Session, RegistryError> {
+    /// A session for `repository` (empty: the registry itself) at `host`, with `creds`; TLS
+    /// unverified if `--tls-verify=false`, or if the registry is `insecure` and no
+    /// `--tls-verify` was given.
+    fn with(host: &str, repository: &str, creds: Option<Credentials>, insecure: bool, options: &RegistryOptions) -> Result<Session, RegistryError> {
         let user = creds.as_ref().map(|c| c.user.clone()).filter(|u| !u.is_empty());
         let tls = certs::for_registry(host, options.cert_dir.as_deref())?;
-        let insecure = options.conf_of(&format!("{host}/{repository}"))?.is_some_and(|e| e.insecure);
         let tls_verify = options.tls_verify.unwrap_or(!insecure);
         let client = Client::new(host, repository, creds, tls_verify, tls).map_err(|e| RegistryError::Request {
             host: host.to_owned(),
@@ -328,7 +361,8 @@ fn root_cause(e: &HttpError) -> String {
 /// Checks `creds` with the registry at `host`, as `docker login` and `podman login` do: the
 /// registry, or its token service, takes them (a registry that asks for none takes any).
 pub fn login(host: &str, creds: Credentials, options: &RegistryOptions) -> Result<(), RegistryError> {
-    let session = Session::with(host, "", Some(creds), options)?;
+    let insecure = options.conf_of(host)?.is_some_and(|e| e.insecure);
+    let session = Session::with(host, "", Some(creds), insecure, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(session.retry("logging in", || session.client.login()))
 }
@@ -548,23 +582,24 @@ async fn find_or_mount(session: &Session, here: &str, cache: &LayerCache, digest
     Ok(None)
 }
 
-/// What [`pull`] reads: the config and manifest (bytes and parsed), and where blobs come from.
+/// What [`pull`] reads: the config and manifest (bytes and parsed), where they were read
+/// (`source`, or a mirror of it), and where blobs come from.
 pub struct Pulled {
     pub config: Vec<u8>,
     pub manifest_bytes: Vec<u8>,
     pub manifest: ImageManifest,
+    pub from: RegistryRef,
     pub blobs: RegistryBlobs,
 }
 
 /// Reads a manifest (choosing this platform's from an index), its config, and its layer
-/// list from a registry; blobs are fetched later through [`RegistryBlobs`].
+/// list from a registry, or the first of its mirrors that has them; blobs are fetched later,
+/// from the same place, through [`RegistryBlobs`].
 pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<Pulled, RegistryError> {
-    let session = pull_session(source, options)?;
-    let runtime = session.runtime.clone();
-    runtime.block_on(async {
-        let mut bytes = fetch_manifest(&session, source, &manifest_target(source), source.digest).await?;
+    let (session, from, (config, manifest_bytes, manifest)) = from_first_place(source, options, async |session, place| {
+        let mut bytes = fetch_manifest(session, place, &manifest_target(place), place.digest).await?;
         if is_index(&bytes) {
-            let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
+            let bad = |why: String| RegistryError::BadManifest { reference: place.to_string(), why };
             let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| bad(format!("index: {e}")))?;
             let chosen = index
                 .manifests()
@@ -572,14 +607,53 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
                 .find(|m| m.platform().as_ref().is_some_and(|p| platform.matches(p)))
                 .ok_or_else(|| bad(format!("the index has no image for {platform}")))?;
             let chosen_digest = Digest::try_from(chosen.digest()).map_err(|e| bad(format!("index: {e}")))?;
-            bytes = fetch_manifest(&session, source, &chosen_digest.to_string(), Some(chosen_digest)).await?;
+            bytes = fetch_manifest(session, place, &chosen_digest.to_string(), Some(chosen_digest)).await?;
         }
-        let bad = |why: String| RegistryError::BadManifest { reference: source.to_string(), why };
+        let bad = |why: String| RegistryError::BadManifest { reference: place.to_string(), why };
         let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
         let config_digest: Digest = Digest::try_from(manifest.config().digest()).map_err(|e| bad(format!("config: {e}")))?;
-        let config = fetch_small_blob(&session, &config_digest, manifest.config().size(), &format!("{source}: config")).await?;
-        Ok(Pulled { config, manifest_bytes: bytes, manifest, blobs: RegistryBlobs { session: Arc::new(session) } })
-    })
+        let config = fetch_small_blob(session, &config_digest, manifest.config().size(), &format!("{place}: config")).await?;
+        Ok((config, bytes, manifest))
+    })?;
+    let place = BlobPlace { repository: from.clone(), session, authenticated: true.into() };
+    Ok(Pulled { config, manifest_bytes, manifest, from, blobs: RegistryBlobs { places: vec![place] } })
+}
+
+/// Runs `attempt` at each place `source` is read from (registries.conf's mirrors of it,
+/// then its location) with a session authenticated to pull there, until one succeeds; that
+/// session, the place, and what the attempt returned. When every place fails, the error is
+/// the last place's (the registry's own), naming what the mirrors answered.
+fn from_first_place<T>(
+    source: &RegistryRef,
+    options: &RegistryOptions,
+    attempt: impl AsyncFn(&Session, &RegistryRef) -> Result<T, RegistryError>,
+) -> Result<(Session, RegistryRef, T), RegistryError> {
+    let mut places = options.pull_sources(source)?;
+    let (registry, registry_insecure) = places.pop().expect("the registry's own place is last");
+    let mut mirrors_failed = Vec::new();
+    let try_at = |place: &RegistryRef, insecure: bool| -> Result<(Session, T), RegistryError> {
+        let session = Session::at(place, insecure, options)?;
+        let runtime = session.runtime.clone();
+        let got = runtime.block_on(async {
+            session.authenticate(Access::Pull).await?;
+            attempt(&session, place).await
+        })?;
+        Ok((session, got))
+    };
+    for (place, insecure) in places {
+        match try_at(&place, insecure) {
+            Ok((session, got)) => return Ok((session, place, got)),
+            Err(e) => {
+                tracing::info!("reading {source} from its mirror {place}: {e}; trying the next place");
+                mirrors_failed.push(format!("{place}: {e}"));
+            }
+        }
+    }
+    match try_at(&registry, registry_insecure) {
+        Ok((session, got)) => Ok((session, registry, got)),
+        Err(e) if mirrors_failed.is_empty() => Err(e),
+        Err(e) => Err(RegistryError::MirrorsFailed { error: Box::new(e), mirrors: mirrors_failed }),
+    }
 }
 
 /// Manifests and indexes strata reads.
@@ -610,51 +684,82 @@ fn is_index(bytes: &[u8]) -> bool {
 }
 
 /// Runs `then` with a session for `reference`'s registry, authenticated to pull, and the
-/// manifest or index `reference` names (checked as [`pull`] checks it).
+/// manifest or index `reference` names (checked as [`pull`] checks it). Never at a mirror:
+/// what signs, attaches to or lists the referrers of an image must see the registry's own.
 fn with_top_manifest<T>(
     reference: &RegistryRef,
     options: &RegistryOptions,
     then: impl AsyncFnOnce(&Session, Vec<u8>) -> Result<T, RegistryError>,
 ) -> Result<T, RegistryError> {
-    let session = pull_session(reference, options)?;
+    let session = Session::for_reading(reference, options)?;
     let runtime = session.runtime.clone();
     runtime.block_on(async {
+        session.authenticate(Access::Pull).await?;
         let bytes = fetch_manifest(&session, reference, &manifest_target(reference), reference.digest).await?;
         then(&session, bytes).await
     })
 }
 
-/// A session with `source`'s repository, authenticated to pull from it.
-fn pull_session(source: &RegistryRef, options: &RegistryOptions) -> Result<Session, RegistryError> {
-    let session = Session::for_reading(source, options)?;
-    session.runtime.clone().block_on(session.authenticate(Access::Pull))?;
-    Ok(session)
-}
-
-/// The image index `source` names, if it names one.
+/// The image index `source` names, if it names one (read where [`pull`] would read it).
 pub(crate) fn index_of(source: &RegistryRef, options: &RegistryOptions) -> Result<Option<Vec<u8>>, RegistryError> {
-    with_top_manifest(source, options, async |_, bytes| Ok(is_index(&bytes).then_some(bytes)))
+    let (_, _, bytes) = from_first_place(source, options, async |session, place| fetch_manifest(session, place, &manifest_target(place), place.digest).await)?;
+    Ok(is_index(&bytes).then_some(bytes))
 }
 
-/// Fetches blobs of one repository.
+/// Fetches blobs of one repository, or of its mirrors.
 pub struct RegistryBlobs {
-    session: Arc<Session>,
+    /// Where a blob is asked for, in order, until one sends it.
+    places: Vec<BlobPlace>,
+}
+
+struct BlobPlace {
+    repository: RegistryRef,
+    session: Session,
+    /// Whether the session is authenticated to pull (it is authenticated on first use).
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 impl RegistryBlobs {
-    /// The blobs of `source`'s repository, read without its manifest or config: for a blob
-    /// whose digest and size are known already (each fixed-output derivation of
-    /// `pullImageFromManifest` fetches one).
+    /// The blobs of `source`'s repository, read without its manifest or config, from the
+    /// first place registries.conf names that has each (a blob is named by its digest, so any
+    /// mirror may serve it): for a blob whose digest and size are known already (each
+    /// fixed-output derivation of `pullImageFromManifest` fetches one).
     pub fn of(source: &RegistryRef, options: &RegistryOptions) -> Result<RegistryBlobs, RegistryError> {
-        Ok(RegistryBlobs { session: Arc::new(pull_session(source, options)?) })
+        let places = options.pull_sources(source)?.into_iter().map(|(repository, insecure)| {
+            let session = Session::at(&repository, insecure, options)?;
+            Ok(BlobPlace { repository, session, authenticated: false.into() })
+        });
+        Ok(RegistryBlobs { places: places.collect::<Result<_, RegistryError>>()? })
     }
 
     /// Downloads blob `digest` into an anonymous temporary file and returns it, rewound.
     /// The caller checks the digest while reading.
     /// Never more than `size` bytes are written: a registry that sends more is stopped.
     pub fn fetch(&self, digest: &Digest, size: u64) -> Result<std::fs::File, RegistryError> {
+        let mut mirrors_failed = Vec::new();
+        for (i, place) in self.places.iter().enumerate() {
+            match place.fetch(digest, size) {
+                Ok(file) => return Ok(file),
+                Err(e) if i + 1 < self.places.len() => {
+                    tracing::info!("downloading {digest} from the mirror {}: {e}; trying the next place", place.repository);
+                    mirrors_failed.push(format!("{}: {e}", place.repository));
+                }
+                Err(e) if mirrors_failed.is_empty() => return Err(e),
+                Err(e) => return Err(RegistryError::MirrorsFailed { error: Box::new(e), mirrors: mirrors_failed }),
+            }
+        }
+        unreachable!("a source has at least its registry's own place")
+    }
+}
+
+impl BlobPlace {
+    fn fetch(&self, digest: &Digest, size: u64) -> Result<std::fs::File, RegistryError> {
         let session = &self.session;
         session.runtime.block_on(async {
+            if !self.authenticated.load(Ordering::Relaxed) {
+                session.authenticate(Access::Pull).await?;
+                self.authenticated.store(true, Ordering::Relaxed);
+            }
             session
                 .retry(&format!("downloading {digest}"), || async {
                     let mut response = session.client.get_blob(digest).await?;
@@ -673,11 +778,12 @@ impl RegistryBlobs {
 }
 
 pub(crate) fn open_registry(reference: &RegistryRef, platform: &Platform, options: &RegistryOptions) -> Result<SourceImage, SourceError> {
-    let Pulled { config: config_bytes, manifest_bytes, manifest, blobs } = crate::registry::pull(reference, platform, options)?;
-    let path = PathBuf::from(reference.to_string());
+    let Pulled { config: config_bytes, manifest_bytes, manifest, from, blobs } = crate::registry::pull(reference, platform, options)?;
+    let path = PathBuf::from(from.to_string());
     let config: ImageConfiguration = parse_json(&config_bytes, &path, "config")?;
     let layers = layers_of(&manifest, &config, &path)?;
-    let origin = format!("{}/{}", reference.host, reference.repository);
+    // Where the blobs are (a mirror, perhaps), for a push to that registry to mount them.
+    let origin = format!("{}/{}", from.host, from.repository);
     Ok(SourceImage {
         config_bytes,
         config,

@@ -721,6 +721,92 @@ fn registries_conf_marks_registries_insecure_or_blocked() {
     assert!(blocked.contains(&format!("{host}/strata-test/private is blocked")) && blocked.contains(conf.to_str().unwrap()), "{blocked}");
 }
 
+/// registries.conf's mirrors and locations, as containers/image reads them: a reference under
+/// a `prefix` is read from each mirror that serves it (by digest, by tag), in the file's
+/// order, then from the registry's `location`; a mirror that is down or lacks the image is
+/// passed over. skopeo, given the same file, reads the same images. The Nix library's blob
+/// downloads (`pullImageFromManifest`) take the same way, and an image no place has names
+/// every place's failure.
+#[test]
+fn registries_conf_mirrors_and_locations_serve_pulls() {
+    let (mirror, primary) = (Registry::open(), Registry::open());
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (mirror_host, primary_host, dead_host) =
+        (format!("127.0.0.1:{}", mirror.port), format!("127.0.0.1:{}", primary.port), format!("127.0.0.1:{}", free_port()));
+    let pushed = |greeting: &str, target: &str| -> String {
+        let spec = hello_spec(dir.path(), greeting);
+        let out = run_ok(strata_reg(&cache, &["build", spec.to_str().unwrap(), "-o", target, "--json"])).stdout;
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap()["manifest_digest"].as_str().unwrap().to_owned()
+    };
+    let at_mirror = pushed("Hello from the mirror!", &format!("docker://{mirror_host}/mirrored/app:v1"));
+    let at_registry = pushed("Hello from the registry!", &format!("docker://{primary_host}/team/app:v1"));
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"registry.invalid/team\"\nlocation = \"{primary_host}/team\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"{dead_host}/nothing\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"{mirror_host}/mirrored\"\ninsecure = true\npull-from-mirror = \"digest-only\"\n"
+        ),
+    )
+    .unwrap();
+    let configured = |args: &[&str]| {
+        let mut cmd = strata(args);
+        cmd.env("CONTAINERS_REGISTRIES_CONF", &conf).env("HOME", dir.path()).env("STRATA_CACHE_DIR", &cache);
+        cmd
+    };
+    let skopeo_digest = |reference: &str| {
+        stdout_of(Command::new("skopeo").arg("--registries-conf").arg(&conf).args(["inspect", "--no-tags", "--format", "{{.Digest}}", reference]))
+            .trim()
+            .to_owned()
+    };
+
+    // By tag: the dead mirror is passed over, the digest-only one not asked; the registry's
+    // location answers.
+    let by_tag = "docker://registry.invalid/team/app:v1";
+    assert!(stdout_of(&mut configured(&["inspect", by_tag])).contains(&at_registry), "a tag is read at the location");
+    assert_eq!(skopeo_digest(by_tag), at_registry);
+    assert_eq!(mirror.requests("GET", "/v2/mirrored/app/manifests/"), 0, "the digest-only mirror was asked for a tag");
+
+    // By digest: the mirror has it (the registry does not), and serves the whole image.
+    let by_digest = format!("docker://registry.invalid/team/app@{at_mirror}");
+    let name = "registry.invalid/team/app:mirrored";
+    let _claim = ImageNames::claim(&[name]);
+    run_ok(configured(&["copy", &by_digest, &format!("podman:{name}")]));
+    assert!(mirror.requests("GET", "/v2/mirrored/app/manifests/sha256:") >= 1);
+    assert_eq!(skopeo_digest(&by_digest), at_mirror);
+    assert_eq!(run_in("podman", name, &[]), "Hello from the mirror!\n");
+    remove_images("podman", &[name]);
+
+    // A layer blob by digest, as the Nix library's fixed-output derivations fetch one.
+    let raw = |host: &str, reference: &str| -> serde_json::Value {
+        let out = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{host}/{reference}")]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let layers = |manifest: &serde_json::Value| -> Vec<(String, u64)> {
+        manifest["layers"].as_array().unwrap().iter().map(|l| (l["digest"].as_str().unwrap().to_owned(), l["size"].as_u64().unwrap())).collect()
+    };
+    let registry_layers = layers(&raw(&primary_host, "team/app:v1"));
+    let (blob, size) = layers(&raw(&mirror_host, &format!("mirrored/app@{at_mirror}"))).into_iter().find(|l| !registry_layers.contains(l)).unwrap();
+    let out = dir.path().join("blob");
+    run_ok(
+        configured(&["nix-builder"])
+            .env("out", &out)
+            .env("strataMode", "blob")
+            .env("strataSource", &by_digest)
+            .env("strataDigest", &blob)
+            .env("strataSize", size.to_string())
+            .env("strataTlsVerify", "0"),
+    );
+    assert_eq!(format!("sha256:{}", sha256_hex(&std::fs::read(&out).unwrap())), blob);
+    assert!(mirror.requests("GET", &format!("/v2/mirrored/app/blobs/{blob}")) >= 1);
+
+    // Nowhere: the registry's error, with what each mirror asked answered.
+    let missing = fails(&mut configured(&["inspect", "docker://registry.invalid/team/missing:v1"]));
+    assert!(missing.contains("mirrors in registries.conf failed") && missing.contains(&dead_host) && missing.contains(&primary_host), "{missing}");
+}
+
 /// Without `XDG_RUNTIME_DIR` (root under sudo, cron or CI), podman's tools keep logins in
 /// `/run/containers/$UID/auth.json`: what `skopeo login` stores there serves strata's push,
 /// and `strata logout` removes it from there, so that skopeo no longer finds it.
