@@ -172,6 +172,7 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         layers,
         recode: None,
         recorded: None,
+        previous: None,
     })
 }
 

@@ -425,7 +425,9 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     pub closure_graph: Option<PathBuf>,
     /// An earlier release of this image (any source: docker://…, oci:…, docker-archive:…):
-    /// its layers whose store paths are all still in the image are kept as they were
+    /// its layers whose store paths are all still in the image are kept as they were, and a
+    /// push takes its blobs of layers that are byte for byte the same (checked) rather than
+    /// compressing them again
     #[arg(long, value_name = "IMAGE", conflicts_with = "flake")]
     pub previous: Option<String>,
     /// Print what was written as one JSON object on standard output (reference, digests,

@@ -49,14 +49,17 @@ pub fn plan(spec: ValidSpec, closure: &ClosureSource, registry: &RegistryOptions
     // As `docker build --cache-from`: an earlier image that cannot be read (the first
     // release has none) only means a plan from scratch.
     let previous = match previous.map(|p| (p, open_image(p, &platform, registry))) {
-        Some((_, Ok(image))) => previous_layers(&image.config),
+        Some((_, Ok(image))) => Some(image),
         Some((reference, Err(e))) => {
             tracing::warn!("--previous {reference}: {:#}; planning the layers from scratch", anyhow::Error::from(e));
-            vec![]
+            None
         }
-        None => vec![],
+        None => None,
     };
-    Ok(assemble(spec, closure, base, &previous)?)
+    let kept = previous.as_ref().map(|p| previous_layers(&p.config)).unwrap_or_default();
+    let mut image = assemble(spec, closure, base, &kept)?;
+    image.previous = previous;
+    Ok(image)
 }
 
 impl Input {

@@ -211,6 +211,10 @@ pub struct Image<L> {
     pub recode: Option<Recode>,
     /// The digests the image must have (see [`Image::config_checked`]).
     pub recorded: Option<RecordedDigests>,
+    /// An earlier release of the image (`strata build --previous`): a push takes a built
+    /// layer's blob from it where it holds the layer's tar (the same diff ID) in the codec
+    /// pushed, rather than compressing the layer again.
+    pub previous: Option<SourceImage>,
 }
 
 /// Where one of an image's layers comes from.
@@ -258,7 +262,7 @@ impl<L: LayerTar> Image<L> {
             },
         };
         let mtime = source.config.created().as_deref().and_then(|c| crate::time::parse_rfc3339(c).ok()).map_or(0, |(_, secs)| secs);
-        Image { name, tag: Some(tag), mtime, config: ConfigRecipe::Verbatim, base: Some(source), layers: vec![], recode: None, recorded: None }
+        Image { name, tag: Some(tag), mtime, config: ConfigRecipe::Verbatim, base: Some(source), layers: vec![], recode: None, recorded: None, previous: None }
     }
 
     /// Every layer, bottom first: the base's, then the built ones.

@@ -405,6 +405,65 @@ pub(crate) fn known_blob<L: LayerTar>(
     key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))).or_else(|| image.recorded_blob(index, compression))
 }
 
+/// The diff ID of a built layer, and whether its tar was read for it: what the layer cache
+/// knows of the layer (in any codec), else its tar hashed (and the cache told).
+pub(crate) fn diff_id_of<L: LayerTar>(recipe: &L, cache: &LayerCache) -> Result<(Digest, bool), SinkError> {
+    let fingerprint = recipe.fingerprint();
+    let codecs = [Compression::None, Compression::Gzip, Compression::Zstd];
+    if let Some(hit) = codecs.into_iter().find_map(|codec| cache.get(&fingerprint, codec)) {
+        return Ok((hit.diff_id, false));
+    }
+    let mut tar = HashingWriter::new(io::sink());
+    recipe.write_tar(&mut tar)?;
+    let (diff_id, size, _) = tar.finish();
+    cache.put(&fingerprint, Compression::None, &CachedBlob { diff_id, digest: diff_id, size });
+    Ok((diff_id, true))
+}
+
+/// Whether layer `j` of `previous`, decoded, is byte for byte the tar of `recipe`: its blob
+/// read (its size and digest checked at the end) and decoded while the tar is made and
+/// compared with it. A blob that cannot be read or decoded does not hold the tar (the log
+/// says why); a tar that cannot be made is an error.
+pub(crate) fn holds_tar<L: LayerTar>(previous: &SourceImage, j: usize, recipe: &L) -> Result<bool, SinkError> {
+    let blob = &previous.layers[j];
+    let Some(codec) = Compression::of_media_type(&blob.media_type) else { return Ok(false) };
+    let unreadable = |e: io::Error| {
+        tracing::warn!("the previous release's layer {} cannot be read ({e}): the layer is compressed again", blob.digest);
+        Ok(false)
+    };
+    let mut verified = match previous.open_layer(j) {
+        Ok(reader) => reader,
+        Err(e) => return unreadable(e),
+    };
+    let mut decoder = match codec.decoder(io::BufReader::with_capacity(1 << 20, &mut verified)) {
+        Ok(decoder) => decoder,
+        Err(e) => return unreadable(e),
+    };
+    let mut tar = recipe.pieces();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let mut decoded = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => &buf[..n],
+            Err(e) => return unreadable(e),
+        };
+        while !decoded.is_empty() {
+            let piece = tar.fill()?;
+            let n = piece.len().min(decoded.len());
+            if n == 0 || piece[..n] != decoded[..n] {
+                return Ok(false); // longer than the tar, or other bytes
+            }
+            tar.consume(n);
+            decoded = &decoded[n..];
+        }
+    }
+    if !tar.fill()?.is_empty() {
+        return Ok(false); // shorter than the tar
+    }
+    drop(decoder);
+    verified.finish().map_or_else(unreadable, |()| Ok(true))
+}
+
 /// Whether blobs must survive a power cut once they have their names (an OCI layout's, a
 /// `dir:` image's: each is flushed to disk first), or are staged in a scratch directory for
 /// an archive or a stream that is itself flushed or read (a power cut loses the scratch

@@ -460,7 +460,8 @@ async fn push_async<L: LayerTar>(
     let here = format!("{}/{}", dest.host, dest.repository);
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let push = Push { session, here: &here, cache, progress, image, compression, made: AtomicUsize::new(0) };
+    let from_previous = tokio::task::block_in_place(|| taken_from_previous(image, compression, cache))?;
+    let push = Push { session, here: &here, cache, progress, image, compression, made: AtomicUsize::new(0), from_previous };
 
     let results: Vec<(LayerBlob, Outcome)> =
         futures_util::stream::iter(layers.iter().enumerate()).map(|(i, layer)| push_layer(&push, *layer, i)).buffered(cores.max(2)).try_collect().await?;
@@ -505,6 +506,8 @@ struct Push<'a, L> {
     image: &'a Image<L>,
     compression: Compression,
     made: AtomicUsize,
+    /// Per layer, what [`taken_from_previous`] found.
+    from_previous: Vec<Option<(usize, bool)>>,
 }
 
 async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
@@ -524,6 +527,9 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         if let Some(outcome) = find_or_mount(session, here, cache, &known.digest, origin).await? {
             return Ok((known.clone(), outcome));
         }
+    }
+    if let (Some(previous), Some((j, read))) = (&image.previous, push.from_previous[index]) {
+        return from_previous(push, previous, j, read, index).await;
     }
     if let (LayerSource::Base(base, j), None) = (layer, recode) {
         // Copied as it is: streamed from the source, verified on the way, never staged on disk
@@ -562,6 +568,62 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
     };
     session.retry(&format!("uploading {what}"), || session.client.upload(&made.digest, made.size, body)).await?;
     Ok((made, Outcome::Uploaded))
+}
+
+/// The built layers a push takes from the previous release (`--previous`) rather than
+/// compressing them again, found on all cores, biggest first: per layer, the previous
+/// release's layer that holds its tar in the codec pushed, and whether the tar was read to
+/// know. A layer's diff ID is what the layer cache knows, else its tar hashed; the previous
+/// release's layer of that diff ID (as its config says) is then decoded and compared with the
+/// tar byte for byte (what a release says of its blobs is not taken on trust: podman 4 runs
+/// an image whose layer is not its config's diff ID). `None` for a layer whose blob is known
+/// already (the layer cache's, Nix's record), or that the previous release does not hold.
+fn taken_from_previous<L: LayerTar>(image: &Image<L>, compression: Compression, cache: &LayerCache) -> Result<Vec<Option<(usize, bool)>>, RegistryError> {
+    let layers = image.layer_sources();
+    let Some(previous) = &image.previous else { return Ok(vec![None; layers.len()]) };
+    let held = |l: &LayerBlob| Compression::of_media_type(&l.media_type) == Some(compression);
+    let any_held = previous.layers.iter().any(held);
+    let wanted = |i: usize| match layers[i] {
+        LayerSource::Built(recipe)
+            if any_held && crate::known_blob(image, i, compression, crate::cache_key(image, layers[i], compression), cache).is_none() =>
+        {
+            Some(recipe)
+        }
+        _ => None,
+    };
+    crate::for_each_biggest_first(
+        layers.len(),
+        |i| wanted(i).map_or(0, LayerTar::tar_len),
+        |i| {
+            let Some(recipe) = wanted(i) else { return Ok(None) };
+            let layer_err = |e| RegistryError::Layer { index: i, source: Box::new(e) };
+            let (diff_id, read) = crate::diff_id_of(recipe, cache).map_err(layer_err)?;
+            let Some(j) = previous.layers.iter().position(|l| held(l) && l.diff_id == diff_id) else { return Ok(None) };
+            Ok(crate::holds_tar(previous, j, recipe).map_err(layer_err)?.then_some((j, read)))
+        },
+    )
+}
+
+/// A built layer whose tar layer `j` of the previous release holds in the codec pushed (see
+/// [`taken_from_previous`]), taken as it is there: found in the repository, mounted from the
+/// previous release's, or copied from it (its digest checked on the way).
+async fn from_previous<L: LayerTar>(
+    push: &Push<'_, L>,
+    previous: &SourceImage,
+    j: usize,
+    read: bool,
+    index: usize,
+) -> Result<(LayerBlob, Outcome), RegistryError> {
+    let Push { session, here, cache, progress, compression, .. } = *push;
+    push.made.fetch_add(usize::from(read), Ordering::Relaxed);
+    // Named with the OCI media type of its codec (the previous release's may be Docker's).
+    let blob = LayerBlob { media_type: compression.layer_media_type(), ..previous.layers[j].clone() };
+    if let Some(outcome) = find_or_mount(session, here, cache, &blob.digest, previous.origin.clone()).await? {
+        return Ok((blob, outcome));
+    }
+    let body = || Ok(reqwest::Body::wrap_stream(counted(blob_stream(previous.clone(), j), index, blob.size, progress)));
+    session.retry(&format!("uploading layer {index}"), || session.client.upload(&blob.digest, blob.size, body)).await?;
+    Ok((blob, Outcome::Uploaded))
 }
 
 /// `Present` if the repository has the blob, `Mounted` if another repository of the same

@@ -89,6 +89,7 @@ fn image(layers: Vec<TarBytes>) -> Image<TarBytes> {
         layers,
         recode: None,
         recorded: None,
+        previous: None,
     }
 }
 

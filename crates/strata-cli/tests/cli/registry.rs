@@ -721,6 +721,92 @@ fn registries_conf_marks_registries_insecure_or_blocked() {
     assert!(blocked.contains(&format!("{host}/strata-test/private is blocked")) && blocked.contains(conf.to_str().unwrap()), "{blocked}");
 }
 
+/// A release pushed from a machine whose layer cache is empty (a fresh CI runner), given the
+/// previous release (`--previous`): a layer whose tar the previous release holds, decoded and
+/// compared byte for byte, is taken as it is there (found in the repository, mounted from
+/// another, or copied from an OCI layout, even one another tool compressed), and only what
+/// changed is compressed and uploaded; the manifest is the one a cold push makes. A previous
+/// release whose config lies about a layer (its diff ID another layer's) gives nothing.
+#[test]
+fn a_release_takes_unchanged_layers_from_the_previous_one() {
+    let registry = Registry::open();
+    let dir = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let (first, second) = (hello_spec(dir.path(), "Hello, first release!"), hello_spec(dir.path(), "Hello, the second release!"));
+    let fresh = |name: &str| dir.path().join(format!("cache-{name}"));
+    run_ok(strata_reg(&fresh("first"), &["build", first.to_str().unwrap(), "-o", &format!("docker://{host}/app:v1")]));
+    let manifest = |reference: &str| -> serde_json::Value {
+        serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", reference]))).unwrap()
+    };
+    let layer_digests =
+        |m: &serde_json::Value| -> Vec<String> { m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()).collect() };
+    run_ok(strata_reg(&fresh("cold"), &["build", second.to_str().unwrap(), "-o", &format!("docker://{host}/cold:v2")]));
+    let cold = manifest(&format!("docker://{host}/cold:v2"));
+    let cold_digest = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &format!("docker://{host}/cold:v2")]));
+
+    // Into the same repository: the libc layer is there; the changed layer and the config go up.
+    let uploads = registry.uploads();
+    let out = run_ok(strata_reg(
+        &fresh("same"),
+        &["build", second.to_str().unwrap(), "-o", &format!("docker://{host}/app:v2"), "--previous", &format!("docker://{host}/app:v1"), "-v"],
+    ));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("1 layers uploaded, 0 mounted, 1 already there"), "{log}");
+    assert_eq!(registry.uploads() - uploads, 2, "the changed layer and the config");
+    let digest = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &format!("docker://{host}/app:v2")]));
+    assert_eq!(digest, cold_digest, "the manifest a cold push makes");
+
+    // Into another repository of the registry: mounted from the previous release's.
+    let out = run_ok(strata_reg(
+        &fresh("other"),
+        &["build", second.to_str().unwrap(), "-o", &format!("docker://{host}/other:v2"), "--previous", &format!("docker://{host}/app:v1"), "-v"],
+    ));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 layers uploaded, 1 mounted, 0 already there"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // From an OCI layout whose layers skopeo compressed (other bytes than strata's): the
+    // libc layer is that blob, copied from the layout; the image runs.
+    let archive = dir.path().join("v1.tar");
+    run_ok(strata(&["build", first.to_str().unwrap(), "-o", &format!("docker-archive:{}", archive.display())]));
+    let layout = format!("oci:{}:v1", dir.path().join("by-skopeo").display());
+    run_ok(Command::new("skopeo").args(["copy", "-q", "--dest-compress"]).arg(format!("docker-archive:{}", archive.display())).arg(&layout));
+    let skopeos = layer_digests(&manifest(&layout));
+    run_ok(strata_reg(&fresh("layout"), &["build", second.to_str().unwrap(), "-o", &format!("docker://{host}/third:v2"), "--previous", &layout]));
+    let third = layer_digests(&manifest(&format!("docker://{host}/third:v2")));
+    assert_eq!(third[0], skopeos[0], "the libc layer as skopeo compressed it");
+    assert_ne!(third[0], layer_digests(&cold)[0]);
+    assert_eq!(third[1], layer_digests(&cold)[1], "the changed layer compressed by strata");
+    let name = format!("{host}/third:v2");
+    let _claim = ImageNames::claim(&[&name]);
+    run_ok(strata_reg(&fresh("pull"), &["copy", &format!("docker://{name}"), &format!("podman:{name}")]));
+    assert_eq!(run_in("podman", &name, &[]), "Hello, the second release!\n");
+    remove_images("podman", &[&name]);
+
+    // A previous release whose manifest lists the layers in the other order than its
+    // config's diff IDs: what it says it holds is not what it holds, and nothing is taken.
+    let poisoned = dir.path().join("poisoned");
+    let source = format!("oci:{}:v1", dir.path().join("honest").display());
+    run_ok(strata(&["build", first.to_str().unwrap(), "-o", &source]));
+    copy_tree(&dir.path().join("honest"), &poisoned);
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(poisoned.join("index.json")).unwrap()).unwrap();
+    let blob = |digest: &str| poisoned.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let mut lying: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    let honest_layers = layer_digests(&lying);
+    lying["layers"].as_array_mut().unwrap().reverse();
+    let bytes = serde_json::to_vec(&lying).unwrap();
+    let lying_digest = format!("sha256:{}", sha256_hex(&bytes));
+    std::fs::write(blob(&lying_digest), &bytes).unwrap();
+    let mut index = index;
+    index["manifests"][0]["digest"] = lying_digest.into();
+    index["manifests"][0]["size"] = bytes.len().into();
+    std::fs::write(poisoned.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    run_ok(strata_reg(
+        &fresh("poisoned"),
+        &["build", second.to_str().unwrap(), "-o", &format!("docker://{host}/fourth:v2"), "--previous", &format!("oci:{}:v1", poisoned.display())],
+    ));
+    let fourth = layer_digests(&manifest(&format!("docker://{host}/fourth:v2")));
+    assert_eq!(fourth, layer_digests(&cold), "made again, not taken: {honest_layers:?}");
+}
+
 /// registries.conf's mirrors and locations, as containers/image reads them: a reference under
 /// a `prefix` is read from each mirror that serves it (by digest, by tag), in the file's
 /// order, then from the registry's `location`; a mirror that is down or lacks the image is
