@@ -420,6 +420,30 @@ pub(crate) fn diff_id_of<L: LayerTar>(recipe: &L, cache: &LayerCache) -> Result<
     Ok((diff_id, true))
 }
 
+/// The layer of the previous release (`Image::previous`, `--previous`) that holds layer `i`'s
+/// tar in `compression`, and whether the tar was read to know; `None` if layer `i` is not
+/// built, its blob is known already (the layer cache's, Nix's record), or the previous
+/// release does not hold it. The layer's diff ID is the layer cache's, else its tar hashed;
+/// the previous release's layer of that diff ID (as its config says) is then decoded and
+/// compared with the tar byte for byte ([`holds_tar`]): what a release says of its blobs is
+/// not taken on trust (podman 4 runs an image whose layer is not its config's diff ID).
+pub(crate) fn held_by_previous<L: LayerTar>(
+    image: &Image<L>,
+    i: usize,
+    compression: Compression,
+    cache: &LayerCache,
+) -> Result<Option<(usize, bool)>, SinkError> {
+    let layer = image.layer_sources()[i];
+    let (Some(previous), LayerSource::Built(recipe)) = (&image.previous, layer) else { return Ok(None) };
+    let held = |l: &LayerBlob| Compression::of_media_type(&l.media_type) == Some(compression);
+    if !previous.layers.iter().any(held) || known_blob(image, i, compression, cache_key(image, layer, compression), cache).is_some() {
+        return Ok(None);
+    }
+    let (diff_id, read) = diff_id_of(recipe, cache)?;
+    let Some(j) = previous.layers.iter().position(|l| held(l) && l.diff_id == diff_id) else { return Ok(None) };
+    Ok(holds_tar(previous, j, recipe)?.then_some((j, read)))
+}
+
 /// Whether layer `j` of `previous`, decoded, is byte for byte the tar of `recipe`: its blob
 /// read (its size and digest checked at the end) and decoded while the tar is made and
 /// compared with it. A blob that cannot be read or decoded does not hold the tar (the log
@@ -554,7 +578,7 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
         LayerSource::Built(recipe) => recipe.tar_len(),
         LayerSource::Base(base, j) => base.layers[j].size,
     };
-    let reused = AtomicUsize::new(0);
+    let (reused, taken) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let written = std::thread::scope(|scope| {
         let naming = NamedBehind::new(scope, durability == Durability::Flushed);
         let written = for_each_biggest_first(layers.len(), weight, |i| -> Result<LayerBlob, SinkError> {
@@ -567,7 +591,19 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
                 }
             }
             let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
-            let out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
+            let mut out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
+            if let (Some((j, _)), Some(previous)) = (held_by_previous(image, i, compression, cache)?, &image.previous) {
+                // The previous release's blob, copied as it is (and not remembered by the
+                // layer cache, which knows the blobs strata makes).
+                copy_base_layer(previous, j, &mut out)?;
+                out.flush().map_err(write_err)?;
+                drop(out);
+                let blob = LayerBlob { media_type: compression.layer_media_type(), ..previous.layers[j].clone() };
+                let dest = blobs.join(blob.digest.hex());
+                naming.run(move || durability.name_blob(temp, &dest).map_err(write_err))?;
+                taken.fetch_add(1, Ordering::Relaxed);
+                return Ok(blob);
+            }
             let (blob, mut file) = write_layer_blob(image, i, compression, out, temp.path(), &*cx.progress)?;
             file.flush().map_err(write_err)?;
             drop(file);
@@ -585,7 +621,12 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
         let written = written?;
         named.map(|()| written)
     })?;
-    tracing::info!("{} of {} layer blobs were there already (known to the layer cache): not made again", reused.into_inner(), layers.len());
+    tracing::info!(
+        "{} of {} layer blobs were there already (known to the layer cache), {} taken from the previous release: not made again",
+        reused.into_inner(),
+        layers.len(),
+        taken.into_inner()
+    );
     Ok(written)
 }
 

@@ -570,42 +570,24 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
     Ok((made, Outcome::Uploaded))
 }
 
-/// The built layers a push takes from the previous release (`--previous`) rather than
-/// compressing them again, found on all cores, biggest first: per layer, the previous
-/// release's layer that holds its tar in the codec pushed, and whether the tar was read to
-/// know. A layer's diff ID is what the layer cache knows, else its tar hashed; the previous
-/// release's layer of that diff ID (as its config says) is then decoded and compared with the
-/// tar byte for byte (what a release says of its blobs is not taken on trust: podman 4 runs
-/// an image whose layer is not its config's diff ID). `None` for a layer whose blob is known
-/// already (the layer cache's, Nix's record), or that the previous release does not hold.
+/// The layers a push takes from the previous release rather than compressing them again
+/// ([`crate::held_by_previous`]), found on all cores, biggest first.
 fn taken_from_previous<L: LayerTar>(image: &Image<L>, compression: Compression, cache: &LayerCache) -> Result<Vec<Option<(usize, bool)>>, RegistryError> {
     let layers = image.layer_sources();
-    let Some(previous) = &image.previous else { return Ok(vec![None; layers.len()]) };
-    let held = |l: &LayerBlob| Compression::of_media_type(&l.media_type) == Some(compression);
-    let any_held = previous.layers.iter().any(held);
-    let wanted = |i: usize| match layers[i] {
-        LayerSource::Built(recipe)
-            if any_held && crate::known_blob(image, i, compression, crate::cache_key(image, layers[i], compression), cache).is_none() =>
-        {
-            Some(recipe)
-        }
-        _ => None,
+    if image.previous.is_none() {
+        return Ok(vec![None; layers.len()]);
+    }
+    let weight = |i: usize| match layers[i] {
+        LayerSource::Built(recipe) => recipe.tar_len(),
+        LayerSource::Base(..) => 0,
     };
-    crate::for_each_biggest_first(
-        layers.len(),
-        |i| wanted(i).map_or(0, LayerTar::tar_len),
-        |i| {
-            let Some(recipe) = wanted(i) else { return Ok(None) };
-            let layer_err = |e| RegistryError::Layer { index: i, source: Box::new(e) };
-            let (diff_id, read) = crate::diff_id_of(recipe, cache).map_err(layer_err)?;
-            let Some(j) = previous.layers.iter().position(|l| held(l) && l.diff_id == diff_id) else { return Ok(None) };
-            Ok(crate::holds_tar(previous, j, recipe).map_err(layer_err)?.then_some((j, read)))
-        },
-    )
+    crate::for_each_biggest_first(layers.len(), weight, |i| {
+        crate::held_by_previous(image, i, compression, cache).map_err(|e| RegistryError::Layer { index: i, source: Box::new(e) })
+    })
 }
 
 /// A built layer whose tar layer `j` of the previous release holds in the codec pushed (see
-/// [`taken_from_previous`]), taken as it is there: found in the repository, mounted from the
+/// [`crate::held_by_previous`]), taken as it is there: found in the repository, mounted from the
 /// previous release's, or copied from it (its digest checked on the way).
 async fn from_previous<L: LayerTar>(
     push: &Push<'_, L>,

@@ -153,3 +153,43 @@ fn json_reports_what_was_written() {
     let err = fails(strata(&["build", spec.to_str().unwrap(), "--json"]).stdout(std::process::Stdio::piped()));
     assert!(err.contains("--json prints to standard output"), "{err}");
 }
+
+/// A layout written from an empty layer cache given the previous release (`--previous`): a
+/// layer whose tar the previous release holds (decoded and compared) is its blob, copied as
+/// it is, here one skopeo compressed (other bytes than strata's); umoci reads the layout and
+/// podman runs it.
+#[test]
+fn layouts_take_unchanged_layers_from_the_previous_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |greeting: &str| {
+        let hello = fixture_with("hello", &[("greeting", greeting)]);
+        write_spec(dir.path(), &format!("{}.toml", greeting.len()), &format!("name = \"strata-test-taken\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"))
+    };
+    let (first, second) = (spec("Hello, first release!"), spec("Hello, the second release!"));
+    let archive = dir.path().join("v1.tar");
+    run_ok(strata(&["build", first.to_str().unwrap(), "-o", &format!("docker-archive:{}", archive.display())]));
+    let previous = format!("oci:{}:v1", dir.path().join("by-skopeo").display());
+    run_ok(Command::new("skopeo").args(["copy", "-q", "--dest-compress"]).arg(format!("docker-archive:{}", archive.display())).arg(&previous));
+    let layers = |reference: &str| -> Vec<String> {
+        let manifest: serde_json::Value = serde_json::from_str(&stdout_of(Command::new("skopeo").args(["inspect", "--raw", reference]))).unwrap();
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()).collect()
+    };
+    let (taken, cold) = (format!("oci:{}:v2", dir.path().join("taken").display()), format!("oci:{}:v2", dir.path().join("cold").display()));
+    let out = run_ok(
+        strata(&["build", second.to_str().unwrap(), "-o", &taken, "--previous", &previous, "-v"]).env("STRATA_CACHE_DIR", dir.path().join("cache-taken")),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 taken from the previous release"), "{}", String::from_utf8_lossy(&out.stderr));
+    run_ok(strata(&["build", second.to_str().unwrap(), "-o", &cold]).env("STRATA_CACHE_DIR", dir.path().join("cache-cold")));
+    let (skopeos, taken_layers, cold_layers) = (layers(&previous), layers(&taken), layers(&cold));
+    assert_eq!(taken_layers[0], skopeos[0], "the libc layer as skopeo compressed it");
+    assert_ne!(taken_layers[0], cold_layers[0]);
+    assert_eq!(taken_layers[1], cold_layers[1], "the changed layer made by strata");
+
+    let unpacked = dir.path().join("unpacked");
+    run_ok(Command::new("umoci").args(["unpack", "--rootless", "--image", taken.trim_start_matches("oci:")]).arg(&unpacked));
+    let name = "localhost/strata-test-taken:v2";
+    let _claim = ImageNames::claim(&[name]);
+    run_ok(Command::new("skopeo").args(["copy", "-q", &taken, &format!("containers-storage:{name}")]));
+    assert_eq!(run_in("podman", name, &[]), "Hello, the second release!\n");
+    remove_images("podman", &[name]);
+}
