@@ -211,9 +211,9 @@ pub struct Image<L> {
     pub recode: Option<Recode>,
     /// The digests the image must have (see [`Image::config_checked`]).
     pub recorded: Option<RecordedDigests>,
-    /// An earlier release of the image (`strata build --previous`): a push takes a built
-    /// layer's blob from it where it holds the layer's tar (the same diff ID) in the codec
-    /// pushed, rather than compressing the layer again.
+    /// An earlier release of the image (`strata build --previous`): a push, or a layout,
+    /// takes a built layer's blob from it where it holds the layer's tar in the codec written
+    /// (checked byte for byte), rather than compressing the layer again.
     pub previous: Option<SourceImage>,
 }
 
