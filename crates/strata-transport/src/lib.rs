@@ -440,6 +440,10 @@ pub(crate) fn held_by_previous<L: LayerTar>(
         return Ok(None);
     }
     let (diff_id, read) = diff_id_of(recipe, cache)?;
+    if compression == Compression::None {
+        // An uncompressed blob is named by the digest of its tar: its name is the proof.
+        return Ok(previous.layers.iter().position(|l| held(l) && l.digest == diff_id).map(|j| (j, read)));
+    }
     let Some(j) = previous.layers.iter().position(|l| held(l) && l.diff_id == diff_id) else { return Ok(None) };
     Ok(holds_tar(previous, j, recipe)?.then_some((j, read)))
 }

@@ -756,6 +756,26 @@ fn a_release_takes_unchanged_layers_from_the_previous_one() {
     let digest = stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &format!("docker://{host}/app:v2")]));
     assert_eq!(digest, cold_digest, "the manifest a cold push makes");
 
+    // Uncompressed: a blob named by its tar's digest is taken by its name, never downloaded.
+    run_ok(strata_reg(&fresh("tar-first"), &["build", first.to_str().unwrap(), "-o", &format!("docker://{host}/tars:v1"), "--compress", "none"]));
+    let libc_tar = layer_digests(&manifest(&format!("docker://{host}/tars:v1")))[0].clone();
+    let out = run_ok(strata_reg(
+        &fresh("tar-second"),
+        &[
+            "build",
+            second.to_str().unwrap(),
+            "-o",
+            &format!("docker://{host}/tars:v2"),
+            "--compress",
+            "none",
+            "--previous",
+            &format!("docker://{host}/tars:v1"),
+            "-v",
+        ],
+    ));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 layers uploaded, 0 mounted, 1 already there"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(registry.requests("GET", &format!("/blobs/{libc_tar}")), 0, "the tar was not downloaded");
+
     // Into another repository of the registry: mounted from the previous release's.
     let out = run_ok(strata_reg(
         &fresh("other"),
