@@ -76,28 +76,39 @@ pub fn write_docker_archive<W: Write, L: LayerTar>(
 
 /// Writes the images of several docker-archives as one docker-archive (nixpkgs'
 /// `dockerTools.mergeImages`: `docker load` loads them all), each layer once however many
-/// images have it, every blob and config checked as it is read. `mtime` stamps the members.
-pub fn merge_docker_archives<W: Write>(archives: &[PathBuf], out: W, mtime: u64) -> Result<(), MergeError> {
+/// images have it (named by its diff ID), and each read once: copied as it is while its tar
+/// (decompressed, if it is compressed) is hashed and checked against the config's diff ID. A
+/// layer that is not its diff ID fails the merge once its bytes are out (the output of a
+/// failed Nix build is removed). `mtime` stamps the members.
+pub fn merge_docker_archives<W: Write + Send>(archives: &[PathBuf], out: W, mtime: u64) -> Result<(), MergeError> {
     let mut tar = OuterTar { out, mtime, path: PathBuf::from("the docker-archive") };
     let mut written = std::collections::BTreeSet::new();
     let mut manifest = Vec::new();
     for path in archives {
-        let image = open_docker_archive(path)?;
+        let archive = ArchiveIndex::read(path)?;
         let mut layers = Vec::new();
-        for (j, layer) in image.layers.iter().enumerate() {
-            let name = format!("{}/layer.tar", layer.digest.hex());
+        for (j, diff_id) in archive.diff_ids.iter().enumerate() {
+            let name = format!("{}/layer.tar", diff_id.hex());
             if written.insert(name.clone()) {
-                tar.header(&name, layer.size)?;
-                copy_base_layer(&image, j, &mut tar.out)?;
-                tar.pad(layer.size)?;
+                let (member, size) = archive.member(j)?;
+                tar.header(&name, size)?;
+                let mut out = KeepsError { inner: &mut tar.out, error: None };
+                let checked = archive.check_layer(j, member, &mut out);
+                if let Some(e) = out.error {
+                    return Err(tar.write_err(e).into());
+                }
+                if checked?.size != size {
+                    return Err(invalid(path, format!("{} is not the size its header says", archive.layer_names[j])).into());
+                }
+                tar.pad(size)?;
             }
             layers.push(name);
         }
-        let config_name = format!("{}.json", Digest::of(&image.config_bytes).hex());
+        let config_name = format!("{}.json", Digest::of(&archive.config_bytes).hex());
         if written.insert(config_name.clone()) {
-            tar.bytes(&config_name, &image.config_bytes)?;
+            tar.bytes(&config_name, &archive.config_bytes)?;
         }
-        let tags: Vec<&String> = image.reference.iter().collect();
+        let tags: Vec<&String> = archive.reference.iter().collect();
         manifest.push(serde_json::json!({ "Config": config_name, "RepoTags": tags, "Layers": layers }));
     }
     tar.bytes("manifest.json", &canonical_json(&serde_json::Value::Array(manifest)))?;
@@ -292,40 +303,62 @@ fn hash_in_pairs<'a>(
     }
 }
 
-/// Reads a docker-archive: its one image, each layer hashed once here and checked against
-/// the config's diff IDs (decompressed first if it is compressed): a corrupt archive fails
-/// before anything is written anywhere.
-pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceError> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Entry {
-        config: String,
-        #[serde(default)]
-        repo_tags: Option<Vec<String>>,
-        layers: Vec<String>,
+/// A docker-archive's one image as its `manifest.json` and config describe it, no layer read.
+struct ArchiveIndex {
+    path: PathBuf,
+    store: BlobStore,
+    layer_names: Vec<String>,
+    diff_ids: Vec<Digest>,
+    config_bytes: Vec<u8>,
+    config: ImageConfiguration,
+    reference: Option<String>,
+}
+
+impl ArchiveIndex {
+    fn read(path: &Path) -> Result<ArchiveIndex, SourceError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Entry {
+            config: String,
+            #[serde(default)]
+            repo_tags: Option<Vec<String>>,
+            layers: Vec<String>,
+        }
+        let store = BlobStore::archive(path)?;
+        let BlobStore::Archive { path: tar, files, .. } = &store else { unreachable!("an archive's store") };
+        let read_err = |source| SourceError::Read { path: path.to_owned(), source };
+        let member = |name: &str| archive_member(tar, files, name);
+        let manifest: Vec<Entry> = parse_json(&read_bounded(member("manifest.json")?, MAX_METADATA_SIZE).map_err(read_err)?, path, "manifest.json")?;
+        let [entry] = &manifest[..] else {
+            return Err(invalid(path, format!("manifest.json describes {} images; strata reads docker-archives of one", manifest.len())));
+        };
+        let config_bytes = read_bounded(member(&entry.config)?, MAX_METADATA_SIZE).map_err(read_err)?;
+        let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
+        if config.rootfs().diff_ids().len() != entry.layers.len() {
+            return Err(invalid(path, "the config's diff_ids and the manifest's layers differ in number"));
+        }
+        let diff_ids = (config.rootfs().diff_ids().iter().enumerate())
+            .map(|(i, d)| d.parse().map_err(|e| invalid(path, format!("diff_ids[{i}]: {e}"))))
+            .collect::<Result<_, _>>()?;
+        let reference = entry.repo_tags.as_ref().and_then(|t| t.first().cloned());
+        Ok(ArchiveIndex { path: path.to_owned(), layer_names: entry.layers.clone(), diff_ids, config_bytes, config, reference, store })
     }
-    let mut store = BlobStore::archive(path)?;
-    let BlobStore::Archive { path: tar, files, .. } = &store else { unreachable!("an archive's store") };
-    let read_err = |source| SourceError::Read { path: path.to_owned(), source };
-    let member = |name: &str| archive_member(tar, files, name);
-    let manifest: Vec<Entry> = parse_json(&read_bounded(member("manifest.json")?, MAX_METADATA_SIZE).map_err(read_err)?, path, "manifest.json")?;
-    let [entry] = &manifest[..] else {
-        return Err(invalid(path, format!("manifest.json describes {} images; strata reads docker-archives of one", manifest.len())));
-    };
-    let config_bytes = read_bounded(member(&entry.config)?, MAX_METADATA_SIZE).map_err(read_err)?;
-    let config: ImageConfiguration = parse_json(&config_bytes, path, "config")?;
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != entry.layers.len() {
-        return Err(invalid(path, "the config's diff_ids and the manifest's layers differ in number"));
+
+    /// Layer `j`'s member: a reader of it, and its size.
+    fn member(&self, j: usize) -> Result<(io::Take<std::fs::File>, u64), SourceError> {
+        let BlobStore::Archive { path: tar, files, .. } = &self.store else { unreachable!("an archive's store") };
+        let name = &self.layer_names[j];
+        Ok((archive_member(tar, files, name)?, files.get(name).map_or(0, |&(_, size)| size)))
     }
-    // A docker-archive names layers by path, not digest: hash each one once, here (on every
-    // core, biggest first), and check its tar against the config's diff ID. A tar (what
-    // `docker save` writes) is its own blob: one digest is both.
-    let hash_layer = |i: usize| -> Result<LayerBlob, SourceError> {
-        let (name, diff_id) = (&entry.layers[i], &diff_ids[i]);
-        let expected: Digest = diff_id.parse().map_err(|e| invalid(path, format!("diff_ids[{i}]: {e}")))?;
-        let mut blob = HashingWriter::new(io::sink());
-        let mut data = io::BufReader::new(TeeReader { inner: member(name)?, copy: &mut blob });
+
+    /// Reads layer `j`'s member from `member` into `copy` as it is, checking its tar
+    /// (decompressed first if it is compressed) against the config's diff ID; returns the
+    /// blob as it is stored. A write to `copy` that fails is reported as a read's.
+    fn check_layer(&self, j: usize, member: impl Read + Send, copy: impl Write + Send) -> Result<LayerBlob, SourceError> {
+        let (name, expected) = (&self.layer_names[j], self.diff_ids[j]);
+        let read_err = |source| SourceError::Read { path: self.path.clone(), source };
+        let mut copy = HashingWriter::new(copy);
+        let mut data = io::BufReader::new(TeeReader { inner: member, copy: &mut copy });
         let codec = Compression::sniff(io::BufRead::fill_buf(&mut data).map_err(read_err)?);
         let mut tar = (codec != Compression::None).then(|| HashingWriter::new(io::sink()));
         if let Some(tar) = &mut tar {
@@ -333,30 +366,60 @@ pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceErro
         }
         io::copy(&mut data, &mut io::sink()).map_err(read_err)?; // a tar, or what a decoder left
         drop(data);
-        let (digest, size, _) = blob.finish();
+        let (digest, size, _) = copy.finish();
         let actual = tar.map_or(digest, |tar| tar.finish().0);
         if actual != expected {
-            return Err(SourceError::DiffIdMismatch { path: path.join(name), index: i, expected, actual });
+            return Err(SourceError::DiffIdMismatch { path: self.path.join(name), index: j, expected, actual });
         }
         Ok(LayerBlob { digest, diff_id: expected, size, media_type: codec.layer_media_type() })
-    };
-    let member_size = |i: usize| files.get(&entry.layers[i]).map_or(0, |&(_, size)| size);
-    let layers = crate::for_each_biggest_first(entry.layers.len(), member_size, hash_layer)?;
+    }
+}
+
+/// Reads a docker-archive: its one image, each layer hashed once here and checked against
+/// the config's diff IDs (decompressed first if it is compressed): a corrupt archive fails
+/// before anything is written anywhere.
+pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceError> {
+    let archive = ArchiveIndex::read(path)?;
+    // A docker-archive names layers by path, not digest: hash each one once, here (on every
+    // core, biggest first). A tar (what `docker save` writes) is its own blob: one digest is
+    // both.
+    let hash_layer = |j: usize| archive.check_layer(j, archive.member(j)?.0, io::sink());
+    let member_size = |j: usize| archive.member(j).map_or(0, |(_, size)| size);
+    let layers = crate::for_each_biggest_first(archive.layer_names.len(), member_size, hash_layer)?;
+    let ArchiveIndex { mut store, layer_names, config_bytes, config, reference, .. } = archive;
     let BlobStore::Archive { by_digest, .. } = &mut store else { unreachable!("an archive's store") };
-    for (name, layer) in entry.layers.iter().zip(&layers) {
+    for (name, layer) in layer_names.iter().zip(&layers) {
         by_digest.insert(layer.digest, name.clone());
     }
-    let reference = entry.repo_tags.as_ref().and_then(|t| t.first().cloned());
     Ok(SourceImage { config_bytes, config, manifest_bytes: None, layers, reference, origin: None, blobs: Arc::new(store) })
 }
 
-/// Reads from `inner`, writing what it reads to `copy`.
-struct TeeReader<'a, R> {
-    inner: R,
-    copy: &'a mut HashingWriter<io::Sink>,
+/// A writer that keeps the first error of `inner`, so that a copy through a reader (which
+/// reports every failure as its own) can tell a failed write from a failed read.
+struct KeepsError<W> {
+    inner: W,
+    error: Option<io::Error>,
 }
 
-impl<R: Read> Read for TeeReader<'_, R> {
+impl<W: Write> Write for KeepsError<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            self.error.get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads from `inner`, writing what it reads to `copy`.
+struct TeeReader<'a, R, W> {
+    inner: R,
+    copy: &'a mut HashingWriter<W>,
+}
+
+impl<R: Read, W: Write> Read for TeeReader<'_, R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         io::Write::write_all(self.copy, &buf[..n])?;

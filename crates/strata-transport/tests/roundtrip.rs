@@ -314,3 +314,49 @@ fn recorded_blobs_name_what_a_destination_has_before_anything_is_read() {
     let err = write_image(&stale, &reference(&format!("oci:{d}/stale:t")), Compression::Gzip, &cx).unwrap_err();
     assert!(err.to_string().contains("manifest digest"), "{err}");
 }
+
+/// mergeImages: several docker-archives (one with gzip layers) as one, each layer once, named
+/// by its diff ID, every member as it was; a layer that is not its diff ID fails the merge,
+/// naming the archive and the layer.
+#[test]
+fn merged_archives_hold_each_layer_once_and_check_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let cx = transport();
+    let shared = TarBytes::file("shared", &[3u8; 3000]);
+    let (first, second) = (dir.path().join("first.tar"), dir.path().join("second.tar"));
+    write_image(&image(vec![shared.clone(), TarBytes::file("one", b"1")]), &reference(&format!("docker-archive:{}", first.display())), Compression::None, &cx)
+        .unwrap();
+    write_image(&image(vec![shared.clone(), TarBytes::file("two", b"2")]), &reference(&format!("docker-archive:{}", second.display())), Compression::Gzip, &cx)
+        .unwrap();
+    let mut merged = Vec::new();
+    strata_transport::docker_archive::merge_docker_archives(&[first.clone(), second.clone()], &mut merged, 1).unwrap();
+    let mut archive = tar::Archive::new(merged.as_slice());
+    let mut names = Vec::new();
+    let mut manifest = serde_json::Value::Null;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        if name == "manifest.json" {
+            manifest = serde_json::from_slice(&bytes).unwrap();
+        } else if let Some(hex) = name.strip_suffix("/layer.tar") {
+            let mut tar = Vec::new();
+            std::io::Read::read_to_end(&mut Compression::sniff(&bytes).decoder(bytes.as_slice()).unwrap(), &mut tar).unwrap();
+            assert_eq!(Digest::of(&tar).hex(), hex, "{name} is named by its diff ID");
+        }
+        names.push(name);
+    }
+    let layers = names.iter().filter(|n| n.ends_with("/layer.tar")).count();
+    assert_eq!(layers, 3, "the shared layer once: {names:?}");
+    assert_eq!(manifest.as_array().unwrap().len(), 2);
+    assert_eq!(manifest[0]["Layers"][0], manifest[1]["Layers"][0], "both images list the shared layer");
+
+    // One byte of the first archive's shared layer changed: its tar is not its diff ID.
+    let mut bytes = std::fs::read(&first).unwrap();
+    let at = bytes.windows(3000).position(|w| w.iter().all(|&b| b == 3)).unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(&first, bytes).unwrap();
+    let err = strata_transport::docker_archive::merge_docker_archives(&[first.clone(), second], std::io::sink(), 1).unwrap_err().to_string();
+    assert!(err.contains(&first.display().to_string()) && err.contains("diff"), "{err}");
+}
