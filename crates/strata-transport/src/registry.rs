@@ -686,7 +686,10 @@ fn from_first_place<T>(
     };
     for (place, insecure) in places {
         match try_at(&place, insecure) {
-            Ok((session, got)) => return Ok((session, place, got)),
+            Ok((session, got)) => {
+                tracing::info!("reading {source} from its mirror {place}");
+                return Ok((session, place, got));
+            }
             Err(e) => {
                 tracing::info!("reading {source} from its mirror {place}: {e}; trying the next place");
                 mirrors_failed.push(format!("{place}: {e}"));

@@ -879,7 +879,9 @@ fn registries_conf_mirrors_and_locations_serve_pulls() {
     let by_digest = format!("docker://registry.invalid/team/app@{at_mirror}");
     let name = "registry.invalid/team/app:mirrored";
     let _claim = ImageNames::claim(&[name]);
-    run_ok(configured(&["copy", &by_digest, &format!("podman:{name}")]));
+    let copied = run_ok(configured(&["copy", &by_digest, &format!("podman:{name}"), "-v"]));
+    let log = String::from_utf8_lossy(&copied.stderr);
+    assert!(log.contains(&format!("from its mirror docker://{mirror_host}/mirrored/app@{at_mirror}")), "{log}");
     assert!(mirror.requests("GET", "/v2/mirrored/app/manifests/sha256:") >= 1);
     assert_eq!(skopeo_digest(&by_digest), at_mirror);
     assert_eq!(run_in("podman", name, &[]), "Hello from the mirror!\n");
