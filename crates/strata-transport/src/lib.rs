@@ -405,16 +405,19 @@ pub(crate) fn known_blob<L: LayerTar>(
     key.and_then(|(fingerprint, codec)| Some(cache.get(&fingerprint, codec)?.blob(codec))).or_else(|| image.recorded_blob(index, compression))
 }
 
-/// The diff ID of a built layer, and whether its tar was read for it: what the layer cache
-/// knows of the layer (in any codec), else its tar hashed (and the cache told).
-pub(crate) fn diff_id_of<L: LayerTar>(recipe: &L, cache: &LayerCache) -> Result<(Digest, bool), SinkError> {
+/// The diff ID of built layer `layer`, and whether its tar was read for it: what the layer
+/// cache knows of the layer (in any codec), else its tar hashed (and the cache told).
+fn diff_id_of<L: LayerTar>(recipe: &L, cache: &LayerCache, layer: usize, progress: &dyn Progress) -> Result<(Digest, bool), SinkError> {
     let fingerprint = recipe.fingerprint();
     let codecs = [Compression::None, Compression::Gzip, Compression::Zstd];
     if let Some(hit) = codecs.into_iter().find_map(|codec| cache.get(&fingerprint, codec)) {
         return Ok((hit.diff_id, false));
     }
-    let mut tar = HashingWriter::new(io::sink());
-    recipe.write_tar(&mut tar)?;
+    progress.start(layer, Stage::Hashing, recipe.tar_len());
+    let mut tar = HashingWriter::new(Counted { inner: io::sink(), layer, progress });
+    let written = recipe.write_tar(&mut tar);
+    progress.finish(layer);
+    written?;
     let (diff_id, size, _) = tar.finish();
     cache.put(&fingerprint, Compression::None, &CachedBlob { diff_id, digest: diff_id, size });
     Ok((diff_id, true))
@@ -432,6 +435,7 @@ pub(crate) fn held_by_previous<L: LayerTar>(
     i: usize,
     compression: Compression,
     cache: &LayerCache,
+    progress: &dyn Progress,
 ) -> Result<Option<(usize, bool)>, SinkError> {
     let layer = image.layer_sources()[i];
     let (Some(previous), LayerSource::Built(recipe)) = (&image.previous, layer) else { return Ok(None) };
@@ -439,20 +443,24 @@ pub(crate) fn held_by_previous<L: LayerTar>(
     if !previous.layers.iter().any(held) || known_blob(image, i, compression, cache_key(image, layer, compression), cache).is_some() {
         return Ok(None);
     }
-    let (diff_id, read) = diff_id_of(recipe, cache)?;
+    let (diff_id, read) = diff_id_of(recipe, cache, i, progress)?;
     if compression == Compression::None {
         // An uncompressed blob is named by the digest of its tar: its name is the proof.
         return Ok(previous.layers.iter().position(|l| held(l) && l.digest == diff_id).map(|j| (j, read)));
     }
     let Some(j) = previous.layers.iter().position(|l| held(l) && l.diff_id == diff_id) else { return Ok(None) };
-    Ok(holds_tar(previous, j, recipe)?.then_some((j, read)))
+    progress.start(i, Stage::Checking, recipe.tar_len());
+    let holds = holds_tar(previous, j, recipe, &|n| progress.advance(i, n));
+    progress.finish(i);
+    Ok(holds?.then_some((j, read)))
 }
 
 /// Whether layer `j` of `previous`, decoded, is byte for byte the tar of `recipe`: its blob
 /// read (its size and digest checked at the end) and decoded while the tar is made and
-/// compared with it. A blob that cannot be read or decoded does not hold the tar (the log
-/// says why); a tar that cannot be made is an error.
-pub(crate) fn holds_tar<L: LayerTar>(previous: &SourceImage, j: usize, recipe: &L) -> Result<bool, SinkError> {
+/// compared with it, `compared` told of each stretch that matched. A blob that cannot be
+/// read or decoded does not hold the tar (the log says why); a tar that cannot be made is
+/// an error.
+fn holds_tar<L: LayerTar>(previous: &SourceImage, j: usize, recipe: &L, compared: &dyn Fn(u64)) -> Result<bool, SinkError> {
     let blob = &previous.layers[j];
     let Some(codec) = Compression::of_media_type(&blob.media_type) else { return Ok(false) };
     let unreadable = |e: io::Error| {
@@ -482,6 +490,7 @@ pub(crate) fn holds_tar<L: LayerTar>(previous: &SourceImage, j: usize, recipe: &
                 return Ok(false); // longer than the tar, or other bytes
             }
             tar.consume(n);
+            compared(n as u64);
             decoded = &decoded[n..];
         }
     }
@@ -596,7 +605,7 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
             }
             let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
             let mut out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
-            if let (Some((j, _)), Some(previous)) = (held_by_previous(image, i, compression, cache)?, &image.previous) {
+            if let (Some((j, _)), Some(previous)) = (held_by_previous(image, i, compression, cache, &*cx.progress)?, &image.previous) {
                 // The previous release's blob, copied as it is (and not remembered by the
                 // layer cache, which knows the blobs strata makes).
                 copy_base_layer(previous, j, &mut out)?;

@@ -15,6 +15,8 @@ pub enum Stage {
     Compressing,
     /// A stored blob copied, verified on the way.
     Copying,
+    /// A stored blob decoded and compared with its tar (`--previous`).
+    Checking,
     /// Its blob sent to a registry.
     Uploading,
 }
@@ -25,6 +27,7 @@ impl Stage {
             Stage::Hashing => "hashing",
             Stage::Compressing => "compressing",
             Stage::Copying => "copying",
+            Stage::Checking => "checking",
             Stage::Uploading => "uploading",
         }
     }

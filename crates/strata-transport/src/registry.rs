@@ -460,7 +460,7 @@ async fn push_async<L: LayerTar>(
     let here = format!("{}/{}", dest.host, dest.repository);
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let from_previous = tokio::task::block_in_place(|| taken_from_previous(image, compression, cache))?;
+    let from_previous = tokio::task::block_in_place(|| taken_from_previous(image, compression, cache, &**progress))?;
     let push = Push { session, here: &here, cache, progress, image, compression, made: AtomicUsize::new(0), from_previous };
 
     let results: Vec<(LayerBlob, Outcome)> =
@@ -572,7 +572,12 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
 
 /// The layers a push takes from the previous release rather than compressing them again
 /// ([`crate::held_by_previous`]), found on all cores, biggest first.
-fn taken_from_previous<L: LayerTar>(image: &Image<L>, compression: Compression, cache: &LayerCache) -> Result<Vec<Option<(usize, bool)>>, RegistryError> {
+fn taken_from_previous<L: LayerTar>(
+    image: &Image<L>,
+    compression: Compression,
+    cache: &LayerCache,
+    progress: &dyn Progress,
+) -> Result<Vec<Option<(usize, bool)>>, RegistryError> {
     let layers = image.layer_sources();
     if image.previous.is_none() {
         return Ok(vec![None; layers.len()]);
@@ -582,7 +587,7 @@ fn taken_from_previous<L: LayerTar>(image: &Image<L>, compression: Compression, 
         LayerSource::Base(..) => 0,
     };
     crate::for_each_biggest_first(layers.len(), weight, |i| {
-        crate::held_by_previous(image, i, compression, cache).map_err(|e| RegistryError::Layer { index: i, source: Box::new(e) })
+        crate::held_by_previous(image, i, compression, cache, progress).map_err(|e| RegistryError::Layer { index: i, source: Box::new(e) })
     })
 }
 
