@@ -29,6 +29,9 @@ const GZIP_LEVEL: u32 = 5;
 const ZSTD_LEVEL: i32 = 3;
 
 impl Compression {
+    /// Every codec strata writes.
+    pub const ALL: [Compression; 3] = [Compression::None, Compression::Gzip, Compression::Zstd];
+
     /// The OCI media type of a layer compressed this way.
     pub fn layer_media_type(self) -> MediaType {
         match self {
@@ -51,7 +54,7 @@ impl Compression {
 
     /// The codec whose [`id`](Self::id) this is; `None` for an id of another strata version.
     pub fn from_id(id: &str) -> Option<Compression> {
-        [Compression::None, Compression::Gzip, Compression::Zstd].into_iter().find(|c| c.id() == id)
+        Compression::ALL.into_iter().find(|c| c.id() == id)
     }
 
     /// The codec of a layer with this media type (OCI's or Docker's); `None` for one strata
@@ -188,7 +191,7 @@ mod tests {
     #[test]
     fn codecs_are_deterministic_and_round_trip() {
         let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        for c in Compression::ALL {
             let once = |d: &[u8]| {
                 let mut e = c.encoder(Vec::new()).unwrap();
                 e.write_all(d).unwrap();
@@ -209,7 +212,7 @@ mod tests {
     fn a_layer_encoder_records_the_digests_of_its_tar_and_its_blob() {
         use crate::digest::Digest;
         let sample = crate::parallel::testing::sample;
-        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        for c in Compression::ALL {
             for len in [0, 1, 55, 64, 65, (1 << 20) - 1, 1 << 20, (2 << 20) + 3, (5 << 20) + 12_345] {
                 let data = sample(len);
                 let mut encoder = c.layer_encoder(Vec::new()).unwrap();

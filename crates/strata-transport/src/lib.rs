@@ -409,8 +409,7 @@ pub(crate) fn known_blob<L: LayerTar>(
 /// cache knows of the layer (in any codec), else its tar hashed (and the cache told).
 fn diff_id_of<L: LayerTar>(recipe: &L, cache: &LayerCache, layer: usize, progress: &dyn Progress) -> Result<(Digest, bool), SinkError> {
     let fingerprint = recipe.fingerprint();
-    let codecs = [Compression::None, Compression::Gzip, Compression::Zstd];
-    if let Some(hit) = codecs.into_iter().find_map(|codec| cache.get(&fingerprint, codec)) {
+    if let Some(hit) = Compression::ALL.into_iter().find_map(|codec| cache.get(&fingerprint, codec)) {
         return Ok((hit.diff_id, false));
     }
     progress.start(layer, Stage::Hashing, recipe.tar_len());
