@@ -147,14 +147,21 @@ impl RegistryOptions {
         Ok(self.conf()?.find(reference).cloned())
     }
 
+    /// An error if registries.conf blocks reading from `source`'s repository.
+    fn check_not_blocked(&self, source: &RegistryRef) -> Result<(), RegistryError> {
+        let name = format!("{}/{}", source.host, source.repository);
+        match self.conf_of(&name)?.filter(|e| e.blocked) {
+            Some(entry) => Err(RegistryError::Blocked { reference: name, file: entry.file }),
+            None => Ok(()),
+        }
+    }
+
     /// Where `source` is read from, in order (registries.conf's mirrors of it, then its
     /// location: see `conf`), each with whether TLS is optional there; an error if the file
     /// blocks it.
     fn pull_sources(&self, source: &RegistryRef) -> Result<Vec<(RegistryRef, bool)>, RegistryError> {
+        self.check_not_blocked(source)?;
         let name = format!("{}/{}", source.host, source.repository);
-        if let Some(entry) = self.conf_of(&name)?.filter(|e| e.blocked) {
-            return Err(RegistryError::Blocked { reference: name, file: entry.file });
-        }
         let mut places = Vec::new();
         for place in self.conf()?.pull_sources(&name, source.digest.is_some()) {
             let parsed = RegistryRef::parse(&place.name).map_err(|why| RegistryError::BadPlace { reference: name.clone(), place: place.name.clone(), why })?;
@@ -203,10 +210,7 @@ impl Session {
 
     /// A session to read from `repository`, unless registries.conf blocks it.
     fn for_reading(repository: &RegistryRef, options: &RegistryOptions) -> Result<Session, RegistryError> {
-        let name = format!("{}/{}", repository.host, repository.repository);
-        if let Some(entry) = options.conf_of(&name)?.filter(|e| e.blocked) {
-            return Err(RegistryError::Blocked { reference: name, file: entry.file });
-        }
+        options.check_not_blocked(repository)?;
         Session::new(repository, options)
     }
 
@@ -670,42 +674,60 @@ pub fn pull(source: &RegistryRef, platform: &Platform, options: &RegistryOptions
 
 /// Runs `attempt` at each place `source` is read from (registries.conf's mirrors of it,
 /// then its location) with a session authenticated to pull there, until one succeeds; that
-/// session, the place, and what the attempt returned. When every place fails, the error is
-/// the last place's (the registry's own), naming what the mirrors answered.
+/// session, the place, and what the attempt returned (see [`first_place_that_answers`]).
 fn from_first_place<T>(
     source: &RegistryRef,
     options: &RegistryOptions,
     attempt: impl AsyncFn(&Session, &RegistryRef) -> Result<T, RegistryError>,
 ) -> Result<(Session, RegistryRef, T), RegistryError> {
-    let mut places = options.pull_sources(source)?;
-    let (registry, registry_insecure) = places.pop().expect("the registry's own place is last");
+    let places = options.pull_sources(source)?;
+    let ((place, _), (session, got)) = first_place_that_answers(
+        &format!("reading {source}"),
+        places,
+        |(place, _)| place,
+        |(place, insecure)| {
+            let session = Session::at(place, *insecure, options)?;
+            let runtime = session.runtime.clone();
+            let got = runtime.block_on(async {
+                session.authenticate(Access::Pull).await?;
+                attempt(&session, place).await
+            })?;
+            Ok((session, got))
+        },
+    )?;
+    Ok((session, place, got))
+}
+
+/// Runs `attempt` at each of `places` in turn, the mirrors first and the registry's own place
+/// last, until one succeeds: that place and what it returned. A mirror that fails is passed
+/// over (the log says so, as it says which mirror served `what`, naming each by `name`); when
+/// every place fails, the error is the registry's, naming what each mirror answered.
+fn first_place_that_answers<P, T>(
+    what: &str,
+    places: impl IntoIterator<Item = P>,
+    name: impl Fn(&P) -> &RegistryRef,
+    mut attempt: impl FnMut(&P) -> Result<T, RegistryError>,
+) -> Result<(P, T), RegistryError> {
+    let mut places = places.into_iter().peekable();
     let mut mirrors_failed = Vec::new();
-    let try_at = |place: &RegistryRef, insecure: bool| -> Result<(Session, T), RegistryError> {
-        let session = Session::at(place, insecure, options)?;
-        let runtime = session.runtime.clone();
-        let got = runtime.block_on(async {
-            session.authenticate(Access::Pull).await?;
-            attempt(&session, place).await
-        })?;
-        Ok((session, got))
-    };
-    for (place, insecure) in places {
-        match try_at(&place, insecure) {
-            Ok((session, got)) => {
-                tracing::info!("reading {source} from its mirror {place}");
-                return Ok((session, place, got));
+    while let Some(place) = places.next() {
+        let mirror = places.peek().is_some();
+        match attempt(&place) {
+            Ok(got) => {
+                if mirror {
+                    tracing::info!("{what} from its mirror {}", name(&place));
+                }
+                return Ok((place, got));
             }
-            Err(e) => {
-                tracing::info!("reading {source} from its mirror {place}: {e}; trying the next place");
-                mirrors_failed.push(format!("{place}: {e}"));
+            Err(e) if mirror => {
+                tracing::info!("{what} from its mirror {}: {e}; trying the next place", name(&place));
+                mirrors_failed.push(format!("{}: {e}", name(&place)));
             }
+            Err(e) if mirrors_failed.is_empty() => return Err(e),
+            Err(e) => return Err(RegistryError::MirrorsFailed { error: Box::new(e), mirrors: mirrors_failed }),
         }
     }
-    match try_at(&registry, registry_insecure) {
-        Ok((session, got)) => Ok((session, registry, got)),
-        Err(e) if mirrors_failed.is_empty() => Err(e),
-        Err(e) => Err(RegistryError::MirrorsFailed { error: Box::new(e), mirrors: mirrors_failed }),
-    }
+    unreachable!("a source has at least its registry's own place")
 }
 
 /// Manifests and indexes strata reads.
@@ -788,19 +810,8 @@ impl RegistryBlobs {
     /// The caller checks the digest while reading.
     /// Never more than `size` bytes are written: a registry that sends more is stopped.
     pub fn fetch(&self, digest: &Digest, size: u64) -> Result<std::fs::File, RegistryError> {
-        let mut mirrors_failed = Vec::new();
-        for (i, place) in self.places.iter().enumerate() {
-            match place.fetch(digest, size) {
-                Ok(file) => return Ok(file),
-                Err(e) if i + 1 < self.places.len() => {
-                    tracing::info!("downloading {digest} from the mirror {}: {e}; trying the next place", place.repository);
-                    mirrors_failed.push(format!("{}: {e}", place.repository));
-                }
-                Err(e) if mirrors_failed.is_empty() => return Err(e),
-                Err(e) => return Err(RegistryError::MirrorsFailed { error: Box::new(e), mirrors: mirrors_failed }),
-            }
-        }
-        unreachable!("a source has at least its registry's own place")
+        let places = self.places.iter();
+        first_place_that_answers(&format!("downloading {digest}"), places, |place| &place.repository, |place| place.fetch(digest, size)).map(|(_, file)| file)
     }
 }
 
