@@ -422,9 +422,20 @@ fn diff_id_of<L: LayerTar>(recipe: &L, cache: &LayerCache, layer: usize, progres
     Ok((diff_id, true))
 }
 
+/// A built layer's blob found in the previous release ([`held_by_previous`]).
+#[derive(Clone)]
+pub(crate) struct Taken {
+    /// Its place among the previous release's layers.
+    pub index: usize,
+    /// The blob, named with the OCI media type of its codec (the previous release's may be
+    /// Docker's).
+    pub blob: LayerBlob,
+    /// Whether the layer's tar was read to know.
+    pub read: bool,
+}
+
 /// The layer of the previous release (`Image::previous`, `--previous`) that holds layer `i`'s
-/// tar in `compression`, and whether the tar was read to know; `None` if layer `i` is not
-/// built, its blob is known already (the layer cache's, Nix's record), or the previous
+/// tar in `compression`; `None` if layer `i` is not built, its blob is known already (the layer cache's, Nix's record), or the previous
 /// release does not hold it. The layer's diff ID is the layer cache's, else its tar hashed;
 /// the previous release's layer of that diff ID (as its config says) is then decoded and
 /// compared with the tar byte for byte ([`holds_tar`]): what a release says of its blobs is
@@ -435,7 +446,7 @@ pub(crate) fn held_by_previous<L: LayerTar>(
     compression: Compression,
     cache: &LayerCache,
     progress: &dyn Progress,
-) -> Result<Option<(usize, bool)>, SinkError> {
+) -> Result<Option<Taken>, SinkError> {
     let layer = image.layer_sources()[i];
     let (Some(previous), LayerSource::Built(recipe)) = (&image.previous, layer) else { return Ok(None) };
     let held = |l: &LayerBlob| Compression::of_media_type(&l.media_type) == Some(compression);
@@ -443,15 +454,16 @@ pub(crate) fn held_by_previous<L: LayerTar>(
         return Ok(None);
     }
     let (diff_id, read) = diff_id_of(recipe, cache, i, progress)?;
+    let taken = |index: usize| Taken { index, blob: LayerBlob { media_type: compression.layer_media_type(), ..previous.layers[index].clone() }, read };
     if compression == Compression::None {
         // An uncompressed blob is named by the digest of its tar: its name is the proof.
-        return Ok(previous.layers.iter().position(|l| held(l) && l.digest == diff_id).map(|j| (j, read)));
+        return Ok(previous.layers.iter().position(|l| held(l) && l.digest == diff_id).map(taken));
     }
     let Some(j) = previous.layers.iter().position(|l| held(l) && l.diff_id == diff_id) else { return Ok(None) };
     progress.start(i, Stage::Checking, recipe.tar_len());
     let holds = holds_tar(previous, j, recipe, &|n| progress.advance(i, n));
     progress.finish(i);
-    Ok(holds?.then_some((j, read)))
+    Ok(holds?.then(|| taken(j)))
 }
 
 /// Whether layer `j` of `previous`, decoded, is byte for byte the tar of `recipe`: its blob
@@ -604,13 +616,12 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
             }
             let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
             let mut out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
-            if let (Some((j, _)), Some(previous)) = (held_by_previous(image, i, compression, cache, &*cx.progress)?, &image.previous) {
+            if let (Some(Taken { index, blob, .. }), Some(previous)) = (held_by_previous(image, i, compression, cache, &*cx.progress)?, &image.previous) {
                 // The previous release's blob, copied as it is (and not remembered by the
                 // layer cache, which knows the blobs strata makes).
-                copy_base_layer(previous, j, &mut out)?;
+                copy_base_layer(previous, index, &mut out)?;
                 out.flush().map_err(write_err)?;
                 drop(out);
-                let blob = LayerBlob { media_type: compression.layer_media_type(), ..previous.layers[j].clone() };
                 let dest = blobs.join(blob.digest.hex());
                 naming.run(move || durability.name_blob(temp, &dest).map_err(write_err))?;
                 taken.fetch_add(1, Ordering::Relaxed);

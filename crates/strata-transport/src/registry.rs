@@ -511,7 +511,7 @@ struct Push<'a, L> {
     compression: Compression,
     made: AtomicUsize,
     /// Per layer, what [`taken_from_previous`] found.
-    from_previous: Vec<Option<(usize, bool)>>,
+    from_previous: Vec<Option<crate::Taken>>,
 }
 
 async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
@@ -532,8 +532,8 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
             return Ok((known.clone(), outcome));
         }
     }
-    if let (Some(previous), Some((j, read))) = (&image.previous, push.from_previous[index]) {
-        return from_previous(push, previous, j, read, index).await;
+    if let (Some(previous), Some(taken)) = (&image.previous, &push.from_previous[index]) {
+        return from_previous(push, previous, taken, index).await;
     }
     if let (LayerSource::Base(base, j), None) = (layer, recode) {
         // Copied as it is: streamed from the source, verified on the way, never staged on disk
@@ -581,7 +581,7 @@ fn taken_from_previous<L: LayerTar>(
     compression: Compression,
     cache: &LayerCache,
     progress: &dyn Progress,
-) -> Result<Vec<Option<(usize, bool)>>, RegistryError> {
+) -> Result<Vec<Option<crate::Taken>>, RegistryError> {
     let layers = image.layer_sources();
     if image.previous.is_none() {
         return Ok(vec![None; layers.len()]);
@@ -595,23 +595,22 @@ fn taken_from_previous<L: LayerTar>(
     })
 }
 
-/// A built layer whose tar layer `j` of the previous release holds in the codec pushed (see
+/// A built layer whose tar the previous release holds in the codec pushed (`taken`, see
 /// [`crate::held_by_previous`]), taken as it is there: found in the repository, mounted from the
 /// previous release's, or copied from it (its digest checked on the way).
 async fn from_previous<L: LayerTar>(
     push: &Push<'_, L>,
     previous: &SourceImage,
-    j: usize,
-    read: bool,
+    taken: &crate::Taken,
     index: usize,
 ) -> Result<(LayerBlob, Outcome), RegistryError> {
-    let Push { session, here, cache, progress, compression, .. } = *push;
-    push.made.fetch_add(usize::from(read), Ordering::Relaxed);
-    // Named with the OCI media type of its codec (the previous release's may be Docker's).
-    let blob = LayerBlob { media_type: compression.layer_media_type(), ..previous.layers[j].clone() };
+    let Push { session, here, cache, progress, .. } = *push;
+    push.made.fetch_add(usize::from(taken.read), Ordering::Relaxed);
+    let blob = taken.blob.clone();
     if let Some(outcome) = find_or_mount(session, here, cache, &blob.digest, previous.origin.clone()).await? {
         return Ok((blob, outcome));
     }
+    let j = taken.index;
     let body = || Ok(reqwest::Body::wrap_stream(counted(blob_stream(previous.clone(), j), index, blob.size, progress)));
     session.retry(&format!("uploading layer {index}"), || session.client.upload(&blob.digest, blob.size, body)).await?;
     Ok((blob, Outcome::Uploaded))
