@@ -430,6 +430,11 @@ pub struct BuildArgs {
     /// compressing them again
     #[arg(long, value_name = "IMAGE", conflicts_with = "flake")]
     pub previous: Option<String>,
+    /// Trust the --previous release (in a registry) if its signature verifies with this
+    /// public key, as `strata verify` checks it: a push then takes its blobs of unchanged
+    /// layers by their diff IDs, without reading them. Unsigned, every blob is checked
+    #[arg(long, value_name = "NAME.pub", requires = "previous")]
+    pub previous_key: Option<PathBuf>,
     /// Print what was written as one JSON object on standard output (reference, digests,
     /// layers); the image must then go elsewhere (-o)
     #[arg(long)]

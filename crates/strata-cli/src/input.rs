@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use strata_build::assemble::{assemble, previous_layers, ClosureSource};
@@ -12,20 +13,21 @@ use strata_build::description::IndexDescription;
 use strata_build::layer::LayerRecipe;
 use strata_build::spec::ValidSpec;
 use strata_oci::compress::Compression;
-use strata_oci::image::Image;
+use strata_oci::image::{Image, Previous};
 use strata_oci::platform::Platform;
-use strata_oci::reference::{ImageRef, TRANSPORTS};
+use strata_oci::reference::{ImageRef, RegistryRef, TRANSPORTS};
 use strata_transport::registry::RegistryOptions;
 use strata_transport::{choose_platform, default_compression, open_image, write_image, Transport, Written};
 
 use crate::nix_builder;
+use crate::sign::TrustedKey;
 
 pub enum Input {
     Spec {
         path: PathBuf,
         closure: ClosureSource,
         /// An earlier release of the image, whose layers are kept where they still hold.
-        previous: Option<ImageRef>,
+        previous: Option<PreviousArg>,
     },
     /// A stream script (`#!… strata stream`) or a description (its JSON with `digests`).
     Script(PathBuf),
@@ -37,10 +39,45 @@ pub enum Input {
 /// An image ready to write (with the digests it must have, if it was described).
 pub struct Loaded(pub Image<LayerRecipe>);
 
+/// `--previous IMAGE`, and the key that may vouch for it (`--previous-key`).
+#[derive(Clone)]
+pub struct PreviousArg {
+    pub image: ImageRef,
+    pub key: Option<Arc<TrustedKey>>,
+}
+
+impl PreviousArg {
+    pub fn new(image: &str, key: Option<&Path>) -> Result<PreviousArg> {
+        let image: ImageRef = image.parse()?;
+        if key.is_some() && !matches!(image, ImageRef::Registry(_)) {
+            bail!("--previous-key: signatures are verified in registries, and --previous {image} is not in one (docker://…)");
+        }
+        Ok(PreviousArg { image, key: key.map(TrustedKey::load).transpose()?.map(Arc::new) })
+    }
+
+    /// The release for `platform`: read by the digest its signature was verified for, and
+    /// then believed (`signed`), where a key is given and a signature made with it is found;
+    /// else read as it is and checked blob by blob (a signature that does not verify only
+    /// costs that time, and says so).
+    fn open(&self, platform: &Platform, registry: &RegistryOptions) -> Result<Previous> {
+        if let (ImageRef::Registry(reference), Some(key)) = (&self.image, &self.key) {
+            match key.signed_digest(reference, registry) {
+                Ok(digest) => {
+                    tracing::info!("--previous {reference}: {digest} is signed by {}: its blobs are believed", key.path.display());
+                    let signed = ImageRef::Registry(RegistryRef { tag: None, digest: Some(digest), ..reference.clone() });
+                    return Ok(Previous { release: open_image(&signed, platform, registry)?, signed: true });
+                }
+                Err(e) => tracing::warn!("--previous-key: {e:#}; each of the release's blobs is checked before it is taken"),
+            }
+        }
+        Ok(Previous { release: open_image(&self.image, platform, registry)?, signed: false })
+    }
+}
+
 /// The image `spec` describes: its base image (`from_image`) read for the spec's own
 /// platform, then assembled over it, keeping the layers of `previous` that still hold.
 /// Where build and transport meet.
-pub fn plan(spec: ValidSpec, closure: &ClosureSource, registry: &RegistryOptions, previous: Option<&ImageRef>) -> Result<Image<LayerRecipe>> {
+pub fn plan(spec: ValidSpec, closure: &ClosureSource, registry: &RegistryOptions, previous: Option<&PreviousArg>) -> Result<Image<LayerRecipe>> {
     let platform = Platform::linux(&spec.architecture);
     let base = match &spec.from_image {
         Some(reference) => Some(open_image(reference, &platform, registry).with_context(|| format!("from_image {reference}"))?),
@@ -48,15 +85,15 @@ pub fn plan(spec: ValidSpec, closure: &ClosureSource, registry: &RegistryOptions
     };
     // As `docker build --cache-from`: an earlier image that cannot be read (the first
     // release has none) only means a plan from scratch.
-    let previous = match previous.map(|p| (p, open_image(p, &platform, registry))) {
-        Some((_, Ok(image))) => Some(image),
-        Some((reference, Err(e))) => {
-            tracing::warn!("--previous {reference}: {:#}; planning the layers from scratch", anyhow::Error::from(e));
+    let previous = match previous.map(|p| (p, p.open(&platform, registry))) {
+        Some((_, Ok(previous))) => Some(previous),
+        Some((arg, Err(e))) => {
+            tracing::warn!("--previous {}: {e:#}; planning the layers from scratch", arg.image);
             None
         }
         None => None,
     };
-    let kept = previous.as_ref().map(|p| previous_layers(&p.config)).unwrap_or_default();
+    let kept = previous.as_ref().map(|p| previous_layers(&p.release.config)).unwrap_or_default();
     let mut image = assemble(spec, closure, base, &kept)?;
     image.previous = previous;
     Ok(image)

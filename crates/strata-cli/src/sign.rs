@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use strata_oci::digest::Digest;
 use strata_oci::reference::{ImageRef, RegistryRef};
-use strata_transport::registry::{manifest_of, push_signature, signatures, StoredSignature};
+use strata_transport::registry::{manifest_of, push_signature, signatures, RegistryOptions, StoredSignature};
 use strata_transport::Transport;
 
 use crate::cli::VerifyArgs;
@@ -105,25 +105,44 @@ fn repository(reference: &RegistryRef) -> String {
     format!("{}/{}", reference.host, reference.repository)
 }
 
+/// A public key the user trusts (`strata verify --key`, `--previous-key`), read before any
+/// work.
+pub struct TrustedKey {
+    key: strata_sign::VerifyingKey,
+    pub path: PathBuf,
+}
+
+impl TrustedKey {
+    pub fn load(path: &Path) -> Result<TrustedKey> {
+        let key = strata_sign::public_key(&read_key(path)?, &path.display().to_string())?;
+        Ok(TrustedKey { key, path: path.to_owned() })
+    }
+
+    /// The manifest digest `reference` names (its tag read once), if one of the signatures
+    /// stored beside it verifies with this key; an error saying why not otherwise. What
+    /// is used of a signed image must be read by this digest, never by the tag again.
+    pub fn signed_digest(&self, reference: &RegistryRef, registry: &RegistryOptions) -> Result<Digest> {
+        let (digest, _) = manifest_of(reference, registry).with_context(|| format!("reading {reference}"))?;
+        let stored = signatures(reference, &digest, registry).with_context(|| format!("reading the signatures of {reference}"))?;
+        if stored.is_empty() {
+            bail!("{reference}: no signature for {digest}");
+        }
+        let reasons: Vec<String> = stored
+            .iter()
+            .map(|s| strata_sign::verify(&self.key, &s.payload, &s.signature, &repository(reference), &digest))
+            .filter_map(|verified| verified.err().map(|e| e.to_string()))
+            .collect();
+        if reasons.len() == stored.len() {
+            bail!("{reference}: no valid signature for {digest} with {}: {}", self.path.display(), reasons.join("; "));
+        }
+        Ok(digest)
+    }
+}
+
 /// `strata verify`.
 pub fn verify(args: VerifyArgs, cx: &Transport) -> Result<()> {
     let ImageRef::Registry(reference) = args.image.parse()? else { bail!("{}: signatures are verified in registries (docker://…)", args.image) };
-    let text = read_key(&args.key)?;
-    let key = strata_sign::public_key(&text, &args.key.display().to_string())?;
-    let (digest, _) = manifest_of(&reference, &cx.registry).with_context(|| format!("reading {}", args.image))?;
-    let stored = signatures(&reference, &digest, &cx.registry).with_context(|| format!("reading the signatures of {}", args.image))?;
-    if stored.is_empty() {
-        bail!("{}: no signature for {digest}", args.image);
-    }
-    let mut reasons = Vec::new();
-    for s in &stored {
-        match strata_sign::verify(&key, &s.payload, &s.signature, &repository(&reference), &digest) {
-            Ok(()) => {
-                println!("{}: {digest} signed by {}", args.image, args.key.display());
-                return Ok(());
-            }
-            Err(e) => reasons.push(e.to_string()),
-        }
-    }
-    bail!("{}: no valid signature for {digest} with {}: {}", args.image, args.key.display(), reasons.join("; "))
+    let digest = TrustedKey::load(&args.key)?.signed_digest(&reference, &cx.registry)?;
+    println!("{}: {digest} signed by {}", args.image, args.key.display());
+    Ok(())
 }

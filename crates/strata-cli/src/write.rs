@@ -15,7 +15,7 @@ use strata_oci::reference::{ImageRef, TRANSPORTS};
 use strata_transport::{choose_platform, default_compression, open_image, open_index, write_index, Transport, Written};
 
 use crate::cli::{BuildArgs, ContainerizeArgs, CopyArgs, ExportArgs, SbomFormat, StreamArgs};
-use crate::input::{Input, Loaded};
+use crate::input::{Input, Loaded, PreviousArg};
 use crate::inspect::attach_sbom;
 use crate::sign::Signer;
 
@@ -23,7 +23,7 @@ use crate::sign::Signer;
 /// platform, to one multi-platform image.
 pub fn build(args: BuildArgs, cx: &Transport) -> Result<()> {
     let closure = || args.closure_graph.clone().map_or(ClosureSource::Nix, ClosureSource::GraphFile);
-    let previous: Option<ImageRef> = args.previous.as_deref().map(str::parse).transpose()?;
+    let previous = args.previous.as_deref().map(|image| PreviousArg::new(image, args.previous_key.as_deref())).transpose()?;
     let (inputs, what) = match (&args.flake, args.spec.as_slice()) {
         (Some(flake), _) => (vec![Input::flake(flake)?], format!("--flake {flake}")),
         (None, []) => unreachable!("clap requires SPEC or --flake"),

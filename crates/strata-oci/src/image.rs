@@ -212,9 +212,20 @@ pub struct Image<L> {
     /// The digests the image must have (see [`Image::config_checked`]).
     pub recorded: Option<RecordedDigests>,
     /// An earlier release of the image (`strata build --previous`): a push, or a layout,
-    /// takes a built layer's blob from it where it holds the layer's tar in the codec written
-    /// (checked byte for byte), rather than compressing the layer again.
-    pub previous: Option<SourceImage>,
+    /// takes a built layer's blob from it where it holds the layer's tar in the codec written,
+    /// rather than compressing the layer again.
+    pub previous: Option<Previous>,
+}
+
+/// An earlier release of an image, whose blobs a new release may take ([`Image::previous`]).
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub release: SourceImage,
+    /// Whether a signature made with a key the user trusts vouches for the release (read by
+    /// the digest that was verified): what its config says its blobs hold is then believed,
+    /// and a blob is taken for a layer of the same diff ID without being read. Otherwise each
+    /// blob is decoded and compared with the layer's tar byte for byte before it is taken.
+    pub signed: bool,
 }
 
 /// Where one of an image's layers comes from.

@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 use strata_oci::compress::Compression;
 use strata_oci::digest::{Digest, HashingWriter};
-use strata_oci::image::{Image, LayerSource, LayerTar, NotAsRecorded, SourceImage, TarError};
+use strata_oci::image::{Image, LayerSource, LayerTar, NotAsRecorded, Previous, SourceImage, TarError};
 use strata_oci::manifest::LayerBlob;
 use strata_oci::platform::Platform;
 use strata_oci::reference::{Engine, ImageRef, OciRef};
@@ -435,11 +435,13 @@ pub(crate) struct Taken {
 }
 
 /// The layer of the previous release (`Image::previous`, `--previous`) that holds layer `i`'s
-/// tar in `compression`; `None` if layer `i` is not built, its blob is known already (the layer cache's, Nix's record), or the previous
-/// release does not hold it. The layer's diff ID is the layer cache's, else its tar hashed;
-/// the previous release's layer of that diff ID (as its config says) is then decoded and
-/// compared with the tar byte for byte ([`holds_tar`]): what a release says of its blobs is
-/// not taken on trust (podman 4 runs an image whose layer is not its config's diff ID).
+/// tar in `compression`; `None` if layer `i` is not built, its blob is known already (the
+/// layer cache's, Nix's record), or the previous release does not hold it. The layer's diff
+/// ID is the layer cache's, else its tar hashed. The previous release's layer of that diff
+/// ID (as its config says) is then taken as it is if a trusted signature vouches for the
+/// release ([`Previous::signed`]); otherwise it is decoded and compared with the tar byte
+/// for byte first ([`holds_tar`]): what an unsigned release says of its blobs is not taken
+/// on trust (podman 4 runs an image whose layer is not its config's diff ID).
 pub(crate) fn held_by_previous<L: LayerTar>(
     image: &Image<L>,
     i: usize,
@@ -448,7 +450,7 @@ pub(crate) fn held_by_previous<L: LayerTar>(
     progress: &dyn Progress,
 ) -> Result<Option<Taken>, SinkError> {
     let layer = image.layer_sources()[i];
-    let (Some(previous), LayerSource::Built(recipe)) = (&image.previous, layer) else { return Ok(None) };
+    let (Some(Previous { release: previous, signed }), LayerSource::Built(recipe)) = (&image.previous, layer) else { return Ok(None) };
     let held = |l: &LayerBlob| Compression::of_media_type(&l.media_type) == Some(compression);
     if !previous.layers.iter().any(held) || known_blob(image, i, compression, cache_key(image, layer, compression), cache).is_some() {
         return Ok(None);
@@ -460,6 +462,9 @@ pub(crate) fn held_by_previous<L: LayerTar>(
         return Ok(previous.layers.iter().position(|l| held(l) && l.digest == diff_id).map(taken));
     }
     let Some(j) = previous.layers.iter().position(|l| held(l) && l.diff_id == diff_id) else { return Ok(None) };
+    if *signed {
+        return Ok(Some(taken(j)));
+    }
     progress.start(i, Stage::Checking, recipe.tar_len());
     let holds = holds_tar(previous, j, recipe, &|n| progress.advance(i, n));
     progress.finish(i);
@@ -616,7 +621,9 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
             }
             let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
             let mut out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
-            if let (Some(Taken { index, blob, .. }), Some(previous)) = (held_by_previous(image, i, compression, cache, &*cx.progress)?, &image.previous) {
+            if let (Some(Taken { index, blob, .. }), Some(Previous { release: previous, .. })) =
+                (held_by_previous(image, i, compression, cache, &*cx.progress)?, &image.previous)
+            {
                 // The previous release's blob, copied as it is (and not remembered by the
                 // layer cache, which knows the blobs strata makes).
                 copy_base_layer(previous, index, &mut out)?;

@@ -533,7 +533,7 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         }
     }
     if let (Some(previous), Some(taken)) = (&image.previous, &push.from_previous[index]) {
-        return from_previous(push, previous, taken, index).await;
+        return from_previous(push, &previous.release, taken, index).await;
     }
     if let (LayerSource::Base(base, j), None) = (layer, recode) {
         // Copied as it is: streamed from the source, verified on the way, never staged on disk

@@ -135,3 +135,56 @@ fn signed_pushes_are_verified_by_podman_and_strata() {
     assert!(!refused.status.success(), "podman accepted a tampered signature");
     assert!(!verify("signed", &public).status.success(), "strata verify accepted a tampered signature");
 }
+
+/// A release pushed from an empty layer cache, given the previous release and the key that
+/// signed it (`--previous-key`): the signature verifies, so the previous release's blob of
+/// the unchanged layer is taken by its diff ID without being downloaded, and the manifest is
+/// the one a cold push makes. Given a key that did not sign it, the same blob is downloaded
+/// and checked before it is taken.
+#[test]
+fn a_signed_previous_release_lends_its_blobs_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = generate(dir.path(), "release");
+    let (_, stranger) = generate(dir.path(), "stranger");
+    let registry = Registry::start();
+    let spec = |greeting: &str, file: &str| {
+        let hello = fixture_with("hello", &[("greeting", greeting)]);
+        write_spec(dir.path(), file, &format!("name = \"app\"\n[config]\nEntrypoint = [\"{hello}/bin/hello\"]\n"))
+    };
+    let (first, second) = (spec("Hello, first release!", "1.toml"), spec("Hello, the second release!", "2.toml"));
+    let push = |cache: &str, spec: &Path, target: &str, extra: &[&str]| {
+        let mut cmd = strata(&["build", spec.to_str().unwrap(), "-o", target, "-v"]);
+        cmd.args(["--creds", CREDS, "--tls-verify=false"]).args(extra).env("STRATA_CACHE_DIR", dir.path().join(cache)).env("COSIGN_PASSWORD", "correct horse");
+        String::from_utf8_lossy(&run_ok(cmd).stderr).into_owned()
+    };
+    let (v1, repo) = (format!("{}:v1", registry.reference("strata-test/app")), registry.reference("strata-test/app"));
+    push("first", &first, &v1, &["--sign-key", key.to_str().unwrap()]);
+    let manifest = |reference: &str| -> serde_json::Value {
+        let raw = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", "--creds", CREDS, reference]));
+        serde_json::from_str(&raw).unwrap()
+    };
+    let libc = manifest(&v1)["layers"][0]["digest"].as_str().unwrap().to_owned();
+    push("cold", &second, &format!("{}:v2", registry.reference("strata-test/cold")), &[]);
+    let digest_of = |reference: &str| {
+        stdout_of(Command::new("skopeo").args(["inspect", "--tls-verify=false", "--creds", CREDS, "--format", "{{.Digest}}", reference])).trim().to_owned()
+    };
+    let cold = digest_of(&format!("{}:v2", registry.reference("strata-test/cold")));
+
+    let log = push("signed", &second, &format!("{repo}:v2"), &["--previous", &v1, "--previous-key", public.to_str().unwrap()]);
+    assert!(log.contains("is signed by") && log.contains("1 layers uploaded, 0 mounted, 1 already there"), "{log}");
+    assert_eq!(registry.requests("GET", &format!("/blobs/{libc}")), 0, "the signed release's blob was read: {log}");
+    assert_eq!(digest_of(&format!("{repo}:v2")), cold, "the manifest a cold push makes");
+
+    // Into another repository (the blob mounted from the previous release's once checked).
+    let other = format!("{}:v2", registry.reference("strata-test/other"));
+    let log = push("stranger", &second, &other, &["--previous", &v1, "--previous-key", stranger.to_str().unwrap()]);
+    assert!(log.contains("no valid signature") && log.contains("each of the release's blobs is checked"), "{log}");
+    assert!(log.contains("1 layers uploaded, 1 mounted, 0 already there"), "{log}");
+    assert!(registry.requests("GET", &format!("/blobs/{libc}")) >= 1, "a release another key signed was believed: {log}");
+    assert_eq!(digest_of(&other), cold);
+
+    let layout = format!("oci:{}:v1", dir.path().join("layout").display());
+    let refused =
+        fails(&mut strata(&["build", second.to_str().unwrap(), "-o", "/dev/null", "--previous", &layout, "--previous-key", public.to_str().unwrap()]));
+    assert!(refused.contains("signatures are verified in registries"), "{refused}");
+}
