@@ -432,6 +432,8 @@ pub(crate) struct Taken {
     pub blob: LayerBlob,
     /// Whether the layer's tar was read to know.
     pub read: bool,
+    /// Whether the blob was written whole to the `keep` of [`held_by_previous`] on the way.
+    pub kept: bool,
 }
 
 /// The layer of the previous release (`Image::previous`, `--previous`) that holds layer `i`'s
@@ -441,13 +443,16 @@ pub(crate) struct Taken {
 /// ID (as its config says) is then taken as it is if a trusted signature vouches for the
 /// release ([`Previous::signed`]); otherwise it is decoded and compared with the tar byte
 /// for byte first ([`holds_tar`]): what an unsigned release says of its blobs is not taken
-/// on trust (podman 4 runs an image whose layer is not its config's diff ID).
+/// on trust (podman 4 runs an image whose layer is not its config's diff ID). The blob read
+/// for that is also written to `keep` (a file at the path given), if any, so that a sink that
+/// needs a copy reads it once; `keep` then holds bytes even if the blob is not taken.
 pub(crate) fn held_by_previous<L: LayerTar>(
     image: &Image<L>,
     i: usize,
     compression: Compression,
     cache: &LayerCache,
     progress: &dyn Progress,
+    keep: Option<(&mut (dyn Write + Send), &Path)>,
 ) -> Result<Option<Taken>, SinkError> {
     let layer = image.layer_sources()[i];
     let (Some(Previous { release: previous, signed }), LayerSource::Built(recipe)) = (&image.previous, layer) else { return Ok(None) };
@@ -456,51 +461,104 @@ pub(crate) fn held_by_previous<L: LayerTar>(
         return Ok(None);
     }
     let (diff_id, read) = diff_id_of(recipe, cache, i, progress)?;
-    let taken = |index: usize| Taken { index, blob: LayerBlob { media_type: compression.layer_media_type(), ..previous.layers[index].clone() }, read };
+    let taken = |index: usize, kept: bool| Taken {
+        index,
+        blob: LayerBlob { media_type: compression.layer_media_type(), ..previous.layers[index].clone() },
+        read,
+        kept,
+    };
     if compression == Compression::None {
         // An uncompressed blob is named by the digest of its tar: its name is the proof.
-        return Ok(previous.layers.iter().position(|l| held(l) && l.digest == diff_id).map(taken));
+        return Ok(previous.layers.iter().position(|l| held(l) && l.digest == diff_id).map(|j| taken(j, false)));
     }
     let Some(j) = previous.layers.iter().position(|l| held(l) && l.diff_id == diff_id) else { return Ok(None) };
     if *signed {
-        return Ok(Some(taken(j)));
+        return Ok(Some(taken(j, false)));
     }
     progress.start(i, Stage::Checking, recipe.tar_len());
-    let holds = holds_tar(previous, j, recipe, &|n| progress.advance(i, n));
+    let kept = keep.is_some();
+    let holds = holds_tar(previous, j, recipe, &|n| progress.advance(i, n), keep);
     progress.finish(i);
-    Ok(holds?.then(|| taken(j)))
+    Ok(holds?.then(|| taken(j, kept)))
+}
+
+/// A reader that writes what it reads to `copy` (the first write error kept, and the read
+/// failed with it).
+struct Tee<'a, R> {
+    inner: R,
+    copy: Option<&'a mut (dyn Write + Send)>,
+    failed: Option<io::Error>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(copy) = &mut self.copy {
+            if let Err(e) = copy.write_all(&buf[..n]) {
+                self.failed = Some(e);
+                return Err(io::Error::other("the copy of the blob cannot be written"));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Whether layer `j` of `previous`, decoded, is byte for byte the tar of `recipe`: its blob
-/// read (its size and digest checked at the end) and decoded while the tar is made and
-/// compared with it, `compared` told of each stretch that matched. A blob that cannot be
-/// read or decoded does not hold the tar (the log says why); a tar that cannot be made is
-/// an error.
-fn holds_tar<L: LayerTar>(previous: &SourceImage, j: usize, recipe: &L, compared: &dyn Fn(u64)) -> Result<bool, SinkError> {
+/// read (its size and digest checked at the end; all of it written to `keep`, if any) and
+/// decoded while the tar is made and compared with it, `compared` told of each stretch that
+/// matched. A blob that cannot be read or decoded does not hold the tar (the log says why);
+/// a tar that cannot be made, or a copy that cannot be written, is an error.
+fn holds_tar<L: LayerTar>(
+    previous: &SourceImage,
+    j: usize,
+    recipe: &L,
+    compared: &dyn Fn(u64),
+    keep: Option<(&mut (dyn Write + Send), &Path)>,
+) -> Result<bool, SinkError> {
     let blob = &previous.layers[j];
     let Some(codec) = Compression::of_media_type(&blob.media_type) else { return Ok(false) };
-    let unreadable = |e: io::Error| {
-        tracing::warn!("the previous release's layer {} cannot be read ({e}): the layer is compressed again", blob.digest);
-        Ok(false)
-    };
+    let (copy, copy_path) = keep.map_or((None, None), |(copy, path)| (Some(copy), Some(path)));
     let mut verified = match previous.open_layer(j) {
-        Ok(reader) => reader,
-        Err(e) => return unreadable(e),
+        Ok(reader) => Tee { inner: reader, copy, failed: None },
+        Err(e) => return unreadable(blob, e),
     };
-    let mut decoder = match codec.decoder(io::BufReader::with_capacity(1 << 20, &mut verified)) {
-        Ok(decoder) => decoder,
-        Err(e) => return unreadable(e),
-    };
+    let holds = compare_decoded(codec, &mut verified, recipe, compared);
+    if let (Some(source), Some(path)) = (verified.failed, copy_path) {
+        return Err(SinkError::Write { path: path.to_owned(), source });
+    }
+    match holds {
+        Ok(true) => verified.inner.finish().map_or_else(|e| unreadable(blob, e), |()| Ok(true)),
+        Ok(false) => Ok(false),
+        Err(Unheld::Unreadable(e)) => unreadable(blob, e),
+        Err(Unheld::Tar(e)) => Err(e),
+    }
+}
+
+fn unreadable(blob: &LayerBlob, e: io::Error) -> Result<bool, SinkError> {
+    tracing::warn!("the previous release's layer {} cannot be read ({e}): the layer is compressed again", blob.digest);
+    Ok(false)
+}
+
+/// Why [`compare_decoded`] could not tell.
+enum Unheld {
+    Unreadable(io::Error),
+    Tar(SinkError),
+}
+
+/// Whether `blob`, decoded from `codec`, is byte for byte the tar of `recipe`; on `true`, the
+/// whole blob has been read (what follows the end of its encoded stream too).
+fn compare_decoded<L: LayerTar>(codec: Compression, blob: &mut (impl Read + Send), recipe: &L, compared: &dyn Fn(u64)) -> Result<bool, Unheld> {
+    let mut decoder = codec.decoder(io::BufReader::with_capacity(1 << 20, &mut *blob)).map_err(Unheld::Unreadable)?;
     let mut tar = recipe.pieces();
+    let tar_err = |e: TarError| Unheld::Tar(e.into());
     let mut buf = vec![0; 1 << 20];
     loop {
-        let mut decoded = match decoder.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => &buf[..n],
-            Err(e) => return unreadable(e),
+        let mut decoded = match decoder.read(&mut buf).map_err(Unheld::Unreadable)? {
+            0 => break,
+            n => &buf[..n],
         };
         while !decoded.is_empty() {
-            let piece = tar.fill()?;
+            let piece = tar.fill().map_err(tar_err)?;
             let n = piece.len().min(decoded.len());
             if n == 0 || piece[..n] != decoded[..n] {
                 return Ok(false); // longer than the tar, or other bytes
@@ -510,11 +568,12 @@ fn holds_tar<L: LayerTar>(previous: &SourceImage, j: usize, recipe: &L, compared
             decoded = &decoded[n..];
         }
     }
-    if !tar.fill()?.is_empty() {
+    if !tar.fill().map_err(tar_err)?.is_empty() {
         return Ok(false); // shorter than the tar
     }
     drop(decoder);
-    verified.finish().map_or_else(unreadable, |()| Ok(true))
+    io::copy(blob, &mut io::sink()).map_err(Unheld::Unreadable)?;
+    Ok(true)
 }
 
 /// Whether blobs must survive a power cut once they have their names (an OCI layout's, a
@@ -619,21 +678,28 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
                     return Ok(hit);
                 }
             }
-            let temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
-            let mut out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
-            if let (Some(Taken { index, blob, .. }), Some(Previous { release: previous, .. })) =
-                (held_by_previous(image, i, compression, cache, &*cx.progress)?, &image.previous)
-            {
-                // The previous release's blob, copied as it is (and not remembered by the
-                // layer cache, which knows the blobs strata makes).
-                copy_base_layer(previous, index, &mut out)?;
-                out.flush().map_err(write_err)?;
+            let mut temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
+            if let Some(Previous { release: previous, .. }) = &image.previous {
+                let mut out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
+                if let Some(Taken { index, blob, kept, .. }) = held_by_previous(image, i, compression, cache, &*cx.progress, Some((&mut out, temp.path())))? {
+                    // The previous release's blob, copied as it is, or as it was read to be
+                    // checked (and not remembered by the layer cache, which knows the blobs
+                    // strata makes).
+                    if !kept {
+                        copy_base_layer(previous, index, &mut out)?;
+                    }
+                    out.flush().map_err(write_err)?;
+                    drop(out);
+                    let dest = blobs.join(blob.digest.hex());
+                    naming.run(move || durability.name_blob(temp, &dest).map_err(write_err))?;
+                    taken.fetch_add(1, Ordering::Relaxed);
+                    return Ok(blob);
+                }
+                // What was read of a blob not taken goes with its scratch file.
                 drop(out);
-                let dest = blobs.join(blob.digest.hex());
-                naming.run(move || durability.name_blob(temp, &dest).map_err(write_err))?;
-                taken.fetch_add(1, Ordering::Relaxed);
-                return Ok(blob);
+                temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
             }
+            let out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
             let (blob, mut file) = write_layer_blob(image, i, compression, out, temp.path(), &*cx.progress)?;
             file.flush().map_err(write_err)?;
             drop(file);

@@ -591,7 +591,7 @@ fn taken_from_previous<L: LayerTar>(
         LayerSource::Base(..) => 0,
     };
     crate::for_each_biggest_first(layers.len(), weight, |i| {
-        crate::held_by_previous(image, i, compression, cache, progress).map_err(|e| RegistryError::Layer { index: i, source: Box::new(e) })
+        crate::held_by_previous(image, i, compression, cache, progress, None).map_err(|e| RegistryError::Layer { index: i, source: Box::new(e) })
     })
 }
 

@@ -595,3 +595,23 @@ pub fn nixpkgs_stand_in(dir: &Path) -> PathBuf {
     std::fs::copy(STRATA, nixpkgs.join("strata")).unwrap();
     nixpkgs
 }
+
+/// An OCI layout (`oci:DIR:v1`) of `spec` built by strata, whose manifest then lists the
+/// layers in the other order than its config's diff IDs: a release that lies about what its
+/// blobs hold (podman 4 runs such an image).
+pub fn poisoned_layout(dir: &Path, spec: &Path) -> String {
+    let (honest, poisoned) = (dir.join("honest"), dir.join("poisoned"));
+    run_ok(strata(&["build", spec.to_str().unwrap(), "-o", &format!("oci:{}:v1", honest.display())]));
+    copy_tree(&honest, &poisoned);
+    let blob = |digest: &str| poisoned.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(poisoned.join("index.json")).unwrap()).unwrap();
+    let mut lying: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    lying["layers"].as_array_mut().unwrap().reverse();
+    let bytes = serde_json::to_vec(&lying).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&bytes));
+    std::fs::write(blob(&digest), &bytes).unwrap();
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = bytes.len().into();
+    std::fs::write(poisoned.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    format!("oci:{}:v1", poisoned.display())
+}

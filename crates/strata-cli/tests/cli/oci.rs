@@ -157,7 +157,8 @@ fn json_reports_what_was_written() {
 /// A layout written from an empty layer cache given the previous release (`--previous`): a
 /// layer whose tar the previous release holds (decoded and compared) is its blob, copied as
 /// it is, here one skopeo compressed (other bytes than strata's); umoci reads the layout and
-/// podman runs it.
+/// podman runs it. A previous release that lies about a layer gives nothing, and what was
+/// read of its blob to check it is not left in the layout.
 #[test]
 fn layouts_take_unchanged_layers_from_the_previous_release() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,4 +193,19 @@ fn layouts_take_unchanged_layers_from_the_previous_release() {
     run_ok(Command::new("skopeo").args(["copy", "-q", &taken, &format!("containers-storage:{name}")]));
     assert_eq!(run_in("podman", name, &[]), "Hello, the second release!\n");
     remove_images("podman", &[name]);
+
+    let refused = format!("oci:{}:v2", dir.path().join("refused").display());
+    let poisoned = poisoned_layout(dir.path(), &first);
+    let out = run_ok(
+        strata(&["build", second.to_str().unwrap(), "-o", &refused, "--previous", &poisoned, "-v"]).env("STRATA_CACHE_DIR", dir.path().join("cache-refused")),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 taken from the previous release"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(layers(&refused), cold_layers, "made again, not taken");
+    let blobs = dir.path().join("refused/blobs/sha256");
+    let names: Vec<String> = std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), cold_layers.len() + 2, "the layers, the config and the manifest, nothing else: {names:?}");
+    for name in names {
+        assert_eq!(sha256_hex(&std::fs::read(blobs.join(&name)).unwrap()), name, "a blob is what it is named");
+    }
+    assert_eq!(std::fs::read_dir(dir.path().join("refused")).unwrap().count(), 3, "oci-layout, index.json, blobs: no scratch left");
 }

@@ -803,28 +803,10 @@ fn a_release_takes_unchanged_layers_from_the_previous_one() {
 
     // A previous release whose manifest lists the layers in the other order than its
     // config's diff IDs: what it says it holds is not what it holds, and nothing is taken.
-    let poisoned = dir.path().join("poisoned");
-    let source = format!("oci:{}:v1", dir.path().join("honest").display());
-    run_ok(strata(&["build", first.to_str().unwrap(), "-o", &source]));
-    copy_tree(&dir.path().join("honest"), &poisoned);
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(poisoned.join("index.json")).unwrap()).unwrap();
-    let blob = |digest: &str| poisoned.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-    let mut lying: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
-    let honest_layers = layer_digests(&lying);
-    lying["layers"].as_array_mut().unwrap().reverse();
-    let bytes = serde_json::to_vec(&lying).unwrap();
-    let lying_digest = format!("sha256:{}", sha256_hex(&bytes));
-    std::fs::write(blob(&lying_digest), &bytes).unwrap();
-    let mut index = index;
-    index["manifests"][0]["digest"] = lying_digest.into();
-    index["manifests"][0]["size"] = bytes.len().into();
-    std::fs::write(poisoned.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    run_ok(strata_reg(
-        &fresh("poisoned"),
-        &["build", second.to_str().unwrap(), "-o", &format!("docker://{host}/fourth:v2"), "--previous", &format!("oci:{}:v1", poisoned.display())],
-    ));
+    let poisoned = poisoned_layout(dir.path(), &first);
+    run_ok(strata_reg(&fresh("poisoned"), &["build", second.to_str().unwrap(), "-o", &format!("docker://{host}/fourth:v2"), "--previous", &poisoned]));
     let fourth = layer_digests(&manifest(&format!("docker://{host}/fourth:v2")));
-    assert_eq!(fourth, layer_digests(&cold), "made again, not taken: {honest_layers:?}");
+    assert_eq!(fourth, layer_digests(&cold), "made again, not taken");
 }
 
 /// registries.conf's mirrors and locations, as containers/image reads them: a reference under
