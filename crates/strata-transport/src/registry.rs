@@ -112,6 +112,9 @@ pub struct RegistryOptions {
     runtime: std::sync::OnceLock<Arc<tokio::runtime::Runtime>>,
     /// registries.conf, read on first use.
     conf: Arc<std::sync::OnceLock<conf::RegistriesConf>>,
+    /// How long a registry may stay silent, before its answer or within it, before the
+    /// request is given up (and tried again); not for uploads (see `client`).
+    pub read_timeout: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -124,7 +127,7 @@ impl RegistryOptions {
     /// Options for every registry a command talks to. TLS goes through rustls with the
     /// process's default crypto provider, which the program installs (a library does not).
     pub fn new(creds: Option<Credentials>, tls_verify: Option<bool>) -> RegistryOptions {
-        RegistryOptions { creds, tls_verify, cert_dir: None, runtime: std::sync::OnceLock::new(), conf: Default::default() }
+        RegistryOptions { creds, tls_verify, cert_dir: None, runtime: std::sync::OnceLock::new(), conf: Default::default(), read_timeout: client::READ_TIMEOUT }
     }
 
     /// These options, with registries' certificates read from `dir` rather than from their
@@ -221,7 +224,7 @@ impl Session {
         let user = creds.as_ref().map(|c| c.user.clone()).filter(|u| !u.is_empty());
         let tls = certs::for_registry(host, options.cert_dir.as_deref())?;
         let tls_verify = options.tls_verify.unwrap_or(!insecure);
-        let client = Client::new(host, repository, creds, tls_verify, tls).map_err(|e| RegistryError::Request {
+        let client = Client::new(host, repository, creds, tls_verify, tls, options.read_timeout).map_err(|e| RegistryError::Request {
             host: host.to_owned(),
             what: "starting an HTTP client".into(),
             message: e.to_string(),
@@ -1148,6 +1151,70 @@ pub fn referrers(reference: &RegistryRef, options: &RegistryOptions) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry (a thread) that answers `/v2/` and serves one index at every tag, but
+    /// stays silent on the first `silent` requests for it; returns its host and how many
+    /// requests for the index it had.
+    fn registry_silent_at_first(silent: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let (mut request, mut line) = (String::new(), String::new());
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                            request.push_str(&line);
+                            line.clear();
+                        }
+                        let body: &[u8] = if request.starts_with("GET /v2/ ") {
+                            b""
+                        } else if request.contains("/manifests/") {
+                            if counter.fetch_add(1, Ordering::SeqCst) < silent {
+                                std::thread::sleep(Duration::from_secs(30));
+                                return;
+                            }
+                            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
+                        } else {
+                            return;
+                        };
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\nContent-Length: {}\r\n\r\n", body.len());
+                        if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (host, asked)
+    }
+
+    /// A registry that stays silent is given up after the read timeout and asked again; one
+    /// that stays silent every time fails with the timeout told, rather than hanging.
+    #[test]
+    fn a_silent_registry_is_given_up_and_asked_again() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let options = RegistryOptions { read_timeout: Duration::from_millis(300), ..RegistryOptions::new(None, Some(false)) };
+        let (host, asked) = registry_silent_at_first(1);
+        let reference = RegistryRef::parse(&format!("{host}/silent:v1")).unwrap();
+        let (digest, _) = manifest_of(&reference, &options).unwrap();
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2, "asked again after the silence");
+        assert!(digest.to_string().starts_with("sha256:"));
+
+        let (host, asked) = registry_silent_at_first(usize::MAX);
+        let reference = RegistryRef::parse(&format!("{host}/silent:v1")).unwrap();
+        let error = manifest_of(&reference, &options).unwrap_err().to_string();
+        assert!(error.contains("timed out") && error.contains(&host), "{error}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), ATTEMPTS as usize);
+    }
 
     #[test]
     fn errors_are_told_without_the_queries_of_their_urls() {

@@ -51,11 +51,11 @@ pub(crate) const MAX_TOKEN_SIZE: u64 = 1 << 20;
 /// The most of an error's body read for its message; the rest is left unread.
 pub(crate) const MAX_ERROR_SIZE: u64 = 64 << 10;
 /// How long a connection may take to open, and how long a registry may stay silent, before
-/// its answer or within it. Not for an upload's `PUT`: reqwest counts its silence from the
+/// its answer or within it (by default: `RegistryOptions::read_timeout`). Not for an upload's `PUT`: reqwest counts its silence from the
 /// request's start, while the body is still being sent (an hour for a big layer on a slow
 /// link), and a registry answers only once it has checked the blob's digest.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-const READ_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HttpError {
@@ -122,7 +122,14 @@ pub(crate) struct Client {
 impl Client {
     /// A client of `repository` at `host`, trusting the system's authorities and `tls`'s
     /// (and showing its client certificate, if any).
-    pub(crate) fn new(host: &str, repository: &str, creds: Option<Credentials>, tls_verify: bool, tls: RegistryTls) -> Result<Client, HttpError> {
+    pub(crate) fn new(
+        host: &str,
+        repository: &str,
+        creds: Option<Credentials>,
+        tls_verify: bool,
+        tls: RegistryTls,
+        read_timeout: Duration,
+    ) -> Result<Client, HttpError> {
         let base = Url::parse(&format!("https://{}/", api_host(host))).map_err(|e| HttpError::Protocol { url: host.to_owned(), why: e.to_string() })?;
         let builder = || {
             let mut http = reqwest::Client::builder().danger_accept_invalid_certs(!tls_verify);
@@ -134,7 +141,7 @@ impl Client {
             }
             http.user_agent(concat!("strata/", env!("CARGO_PKG_VERSION"))).connect_timeout(CONNECT_TIMEOUT)
         };
-        let (http, uploads) = (builder().read_timeout(READ_TIMEOUT).build()?, builder().build()?);
+        let (http, uploads) = (builder().read_timeout(read_timeout).build()?, builder().build()?);
         let (access, auth) = (Mutex::new(Access::Pull), Mutex::new(Auth::Anonymous));
         Ok(Client { http, uploads, base: Mutex::new(base), tls_verify, repository: repository.to_owned(), creds, access, auth })
     }
