@@ -139,8 +139,8 @@ fn signed_pushes_are_verified_by_podman_and_strata() {
 /// A release pushed from an empty layer cache, given the previous release and the key that
 /// signed it (`--previous-key`): the signature verifies, so the previous release's blob of
 /// the unchanged layer is taken by its diff ID without being downloaded, and the manifest is
-/// the one a cold push makes. Given a key that did not sign it, the same blob is downloaded
-/// and checked before it is taken.
+/// the one a cold push makes; a layout takes it too (umoci reads the layout). Given a key
+/// that did not sign it, the same blob is downloaded and checked before it is taken.
 #[test]
 fn a_signed_previous_release_lends_its_blobs_unread() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,6 +182,13 @@ fn a_signed_previous_release_lends_its_blobs_unread() {
     assert!(log.contains("1 layers uploaded, 1 mounted, 0 already there"), "{log}");
     assert!(registry.requests("GET", &format!("/blobs/{libc}")) >= 1, "a release another key signed was believed: {log}");
     assert_eq!(digest_of(&other), cold);
+
+    // A layout takes the blob too (downloaded: a layout holds its blobs).
+    let layout = format!("oci:{}:v2", dir.path().join("taken").display());
+    let log = push("layout", &second, &layout, &["--previous", &v1, "--previous-key", public.to_str().unwrap()]);
+    assert!(log.contains("1 taken from the previous release"), "{log}");
+    assert_eq!(manifest(&layout)["layers"][0]["digest"], libc.as_str());
+    run_ok(Command::new("umoci").args(["unpack", "--rootless", "--image", layout.trim_start_matches("oci:")]).arg(dir.path().join("unpacked")));
 
     let layout = format!("oci:{}:v1", dir.path().join("layout").display());
     let refused =
