@@ -426,13 +426,13 @@ pub struct BuildArgs {
     pub closure_graph: Option<PathBuf>,
     /// An earlier release of this image (any source: docker://…, oci:…, docker-archive:…):
     /// its layers whose store paths are all still in the image are kept as they were, and a
-    /// push takes its blobs of layers that are byte for byte the same (checked) rather than
-    /// compressing them again
+    /// push or a layout takes its blobs of layers that are byte for byte the same (checked)
+    /// rather than compressing them again
     #[arg(long, value_name = "IMAGE", conflicts_with = "flake")]
     pub previous: Option<String>,
     /// Trust the --previous release (in a registry) if its signature verifies with this
-    /// public key, as `strata verify` checks it: a push then takes its blobs of unchanged
-    /// layers by their diff IDs, without reading them. Unsigned, every blob is checked
+    /// public key, as `strata verify` checks it: its blobs of unchanged layers are then taken
+    /// by their diff IDs, unread. A release not signed with this key is checked blob by blob
     #[arg(long, value_name = "NAME.pub", requires = "previous")]
     pub previous_key: Option<PathBuf>,
     /// Print what was written as one JSON object on standard output (reference, digests,
