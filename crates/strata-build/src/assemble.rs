@@ -144,6 +144,7 @@ pub fn assemble(spec: ValidSpec, source: &ClosureSource, base: Option<SourceImag
         let comment = describe(&layer.store_paths, &layer.root_trees);
         let mut recipe = LayerRecipe::new(store_entries, root_entries, &spec.perms, spec.mtime, comment)?;
         recipe.root_trees = layer.root_trees;
+        recipe.explicit = layer.explicit;
         if let Some(meta) = layer.explicit.map(|i| &spec.layers[i].metadata) {
             recipe.comment = meta.comment.clone().unwrap_or(recipe.comment);
             recipe.created_by = meta.created_by.clone();

@@ -14,8 +14,9 @@
 //! platforms, its tag by default the first 32 characters of the description's store path hash.
 //!
 //! A layer record is what a layer's own Nix build (the library's `buildLayer`) writes: the
-//! layer's content key ([`crate::layer::LayerRecipe::content_key`]), its roots, and its
-//! blobs. A description build takes the blobs of any of its layers with that content key from
+//! layer's roots, and for each layer it is made of (one, or the parts of a layer split by
+//! `maxLayers`) its content key ([`crate::layer::LayerRecipe::content_key`]) and its blobs. A
+//! description build takes the blobs of any of its layers with a recorded content key from
 //! the record instead of compressing the layer again: an unchanged layer's digests are made
 //! once, by one Nix build, substitutable from a binary cache like any store path.
 //!
@@ -78,10 +79,18 @@ impl Description {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerRecord {
-    pub content_key: Digest,
     /// The layer's roots and the trees it lays over `/`: the record refers to them, so Nix
     /// keeps the layer's store paths with it.
     pub roots: Vec<String>,
+    /// The layers it is made of, in order: one, or the parts of a layer split by `maxLayers`.
+    pub parts: Vec<RecordedLayer>,
+}
+
+/// One layer of a [`LayerRecord`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedLayer {
+    pub content_key: Digest,
     pub blobs: RecordedBlobs,
 }
 

@@ -405,6 +405,8 @@ pub struct LayerRecipe {
     /// metadata (nix2container's buildLayer `metadata`).
     pub created_by: Option<String>,
     pub author: Option<String>,
+    /// The spec's explicit layer (its index in `layers`) this layer is, or a part of.
+    pub explicit: Option<usize>,
 }
 
 impl LayerRecipe {
@@ -434,7 +436,7 @@ impl LayerRecipe {
         }
         link_identical_files(&mut entries)?;
         let tar_len = entries.iter().map(Entry::tar_len).sum::<u64>() + 2 * BLOCK;
-        Ok(LayerRecipe { entries, tar_len, mtime, comment, root_trees: vec![], created_by: None, author: None })
+        Ok(LayerRecipe { entries, tar_len, mtime, comment, root_trees: vec![], created_by: None, author: None, explicit: None })
     }
 
     /// A digest of everything the tar's bytes depend on, without reading file contents:

@@ -53,7 +53,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use strata_build::assemble::packages_of;
 use strata_build::assemble::ClosureSource;
-use strata_build::description::{Description, LayerRecord};
+use strata_build::description::{Description, LayerRecord, RecordedLayer};
 use strata_build::layer::LayerRecipe;
 use strata_build::sbom::Bom;
 use strata_build::spec::{Spec, ValidSpec};
@@ -261,9 +261,10 @@ fn stream_script(out: &Path, describe: bool) -> Result<()> {
         let image = plan(spec_with_tag()?, &graph_file(), &env("strataSpec")?)?;
         let records = layer_records()?;
         let known = |recipe: &LayerRecipe| {
-            let record = records.iter().find(|(_, r)| r.content_key == recipe.content_key())?;
-            eprintln!("strata: the digests of the layer with {} are from the layer record {}", recipe.comment, record.0.display());
-            Some(record.1.blobs.clone())
+            let key = recipe.content_key();
+            let (path, part) = records.iter().find_map(|(path, r)| Some((path, r.parts.iter().find(|part| part.content_key == key)?)))?;
+            eprintln!("strata: the digests of the layer with {} are from the layer record {}", recipe.comment, path.display());
+            Some(part.blobs.clone())
         };
         body["digests"] = serde_json::to_value(image.record(&codecs_recorded()?, known)?)?;
     }
@@ -280,14 +281,21 @@ fn layer_records() -> Result<Vec<(PathBuf, LayerRecord)>> {
     list.split_whitespace().map(|path| Ok((PathBuf::from(path), LayerRecord::read(Path::new(path))?))).collect()
 }
 
-/// A layer's record: its spec's explicit layers are the layers it leaves out, then itself.
+/// A layer's record: its spec's explicit layers are the layers it leaves out, then itself
+/// (one layer, or several parts of it: each is recorded).
 fn layer_record(out: &Path) -> Result<()> {
     let spec = valid_spec(spec_with_tag()?, &env("strataSpec")?)?;
-    let own = spec.layers.last().context("the layer's spec has no layer")?;
-    let roots = own.roots.iter().chain(&own.copy_to_root).map(|p| p.as_str().to_owned()).collect();
+    let own = spec.layers.len().checked_sub(1).context("the layer's spec has no layer")?;
+    let roots = spec.layers[own].roots.iter().chain(&spec.layers[own].copy_to_root).map(|p| p.as_str().to_owned()).collect();
     let image = plan_image(spec, &graph_file(), &RegistryOptions::default(), None)?;
-    let recipe = image.layers.last().context("the layer's spec has no layer")?;
-    let record = LayerRecord { content_key: recipe.content_key(), roots, blobs: record_blobs(recipe, &codecs_recorded()?)? };
+    let codecs = codecs_recorded()?;
+    let parts = image
+        .layers
+        .iter()
+        .filter(|recipe| recipe.explicit == Some(own))
+        .map(|recipe| Ok(RecordedLayer { content_key: recipe.content_key(), blobs: record_blobs(recipe, &codecs)? }))
+        .collect::<Result<Vec<_>>>()?;
+    let record = LayerRecord { roots, parts };
     std::fs::write(out, serde_json::to_string_pretty(&record)? + "\n").with_context(|| format!("writing {}", out.display()))
 }
 

@@ -228,9 +228,21 @@ fn nix_shell_images_are_the_derivations_shell() {
 
 /// buildLayer's maxLayers: the layer is split as the rest of a closure is (glibc, needed by
 /// hello, apart from it), each part with the layer's history entry, before the image's own.
+/// The layer's record holds the digests of both parts, and the image takes both from it.
 #[test]
 fn a_build_layer_may_be_several() {
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(nixlib_build("n2cSplit")).unwrap()).unwrap();
+    let parts = record["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{record}");
     let description = nixlib_build("n2cSplitLayer");
+    let rebuilt = nixlib_build_command("n2cSplitLayer").arg("--check").output().unwrap();
+    let log = String::from_utf8_lossy(&rebuilt.stderr);
+    assert!(rebuilt.status.success() && log.matches("are from the layer record").count() == 2, "{log}");
+    let digests: serde_json::Value = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&description).unwrap()).unwrap()["digests"].clone();
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(digests["diff_ids"][i], part["blobs"]["tar"]["diff_id"], "part {i}");
+        assert_eq!(digests["compressed"][0]["layers"][i], part["blobs"]["gzip-libdeflate1.26-level5-blocks1m-v3"], "part {i}");
+    }
     let inspect: serde_json::Value = serde_json::from_str(&stdout_of(strata(&["inspect", &description, "--json"]))).unwrap();
     let history = inspect["config"]["history"].as_array().unwrap();
     assert_eq!((history.len(), &history[0]["comment"], &history[1]["comment"]), (3, &"split".into(), &"split".into()), "{history:?}");

@@ -256,7 +256,9 @@ fn a_layer_record_is_made_once_and_every_image_with_the_layer_uses_it() {
     assert_eq!(record["roots"], serde_json::json!([fixture("glibc")]));
     let references = stdout_of(Command::new("nix-store").args(["--query", "--references", &record_path]));
     assert_eq!(references.trim(), fixture("glibc"), "the record keeps the layer's store paths alive");
-    let (tar, gzip) = (&record["blobs"]["tar"], &record["blobs"]["gzip-libdeflate1.26-level5-blocks1m-v3"]);
+    let blobs = &record["parts"][0]["blobs"];
+    assert_eq!(record["parts"].as_array().unwrap().len(), 1, "{record}");
+    let (tar, gzip) = (&blobs["tar"], &blobs["gzip-libdeflate1.26-level5-blocks1m-v3"]);
     assert_eq!(tar["digest"], tar["diff_id"]);
     assert_eq!(gzip["diff_id"], tar["diff_id"]);
     for image in ["n2c", "n2cOther"] {
