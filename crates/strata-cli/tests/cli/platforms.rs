@@ -103,6 +103,40 @@ fn a_two_platform_image_goes_to_a_registry_and_each_platform_runs() {
     let out = stdout_of(strata(&["run", &target, "--engine", "podman", "--platform", "linux/arm64"]).args(reg));
     assert_eq!(out.trim(), "aarch64");
     remove_images("podman", &[host_ref]);
+
+    // Signed, the index is the release a next one believes (`--previous-key`): each
+    // platform's image is read through the index digest that was verified, and no layer
+    // blob is read.
+    let key = dir.path().join("release");
+    run_ok(strata(&["key", "generate", key.to_str().unwrap()]).env("COSIGN_PASSWORD", ""));
+    let signed = format!("{}:signed", registry.reference("strata-test/multi-registry"));
+    let (specs, cache) = ([amd.to_str().unwrap(), arm.to_str().unwrap()], dir.path().join("cache"));
+    run_ok(strata(&["build", specs[0], specs[1], "-o", &signed, "--sign-key", &format!("{}.key", key.display())]).args(reg).env("COSIGN_PASSWORD", ""));
+    let layers: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| {
+            raw_index(&format!("{}@{}", registry.reference("strata-test/multi-registry"), m["digest"].as_str().unwrap()), &reg)["layers"]
+                .clone()
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    let reads = || layers.iter().map(|layer| registry.requests("GET", &format!("/blobs/{layer}"))).collect::<Vec<_>>();
+    let before = reads();
+    let next = format!("{}:2", registry.reference("strata-test/multi-registry"));
+    let out = run_ok(
+        strata(&["build", specs[0], specs[1], "-o", &next, "--previous", &signed, "--previous-key", &format!("{}.pub", key.display()), "-v"])
+            .args(reg)
+            .env("STRATA_CACHE_DIR", &cache),
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("is signed by").count(), 2, "{log}");
+    assert_eq!(raw_index(&next, &reg), index, "the same index");
+    assert_eq!(reads(), before, "a layer blob was read: {log}");
 }
 
 #[test]
