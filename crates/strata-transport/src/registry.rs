@@ -467,7 +467,7 @@ async fn push_async<L: LayerTar>(
     let here = format!("{}/{}", dest.host, dest.repository);
     let layers = image.layer_sources();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let from_previous = tokio::task::block_in_place(|| taken_from_previous(image, compression, cache, &**progress))?;
+    let from_previous = tokio::task::block_in_place(|| taken_from_previous(image, compression, cache, &**progress, &dest.host))?;
     let push = Push { session, here: &here, cache, progress, image, compression, made: AtomicUsize::new(0), from_previous };
 
     let results: Vec<(LayerBlob, Outcome)> =
@@ -514,7 +514,7 @@ struct Push<'a, L> {
     compression: Compression,
     made: AtomicUsize,
     /// Per layer, what [`taken_from_previous`] found.
-    from_previous: Vec<Option<crate::Taken>>,
+    from_previous: Vec<Option<TakenBlob>>,
 }
 
 async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, index: usize) -> Result<(LayerBlob, Outcome), RegistryError> {
@@ -577,34 +577,56 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
     Ok((made, Outcome::Uploaded))
 }
 
+/// A blob a push takes from the previous release, and its copy, if one was kept as it was
+/// read to be checked.
+struct TakenBlob {
+    taken: crate::Taken,
+    kept: Option<ScratchFile>,
+}
+
 /// The layers a push takes from the previous release rather than compressing them again
-/// ([`crate::held_by_previous`]), found on all cores, biggest first.
+/// ([`crate::held_by_previous`]), found on all cores, biggest first. Where the previous
+/// release is in another registry than `host` (no mount can bring its blobs), each blob read
+/// to be checked is kept in a scratch file on the way, so that an upload does not download
+/// it again.
 fn taken_from_previous<L: LayerTar>(
     image: &Image<L>,
     compression: Compression,
     cache: &LayerCache,
     progress: &dyn Progress,
-) -> Result<Vec<Option<crate::Taken>>, RegistryError> {
+    host: &str,
+) -> Result<Vec<Option<TakenBlob>>, RegistryError> {
     let layers = image.layer_sources();
-    if image.previous.is_none() {
-        return Ok(vec![None; layers.len()]);
-    }
+    let Some(previous) = &image.previous else { return Ok(std::iter::repeat_with(|| None).take(layers.len()).collect()) };
+    let elsewhere = previous.release.origin.as_deref().is_some_and(|origin| !origin.starts_with(&format!("{host}/")));
     let weight = |i: usize| match layers[i] {
         LayerSource::Built(recipe) => recipe.tar_len(),
         LayerSource::Base(..) => 0,
     };
     crate::for_each_biggest_first(layers.len(), weight, |i| {
-        crate::held_by_previous(image, i, compression, cache, progress, None).map_err(|e| RegistryError::Layer { index: i, source: Box::new(e) })
+        let layer_err = |source: crate::SinkError| RegistryError::Layer { index: i, source: Box::new(source) };
+        let write_err = |source| layer_err(crate::SinkError::Write { path: std::env::temp_dir(), source });
+        let scratch = if elsewhere { Some(ScratchFile::temporary().map_err(write_err)?) } else { None };
+        let mut copy = scratch.as_ref().map(|f| std::io::BufWriter::with_capacity(1 << 20, f.as_file()));
+        let keep = copy.as_mut().zip(scratch.as_ref()).map(|(w, f)| (w as &mut (dyn std::io::Write + Send), f.path()));
+        let Some(taken) = crate::held_by_previous(image, i, compression, cache, progress, keep).map_err(layer_err)? else { return Ok(None) };
+        if let Some(copy) = copy.as_mut() {
+            std::io::Write::flush(copy).map_err(write_err)?;
+        }
+        drop(copy);
+        let kept = if taken.kept { scratch } else { None };
+        Ok(Some(TakenBlob { taken, kept }))
     })
 }
 
 /// A built layer whose tar the previous release holds in the codec pushed (`taken`, see
-/// [`crate::held_by_previous`]), taken as it is there: found in the repository, mounted from the
-/// previous release's, or copied from it (its digest checked on the way).
+/// [`crate::held_by_previous`]), taken as it is there: found in the repository, mounted from
+/// the previous release's, or uploaded from the copy kept when it was checked, else copied
+/// from the previous release (its digest checked on the way).
 async fn from_previous<L: LayerTar>(
     push: &Push<'_, L>,
     previous: &SourceImage,
-    taken: &crate::Taken,
+    TakenBlob { taken, kept }: &TakenBlob,
     index: usize,
 ) -> Result<(LayerBlob, Outcome), RegistryError> {
     let Push { session, here, cache, progress, .. } = *push;
@@ -614,7 +636,13 @@ async fn from_previous<L: LayerTar>(
         return Ok((blob, outcome));
     }
     let j = taken.index;
-    let body = || Ok(reqwest::Body::wrap_stream(counted(blob_stream(previous.clone(), j), index, blob.size, progress)));
+    let body = || match kept {
+        Some(file) => {
+            let file = tokio::fs::File::from_std(file.reopen()?);
+            Ok(reqwest::Body::wrap_stream(counted(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20), index, blob.size, progress)))
+        }
+        None => Ok(reqwest::Body::wrap_stream(counted(blob_stream(previous.clone(), j), index, blob.size, progress))),
+    };
     session.retry(&format!("uploading layer {index}"), || session.client.upload(&blob.digest, blob.size, body)).await?;
     Ok((blob, Outcome::Uploaded))
 }

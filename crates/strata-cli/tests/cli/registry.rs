@@ -809,6 +809,31 @@ fn a_release_takes_unchanged_layers_from_the_previous_one() {
     assert_eq!(fourth, layer_digests(&cold), "made again, not taken");
 }
 
+/// The previous release in another registry (no mount can bring its blobs): the unchanged
+/// layer's blob is downloaded once, to be checked, and uploaded from the copy kept then.
+#[test]
+fn a_previous_release_in_another_registry_is_read_once() {
+    let (old, new) = (Registry::start(), Registry::start());
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (hello_spec(dir.path(), "Hello, first release!"), hello_spec(dir.path(), "Hello, the second release!"));
+    let v1 = format!("{}:v1", old.reference("strata-test/app"));
+    run_ok(strata_reg(&dir.path().join("cache-first"), &["build", first.to_str().unwrap(), "-o", &v1]));
+    let raw = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", "--creds", CREDS, &v1]));
+    let libc = serde_json::from_str::<serde_json::Value>(&raw).unwrap()["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let v2 = format!("{}:v2", new.reference("strata-test/app"));
+    let out = run_ok(strata_reg(&dir.path().join("cache-second"), &["build", second.to_str().unwrap(), "-o", &v2, "--previous", &v1, "-v"]));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("2 layers uploaded, 0 mounted, 0 already there"), "{log}");
+    assert_eq!(old.requests("GET", &format!("/blobs/{libc}")), 1, "downloaded once: {log}");
+    let raw = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", "--creds", CREDS, &v2]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&raw).unwrap()["layers"][0]["digest"], libc.as_str());
+    let image = v2.trim_start_matches("docker://").to_owned();
+    let _claim = ImageNames::claim(&[&image]);
+    run_ok(Command::new("podman").args(["pull", "--quiet", "--tls-verify=false", "--creds", CREDS, &image]));
+    assert_eq!(run_in("podman", &image, &[]), "Hello, the second release!\n");
+    remove_images("podman", &[&image]);
+}
+
 /// registries.conf's mirrors and locations, as containers/image reads them: a reference under
 /// a `prefix` is read from each mirror that serves it (by digest, by tag), in the file's
 /// order, then from the registry's `location`; a mirror that is down or lacks the image is
