@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
@@ -209,6 +209,39 @@ fn docker_media_type_as_oci(media_type: &MediaType) -> MediaType {
     match Compression::of_media_type(media_type) {
         Some(codec) => codec.layer_media_type(),
         None => media_type.clone(),
+    }
+}
+
+/// A writer that keeps the first error of `inner`, so that a copy through a reader (which
+/// reports every failure as its own) can tell a failed write from a failed read.
+pub(crate) struct KeepsError<W> {
+    pub inner: W,
+    pub error: Option<io::Error>,
+}
+
+impl<W: Write> Write for KeepsError<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            self.error.get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads from `inner`, writing what it reads to `copy`.
+pub(crate) struct TeeReader<R, W> {
+    pub inner: R,
+    pub copy: W,
+}
+
+impl<R: Read, W: Write> Read for TeeReader<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
     }
 }
 

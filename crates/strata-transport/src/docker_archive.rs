@@ -29,7 +29,7 @@ use strata_oci::manifest::LayerBlob;
 use strata_oci::sha256::Sha256;
 use strata_scratch::ScratchDir;
 
-use crate::blobs::{archive_member, invalid, parse_json, read_bounded, BlobStore, MAX_METADATA_SIZE};
+use crate::blobs::{archive_member, invalid, parse_json, read_bounded, BlobStore, KeepsError, TeeReader, MAX_METADATA_SIZE};
 use crate::cache::CachedBlob;
 use crate::progress::{Counted, Progress, Stage};
 use crate::{copy_base_layer, write_layer_blobs, Durability, OuterTar, SinkError, SourceError, Transport, Written};
@@ -392,37 +392,4 @@ pub(crate) fn open_docker_archive(path: &Path) -> Result<SourceImage, SourceErro
         by_digest.insert(layer.digest, name.clone());
     }
     Ok(SourceImage { config_bytes, config, manifest_bytes: None, layers, reference, origin: None, blobs: Arc::new(store) })
-}
-
-/// A writer that keeps the first error of `inner`, so that a copy through a reader (which
-/// reports every failure as its own) can tell a failed write from a failed read.
-struct KeepsError<W> {
-    inner: W,
-    error: Option<io::Error>,
-}
-
-impl<W: Write> Write for KeepsError<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf).inspect_err(|e| {
-            self.error.get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
-        })
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Reads from `inner`, writing what it reads to `copy`.
-struct TeeReader<'a, R, W> {
-    inner: R,
-    copy: &'a mut HashingWriter<W>,
-}
-
-impl<R: Read, W: Write> Read for TeeReader<'_, R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        io::Write::write_all(self.copy, &buf[..n])?;
-        Ok(n)
-    }
 }

@@ -51,7 +51,7 @@ use strata_oci::reference::{Engine, ImageRef, OciRef};
 use strata_oci::ustar::header;
 use strata_scratch::{OutputFile, ScratchFile};
 
-use blobs::BlobStore;
+use blobs::{BlobStore, KeepsError, TeeReader};
 use cache::{CachedBlob, LayerCache};
 pub use docker_archive::write_docker_archive;
 use progress::{Counted, Progress, Silent, Stage};
@@ -482,27 +482,6 @@ pub(crate) fn held_by_previous<L: LayerTar>(
     Ok(holds?.then(|| taken(j, kept)))
 }
 
-/// A reader that writes what it reads to `copy` (the first write error kept, and the read
-/// failed with it).
-struct Tee<'a, R> {
-    inner: R,
-    copy: Option<&'a mut (dyn Write + Send)>,
-    failed: Option<io::Error>,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(copy) = &mut self.copy {
-            if let Err(e) = copy.write_all(&buf[..n]) {
-                self.failed = Some(e);
-                return Err(io::Error::other("the copy of the blob cannot be written"));
-            }
-        }
-        Ok(n)
-    }
-}
-
 /// Whether layer `j` of `previous`, decoded, is byte for byte the tar of `recipe`: its blob
 /// read (its size and digest checked at the end; all of it written to `keep`, if any) and
 /// decoded while the tar is made and compared with it, `compared` told of each stretch that
@@ -517,13 +496,17 @@ fn holds_tar<L: LayerTar>(
 ) -> Result<bool, SinkError> {
     let blob = &previous.layers[j];
     let Some(codec) = Compression::of_media_type(&blob.media_type) else { return Ok(false) };
-    let (copy, copy_path) = keep.map_or((None, None), |(copy, path)| (Some(copy), Some(path)));
+    let mut nowhere = io::sink();
+    let (copy, copy_path): (&mut (dyn Write + Send), _) = match keep {
+        Some((copy, path)) => (copy, Some(path)),
+        None => (&mut nowhere, None),
+    };
     let mut verified = match previous.open_layer(j) {
-        Ok(reader) => Tee { inner: reader, copy, failed: None },
+        Ok(reader) => TeeReader { inner: reader, copy: KeepsError { inner: copy, error: None } },
         Err(e) => return unreadable(blob, e),
     };
     let holds = compare_decoded(codec, &mut verified, recipe, compared);
-    if let (Some(source), Some(path)) = (verified.failed, copy_path) {
+    if let (Some(source), Some(path)) = (verified.copy.error, copy_path) {
         return Err(SinkError::Write { path: path.to_owned(), source });
     }
     match holds {
