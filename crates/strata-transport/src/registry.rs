@@ -49,6 +49,9 @@ pub use conf::ConfError;
 /// How many times a request is tried before giving up, and the first pause between tries.
 const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// How many times a request is sent again at once, uncounted, on a connection closed
+/// before use ([`closed_before_use`]).
+const QUIET_RETRIES: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -240,8 +243,8 @@ impl Session {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, HttpError>>,
     {
-        let mut pause = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
+        let (mut pause, mut attempt, mut unused_closed) = (FIRST_BACKOFF, 0, 0);
+        loop {
             let result = op().await;
             let answered = self.answered.load(std::sync::atomic::Ordering::Relaxed);
             match result {
@@ -251,7 +254,9 @@ impl Session {
                 }
                 Err(e) => match self.hopeless(&e, answered) {
                     Some(error) => return Err(error),
-                    None if attempt < ATTEMPTS && retryable(&e) => {
+                    None if closed_before_use(&e) && unused_closed < QUIET_RETRIES => unused_closed += 1,
+                    None if attempt + 1 < ATTEMPTS && retryable(&e) => {
+                        attempt += 1;
                         tracing::warn!("{what} at {}: {}; trying again in {pause:?}", self.host, describe(&e));
                         tokio::time::sleep(pause).await;
                         pause *= 2;
@@ -260,7 +265,6 @@ impl Session {
                 },
             }
         }
-        unreachable!("the last attempt returns")
     }
 
     /// The error `e` stands for when trying again is no use, told by its innermost cause: a
@@ -310,6 +314,15 @@ fn retryable(e: &HttpError) -> bool {
         HttpError::Io(e) => e.kind() != std::io::ErrorKind::FileTooLarge,
         HttpError::TooLarge { .. } | HttpError::Token { .. } | HttpError::Protocol { .. } => false,
     }
+}
+
+/// A new connection the registry closed before the request could go out. In TLS 1.3 the
+/// client's side of the handshake ends before the registry has judged its certificate, so
+/// a refusal (no certificate, or one it does not trust) can come as the connection closing
+/// just after; tried again at once and without a warning, the handshake mostly reads the
+/// refusal itself, which [`Session::hopeless`] names.
+fn closed_before_use(e: &HttpError) -> bool {
+    matches!(e, HttpError::Transport(_)) && root_cause(e).contains("connection was not ready")
 }
 
 fn is_unauthorized(e: &HttpError) -> bool {
