@@ -437,15 +437,18 @@ pub(crate) struct Taken {
 }
 
 /// The layer of the previous release (`Image::previous`, `--previous`) that holds layer `i`'s
-/// tar in `compression`; `None` if layer `i` is not built, its blob is known already (the
-/// layer cache's, Nix's record), or the previous release does not hold it. The layer's diff
-/// ID is the layer cache's, else its tar hashed. The previous release's layer of that diff
-/// ID (as its config says) is then taken as it is if a trusted signature vouches for the
-/// release ([`Previous::signed`]); otherwise it is decoded and compared with the tar byte
-/// for byte first ([`holds_tar`]): what an unsigned release says of its blobs is not taken
-/// on trust (podman 4 runs an image whose layer is not its config's diff ID). The blob read
-/// for that is also written to `keep` (a file at the path given), if any, so that a sink that
-/// needs a copy reads it once; `keep` then holds bytes even if the blob is not taken.
+/// tar in `compression`; `None` if layer `i` is not built or the previous release does not
+/// hold it. A blob known already (the layer cache's, Nix's record) is held if the previous
+/// release has a blob of its digest and size: that blob is taken unread, being what the
+/// digest names (every copy checks it on the way), with the known diff ID, whatever the
+/// release's config says. Otherwise the layer's diff ID is the layer cache's, else its tar
+/// hashed. The previous release's layer of that diff ID (as its config says) is then taken
+/// as it is if a trusted signature vouches for the release ([`Previous::signed`]); otherwise
+/// it is decoded and compared with the tar byte for byte first ([`holds_tar`]): what an
+/// unsigned release says of its blobs is not taken on trust (podman 4 runs an image whose
+/// layer is not its config's diff ID). The blob read for that is also written to `keep` (a
+/// file at the path given), if any, so that a sink that needs a copy reads it once; `keep`
+/// then holds bytes even if the blob is not taken.
 pub(crate) fn held_by_previous<L: LayerTar>(
     image: &Image<L>,
     i: usize,
@@ -457,8 +460,12 @@ pub(crate) fn held_by_previous<L: LayerTar>(
     let layer = image.layer_sources()[i];
     let (Some(Previous { release: previous, signed }), LayerSource::Built(recipe)) = (&image.previous, layer) else { return Ok(None) };
     let held = |l: &LayerBlob| Compression::of_media_type(&l.media_type) == Some(compression);
-    if !previous.layers.iter().any(held) || known_blob(image, i, compression, cache_key(image, layer, compression), cache).is_some() {
+    if !previous.layers.iter().any(held) {
         return Ok(None);
+    }
+    if let Some(known) = known_blob(image, i, compression, cache_key(image, layer, compression), cache) {
+        let same = previous.layers.iter().position(|l| held(l) && l.digest == known.digest && l.size == known.size);
+        return Ok(same.map(|index| Taken { index, blob: LayerBlob { media_type: compression.layer_media_type(), ..known }, read: false, kept: false }));
     }
     let (diff_id, read) = diff_id_of(recipe, cache, i, progress)?;
     let taken = |index: usize, kept: bool| Taken {
@@ -515,6 +522,23 @@ fn holds_tar<L: LayerTar>(
         Err(Unheld::Unreadable(e)) => unreadable(blob, e),
         Err(Unheld::Tar(e)) => Err(e),
     }
+}
+
+/// Copies layer `j` of `previous` whole to `copy` (a file at `path`), its size and digest
+/// checked; `false` (the log says why) if the blob cannot be read or is not what its
+/// descriptor says, with part of it written.
+fn copied_whole(previous: &SourceImage, j: usize, copy: &mut (dyn Write + Send), path: &Path) -> Result<bool, SinkError> {
+    let blob = &previous.layers[j];
+    let mut reader = match previous.open_layer(j) {
+        Ok(reader) => reader,
+        Err(e) => return unreadable(blob, e),
+    };
+    let mut out = KeepsError { inner: copy, error: None };
+    let copied = io::copy(&mut reader, &mut out);
+    if let Some(source) = out.error {
+        return Err(SinkError::Write { path: path.to_owned(), source });
+    }
+    copied.and_then(|_| reader.finish()).map_or_else(|e| unreadable(blob, e), |()| Ok(true))
 }
 
 fn unreadable(blob: &LayerBlob, e: io::Error) -> Result<bool, SinkError> {
@@ -664,19 +688,19 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
             let mut temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
             if let Some(Previous { release: previous, .. }) = &image.previous {
                 let mut out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
-                if let Some(Taken { index, blob, kept, .. }) = held_by_previous(image, i, compression, cache, &*cx.progress, Some((&mut out, temp.path())))? {
-                    // The previous release's blob, copied as it is, or as it was read to be
-                    // checked (and not remembered by the layer cache, which knows the blobs
-                    // strata makes).
-                    if !kept {
-                        copy_base_layer(previous, index, &mut out)?;
+                let held = held_by_previous(image, i, compression, cache, &*cx.progress, Some((&mut out, temp.path())))?;
+                // The previous release's blob, as it was read to be checked, or copied now (its
+                // digest checked on the way; one that is not what it is named is made anew).
+                // Not remembered by the layer cache, which knows the blobs strata makes.
+                if let Some(Taken { index, blob, kept, .. }) = held {
+                    if kept || copied_whole(previous, index, &mut out, temp.path())? {
+                        out.flush().map_err(write_err)?;
+                        drop(out);
+                        let dest = blobs.join(blob.digest.hex());
+                        naming.run(move || durability.name_blob(temp, &dest).map_err(write_err))?;
+                        taken.fetch_add(1, Ordering::Relaxed);
+                        return Ok(blob);
                     }
-                    out.flush().map_err(write_err)?;
-                    drop(out);
-                    let dest = blobs.join(blob.digest.hex());
-                    naming.run(move || durability.name_blob(temp, &dest).map_err(write_err))?;
-                    taken.fetch_add(1, Ordering::Relaxed);
-                    return Ok(blob);
                 }
                 // What was read of a blob not taken goes with its scratch file.
                 drop(out);

@@ -543,13 +543,15 @@ async fn push_layer<L: LayerTar>(push: &Push<'_, L>, layer: LayerSource<'_, L>, 
         (LayerSource::Base(base, _), None) => base.origin.clone(),
         _ => None,
     };
+    // A blob the previous release holds is looked for (and mounted from there) once, by
+    // `from_previous`.
+    if let (Some(previous), Some(taken)) = (&image.previous, &push.from_previous[index]) {
+        return from_previous(push, &previous.release, taken, index).await;
+    }
     if let Some(known) = &known {
         if let Some(outcome) = find_or_mount(session, here, cache, &known.digest, origin).await? {
             return Ok((known.clone(), outcome));
         }
-    }
-    if let (Some(previous), Some(taken)) = (&image.previous, &push.from_previous[index]) {
-        return from_previous(push, &previous.release, taken, index).await;
     }
     if let (LayerSource::Base(base, j), None) = (layer, recode) {
         // Copied as it is: streamed from the source, verified on the way, never staged on disk

@@ -186,6 +186,26 @@ fn layouts_take_unchanged_layers_from_the_previous_release() {
     assert_ne!(taken_layers[0], cold_layers[0]);
     assert_eq!(taken_layers[1], cold_layers[1], "the changed layer made by strata");
 
+    // The layer cache warm (it made both layers of the cold build), into a new layout: the
+    // layers the previous release holds by the digests the cache knows are copied from it,
+    // not compressed again; one not what its name says there is made again.
+    let warm = |name: &str, previous: &str| {
+        let reference = format!("oci:{}:v2", dir.path().join(name).display());
+        let out = run_ok(
+            strata(&["build", second.to_str().unwrap(), "-o", &reference, "--previous", previous, "-v"]).env("STRATA_CACHE_DIR", dir.path().join("cache-cold")),
+        );
+        assert_eq!(layers(&reference), cold_layers, "{name}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let log = warm("warm", &cold);
+    assert!(log.contains("2 taken from the previous release"), "{log}");
+    let corrupt = dir.path().join("cold/blobs/sha256").join(cold_layers[0].trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&corrupt).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&corrupt, bytes).unwrap();
+    let log = warm("warm-corrupt", &cold);
+    assert!(log.contains("1 taken from the previous release") && log.contains("cannot be read"), "{log}");
+
     let unpacked = dir.path().join("unpacked");
     run_ok(Command::new("umoci").args(["unpack", "--rootless", "--image", taken.trim_start_matches("oci:")]).arg(&unpacked));
     let name = "localhost/strata-test-taken:v2";

@@ -783,6 +783,22 @@ fn a_release_takes_unchanged_layers_from_the_previous_one() {
     ));
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 layers uploaded, 1 mounted, 0 already there"), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // The layer cache warm (a build into a layout made both layers) and no push of them
+    // remembered: the libc blob, known by its digest, is mounted from the previous release
+    // too, neither read nor compressed again; the changed layer is compressed (the cache
+    // knows its digests, not its bytes) and uploaded.
+    run_ok(strata_reg(&fresh("warm"), &["build", second.to_str().unwrap(), "-o", &format!("oci:{}:v2", dir.path().join("warm").display())]));
+    let out = run_ok(strata_reg(
+        &fresh("warm"),
+        &["build", second.to_str().unwrap(), "-o", &format!("docker://{host}/warm:v2"), "--previous", &format!("docker://{host}/app:v1"), "-v"],
+    ));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 layers uploaded, 1 mounted, 0 already there; 1 layers read"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(manifest(&format!("docker://{host}/warm:v2")), cold, "the manifest a cold push makes");
+
     // From an OCI layout whose layers skopeo compressed (other bytes than strata's): the
     // libc layer is that blob, copied from the layout; the image runs.
     let archive = dir.path().join("v1.tar");
