@@ -526,7 +526,7 @@ fn holds_tar<L: LayerTar>(
 
 /// Copies layer `j` of `previous` whole to `copy` (a file at `path`), its size and digest
 /// checked; `false` (the log says why) if the blob cannot be read or is not what its
-/// descriptor says, with part of it written.
+/// descriptor says, when `copy` may hold part of it.
 fn copied_whole(previous: &SourceImage, j: usize, copy: &mut (dyn Write + Send), path: &Path) -> Result<bool, SinkError> {
     let blob = &previous.layers[j];
     let mut reader = match previous.open_layer(j) {
