@@ -843,6 +843,19 @@ fn a_previous_release_in_another_registry_is_read_once() {
     assert_eq!(old.requests("GET", &format!("/blobs/{libc}")), 1, "downloaded once: {log}");
     let raw = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", "--creds", CREDS, &v2]));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&raw).unwrap()["layers"][0]["digest"], libc.as_str());
+
+    // The layer cache warm (a build into a layout made both layers), into another repository
+    // with no push remembered: the libc blob, known by its digest, is streamed from the old
+    // registry (one more GET, checked on the way), not compressed again.
+    let warm = dir.path().join("cache-warm");
+    run_ok(strata_reg(&warm, &["build", second.to_str().unwrap(), "-o", &format!("oci:{}:v2", dir.path().join("layout").display())]));
+    let other = format!("{}:v2", new.reference("strata-test/other"));
+    let out = run_ok(strata_reg(&warm, &["build", second.to_str().unwrap(), "-o", &other, "--previous", &v1, "-v"]));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("2 layers uploaded, 0 mounted, 0 already there; 1 layers read"), "{log}");
+    assert_eq!(old.requests("GET", &format!("/blobs/{libc}")), 2, "{log}");
+    let other_raw = stdout_of(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", "--creds", CREDS, &other]));
+    assert_eq!(other_raw, raw, "the same manifest");
     let image = v2.trim_start_matches("docker://").to_owned();
     let _claim = ImageNames::claim(&[&image]);
     run_ok(Command::new("podman").args(["pull", "--quiet", "--tls-verify=false", "--creds", CREDS, &image]));
