@@ -501,8 +501,28 @@ fn holds_tar<L: LayerTar>(
     compared: &dyn Fn(u64),
     keep: Option<(&mut (dyn Write + Send), &Path)>,
 ) -> Result<bool, SinkError> {
+    let Some(codec) = Compression::of_media_type(&previous.layers[j].media_type) else { return Ok(false) };
+    read_previous_blob(previous, j, keep, |blob| compare_decoded(codec, blob, recipe, compared))
+}
+
+/// Copies layer `j` of `previous` whole to `copy` (a file at `path`), its size and digest
+/// checked; `false` (the log says why) if the blob cannot be read or is not what its
+/// descriptor says, when `copy` may hold part of it.
+fn copied_whole(previous: &SourceImage, j: usize, copy: &mut (dyn Write + Send), path: &Path) -> Result<bool, SinkError> {
+    read_previous_blob(previous, j, Some((copy, path)), |blob| io::copy(blob, &mut io::sink()).map(|_| true).map_err(Unheld::Unreadable))
+}
+
+/// Layer `j` of `previous` read by `consume`, every byte read also written to `keep` (a file
+/// at the path given), if any: `true` if `consume` says so and the blob, then read whole,
+/// has its size and digest; `false` (the log says why) if it cannot be read or is not what
+/// its descriptor says. A failed write to `keep`, or `consume`'s [`Unheld::Tar`], is an error.
+fn read_previous_blob(
+    previous: &SourceImage,
+    j: usize,
+    keep: Option<(&mut (dyn Write + Send), &Path)>,
+    consume: impl FnOnce(&mut (dyn Read + Send)) -> Result<bool, Unheld>,
+) -> Result<bool, SinkError> {
     let blob = &previous.layers[j];
-    let Some(codec) = Compression::of_media_type(&blob.media_type) else { return Ok(false) };
     let mut nowhere = io::sink();
     let (copy, copy_path): (&mut (dyn Write + Send), _) = match keep {
         Some((copy, path)) => (copy, Some(path)),
@@ -512,33 +532,16 @@ fn holds_tar<L: LayerTar>(
         Ok(reader) => TeeReader { inner: reader, copy: KeepsError { inner: copy, error: None } },
         Err(e) => return unreadable(blob, e),
     };
-    let holds = compare_decoded(codec, &mut verified, recipe, compared);
+    let consumed = consume(&mut verified);
     if let (Some(source), Some(path)) = (verified.copy.error, copy_path) {
         return Err(SinkError::Write { path: path.to_owned(), source });
     }
-    match holds {
+    match consumed {
         Ok(true) => verified.inner.finish().map_or_else(|e| unreadable(blob, e), |()| Ok(true)),
         Ok(false) => Ok(false),
         Err(Unheld::Unreadable(e)) => unreadable(blob, e),
         Err(Unheld::Tar(e)) => Err(e),
     }
-}
-
-/// Copies layer `j` of `previous` whole to `copy` (a file at `path`), its size and digest
-/// checked; `false` (the log says why) if the blob cannot be read or is not what its
-/// descriptor says, when `copy` may hold part of it.
-fn copied_whole(previous: &SourceImage, j: usize, copy: &mut (dyn Write + Send), path: &Path) -> Result<bool, SinkError> {
-    let blob = &previous.layers[j];
-    let mut reader = match previous.open_layer(j) {
-        Ok(reader) => reader,
-        Err(e) => return unreadable(blob, e),
-    };
-    let mut out = KeepsError { inner: copy, error: None };
-    let copied = io::copy(&mut reader, &mut out);
-    if let Some(source) = out.error {
-        return Err(SinkError::Write { path: path.to_owned(), source });
-    }
-    copied.and_then(|_| reader.finish()).map_or_else(|e| unreadable(blob, e), |()| Ok(true))
 }
 
 fn unreadable(blob: &LayerBlob, e: io::Error) -> Result<bool, SinkError> {
@@ -554,7 +557,7 @@ enum Unheld {
 
 /// Whether `blob`, decoded from `codec`, is byte for byte the tar of `recipe`; on `true`, the
 /// whole blob has been read (what follows the end of its encoded stream too).
-fn compare_decoded<L: LayerTar>(codec: Compression, blob: &mut (impl Read + Send), recipe: &L, compared: &dyn Fn(u64)) -> Result<bool, Unheld> {
+fn compare_decoded<L: LayerTar>(codec: Compression, blob: &mut (dyn Read + Send), recipe: &L, compared: &dyn Fn(u64)) -> Result<bool, Unheld> {
     let mut decoder = codec.decoder(io::BufReader::with_capacity(1 << 20, &mut *blob)).map_err(Unheld::Unreadable)?;
     let mut tar = recipe.pieces();
     let tar_err = |e: TarError| Unheld::Tar(e.into());
