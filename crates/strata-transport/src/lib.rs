@@ -438,10 +438,10 @@ pub(crate) struct Taken {
 
 /// The layer of the previous release (`Image::previous`, `--previous`) that holds layer `i`'s
 /// tar in `compression`; `None` if layer `i` is not built or the previous release does not
-/// hold it. A blob known already (the layer cache's, Nix's record) is held if the previous
-/// release has a blob of its digest and size: that blob is taken unread, being what the
-/// digest names (every copy checks it on the way), with the known diff ID, whatever the
-/// release's config says. Otherwise the layer's diff ID is the layer cache's, else its tar
+/// hold it. A blob `known` already (the layer cache's, Nix's record: [`known_blob`], which
+/// the caller has looked up) is held if the previous release has a blob of its digest and
+/// size: that blob is taken unread, being what the digest names (every copy checks it on the
+/// way), with the known diff ID, whatever the release's config says. Otherwise the layer's diff ID is the layer cache's, else its tar
 /// hashed. The previous release's layer of that diff ID (as its config says) is then taken
 /// as it is if a trusted signature vouches for the release ([`Previous::signed`]); otherwise
 /// it is decoded and compared with the tar byte for byte first ([`holds_tar`]): what an
@@ -453,6 +453,7 @@ pub(crate) fn held_by_previous<L: LayerTar>(
     image: &Image<L>,
     i: usize,
     compression: Compression,
+    known: Option<&LayerBlob>,
     cache: &LayerCache,
     progress: &dyn Progress,
     keep: Option<(&mut (dyn Write + Send), &Path)>,
@@ -463,9 +464,14 @@ pub(crate) fn held_by_previous<L: LayerTar>(
     if !previous.layers.iter().any(held) {
         return Ok(None);
     }
-    if let Some(known) = known_blob(image, i, compression, cache_key(image, layer, compression), cache) {
+    if let Some(known) = known {
         let same = previous.layers.iter().position(|l| held(l) && l.digest == known.digest && l.size == known.size);
-        return Ok(same.map(|index| Taken { index, blob: LayerBlob { media_type: compression.layer_media_type(), ..known }, read: false, kept: false }));
+        return Ok(same.map(|index| Taken {
+            index,
+            blob: LayerBlob { media_type: compression.layer_media_type(), ..known.clone() },
+            read: false,
+            kept: false,
+        }));
     }
     let (diff_id, read) = diff_id_of(recipe, cache, i, progress)?;
     let taken = |index: usize, kept: bool| Taken {
@@ -681,17 +687,18 @@ pub(crate) fn write_layer_blobs<L: LayerTar>(
         let naming = NamedBehind::new(scope, durability == Durability::Flushed);
         let written = for_each_biggest_first(layers.len(), weight, |i| -> Result<LayerBlob, SinkError> {
             let key = cache_key(image, layers[i], compression);
-            if let Some(hit) = known_blob(image, i, compression, key, cache) {
+            let known = known_blob(image, i, compression, key, cache);
+            if let Some(hit) = &known {
                 let there = std::fs::symlink_metadata(blobs.join(hit.digest.hex()));
                 if there.is_ok_and(|m| m.is_file() && m.len() == hit.size) {
                     reused.fetch_add(1, Ordering::Relaxed);
-                    return Ok(hit);
+                    return Ok(hit.clone());
                 }
             }
             let mut temp = ScratchFile::new_in(scratch, "strata-blob").map_err(write_err)?;
             if let Some(Previous { release: previous, .. }) = &image.previous {
                 let mut out = BufWriter::with_capacity(1 << 20, durability.writer(temp.as_file()));
-                let held = held_by_previous(image, i, compression, cache, &*cx.progress, Some((&mut out, temp.path())))?;
+                let held = held_by_previous(image, i, compression, known.as_ref(), cache, &*cx.progress, Some((&mut out, temp.path())))?;
                 // The previous release's blob, as it was read to be checked, or copied now (its
                 // digest checked on the way; one that is not what it is named is made anew).
                 // Not remembered by the layer cache, which knows the blobs strata makes.

@@ -624,7 +624,8 @@ fn taken_from_previous<L: LayerTar>(
         let scratch = if elsewhere { Some(ScratchFile::temporary().map_err(write_err)?) } else { None };
         let mut copy = scratch.as_ref().map(|f| std::io::BufWriter::with_capacity(1 << 20, f.as_file()));
         let keep = copy.as_mut().zip(scratch.as_ref()).map(|(w, f)| (w as &mut (dyn std::io::Write + Send), f.path()));
-        let Some(taken) = crate::held_by_previous(image, i, compression, cache, progress, keep).map_err(layer_err)? else { return Ok(None) };
+        let known = crate::known_blob(image, i, compression, crate::cache_key(image, layers[i], compression), cache);
+        let Some(taken) = crate::held_by_previous(image, i, compression, known.as_ref(), cache, progress, keep).map_err(layer_err)? else { return Ok(None) };
         if let Some(copy) = copy.as_mut() {
             std::io::Write::flush(copy).map_err(write_err)?;
         }
